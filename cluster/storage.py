@@ -1,0 +1,227 @@
+"""Local and S3-compatible storage behind one small API, through ``pyarrow.fs``.
+
+URIs are either local paths (``/data/corpus``, ``./out``, ``file:///data``) or
+``s3://bucket/prefix``. For S3 the usual AWS environment is honoured, as boto3 does:
+
+| variable                                  | use                                        |
+|-------------------------------------------|--------------------------------------------|
+| ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` | S3-compatible endpoint (MinIO, moto, Ceph) |
+| ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN`` | credentials      |
+| ``AWS_REGION``/``AWS_DEFAULT_REGION``     | region (default ``us-east-1``)             |
+| ``IRONSIGHT_S3_MAX_ATTEMPTS``             | retries with backoff per request (default 10) |
+
+pyarrow ignores ``AWS_ENDPOINT_URL`` by itself, so it is passed as ``endpoint_override``.
+
+Writes are atomic: :func:`publish_bytes` renames a fully written temp file into place
+locally (after fsync) and does a single PUT on S3, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from cluster.errors import InvalidInput, JobFailed
+
+T = TypeVar("T")
+
+_GLOB_CHARS = set("*?[")
+# 10 attempts with the AWS standard backoff (base 25 ms doubling, capped at 20 s) ride out
+# an endpoint restart of tens of seconds; a longer outage surfaces as a clear JobFailed.
+_DEFAULT_S3_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved URI: the filesystem, the path inside it, and the URI as the user wrote it."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def join(self, *parts: str) -> Location:
+        """A child location; ``parts`` are relative names."""
+        path = posixpath.join(self.path, *parts)
+        uri = self.uri.rstrip("/") + "/" + "/".join(parts) if parts else self.uri
+        return Location(self.fs, path, uri)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem configured from the standard AWS environment variables."""
+    env = os.environ
+    kwargs: dict = {
+        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+            max_attempts=int(env.get("IRONSIGHT_S3_MAX_ATTEMPTS", _DEFAULT_S3_ATTEMPTS))
+        ),
+        "connect_timeout": 5,
+        "request_timeout": 30,
+    }
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme or "https"
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        kwargs["access_key"] = env["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = env["AWS_SECRET_ACCESS_KEY"]
+        if env.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = env["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> Location:
+    """Resolve a local path or ``s3://`` URI into a :class:`Location`.
+
+    >>> resolve("/tmp/x").path
+    '/tmp/x'
+    """
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        parsed = urlparse(uri)
+        if not parsed.netloc:
+            raise InvalidInput(f"{uri!r} names no bucket; expected s3://BUCKET/PREFIX")
+        path = (parsed.netloc + parsed.path).rstrip("/")
+        return Location(s3_filesystem(), path, uri.rstrip("/"))
+    if "://" in uri and not uri.startswith("file://"):
+        scheme = uri.split("://", 1)[0]
+        raise InvalidInput(f"unsupported URI scheme {scheme!r} in {uri!r}; use a local path or s3://")
+    local = uri[len("file://") :] if uri.startswith("file://") else uri
+    path = os.path.abspath(os.path.expanduser(local))
+    return Location(pafs.LocalFileSystem(), path, path)
+
+
+def is_glob(path: str) -> bool:
+    return any(c in _GLOB_CHARS for c in path)
+
+
+def list_files(loc: Location, suffix: str | None = None) -> list[pafs.FileInfo]:
+    """Files at a location: the file itself, every file under a directory, or a glob's matches.
+
+    Hidden files and names starting with ``_`` (``_SUCCESS``, ``_manifest.json``) are
+    skipped, as Spark and Ray do. Sorted by path so plans are deterministic.
+    """
+    path = loc.path
+    if is_glob(path):
+        base = path
+        while is_glob(base):
+            base = posixpath.dirname(base)
+        infos = with_retries(
+            lambda: loc.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)),
+            what=f"listing {loc.uri}",
+        )
+        files = [i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
+    else:
+        info = with_retries(lambda: loc.fs.get_file_info(path), what=f"reading {loc.uri}")
+        if info.type == pafs.FileType.File:
+            return [info]
+        if info.type == pafs.FileType.NotFound:
+            return []
+        files = with_retries(
+            lambda: loc.fs.get_file_info(pafs.FileSelector(path, recursive=True)),
+            what=f"listing {loc.uri}",
+        )
+        files = [i for i in files if i.type == pafs.FileType.File]
+
+    def visible(info: pafs.FileInfo) -> bool:
+        rel = info.path[len(path) :] if not is_glob(path) else info.base_name
+        return not any(part.startswith((".", "_")) for part in rel.split("/") if part)
+
+    out = [f for f in files if visible(f) and (suffix is None or f.path.endswith(suffix))]
+    return sorted(out, key=lambda i: i.path)
+
+
+def exists(loc: Location) -> bool:
+    info = with_retries(lambda: loc.fs.get_file_info(loc.path), what=f"checking {loc.uri}")
+    return info.type != pafs.FileType.NotFound
+
+
+def read_bytes(loc: Location) -> bytes:
+    """Whole object or file as bytes (with retries on S3)."""
+
+    def read() -> bytes:
+        with loc.fs.open_input_stream(loc.path) as f:
+            return f.read()
+
+    return with_retries(read, what=f"reading {loc.uri}")
+
+
+def makedirs(loc: Location) -> None:
+    if not loc.is_s3:
+        os.makedirs(loc.path, exist_ok=True)
+
+
+def publish_bytes(loc: Location, data: bytes | pa.Buffer) -> None:
+    """Make ``data`` appear at ``loc`` atomically: all of it or nothing.
+
+    Locally: write ``.NAME.tmp-<uuid>`` in the same directory, fsync, ``os.replace``.
+    On S3: one PUT of a buffer smaller than the multipart threshold is atomic by itself.
+    """
+    if loc.is_s3:
+
+        def put() -> None:
+            with loc.fs.open_output_stream(loc.path) as out:
+                out.write(data)
+
+        with_retries(put, what=f"writing {loc.uri}")
+        return
+    directory = os.path.dirname(loc.path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(loc.path)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(memoryview(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, loc.path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def delete(loc: Location) -> None:
+    def rm() -> None:
+        try:
+            loc.fs.delete_file(loc.path)
+        except FileNotFoundError:
+            pass
+
+    with_retries(rm, what=f"deleting {loc.uri}")
+
+
+def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 4, base_delay: float = 0.5) -> T:
+    """Call ``fn``, retrying transient I/O errors with exponential backoff.
+
+    The AWS SDK inside pyarrow already retries each request; this outer loop covers what
+    it gives up on (an endpoint restarting for several seconds). A final failure raises
+    :class:`JobFailed` naming ``what`` and the cause; missing files are not retried.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (FileNotFoundError, InvalidInput):
+            raise
+        except OSError as exc:
+            if attempt == attempts - 1:
+                raise JobFailed(f"{what} failed after {attempts} attempts: {exc}") from exc
+            time.sleep(base_delay * 2**attempt)
+    raise AssertionError("unreachable")
