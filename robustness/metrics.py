@@ -1,0 +1,510 @@
+"""Robustness metrics computed from the predictions table (:mod:`robustness.schema`).
+
+Plain numpy on small arrays; every function is pure. Conventions:
+
+* Accuracies, errors and rates are fractions in [0, 1]; ``None`` means undefined (no
+  labeled rows, a zero denominator), never NaN, so results go to strict JSON as is.
+* Rows whose label is -1 (unknown) are left out of every label-based metric; the flip rate
+  needs no labels and uses every row.
+* Corruption error follows Hendrycks & Dietterich (2019), "Benchmarking Neural Network
+  Robustness to Common Corruptions and Perturbations": CE_c = sum_s E_{s,c} / sum_s
+  E^base_{s,c}; relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^base_{s,c} -
+  E^base_clean); mCE is the mean over conditions. Reported as ratios (1.0 = as good as the
+  baseline), not percentages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ECE_BINS = 15  # Guo et al. 2017 ("On Calibration of Modern Neural Networks") use 15 bins.
+
+# Top-1 error of AlexNet on ImageNet-C per corruption and severity 1..5, the normalizer of
+# the published mCE. Values as stored in timm's `imagenetc_alexnet_error_rates_list`
+# (huggingface/pytorch-image-models, `timm.utils`, bits_and_tpu branch); their per-corruption
+# means equal open-mmlab/mmpretrain `mmcls/evaluation/metrics/corruption_error.py`
+# `_get_ce_alexnet()` (e.g. gaussian_noise 0.886428), which Hendrycks & Dietterich published.
+ALEXNET_IMAGENET_C_ERRORS: dict[str, tuple[float, float, float, float, float]] = {
+    "gaussian_noise": (0.69528, 0.82542, 0.93554, 0.98138, 0.99452),
+    "shot_noise": (0.71224, 0.85108, 0.93574, 0.98182, 0.99146),
+    "impulse_noise": (0.78374, 0.89808, 0.9487, 0.9872, 0.99548),
+    "defocus_blur": (0.65624, 0.73202, 0.85036, 0.91364, 0.94714),
+    "glass_blur": (0.64308, 0.75054, 0.88806, 0.91622, 0.93344),
+    "motion_blur": (0.5843, 0.70048, 0.82108, 0.8975, 0.92638),
+    "zoom_blur": (0.70008, 0.76992, 0.80784, 0.84198, 0.87198),
+    "snow": (0.71726, 0.88392, 0.86468, 0.9187, 0.94952),
+    "frost": (0.6139, 0.79734, 0.8879, 0.89942, 0.9343),
+    "fog": (0.67474, 0.7605, 0.84378, 0.8726, 0.945),
+    "brightness": (0.4514, 0.48502, 0.54048, 0.62166, 0.7244),
+    "contrast": (0.64548, 0.7615, 0.88874, 0.9776, 0.9927),
+    "elastic_transform": (0.52596, 0.70116, 0.55686, 0.64076, 0.80554),
+    "pixelate": (0.52218, 0.5462, 0.73728, 0.87092, 0.91262),
+    "jpeg_compression": (0.51002, 0.54718, 0.57294, 0.65458, 0.74778),
+}
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """Mean of the defined values; None when none is defined."""
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float | None:
+    """Top-1 accuracy over labeled rows (label >= 0).
+
+    Args:
+        labels: (N,) int class indices, -1 for unknown.
+        predictions: (N,) int predicted class indices.
+
+    Returns:
+        Fraction correct, or None when no row is labeled.
+
+    >>> accuracy(np.array([0, 1, 2, -1]), np.array([0, 1, 0, 2]))
+    0.6666666666666666
+    """
+    mask = labels >= 0
+    if not mask.any():
+        return None
+    return float(np.mean(labels[mask] == predictions[mask]))
+
+
+def expected_calibration_error(
+    confidences: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
+) -> float | None:
+    """Expected calibration error with equal-width confidence bins.
+
+    ECE = sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|, bins (k/n, (k+1)/n]
+    (a confidence of exactly 0 goes to the first bin).
+
+    Args:
+        confidences: (N,) confidence of the predicted class, in [0, 1].
+        correct: (N,) bool, whether each prediction was right.
+        n_bins: Number of equal-width bins over [0, 1].
+
+    Returns:
+        The ECE in [0, 1], or None for an empty input.
+
+    >>> round(expected_calibration_error(np.array([0.9, 0.9]), np.array([True, False])), 6)
+    0.4
+    """
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    n = len(confidences)
+    if n == 0:
+        return None
+    bins = np.clip(np.ceil(confidences * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in np.unique(bins):
+        in_bin = bins == b
+        ece += in_bin.sum() / n * abs(correct[in_bin].mean() - confidences[in_bin].mean())
+    return float(ece)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Confusion matrix over labeled rows: ``cm[true, predicted]`` counts.
+
+    >>> confusion_matrix(np.array([0, 0, 1, -1]), np.array([0, 1, 1, 0]), 2).tolist()
+    [[1, 1], [0, 1]]
+    """
+    mask = labels >= 0
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels[mask], predictions[mask]), 1)
+    return cm
+
+
+def precision_recall_f1(cm: np.ndarray) -> dict:
+    """Per-class and macro precision, recall and F1 from a confusion matrix.
+
+    A class never predicted has precision 0, a class with no examples has recall 0 (the
+    scikit-learn ``zero_division=0`` convention). Macro averages are over classes that
+    occur in the labels or the predictions.
+
+    Returns:
+        ``{"precision": [...], "recall": [...], "f1": [...], "support": [...],
+        "macro_precision", "macro_recall", "macro_f1"}``.
+
+    >>> r = precision_recall_f1(np.array([[2, 0], [1, 1]]))
+    >>> [round(x, 4) for x in r["precision"]], r["recall"], round(r["macro_f1"], 4)
+    ([0.6667, 1.0], [1.0, 0.5], 0.7333)
+    """
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    support = cm.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = (predicted > 0) | (support > 0)
+    macro = {
+        f"macro_{k}": (float(v[present].mean()) if present.any() else None)
+        for k, v in (("precision", precision), ("recall", recall), ("f1", f1))
+    }
+    return {
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.astype(np.int64).tolist(),
+        **macro,
+    }
+
+
+def per_class_accuracy(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int
+) -> list[float | None]:
+    """Accuracy (recall) of each class; None for a class with no labeled rows.
+
+    >>> per_class_accuracy(np.array([0, 0, 1]), np.array([0, 1, 1]), 3)
+    [0.5, 1.0, None]
+    """
+    out: list[float | None] = []
+    for c in range(num_classes):
+        mask = labels == c
+        out.append(float(np.mean(predictions[mask] == c)) if mask.any() else None)
+    return out
+
+
+def worst_class(per_class: Sequence[float | None], class_names: Sequence[str]) -> dict | None:
+    """The class with the lowest accuracy (first on ties), or None when no class has rows.
+
+    >>> worst_class([0.5, 0.25, None], ["a", "b", "c"])
+    {'index': 1, 'name': 'b', 'accuracy': 0.25}
+    """
+    defined = [(acc, i) for i, acc in enumerate(per_class) if acc is not None]
+    if not defined:
+        return None
+    acc, i = min(defined)
+    return {"index": i, "name": class_names[i], "accuracy": acc}
+
+
+def flip_rate(
+    reference_ids: np.ndarray,
+    reference_predictions: np.ndarray,
+    ids: np.ndarray,
+    predictions: np.ndarray,
+) -> float | None:
+    """Fraction of images whose prediction differs from their reference (clean) prediction.
+
+    Images are matched by id; ids without a reference prediction are left out. Needs no
+    labels.
+
+    Returns:
+        The flip rate, or None when no id has a reference.
+
+    >>> flip_rate(np.array(["a", "b"]), np.array([0, 1]), np.array(["b", "a", "z"]), np.array([1, 2, 0]))
+    0.5
+    """
+    ref = dict(zip(reference_ids.tolist(), reference_predictions.tolist(), strict=True))
+    pairs = [
+        (ref[i], p) for i, p in zip(ids.tolist(), predictions.tolist(), strict=True) if i in ref
+    ]
+    if not pairs:
+        return None
+    return float(np.mean([a != b for a, b in pairs]))
+
+
+def corruption_errors(
+    errors: dict[str, dict[int, float]],
+    baseline_errors: dict[str, dict[int, float]],
+    clean_error: float | None = None,
+    baseline_clean_error: float | None = None,
+) -> dict[str, dict[str, float | None]]:
+    """Corruption error (CE) and relative CE of each condition against a baseline.
+
+    Severities are matched: only severities present for the condition in both are summed.
+
+    Args:
+        errors: ``{condition: {severity: top-1 error}}`` of the model under audit.
+        baseline_errors: The same for the baseline model.
+        clean_error: Clean error of the model (needed for the relative CE).
+        baseline_clean_error: Clean error of the baseline.
+
+    Returns:
+        ``{condition: {"ce": float | None, "relative_ce": float | None}}`` for conditions
+        present in both; None where a denominator is zero or an input is missing.
+
+    >>> corruption_errors({"fog": {1: 0.2, 2: 0.4}}, {"fog": {1: 0.4, 2: 0.8}}, 0.1, 0.2)
+    {'fog': {'ce': 0.5, 'relative_ce': 0.5}}
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    for cond, by_sev in errors.items():
+        base = baseline_errors.get(cond)
+        if not base:
+            continue
+        sevs = sorted(set(by_sev) & set(base))
+        if not sevs:
+            continue
+        num = sum(by_sev[s] for s in sevs)
+        den = sum(base[s] for s in sevs)
+        ce = num / den if den > 0 else None
+        rel = None
+        if clean_error is not None and baseline_clean_error is not None:
+            rel_num = sum(by_sev[s] - clean_error for s in sevs)
+            rel_den = sum(base[s] - baseline_clean_error for s in sevs)
+            rel = rel_num / rel_den if rel_den > 0 else None
+        out[cond] = {"ce": ce, "relative_ce": rel}
+    return out
+
+
+def _np(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False)
+
+
+def clean_metrics(table: pa.Table, class_names: Sequence[str]) -> dict:
+    """Metrics of the clean rows (``kind == "clean"``) of a validated predictions table."""
+    num_classes = len(class_names)
+    rows = table.filter(pc.equal(table.column("kind"), "clean"))
+    labels, preds = _np(rows, "label"), _np(rows, "prediction")
+    labeled = labels >= 0
+    cm = confusion_matrix(labels, preds, num_classes)
+    per_class = per_class_accuracy(labels, preds, num_classes)
+    prf = precision_recall_f1(cm)
+    return {
+        "n": rows.num_rows,
+        "n_labeled": int(labeled.sum()),
+        "accuracy": accuracy(labels, preds),
+        "ece": expected_calibration_error(
+            _np(rows, "confidence")[labeled], _np(rows, "correct")[labeled]
+        ),
+        "per_class_accuracy": per_class,
+        "worst_class": worst_class(per_class, class_names),
+        "precision": prf["precision"],
+        "recall": prf["recall"],
+        "f1": prf["f1"],
+        "support": prf["support"],
+        "macro_precision": prf["macro_precision"],
+        "macro_recall": prf["macro_recall"],
+        "macro_f1": prf["macro_f1"],
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def condition_metrics(table: pa.Table, class_names: Sequence[str]) -> list[dict]:
+    """One entry per (condition, severity) of the corruption rows, sorted by name then severity.
+
+    Each entry: ``name``, ``severity``, ``n``, ``accuracy``, ``ece``, ``flip_rate`` (against
+    the clean prediction of the same id), ``per_class_accuracy``, ``worst_class``.
+    """
+    num_classes = len(class_names)
+    clean = table.filter(pc.equal(table.column("kind"), "clean"))
+    clean_ids, clean_preds = _np(clean, "id"), _np(clean, "prediction")
+    rows = table.filter(pc.equal(table.column("kind"), "corruption"))
+    keys = sorted(
+        set(
+            zip(
+                rows.column("condition").to_pylist(),
+                rows.column("severity").to_pylist(),
+                strict=True,
+            )
+        )
+    )
+    out = []
+    for name, sev in keys:
+        cell = rows.filter(
+            pc.and_(
+                pc.equal(rows.column("condition"), name), pc.equal(rows.column("severity"), sev)
+            )
+        )
+        labels, preds = _np(cell, "label"), _np(cell, "prediction")
+        labeled = labels >= 0
+        per_class = per_class_accuracy(labels, preds, num_classes)
+        out.append(
+            {
+                "name": name,
+                "severity": int(sev),
+                "n": cell.num_rows,
+                "accuracy": accuracy(labels, preds),
+                "ece": expected_calibration_error(
+                    _np(cell, "confidence")[labeled], _np(cell, "correct")[labeled]
+                ),
+                "flip_rate": flip_rate(clean_ids, clean_preds, _np(cell, "id"), preds),
+                "per_class_accuracy": per_class,
+                "worst_class": worst_class(per_class, class_names),
+            }
+        )
+    return out
+
+
+def per_condition_summary(
+    table: pa.Table, conditions: list[dict], class_names: Sequence[str]
+) -> list[dict]:
+    """Per condition: mean accuracy over severities and the worst class over all severities."""
+    rows = table.filter(pc.equal(table.column("kind"), "corruption"))
+    out = []
+    for name in sorted({c["name"] for c in conditions}):
+        cells = [c for c in conditions if c["name"] == name]
+        sub = rows.filter(pc.equal(rows.column("condition"), name))
+        per_class = per_class_accuracy(_np(sub, "label"), _np(sub, "prediction"), len(class_names))
+        out.append(
+            {
+                "name": name,
+                "mean_accuracy": _mean([c["accuracy"] for c in cells]),
+                "severities": [c["severity"] for c in cells],
+                "worst_class": worst_class(per_class, class_names),
+            }
+        )
+    return out
+
+
+def mean_corruption_accuracy(conditions: list[dict]) -> float | None:
+    """Mean over conditions of the mean accuracy over severities.
+
+    >>> mean_corruption_accuracy([{"name": "a", "severity": 1, "accuracy": 1.0},
+    ...     {"name": "a", "severity": 2, "accuracy": 0.5}, {"name": "b", "severity": 1, "accuracy": 0.25}])
+    0.5
+    """
+    by_name: dict[str, list[float | None]] = {}
+    for c in conditions:
+        by_name.setdefault(c["name"], []).append(c["accuracy"])
+    return _mean([_mean(v) for v in by_name.values()])
+
+
+def attack_metrics(table: pa.Table) -> list[dict]:
+    """Robust accuracy and attack success rate per (attack, eps), sorted by name then eps.
+
+    The success rate is the fraction of initially correct images that the attack at ``eps``
+    makes wrong; "initially correct" is the same attack's eps=0 row when there is one, else
+    the clean row of the same id. Only labeled rows count.
+    """
+    clean = table.filter(pc.equal(table.column("kind"), "clean"))
+    clean_correct = dict(
+        zip(clean.column("id").to_pylist(), _np(clean, "correct").tolist(), strict=True)
+    )
+    rows = table.filter(pc.equal(table.column("kind"), "attack"))
+    keys = sorted(
+        set(zip(rows.column("condition").to_pylist(), rows.column("eps").to_pylist(), strict=True))
+    )
+    out = []
+    for name, eps in keys:
+        att = rows.filter(pc.equal(rows.column("condition"), name))
+        at_zero = att.filter(pc.equal(att.column("eps"), 0.0))
+        initial = dict(clean_correct)
+        if at_zero.num_rows:
+            initial = dict(
+                zip(at_zero.column("id").to_pylist(), _np(at_zero, "correct").tolist(), strict=True)
+            )
+        cell = att.filter(pc.equal(att.column("eps"), eps))
+        labels, preds = _np(cell, "label"), _np(cell, "prediction")
+        ids, correct = _np(cell, "id"), _np(cell, "correct")
+        was_correct = [
+            (c, lab)
+            for i, c, lab in zip(ids.tolist(), correct.tolist(), labels.tolist(), strict=True)
+            if lab >= 0 and initial.get(i, False)
+        ]
+        out.append(
+            {
+                "name": name,
+                "eps": float(eps),
+                "n": cell.num_rows,
+                "accuracy": accuracy(labels, preds),
+                "n_initially_correct": len(was_correct),
+                "success_rate": (
+                    float(np.mean([not c for c, _ in was_correct])) if was_correct else None
+                ),
+            }
+        )
+    return out
+
+
+def gradient_masking_warnings(attacks: list[dict], num_classes: int) -> list[str]:
+    """Warn for each attack whose accuracy at its largest eps stays above chance.
+
+    >>> gradient_masking_warnings([{"name": "pgd", "eps": 0.0, "accuracy": 0.9},
+    ...     {"name": "pgd", "eps": 8 / 255, "accuracy": 0.6}], 10)[0][:61]
+    'pgd: accuracy at the largest eps (8.0/255 = 0.0314) is 0.600'
+    """
+    chance = 1.0 / num_classes
+    warnings = []
+    for name in sorted({a["name"] for a in attacks}):
+        top = max((a for a in attacks if a["name"] == name), key=lambda a: a["eps"])
+        if top["eps"] <= 0 or top["accuracy"] is None or top["accuracy"] <= chance:
+            continue
+        warnings.append(
+            f"{name}: accuracy at the largest eps ({top['eps'] * 255:.1f}/255 = {top['eps']:.4f}) "
+            f"is {top['accuracy']:.3f}, above chance ({chance:.3f}). A working attack at a budget "
+            f"this large usually drives an undefended model to chance or below, so the gradients "
+            f"may be masked (non-differentiable or saturated layers, randomness in the model) "
+            f"or the attack is too weak; check with more steps, restarts or a gradient-free "
+            f"attack before trusting this robustness."
+        )
+    return warnings
+
+
+def alexnet_mce(conditions: list[dict], imagenet_c_conditions: Sequence[str]) -> dict | None:
+    """mCE against AlexNet's published ImageNet-C errors, over ImageNet-C conditions only.
+
+    Only conditions that are both listed in ``imagenet_c_conditions`` and in
+    :data:`ALEXNET_IMAGENET_C_ERRORS`, at severities 1..5, count.
+
+    Returns:
+        ``{"mce": float, "ce": {condition: float}, "conditions": [...]}`` or None when no
+        audited condition is an ImageNet-C one.
+    """
+    allowed = set(imagenet_c_conditions) & set(ALEXNET_IMAGENET_C_ERRORS)
+    errors: dict[str, dict[int, float]] = {}
+    for c in conditions:
+        if c["name"] in allowed and 1 <= c["severity"] <= 5 and c["accuracy"] is not None:
+            errors.setdefault(c["name"], {})[c["severity"]] = 1.0 - c["accuracy"]
+    if not errors:
+        return None
+    base = {k: dict(enumerate(v, start=1)) for k, v in ALEXNET_IMAGENET_C_ERRORS.items()}
+    ces = {k: v["ce"] for k, v in corruption_errors(errors, base).items()}
+    return {"mce": _mean(list(ces.values())), "ce": ces, "conditions": sorted(ces)}
+
+
+def _errors_by_condition(conditions: Sequence[dict]) -> dict[str, dict[int, float]]:
+    errors: dict[str, dict[int, float]] = {}
+    for c in conditions:
+        if c.get("accuracy") is not None:
+            errors.setdefault(c["name"], {})[int(c["severity"])] = 1.0 - c["accuracy"]
+    return errors
+
+
+def compare_to_baseline(
+    clean_accuracy: float | None, conditions: list[dict], baseline: dict
+) -> dict:
+    """CE, relative CE, mCE and accuracy changes against a baseline ``report.json``.
+
+    Args:
+        clean_accuracy: Clean accuracy of the model under audit.
+        conditions: This report's ``conditions`` entries.
+        baseline: A previous report (the dict loaded from its ``report.json``).
+
+    Returns:
+        ``{"clean_accuracy_change", "per_condition": {name: {"ce", "relative_ce",
+        "mean_accuracy", "baseline_mean_accuracy", "accuracy_change"}}, "mce",
+        "relative_mce", "missing_in_baseline": [...]}``; changes are this minus baseline.
+    """
+    base_conditions = baseline.get("conditions") or []
+    base_clean = (baseline.get("clean") or {}).get("accuracy")
+    errors, base_errors = _errors_by_condition(conditions), _errors_by_condition(base_conditions)
+    ces = corruption_errors(
+        errors,
+        base_errors,
+        None if clean_accuracy is None else 1.0 - clean_accuracy,
+        None if base_clean is None else 1.0 - base_clean,
+    )
+    per_condition = {}
+    for name in sorted(errors):
+        mine = mean_corruption_accuracy([c for c in conditions if c["name"] == name])
+        theirs = mean_corruption_accuracy([c for c in base_conditions if c["name"] == name])
+        per_condition[name] = {
+            "ce": ces.get(name, {}).get("ce"),
+            "relative_ce": ces.get(name, {}).get("relative_ce"),
+            "mean_accuracy": mine,
+            "baseline_mean_accuracy": theirs,
+            "accuracy_change": None if mine is None or theirs is None else mine - theirs,
+        }
+    return {
+        "clean_accuracy": base_clean,
+        "clean_accuracy_change": (
+            None if clean_accuracy is None or base_clean is None else clean_accuracy - base_clean
+        ),
+        "per_condition": per_condition,
+        "mce": _mean([v["ce"] for v in ces.values()]),
+        "relative_mce": _mean([v["relative_ce"] for v in ces.values()]),
+        "missing_in_baseline": sorted(set(errors) - set(ces)),
+    }

@@ -1,0 +1,137 @@
+"""The audit's predictions table and report format, defined once.
+
+The audit job writes ONE predictions table; every metric, report and gate reads it.
+One row per (image, condition, severity/eps):
+
+| column       | type    | meaning                                                           |
+|--------------|---------|-------------------------------------------------------------------|
+| ``id``       | string  | image id; the same id appears once per condition/severity/eps     |
+| ``kind``     | string  | ``"clean"``, ``"corruption"`` or ``"attack"``                     |
+| ``condition``| string  | ``"clean"``, a condition name (``gaussian_noise``) or attack name |
+| ``severity`` | int32   | 1..5 for corruptions; 0 for clean rows and attacks                |
+| ``eps``      | float64 | attack budget in pixel units ([0, 1] scale); 0.0 otherwise        |
+| ``label``    | int64   | true class index; -1 when unknown (unlabeled eval set)            |
+| ``prediction``| int64  | predicted class index (argmax of the logits)                      |
+| ``confidence``| float32| softmax probability of ``prediction``, in [0, 1]                  |
+| ``correct``  | bool    | ``prediction == label`` (False when the label is unknown)         |
+
+``report.json`` carries ``"schema_version": REPORT_SCHEMA_VERSION``; bump the minor version
+when keys are added and the major version when keys change meaning or disappear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from cluster.errors import InvalidInput
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("kind", pa.string()),  # "clean" | "corruption" | "attack"
+        ("condition", pa.string()),  # "clean", a condition name, or an attack name
+        ("severity", pa.int32()),  # 0 for clean and attacks
+        ("eps", pa.float64()),  # attack epsilon in pixel units; 0.0 otherwise
+        ("label", pa.int64()),  # true label, -1 when unknown
+        ("prediction", pa.int64()),
+        ("confidence", pa.float32()),
+        ("correct", pa.bool_()),
+    ]
+)
+
+REPORT_SCHEMA_VERSION = "1.0"
+
+KINDS = ("clean", "corruption", "attack")
+
+
+@dataclass
+class Example:
+    """One image shown in the HTML report next to its prediction.
+
+    Attributes:
+        condition: ``"clean"``, a condition name or an attack name.
+        severity: Severity (0 for clean images and attacks).
+        image: (H, W, 3) uint8 pixels as the model saw them (after the condition).
+        label: True class index, -1 when unknown.
+        prediction: Predicted class index.
+    """
+
+    condition: str
+    severity: int
+    image: np.ndarray  # (H, W, 3) uint8
+    label: int
+    prediction: int
+
+
+def validate_predictions(
+    table: pa.Table, *, num_classes: int, source: str = "predictions"
+) -> pa.Table:
+    """Check a predictions table against :data:`PREDICTIONS_SCHEMA` and return it cast.
+
+    Columns may come in any order and with wider/narrower integer or float types
+    (``int32`` labels, ``float64`` confidences); they are cast to the schema's types.
+
+    Args:
+        table: The table the audit produced.
+        num_classes: Number of classes; predictions and labels must be below it.
+        source: Name of the table shown in error messages (a file name, for instance).
+
+    Returns:
+        The table with exactly the schema's columns, in the schema's order and types.
+
+    Raises:
+        InvalidInput: A column is missing or has an incompatible type, ``kind`` has an
+            unknown value, or a label/prediction is out of range.
+
+    >>> t = pa.table({"id": ["a"], "kind": ["clean"], "condition": ["clean"],
+    ...               "severity": [0], "eps": [0.0], "label": [1], "prediction": [1],
+    ...               "confidence": [0.9], "correct": [True]})
+    >>> validate_predictions(t, num_classes=3).schema.field("severity").type
+    DataType(int32)
+    """
+    columns = {}
+    for field in PREDICTIONS_SCHEMA:
+        if field.name not in table.column_names:
+            raise InvalidInput(
+                f"column '{field.name}' is missing in {source}; expected columns "
+                f"{', '.join(PREDICTIONS_SCHEMA.names)} (see robustness.schema.PREDICTIONS_SCHEMA)"
+            )
+        col = table.column(field.name)
+        if col.type != field.type:
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InvalidInput(
+                    f"column '{field.name}' is {col.type} in {source}; expected {field.type}"
+                ) from exc
+        if col.null_count:
+            raise InvalidInput(
+                f"column '{field.name}' has {col.null_count} null value(s) in {source}; "
+                f"every row needs a value (use label -1 for an unknown label)"
+            )
+        columns[field.name] = col
+    out = pa.table(columns, schema=PREDICTIONS_SCHEMA)
+
+    kinds = set(out.column("kind").to_pylist())
+    unknown = kinds - set(KINDS)
+    if unknown:
+        raise InvalidInput(
+            f"column 'kind' has unknown value(s) {sorted(unknown)} in {source}; "
+            f"expected one of {', '.join(KINDS)}"
+        )
+    pred = out.column("prediction").to_numpy()
+    label = out.column("label").to_numpy()
+    if len(pred) and (pred.min() < 0 or pred.max() >= num_classes):
+        raise InvalidInput(
+            f"column 'prediction' has values outside [0, {num_classes - 1}] in {source}; "
+            f"check that class_names ({num_classes} names) matches the model's outputs"
+        )
+    if len(label) and (label.min() < -1 or label.max() >= num_classes):
+        raise InvalidInput(
+            f"column 'label' has values outside [-1, {num_classes - 1}] in {source}; "
+            f"labels are class indices into class_names, or -1 when unknown"
+        )
+    return out
