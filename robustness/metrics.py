@@ -413,7 +413,7 @@ def gradient_masking_warnings(attacks: list[dict], num_classes: int) -> list[str
     """Warn for each attack whose accuracy at its largest eps stays above chance.
 
     >>> gradient_masking_warnings([{"name": "pgd", "eps": 0.0, "accuracy": 0.9},
-    ...     {"name": "pgd", "eps": 8 / 255, "accuracy": 0.6}], 10)[0][:61]
+    ...     {"name": "pgd", "eps": 8 / 255, "accuracy": 0.6}], 10)[0][:60]
     'pgd: accuracy at the largest eps (8.0/255 = 0.0314) is 0.600'
     """
     chance = 1.0 / num_classes
