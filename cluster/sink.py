@@ -1,0 +1,376 @@
+"""The exactly-once labels sink: one atomically published Parquet file per input shard.
+
+Layout of ``OUTPUT/``:
+
+| name                          | written                       | content                               |
+|-------------------------------|-------------------------------|---------------------------------------|
+| ``part-<shard_id>.parquet``   | once per shard, atomically    | the shard's rows, :data:`LABELS_SCHEMA` |
+| ``_manifest.json``            | at start, every few seconds, at end | spec hash, model, per-shard rows/errors/sha256 |
+| ``_SUCCESS``                  | once, when every shard is committed | the run summary (JSON)          |
+| ``_lock.json``                | while a run holds OUTPUT      | owner, host, pid, heartbeat           |
+
+Exactly once: a shard's file appears whole or not at all (:func:`cluster.storage.publish_bytes`),
+and the set of published part files *is* the commit log. The manifest is an index over it that
+may lag by a few seconds; on resume :meth:`LabelSink.open` reconciles it with the files (a part
+file missing from the manifest is read back: its footer gives the rows, its bytes the checksum).
+Shards whose file exists are skipped; all others are (re)processed, so a row is never lost and
+never written twice.
+
+Labels schema (:data:`LABELS_SCHEMA`):
+
+| column        | type               | meaning                                               |
+|---------------|--------------------|-------------------------------------------------------|
+| ``id``        | string             | the input row's id (given or derived ``file#row``)    |
+| ``label``     | int64, null on error | top-1 class index                                   |
+| ``label_name``| string, null on error | top-1 class name                                   |
+| ``score``     | float32, null on error | top-1 softmax probability                         |
+| ``topk_labels`` | list<int64>      | top-k class indices, best first                       |
+| ``topk_scores`` | list<float32>    | their softmax probabilities                           |
+| ``error``     | string             | null when fine, else ``reason: detail``               |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster import storage
+from cluster.errors import InvalidInput
+
+LABELS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("label", pa.int64()),
+        ("label_name", pa.string()),
+        ("score", pa.float32()),
+        ("topk_labels", pa.list_(pa.int64())),
+        ("topk_scores", pa.list_(pa.float32())),
+        ("error", pa.string()),
+    ]
+)
+MANIFEST = "_manifest.json"
+SUCCESS = "_SUCCESS"
+LOCK = "_lock.json"
+FORMAT = "ironsight-labels"
+FORMAT_VERSION = 1
+# A lock whose heartbeat is older than this belongs to a dead run and may be taken over:
+# long enough to survive a stalled driver or a slow object store, short enough that a crashed
+# run blocks its successor for at most two minutes.
+LOCK_STALE_AFTER_S = 120.0
+LOCK_HEARTBEAT_S = 15.0
+# Rewriting the manifest on every commit is O(shards^2) bytes for a large job; the part files
+# are the commit log, so the manifest only needs to be fresh to within a few seconds.
+MANIFEST_FLUSH_S = 5.0
+
+
+def part_name(shard_id: str) -> str:
+    return f"part-{shard_id}.parquet"
+
+
+def spec_hash(fields: dict[str, Any]) -> str:
+    """Stable short hash of everything that determines a job's output rows.
+
+    >>> spec_hash({"model": "resnet18", "top_k": 5}) == spec_hash({"top_k": 5, "model": "resnet18"})
+    True
+    """
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class ShardRecord:
+    rows: int
+    errors: int
+    sha256: str
+    file: str
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "errors": self.errors, "sha256": self.sha256, "file": self.file}
+
+
+@dataclass
+class LabelSink:
+    """Commits shards into OUTPUT exactly once; see the module docstring for the layout.
+
+    Use :meth:`open` to create one: it takes the output lock, checks the spec hash of an
+    existing OUTPUT, and finds the shards that are already committed.
+    """
+
+    out: storage.Location
+    spec_hash: str
+    header: dict[str, Any]
+    metadata: dict[bytes, bytes]
+    committed: dict[str, ShardRecord] = field(default_factory=dict)
+    _lock: OutputLock | None = None
+    _last_flush: float = 0.0
+    _dirty: bool = False
+
+    @classmethod
+    def open(
+        cls,
+        output_uri: str,
+        *,
+        spec_hash: str,
+        header: dict[str, Any],
+        expected_shards: Iterable[str],
+        overwrite: bool = False,
+    ) -> LabelSink:
+        """Open OUTPUT for a run with this spec; resume, refuse, or start fresh.
+
+        Args:
+            output_uri: local directory or ``s3://`` prefix.
+            spec_hash: :func:`spec_hash` of the job; an OUTPUT written by another spec is refused.
+            header: manifest fields describing the run (model, weights hash, input...).
+            expected_shards: shard ids of the planned corpus; part files of other shards in
+                OUTPUT mean it holds another corpus's labels and are refused like a spec change.
+            overwrite: delete what a different spec wrote instead of refusing.
+
+        Raises:
+            InvalidInput: OUTPUT holds another job's output (and not ``overwrite``), or it is
+                locked by a live run.
+        """
+        out = storage.resolve(output_uri)
+        storage.makedirs(out)
+        lock = OutputLock.acquire(out)
+        try:
+            sink = cls._open_locked(out, spec_hash, header, set(expected_shards), overwrite)
+        except BaseException:
+            lock.release()
+            raise
+        sink._lock = lock
+        return sink
+
+    @classmethod
+    def _open_locked(
+        cls, out: storage.Location, spec_hash_: str, header: dict, expected: set[str], overwrite: bool
+    ) -> LabelSink:
+        manifest_loc = out.join(MANIFEST)
+        existing = _read_json(manifest_loc)
+        parts = {
+            info.base_name[len("part-") : -len(".parquet")]: info
+            for info in storage.list_files(out, suffix=".parquet")
+            if info.base_name.startswith("part-")
+        }
+        foreign = sorted(set(parts) - expected)
+        if existing is not None and existing.get("spec_hash") != spec_hash_ or foreign:
+            if not overwrite:
+                what = (
+                    f"spec hash {existing.get('spec_hash')} (model {existing.get('model', {}).get('name')!r}, "
+                    f"input {existing.get('input')!r})"
+                    if existing is not None and existing.get("spec_hash") != spec_hash_
+                    else f"part files of shards this input does not have ({', '.join(foreign[:3])})"
+                )
+                raise InvalidInput(
+                    f"{out.uri} already holds the output of a different job: {what}; this job has "
+                    f"spec hash {spec_hash_}. Choose another OUTPUT, or pass --overwrite to replace it."
+                )
+            for info in storage.list_files(out):
+                storage.delete(storage.Location(out.fs, info.path, out.uri + "/" + info.base_name))
+            for name in (MANIFEST, SUCCESS):
+                storage.delete(out.join(name))
+            existing, parts = None, {}
+        _remove_stale_temps(out)
+        metadata = {
+            b"ironsight.spec_hash": spec_hash_.encode(),
+            b"ironsight.header": json.dumps(header, sort_keys=True, default=str).encode(),
+        }
+        sink = cls(out=out, spec_hash=spec_hash_, header=header, metadata=metadata)
+        known = (existing or {}).get("shards", {})
+        for shard_id, info in parts.items():
+            rec = known.get(shard_id)
+            if rec is None:  # committed after the last manifest flush: read it back
+                data = storage.read_bytes(out.join(info.base_name))
+                table = pq.read_table(io.BytesIO(data), columns=["error"])
+                rec = {
+                    "rows": table.num_rows,
+                    "errors": table.num_rows - table.column("error").null_count,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "file": info.base_name,
+                }
+            sink.committed[shard_id] = ShardRecord(**rec)
+        sink.flush_manifest(force=True)
+        return sink
+
+    @property
+    def is_complete(self) -> bool:
+        return storage.exists(self.out.join(SUCCESS))
+
+    def commit(self, shard_id: str, table: pa.Table) -> ShardRecord:
+        """Publish one shard's rows atomically; a shard is committed at most once per OUTPUT."""
+        if shard_id in self.committed:
+            raise AssertionError(f"shard {shard_id} committed twice")  # a bug, never user input
+        table = table.cast(LABELS_SCHEMA).replace_schema_metadata(
+            {**self.metadata, b"ironsight.shard_id": shard_id.encode()}
+        )
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, compression="zstd")
+        data = buf.getvalue()
+        name = part_name(shard_id)
+        storage.publish_bytes(self.out.join(name), data)
+        rec = ShardRecord(
+            rows=table.num_rows,
+            errors=table.num_rows - table.column("error").null_count,
+            sha256=hashlib.sha256(data).hexdigest(),
+            file=name,
+        )
+        self.committed[shard_id] = rec
+        self._dirty = True
+        self.flush_manifest()
+        return rec
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "spec_hash": self.spec_hash,
+            **self.header,
+            "committed_shards": len(self.committed),
+            "committed_rows": sum(r.rows for r in self.committed.values()),
+            "shards": {k: v.to_json() for k, v in sorted(self.committed.items())},
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+    def flush_manifest(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or (self._dirty and now - self._last_flush >= MANIFEST_FLUSH_S):
+            _write_json(self.out.join(MANIFEST), self.manifest())
+            self._last_flush, self._dirty = now, False
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Flush the manifest and write ``_SUCCESS``: call only when every shard is committed."""
+        self.flush_manifest(force=True)
+        _write_json(self.out.join(SUCCESS), summary)
+
+    def close(self) -> None:
+        """Flush what is committed and release the lock (also after a failure)."""
+        try:
+            if self._dirty:
+                self.flush_manifest(force=True)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+
+def _read_json(loc: storage.Location) -> dict | None:
+    if not storage.exists(loc):
+        return None
+    try:
+        return json.loads(storage.read_bytes(loc))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{loc.uri} is not valid JSON ({exc}); remove it or pass --overwrite") from exc
+
+
+def _write_json(loc: storage.Location, obj: Any) -> None:
+    storage.publish_bytes(loc, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _remove_stale_temps(out: storage.Location) -> None:
+    """Delete ``.part-*.tmp-*`` files that a killed local publish left behind."""
+    if out.is_s3 or not os.path.isdir(out.path):
+        return
+    for name in os.listdir(out.path):
+        if name.startswith(".") and ".tmp-" in name:
+            os.unlink(os.path.join(out.path, name))
+
+
+@dataclass
+class OutputLock:
+    """One run at a time per OUTPUT: a lock file with a heartbeat that a crash cannot wedge.
+
+    A lock is taken over when its heartbeat is older than :data:`LOCK_STALE_AFTER_S`, or when
+    its owner ran on this host and that process no longer exists. Locally the file is created
+    with ``O_EXCL`` so two racing runs cannot both win; on S3 (no conditional PUT through
+    pyarrow) the lock is written and read back, which narrows but does not close the race.
+    """
+
+    loc: storage.Location
+    owner: str
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def acquire(cls, out: storage.Location) -> OutputLock:
+        loc = out.join(LOCK)
+        owner = uuid.uuid4().hex
+        body = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid()}
+        current = _read_lock(loc)
+        if current is not None and not _lock_is_stale(current):
+            age = time.time() - float(current.get("heartbeat", 0))
+            raise InvalidInput(
+                f"{out.uri} is in use by another run (pid {current.get('pid')} on "
+                f"{current.get('host')}, heartbeat {age:.0f}s ago). Wait for it to finish, or "
+                f"choose another OUTPUT; a crashed run's lock expires after {LOCK_STALE_AFTER_S:.0f}s."
+            )
+        if current is not None:
+            storage.delete(loc)
+        if not _create_exclusive(loc, {**body, "heartbeat": time.time()}):
+            raise InvalidInput(f"{out.uri} was locked by another run a moment ago; try again later")
+        if (_read_lock(loc) or {}).get("owner") != owner:
+            raise InvalidInput(f"{out.uri} was locked by another run a moment ago; try again later")
+        lock = cls(loc=loc, owner=owner)
+        lock._thread = threading.Thread(target=lock._beat, args=(body,), daemon=True)
+        lock._thread.start()
+        return lock
+
+    def _beat(self, body: dict) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            try:
+                storage.publish_bytes(self.loc, json.dumps({**body, "heartbeat": time.time()}).encode())
+            except Exception:  # noqa: BLE001 - a missed heartbeat only shortens the lock's life
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if (_read_lock(self.loc) or {}).get("owner") == self.owner:
+            storage.delete(self.loc)
+
+
+def _read_lock(loc: storage.Location) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(loc))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    except OSError:
+        return None
+
+
+def _lock_is_stale(lock: dict) -> bool:
+    if time.time() - float(lock.get("heartbeat", 0)) > LOCK_STALE_AFTER_S:
+        return True
+    if lock.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lock.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+    return False
+
+
+def _create_exclusive(loc: storage.Location, body: dict) -> bool:
+    data = json.dumps(body).encode()
+    if loc.is_s3:
+        storage.publish_bytes(loc, data)
+        return True
+    try:
+        fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
