@@ -1,0 +1,397 @@
+"""``report.html``: one self-contained page with the audit's plots, tables and gate verdict.
+
+Everything is inline: CSS in a ``<style>`` block, plots and example images as base64 PNG
+``data:`` URIs, no scripts and no external URL, so the file can be mailed, attached to a CI
+run or opened offline. Plots are drawn with matplotlib's object API (``Figure`` rendered by
+the Agg canvas): no ``pyplot``, no change to the global backend or rcParams.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from robustness.schema import Example
+
+MAX_EXAMPLES = 120  # ~10 KB each as PNG: keeps the page a few MB at most
+_DPI = 110
+
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0;
+  background:#f6f7f9;color:#1f2328}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px;font-size:26px} h2{margin:28px 0 10px;font-size:20px}
+.meta{color:#57606a;font-size:13px}
+.banner{padding:14px 18px;border-radius:8px;margin:18px 0;font-weight:600;font-size:18px}
+.banner ul{font-weight:400;font-size:14px;margin:8px 0 0;padding-left:20px}
+.pass{background:#dafbe1;border:1px solid #4ac26b;color:#116329}
+.fail{background:#ffebe9;border:1px solid #ff8182;color:#a40e26}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:12px 16px;min-width:150px}
+.card .v{font-size:24px;font-weight:700} .card .k{font-size:12px;color:#57606a}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px}
+figure{background:#fff;border:1px solid #d0d7de;border-radius:8px;margin:0;padding:10px}
+figure img.plot{width:100%;height:auto;display:block}
+figcaption{font-size:13px;color:#57606a;margin-top:4px}
+.warn{background:#fff8c5;border:1px solid #d4a72c;border-radius:8px;padding:10px 16px}
+table{border-collapse:collapse;background:#fff;font-size:13px;margin-bottom:12px}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}
+th{background:#eaeef2} td:first-child,th:first-child{text-align:left}
+.examples{display:flex;flex-wrap:wrap;gap:8px}
+.ex{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:6px;width:112px;
+  font-size:11px;text-align:center}
+.ex img{width:96px;height:96px;image-rendering:pixelated;display:block;margin:0 auto 4px}
+.ok{color:#116329} .bad{color:#a40e26;font-weight:600}
+"""
+
+
+def _png_data_uri(fig: Figure) -> str:
+    canvas = FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    canvas.print_png(buf)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _image_data_uri(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _severity_plot(report: dict) -> str | None:
+    conds = report["conditions"]
+    if not conds:
+        return None
+    fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
+    ax = fig.add_subplot()
+    clean = report["clean"]["accuracy"]
+    names = sorted({c["name"] for c in conds})
+    cmap = _colors(len(names))
+    for color, name in zip(cmap, names, strict=True):
+        cells = sorted(
+            (c for c in conds if c["name"] == name and c["accuracy"] is not None),
+            key=lambda c: c["severity"],
+        )
+        xs = [c["severity"] for c in cells]
+        ys = [100 * c["accuracy"] for c in cells]
+        if clean is not None:
+            xs, ys = [0, *xs], [100 * clean, *ys]
+        ax.plot(xs, ys, marker="o", ms=4, lw=1.6, color=color, label=name)
+    if clean is not None:
+        ax.axhline(100 * clean, color="#444", ls="--", lw=1, label="clean")
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(range(0, max(c["severity"] for c in conds) + 1))
+    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy vs corruption severity")
+    ax.legend(
+        fontsize=7,
+        ncol=2 if len(names) > 8 else 1,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        frameon=False,
+    )
+    fig.tight_layout()
+    return _png_data_uri(fig)
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20" if n > 10 else "tab10"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _attack_plot(report: dict) -> str | None:
+    attacks = report["attacks"]
+    if not attacks:
+        return None
+    fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
+    ax = fig.add_subplot()
+    names = sorted({a["name"] for a in attacks})
+    for color, name in zip(_colors(len(names)), names, strict=True):
+        rows = sorted(
+            (a for a in attacks if a["name"] == name and a["accuracy"] is not None),
+            key=lambda a: a["eps"],
+        )
+        ax.plot(
+            [255 * a["eps"] for a in rows],
+            [100 * a["accuracy"] for a in rows],
+            marker="o",
+            ms=4,
+            lw=1.6,
+            color=color,
+            label=name,
+        )
+    chance = 100 / len(report["class_names"])
+    ax.axhline(chance, color="#a40e26", ls=":", lw=1, label=f"chance ({chance:.0f}%)")
+    ax.set_xlabel("eps (× 1/255, L-inf pixel units; L2 attacks: raw eps × 255)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title("Robust accuracy vs attack budget")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _png_data_uri(fig)
+
+
+def _heatmap(report: dict) -> str | None:
+    conds = [c for c in report["conditions"]]
+    if not conds:
+        return None
+    names = sorted({c["name"] for c in conds})
+    sevs = sorted({c["severity"] for c in conds})
+    grid = np.full((len(names), len(sevs)), np.nan)
+    for c in conds:
+        if c["accuracy"] is not None:
+            grid[names.index(c["name"]), sevs.index(c["severity"])] = 100 * c["accuracy"]
+    fig = Figure(figsize=(5.2, 0.9 + 0.32 * len(names)), dpi=_DPI)
+    ax = fig.add_subplot()
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(sevs)), [str(s) for s in sevs])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("severity")
+    for i in range(len(names)):
+        for j in range(len(sevs)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    ax.set_title("Accuracy by condition and severity")
+    fig.tight_layout()
+    return _png_data_uri(fig)
+
+
+def _confusion_plot(report: dict) -> str | None:
+    cm = np.asarray(report["clean"]["confusion_matrix"])
+    if cm.size == 0 or cm.sum() == 0:
+        return None
+    names = report["class_names"]
+    size = min(9.0, 2.4 + 0.45 * len(names))
+    fig = Figure(figsize=(size, size * 0.85), dpi=_DPI)
+    ax = fig.add_subplot()
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if len(names) <= 20:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if cm[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if frac[i, j] > 0.5 else "black",
+                    )
+    fig.colorbar(im, ax=ax, label="fraction of the true class")
+    ax.set_title("Clean confusion matrix")
+    fig.tight_layout()
+    return _png_data_uri(fig)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _banner(report: dict) -> str:
+    gate = report.get("gate")
+    if not gate:
+        return ""
+    n, failed, skipped = len(gate["checks"]), gate["failed"], gate.get("skipped", [])
+    if gate["passed"]:
+        title = f"Release gate PASSED: {n - len(skipped)} of {n} checks passed"
+        if skipped:
+            title += f", {len(skipped)} skipped"
+    else:
+        title = f"Release gate FAILED: {len(failed)} of {n} checks failed"
+    items = "".join(f"<li>{_e(c['message'])}</li>" for c in failed)
+    items += "".join(f"<li>{_e(c['message'])}</li>" for c in skipped)
+    cls = "pass" if gate["passed"] else "fail"
+    return (
+        f'<div id="gate-banner" class="banner {cls}">{_e(title)}'
+        + (f"<ul>{items}</ul>" if items else "")
+        + "</div>"
+    )
+
+
+def _card(key: str, value: str) -> str:
+    return f'<div class="card"><div class="v">{_e(value)}</div><div class="k">{_e(key)}</div></div>'
+
+
+def _examples(report: dict, examples: Sequence[Example]) -> str:
+    if not examples:
+        return ""
+    names = report["class_names"]
+
+    def name(i: int) -> str:
+        return names[i] if 0 <= i < len(names) else ("unknown" if i < 0 else str(i))
+
+    cells = []
+    for ex in list(examples)[:MAX_EXAMPLES]:
+        ok = ex.label < 0 or ex.label == ex.prediction
+        where = ex.condition if ex.severity == 0 else f"{ex.condition} s{ex.severity}"
+        cells.append(
+            f'<div class="ex"><img alt="{_e(where)}" src="{_image_data_uri(ex.image)}">'
+            f"<div>{_e(where)}</div><div>label: {_e(name(ex.label))}</div>"
+            f'<div class="{"ok" if ok else "bad"}">pred: {_e(name(ex.prediction))}</div></div>'
+        )
+    more = ""
+    if len(examples) > MAX_EXAMPLES:
+        more = f"<p class='meta'>{len(examples) - MAX_EXAMPLES} more examples not shown.</p>"
+    return "<h2>Examples</h2><div class='examples'>" + "".join(cells) + "</div>" + more
+
+
+def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
+    """Render the report as one self-contained HTML page.
+
+    Args:
+        report: The dict from :func:`robustness.report.build_report`.
+        examples: Images with their predictions, shown in a grid (at most
+            :data:`MAX_EXAMPLES`).
+
+    Returns:
+        The HTML text.
+    """
+    s, clean = report["summary"], report["clean"]
+    model = report.get("model") or {}
+    title = f"Robustness audit: {model.get('name', 'model')}"
+    meta_rows = [
+        ["model", json.dumps(model, sort_keys=True)],
+        ["data", json.dumps(report.get("data"), sort_keys=True)],
+        ["suite / seed", f"{report['suite']} / {report['seed']}"],
+        ["created", report["created_at"]],
+        ["versions", ", ".join(f"{k} {v}" for k, v in report["versions"].items())],
+    ]
+    cards = [
+        _card("clean accuracy", _pct(s["clean_accuracy"])),
+        _card("mean corruption accuracy", _pct(s["mean_corruption_accuracy"])),
+        _card("clean ECE (15 bins)", _num(clean["ece"])),
+        _card("clean macro F1", _num(clean["macro_f1"])),
+    ]
+    if s.get("mce") is not None:
+        cards.append(_card("mCE vs baseline", _num(s["mce"])))
+        cards.append(_card("relative mCE vs baseline", _num(s["relative_mce"])))
+    if s.get("alexnet"):
+        cards.append(_card("mCE vs AlexNet (ImageNet-C)", _num(s["alexnet"]["mce"])))
+
+    plots = []
+    for uri, caption in (
+        (_severity_plot(report), "Accuracy per condition as severity grows; dashed: clean."),
+        (_heatmap(report), "Accuracy (%) of each condition x severity cell."),
+        (_attack_plot(report), "Robust accuracy per attack as the budget eps grows."),
+        (_confusion_plot(report), "Clean confusion matrix, rows normalized; numbers are counts."),
+    ):
+        if uri:
+            plots.append(
+                f'<figure><img class="plot" alt="{_e(caption)}" src="{uri}">'
+                f"<figcaption>{_e(caption)}</figcaption></figure>"
+            )
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<h1>{_e(title)}</h1>",
+        f"<div class='meta'>{_e(report['created_at'])} · suite {_e(report['suite'])}</div>",
+        _banner(report),
+        "<div class='cards'>" + "".join(cards) + "</div>",
+    ]
+    if s["warnings"]:
+        parts.append(
+            "<h2>Warnings</h2><div class='warn'><ul>"
+            + "".join(f"<li>{_e(w)}</li>" for w in s["warnings"])
+            + "</ul></div>"
+        )
+    if plots:
+        parts.append("<h2>Plots</h2><div class='plots'>" + "".join(plots) + "</div>")
+    parts.append(_examples(report, examples))
+    if report["conditions"]:
+        parts.append("<h2>Corruptions</h2>")
+        parts.append(
+            _table(
+                ["condition", "severity", "n", "accuracy", "ECE", "flip rate", "worst class"],
+                [
+                    [
+                        c["name"],
+                        c["severity"],
+                        c["n"],
+                        _pct(c["accuracy"]),
+                        _num(c["ece"]),
+                        _pct(c["flip_rate"]),
+                        f"{c['worst_class']['name']} ({_pct(c['worst_class']['accuracy'])})"
+                        if c["worst_class"]
+                        else "—",
+                    ]
+                    for c in report["conditions"]
+                ],
+            )
+        )
+    if report["attacks"]:
+        parts.append("<h2>Adversarial attacks</h2>")
+        parts.append(
+            _table(
+                ["attack", "eps", "eps × 255", "n", "robust accuracy", "success rate"],
+                [
+                    [
+                        a["name"],
+                        f"{a['eps']:.5f}",
+                        f"{255 * a['eps']:.1f}",
+                        a["n"],
+                        _pct(a["accuracy"]),
+                        _pct(a["success_rate"]),
+                    ]
+                    for a in report["attacks"]
+                ],
+            )
+        )
+    names = report["class_names"]
+    parts.append("<h2>Clean data per class</h2>")
+    parts.append(
+        _table(
+            ["class", "accuracy", "precision", "recall", "F1", "support"],
+            [
+                [
+                    names[i],
+                    _pct(clean["per_class_accuracy"][i]),
+                    _num(clean["precision"][i]),
+                    _num(clean["recall"][i]),
+                    _num(clean["f1"][i]),
+                    clean["support"][i],
+                ]
+                for i in range(len(names))
+            ],
+        )
+    )
+    parts.append("<h2>Run</h2>" + _table(["", "value"], meta_rows))
+    parts.append("</main></body></html>")
+    return "\n".join(p for p in parts if p)
