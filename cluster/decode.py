@@ -1,0 +1,287 @@
+"""Image bytes to model-sized uint8 pixels: the CPU hot path of bulk labeling.
+
+:func:`decode_image` turns one encoded image into a ``(crop, crop, 3)`` uint8 RGB array with
+the geometry of torchvision's official transforms (``Resize(resize)`` on the shorter side,
+then ``CenterCrop(crop)``), in one resampling pass: the crop box is mapped back onto the
+source and only that region is resized (``Image.resize(box=...)``), which is the same
+arithmetic as resizing everything and cropping, without the large intermediate image.
+
+What is handled, and how:
+
+| input                               | handling                                           |
+|-------------------------------------|----------------------------------------------------|
+| EXIF orientation 2..8               | applied (same result as ``ImageOps.exif_transpose``) |
+| L, 1, CMYK, YCbCr, P without alpha  | converted to RGB (L is resized first, then expanded) |
+| RGBA, LA, PA, P/L/RGB + transparency| composited over white :data:`BACKGROUND`           |
+| 16-bit ``I;16*`` and 32-bit ``I``   | top 8 bits of the 16-bit range (``v >> 8``), gray   |
+| animated GIF / WebP                 | first frame                                        |
+| JPEG much larger than the target    | DCT-domain downscale with ``Image.draft`` first    |
+
+Failures raise :class:`DecodeError` whose ``reason`` is one short code:
+
+| reason            | meaning                                                     |
+|-------------------|-------------------------------------------------------------|
+| ``empty``         | zero bytes                                                  |
+| ``null_image``    | no bytes at all (null in the corpus)                        |
+| ``not_an_image``  | bytes in no supported image format (HTML, random bytes)     |
+| ``truncated``     | a supported format whose data ends early                    |
+| ``too_many_pixels`` | header says more than ``max_pixels``; nothing was decoded |
+| ``corrupt``       | any other decoding failure                                  |
+| ``missing_object``| (from the corpus reader) the referenced file does not exist |
+
+Only the formats in :data:`FORMATS` are tried: Pillow's long tail (EPS runs Ghostscript,
+for one) is not something a labeling job should feed untrusted bytes to. Pillow's global
+``LOAD_TRUNCATED_IMAGES`` is never touched: a truncated image is an error row, not a
+half-grey picture.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cluster.preprocess import Preprocess
+
+# Pillow's own warning threshold (1 GiB / 4 bytes / 3 channels, ~89.5 MP, ~256 MiB as RGB):
+# larger images are decompression bombs or outside what an image classifier is fed.
+DEFAULT_MAX_PIXELS = 89_478_485
+BACKGROUND = (255, 255, 255)  # transparent pixels become white, as on a web page
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "PPM")
+REASONS = (
+    "empty", "null_image", "not_an_image", "truncated", "too_many_pixels", "corrupt",
+    "missing_object",
+)
+
+_JPEG_DRAFT = True  # switched off only by the benchmark that measures what it buys
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+# EXIF orientation -> the transpose that makes the stored image upright (exif_transpose's table)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM",
+          b"II*\x00", b"MM\x00*")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class DecodeError(ValueError):
+    """An image that cannot become pixels; ``reason`` is one of :data:`REASONS`.
+
+    >>> str(DecodeError("empty", "zero-length image"))
+    'empty: zero-length image'
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in FORMATS if f in Image.OPEN)
+
+
+def decode_image(
+    data: bytes | None, pre: Preprocess, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode, orient, resize the shorter side to ``pre.resize``, center-crop ``pre.crop``.
+
+    Args:
+        data: the encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF, ...).
+        pre: the model's preprocessing; only ``resize``, ``crop``, ``interpolation`` are used.
+        max_pixels: images whose header declares more pixels are rejected before decoding.
+            Pillow itself refuses more than ``2 * PIL.Image.MAX_IMAGE_PIXELS`` regardless.
+
+    Returns:
+        ``(crop, crop, 3)`` uint8 RGB array (writable).
+
+    Raises:
+        DecodeError: with a ``reason`` from :data:`REASONS`.
+
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (64, 48), (255, 0, 0)).save(buf, "PNG")
+    >>> px = decode_image(buf.getvalue(), Preprocess(resize=32, crop=24))
+    >>> px.shape, px.dtype.name, px[0, 0].tolist()
+    ((24, 24, 3), 'uint8', [255, 0, 0])
+    """
+    return np.array(_decode(data, pre, max_pixels))
+
+
+def decode_batch(
+    blobs: Sequence[bytes | None], pre: Preprocess, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode many images; a bad one becomes an error string, never an exception.
+
+    Returns:
+        ``(N, crop, crop, 3)`` uint8 pixels (rows that failed are zero) and, per row, ``None``
+        or ``"reason: detail"``.
+
+    >>> pixels, errors = decode_batch([b"", None], Preprocess(resize=8, crop=8))
+    >>> pixels.shape, [e.split(":")[0] for e in errors]
+    ((2, 8, 8, 3), ['empty', 'null_image'])
+    """
+    out = np.zeros((len(blobs), pre.crop, pre.crop, 3), np.uint8)  # (N, H, W, 3) uint8
+    errors: list[str | None] = [None] * len(blobs)
+    for i, data in enumerate(blobs):
+        try:
+            out[i] = _decode(data, pre, max_pixels)
+        except DecodeError as exc:
+            errors[i] = str(exc)
+    return out, errors
+
+
+def _decode(data: bytes | None, pre: Preprocess, max_pixels: int) -> np.ndarray:
+    """Read-only ``(crop, crop, 3)`` uint8 view of the final image."""
+    img = _open(data, max_pixels)
+    try:
+        return np.asarray(_process(img, pre))
+    except DecodeError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
+        raise _classify(exc) from exc
+    finally:
+        img.close()
+
+
+def _open(data: bytes | None, max_pixels: int) -> Image.Image:
+    if data is None:
+        raise DecodeError("null_image", "no image bytes (null in the corpus)")
+    if len(data) == 0:
+        raise DecodeError("empty", "zero-length image")
+    try:
+        img = Image.open(io.BytesIO(data), formats=_formats())
+    except Image.DecompressionBombError as exc:
+        raise DecodeError("too_many_pixels", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        if bytes(data[:8]).startswith(_MAGIC):
+            # A known signature Pillow could not parse: the header itself is cut or broken.
+            reason = "truncated" if len(data) < 64 else "corrupt"
+            raise DecodeError(reason, f"{len(data)} bytes start like an image but no header "
+                                      "could be parsed") from exc
+        raise DecodeError(
+            "not_an_image",
+            f"{len(data)} bytes in none of {', '.join(_formats())}; "
+            f"starts with {bytes(data[:16])!r}",
+        ) from exc
+    except Exception as exc:
+        raise _classify(exc) from exc
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise DecodeError("too_many_pixels", f"{w}x{h} is {w * h} pixels > max_pixels {max_pixels}")
+    if w <= 0 or h <= 0:
+        img.close()
+        raise DecodeError("corrupt", f"image header says {w}x{h}")
+    return img
+
+
+def _classify(exc: Exception) -> DecodeError:
+    msg = str(exc) or type(exc).__name__
+    if "truncated" in msg.lower():
+        return DecodeError("truncated", msg)
+    return DecodeError("corrupt", f"{type(exc).__name__}: {msg}")
+
+
+def _process(img: Image.Image, pre: Preprocess) -> Image.Image:
+    if _JPEG_DRAFT and img.format in ("JPEG", "MPO"):
+        w, h = img.size
+        short = min(w, h)
+        if short >= 2 * pre.resize:
+            # libjpeg decodes at 1/2, 1/4 or 1/8 scale straight from DCT coefficients; the
+            # result is never smaller than the resize target, so the final resize still
+            # does the last (< 2x) step with the requested filter.
+            img.draft("RGB", (-(-w * pre.resize // short), -(-h * pre.resize // short)))
+    img.load()
+    orientation = img.getexif().get(0x0112, 1)
+    method = _TRANSPOSE.get(orientation)
+    if img.mode not in ("RGB", "L") or "transparency" in img.info:
+        img = _to_rgb_or_l(img)
+
+    # Geometry in upright coordinates, as torchvision computes it.
+    sw, sh = img.size  # stored
+    uw, uh = (sh, sw) if method in _SWAPS else (sw, sh)
+    short, long = (uw, uh) if uw <= uh else (uh, uw)
+    new_short, new_long = pre.resize, int(pre.resize * long / short)
+    nw, nh = (new_short, new_long) if uw <= uh else (new_long, new_short)
+    top = int(round((nh - pre.crop) / 2.0))
+    left = int(round((nw - pre.crop) / 2.0))
+    sx, sy = uw / nw, uh / nh
+    box = (left * sx, top * sy, (left + pre.crop) * sx, (top + pre.crop) * sy)
+    box = _to_stored(box, method, sw, sh)
+
+    if (nw, nh) == (uw, uh):  # already at the target scale: crop only, no resampling
+        if (sw, sh) != (pre.crop, pre.crop):
+            img = img.crop(tuple(int(round(v)) for v in box))
+    else:
+        img = img.resize((pre.crop, pre.crop), _RESAMPLE[pre.interpolation], box=box)
+    if method is not None:
+        img = img.transpose(method)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+_SWAPS = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+)
+
+
+def _to_stored(box: tuple[float, float, float, float], method, sw: int, sh: int):
+    """Map a box in upright pixel-edge coordinates back onto the stored image."""
+    x0, y0, x1, y1 = box
+    if method is None:
+        return box
+    points = []
+    for x, y in ((x0, y0), (x1, y1)):
+        if method == Image.Transpose.FLIP_LEFT_RIGHT:
+            points.append((sw - x, y))
+        elif method == Image.Transpose.ROTATE_180:
+            points.append((sw - x, sh - y))
+        elif method == Image.Transpose.FLIP_TOP_BOTTOM:
+            points.append((x, sh - y))
+        elif method == Image.Transpose.TRANSPOSE:
+            points.append((y, x))
+        elif method == Image.Transpose.ROTATE_270:  # upright = stored turned 90 clockwise
+            points.append((y, sh - x))
+        elif method == Image.Transpose.TRANSVERSE:
+            points.append((sw - y, sh - x))
+        else:  # ROTATE_90: upright = stored turned 90 counter-clockwise
+            points.append((sw - y, x))
+    (ax, ay), (bx, by) = points
+    return (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
+
+
+def _to_rgb_or_l(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to "RGB" or "L", alpha composited over :data:`BACKGROUND`."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT:
+        px = np.asarray(img)  # (H, W) uint16 or int32, 16-bit range
+        if px.dtype != np.uint16:
+            px = np.clip(px, 0, 65535)
+        return Image.fromarray((px >> 8).astype(np.uint8))
+    if mode == "F":
+        return Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8))
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGB", img.size, BACKGROUND)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    if mode == "1":
+        return img.convert("L")
+    return img.convert("RGB")

@@ -1,0 +1,97 @@
+"""Fixtures shared by the whole test tree: a real S3 endpoint, synthetic corpora, RNG hygiene."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+# The S3 fixture points every AWS client in this process at the local moto server.
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Set elsewhere, these would win over the fixture's endpoint, region or credentials.
+_AWS_UNSET = ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real moto S3 server on 127.0.0.1 (free port); yields its endpoint URL.
+
+    Sets ``AWS_ENDPOINT_URL`` and fake credentials for the session and restores the previous
+    environment afterwards (``monkeypatch`` is function-scoped, hence by hand).
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    names = (*_AWS_ENV, "AWS_ENDPOINT_URL", *_AWS_UNSET)
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(_AWS_ENV, AWS_ENDPOINT_URL=endpoint)
+    for name in _AWS_UNSET:
+        os.environ.pop(name, None)
+    try:
+        yield endpoint
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the moto server; yields ``"s3://<bucket>"``."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def synthetic_corpus(tmp_path):
+    """Factory: ``make(n, rows_per_file=..., row_group_size=..., layout=..., fmt=...)``.
+
+    Writes a small labeled corpus with :func:`cluster.synthetic.write_corpus` under a new
+    directory of ``tmp_path`` and returns its path (str). Extra keywords (``seed``, ``size``,
+    ``prefix``) pass through.
+    """
+    from cluster.synthetic import write_corpus
+
+    made = []
+
+    def make(n: int, *, rows_per_file: int = 50, row_group_size: int = 25,
+             layout: str = "bytes", fmt: str = "jpeg", **kwargs) -> str:
+        path = tmp_path / f"corpus-{len(made)}"
+        write_corpus(str(path), n, rows_per_file=rows_per_file, row_group_size=row_group_size,
+                     layout=layout, fmt=fmt, **kwargs)
+        made.append(path)
+        return str(path)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def prevent_leaking_rng():
+    """Restore Python, numpy and torch RNG state after each test (torchvision's fixture)."""
+    torch_state = torch.get_rng_state()
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    yield
+    torch.set_rng_state(torch_state)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    if cuda_state is not None:
+        torch.cuda.set_rng_state_all(cuda_state)
