@@ -1,0 +1,147 @@
+"""White-box adversarial attacks (through torchattacks) with pixel-unit epsilons.
+
+The model has its normalization inside: it maps ``(N, 3, H, W)`` float32 pixels in [0, 1] to
+logits, so ``eps`` is in pixel units (``8/255`` is eight grey levels) and adversarial images
+stay in [0, 1].
+
+| attack   | threat model | torchattacks | eps means                                      |
+|----------|--------------|--------------|------------------------------------------------|
+| fgsm     | L-inf        | ``FGSM``     | max per-pixel change; one signed-gradient step |
+| pgd      | L-inf        | ``PGD``      | max per-pixel change; random start, ``steps``  |
+| pgd_l2   | L2           | ``PGDL2``    | L2 norm of the change over one whole image     |
+
+Step size: ``alpha = 2.5 * eps / steps`` unless given (Madry et al.'s rule: enough to cross
+the eps-ball and back once). The attack runs with the model in eval mode (batch-norm running
+statistics, no dropout), parameters frozen; the model's training flag and its parameters'
+``requires_grad`` are restored afterwards. PGD's random start draws from a torch generator
+seeded with ``seed`` inside :func:`torch.random.fork_rng`, so a run is reproducible and the
+caller's global RNG state is left as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchattacks
+from torch import nn
+
+DEFAULT_EPSILONS: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
+# L2 sweep for pgd_l2, in pixel units over a whole (3, H, W) image. RobustBench's L2 budgets
+# are 0.5 for CIFAR-10 (32 px) and 3.0 for ImageNet (224 px); the L2 size of a fixed per-pixel
+# change grows with sqrt(3 * H * W), so at our 64 px demo size 0.5 is mild and 2.0 strong.
+DEFAULT_L2_EPSILONS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+_ATTACKS = {"fgsm": torchattacks.FGSM, "pgd": torchattacks.PGD, "pgd_l2": torchattacks.PGDL2}
+_NORM = {"fgsm": "linf", "pgd": "linf", "pgd_l2": "l2"}
+
+
+def list_attacks() -> list[str]:
+    """Attack names accepted by :func:`run_attack`.
+
+    >>> list_attacks()
+    ['fgsm', 'pgd', 'pgd_l2']
+    """
+    return sorted(_ATTACKS)
+
+
+def attack_norm(name: str) -> str:
+    """``"linf"`` or ``"l2"``: the norm the attack's ``eps`` bounds."""
+    _check_name(name)
+    return _NORM[name]
+
+
+def default_epsilons(name: str) -> tuple[float, ...]:
+    """The default eps sweep for ``name``: :data:`DEFAULT_EPSILONS`, or the L2 sweep."""
+    return DEFAULT_L2_EPSILONS if attack_norm(name) == "l2" else DEFAULT_EPSILONS
+
+
+def _check_name(name: str) -> None:
+    if name not in _ATTACKS:
+        raise ValueError(f"attack {name!r} unknown; expected one of {', '.join(list_attacks())}")
+
+
+def default_alpha(eps: float, steps: int) -> float:
+    """Madry's step size ``2.5 * eps / steps``.
+
+    >>> round(default_alpha(8 / 255, 10), 6)
+    0.007843
+    """
+    return 2.5 * eps / steps
+
+
+def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, name: str,
+               eps: float, steps: int = 10, alpha: float | None = None,
+               seed: int = 0) -> torch.Tensor:
+    """Adversarial versions of ``images`` against ``model``.
+
+    Args:
+        model: Maps ``(N, 3, H, W)`` float32 in [0, 1] to ``(N, classes)`` logits
+            (normalization inside). Its training flag and ``requires_grad`` are restored.
+        images: ``(N, 3, H, W)`` float32 in [0, 1], on the model's device.
+        labels: ``(N,)`` int64 true labels; the attack maximizes their cross-entropy.
+        name: One of :func:`list_attacks`.
+        eps: Perturbation budget in pixel units (L-inf for ``fgsm``/``pgd``, L2 for
+            ``pgd_l2``). ``0`` returns a copy of ``images`` without running the model.
+        steps: Iterations for ``pgd``/``pgd_l2`` (ignored by ``fgsm``).
+        alpha: Step size; default :func:`default_alpha`.
+        seed: Seeds the random start of ``pgd``/``pgd_l2``.
+
+    Returns:
+        ``(N, 3, H, W)`` float32 in [0, 1], detached, within ``eps`` of ``images``.
+
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    >>> x = torch.full((2, 3, 4, 4), 0.5)
+    >>> adv = run_attack(model, x, torch.tensor([0, 1]), name="fgsm", eps=2 / 255)
+    >>> bool((adv - x).abs().max() <= 2 / 255 + 1e-6)
+    True
+    """
+    _check_name(name)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+        raise ValueError(f"images for attack {name!r} have shape {shape}; expected a "
+                         "(N, 3, H, W) float tensor in [0, 1]")
+    if images.dtype != torch.float32:
+        raise ValueError(f"images for attack {name!r} are {images.dtype}; expected float32 "
+                         "in [0, 1] (divide uint8 by 255)")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"images for attack {name!r} range over [{images.min():.3g}, "
+                         f"{images.max():.3g}]; expected pixels in [0, 1] with normalization "
+                         "inside the model")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"labels for attack {name!r} have shape {tuple(labels.shape)}; "
+                         f"expected ({images.shape[0]},), one per image")
+    if not eps >= 0:
+        raise ValueError(f"eps for attack {name!r} is {eps}; expected >= 0 (pixel units)")
+    if steps < 1:
+        raise ValueError(f"steps for attack {name!r} is {steps}; expected >= 1")
+    if alpha is not None and not alpha > 0:
+        raise ValueError(f"alpha for attack {name!r} is {alpha}; expected > 0 or None")
+    if eps == 0 or images.shape[0] == 0:
+        return images.detach().clone()
+
+    step = default_alpha(eps, steps) if alpha is None else float(alpha)
+    if name == "fgsm":
+        atk = torchattacks.FGSM(model, eps=eps)
+    elif name == "pgd":
+        atk = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=True)
+    else:
+        atk = torchattacks.PGDL2(model, eps=eps, alpha=step, steps=steps, random_start=True)
+    # torchattacks takes the device from the first parameter (None for a parameter-free model)
+    atk.set_device(images.device)
+
+    was_training = model.training
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    # fork every CUDA device's generator: torch.manual_seed below seeds them all
+    devices = list(range(torch.cuda.device_count())) if images.device.type == "cuda" else []
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)  # only the input gradient is needed
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            torch.manual_seed(seed)  # PGD's random start uses the global generator
+            # PGDL2 reshapes with .view(): a permuted (channels-last) batch would raise
+            adv = atk(images.contiguous(), labels.to(images.device))  # (N, 3, H, W) in [0, 1]
+    finally:
+        for p, flag in zip(model.parameters(), grad_flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return adv.detach()
