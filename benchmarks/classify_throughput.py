@@ -1,0 +1,220 @@
+"""Bulk-labeling throughput, side by side on one corpus, one model, one machine.
+
+Runs, in this order, on the same synthetic Parquet corpus and the same model:
+
+  recipe    Ray Data's documented batch-inference recipe: read_parquet -> map (decode and
+            torchvision transforms per row, float32 tensors) -> map_batches(model class,
+            ActorPoolStrategy) -> write_parquet.
+  loop      one process: read Parquet, decode with PIL, torchvision transforms, batched
+            inference, write Parquet. No Ray.
+  ceiling   the model alone on pre-decoded float tensors in one process (an upper bound).
+  ironsight `cluster.pipeline.run_classify` (what `ironsight classify` runs) into a fresh OUTPUT.
+
+and prints images/s for each and the ratios. With ``--rss`` it also runs ``ironsight classify``
+in a fresh process on corpora N and 4N images and reports the driver's peak RSS.
+
+    python benchmarks/classify_throughput.py --images 4000 --model demo_cnn
+    python benchmarks/classify_throughput.py --images 1000 --model resnet18 --image-size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def make_corpus(path: str, n: int, size: int) -> None:
+    from cluster import synthetic
+
+    if not os.path.isdir(path):
+        synthetic.write_corpus(path, n, seed=99, rows_per_file=1000, row_group_size=250, size=size)
+
+
+def load(model: str):
+    from cluster.models import ModelSource
+
+    return ModelSource(name=model, random_weights=True).load("cpu")
+
+
+def torchvision_transform(pre):
+    from torchvision import transforms
+
+    interp = transforms.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else transforms.InterpolationMode.BILINEAR
+    return transforms.Compose(
+        [transforms.ToTensor(), transforms.Resize(pre.resize, interpolation=interp, antialias=True),
+         transforms.CenterCrop(pre.crop)]
+    )  # normalization is the model's first layer, as in Ironsight
+
+
+def run_recipe(corpus: str, out: str, model_name: str, batch_size: int, actors: int) -> float:
+    """Ray Data's batch-inference recipe, written the way Ray's docs write it."""
+    import ray
+    import torch
+    from PIL import Image
+    from ray.data import ActorPoolStrategy
+
+    loaded = load(model_name)
+    transform = torchvision_transform(loaded.info.preprocess)
+
+    def preprocess(row: dict) -> dict:
+        image = Image.open(io.BytesIO(row["image"])).convert("RGB")
+        return {"id": row["id"], "transformed_image": transform(image).numpy()}
+
+    class ClassifierModel:
+        def __init__(self) -> None:
+            self.model = load(model_name).module.eval()
+
+        def __call__(self, batch: dict) -> dict:
+            torch_batch = torch.from_numpy(batch["transformed_image"])
+            with torch.inference_mode():
+                prediction = self.model(torch_batch)
+            return {"id": batch["id"], "label": prediction.argmax(dim=1).numpy()}
+
+    start = time.perf_counter()
+    ds = ray.data.read_parquet(corpus, columns=["id", "image"]).map(preprocess)
+    ds = ds.map_batches(ClassifierModel, compute=ActorPoolStrategy(size=actors), batch_size=batch_size)
+    ds.write_parquet(out)
+    return time.perf_counter() - start
+
+
+def run_loop(corpus: str, out: str, model_name: str, batch_size: int) -> float:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
+
+    loaded = load(model_name)
+    transform = torchvision_transform(loaded.info.preprocess)
+    model = loaded.module.eval()
+    start = time.perf_counter()
+    ids, labels = [], []
+    for batch in pads.dataset(corpus, format="parquet").to_batches(columns=["id", "image"], batch_size=batch_size):
+        x = torch.stack([transform(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch.column("image").to_pylist()])
+        with torch.inference_mode():
+            labels.append(model(x).argmax(1).numpy())
+        ids += batch.column("id").to_pylist()
+    pq.write_table(pa.table({"id": ids, "label": np.concatenate(labels)}), os.path.join(out, "labels.parquet"))
+    return time.perf_counter() - start
+
+
+def run_ceiling(n: int, model_name: str, batch_size: int) -> float:
+    import torch
+
+    loaded = load(model_name)
+    model = loaded.module.eval()
+    x = torch.rand(batch_size, *loaded.info.preprocess.input_shape)  # (B, 3, H, W) float32 in [0, 1]
+    with torch.inference_mode():
+        model(x)  # warm-up
+        start = time.perf_counter()
+        for _ in range(max(1, n // batch_size)):
+            model(x)
+    return (time.perf_counter() - start) * n / (max(1, n // batch_size) * batch_size)
+
+
+def run_ironsight(corpus: str, out: str, model_name: str, batch_size: int, actors: int | None) -> float:
+    from cluster.models import ModelSource
+    from cluster.pipeline import ClassifyConfig, run_classify
+
+    start = time.perf_counter()
+    run_classify(
+        ClassifyConfig(input=corpus, output=out, source=ModelSource(name=model_name, random_weights=True),
+                       batch_size=batch_size, actors=actors, progress=False)
+    )
+    return time.perf_counter() - start
+
+
+RSS_SNIPPET = """
+import resource, sys, json
+sys.path.insert(0, {root!r})
+from cluster.models import ModelSource
+from cluster.pipeline import ClassifyConfig, run_classify
+from cluster.raycluster import connect
+with connect(None):
+    run_classify(ClassifyConfig(input={corpus!r}, output={out!r}, progress=False,
+                 source=ModelSource(name={model!r}, random_weights=True), batch_size={bs}))
+print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def peak_rss_mb(corpus: str, out: str, model: str, bs: int) -> float:
+    code = RSS_SNIPPET.format(root=os.path.dirname(HERE), corpus=corpus, out=out, model=model, bs=bs)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=4000)
+    ap.add_argument("--image-size", type=int, default=64, help="side of the generated images")
+    ap.add_argument("--model", default="demo_cnn")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--actors", type=int, default=None, help="predictor actors (default: Ironsight's sizing)")
+    ap.add_argument("--rss", action="store_true", help="also measure driver peak RSS at N and 4N images")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ironsight-bench"))
+    args = ap.parse_args(argv)
+
+    import ray
+
+    from cluster.pipeline import plan_resources
+    from cluster.raycluster import connect
+
+    corpus = os.path.join(args.workdir, f"corpus-{args.images}-{args.image_size}")
+    make_corpus(corpus, args.images, args.image_size)
+    outs = {k: os.path.join(args.workdir, f"out-{k}") for k in ("recipe", "loop", "ironsight")}
+    for path in outs.values():
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
+    times: dict[str, float] = {}
+    with connect(None):
+        actors = args.actors or plan_resources(None, "auto")["size"]
+        times["recipe"] = run_recipe(corpus, outs["recipe"], args.model, args.batch_size, actors)
+        times["ironsight"] = run_ironsight(corpus, outs["ironsight"], args.model, args.batch_size, args.actors)
+        ray_cpus = ray.cluster_resources().get("CPU")
+    times["loop"] = run_loop(corpus, outs["loop"], args.model, args.batch_size)
+    times["ceiling"] = run_ceiling(args.images, args.model, args.batch_size)
+    rate = {k: args.images / v for k, v in times.items()}
+    print(f"\nclassify throughput: {args.images} images of {args.image_size}px, model {args.model}, "
+          f"batch {args.batch_size}, {ray_cpus:.0f} CPUs, {actors} actor(s)")
+    print(f"{'run':<10} {'seconds':>9} {'images/s':>10}")
+    for k in ("recipe", "loop", "ceiling", "ironsight"):
+        print(f"{k:<10} {times[k]:>9.2f} {rate[k]:>10.1f}")
+    result = {
+        "images": args.images, "model": args.model, "images_per_s": rate,
+        "ironsight_vs_recipe": rate["ironsight"] / rate["recipe"],
+        "ironsight_vs_loop": rate["ironsight"] / rate["loop"],
+        "ironsight_vs_ceiling": rate["ironsight"] / rate["ceiling"],
+    }
+    print(f"ironsight / recipe  = {result['ironsight_vs_recipe']:.2f}x")
+    print(f"ironsight / loop    = {result['ironsight_vs_loop']:.2f}x")
+    print(f"ironsight / ceiling = {result['ironsight_vs_ceiling']:.2f}x")
+    if args.rss:
+        small, large = args.images, args.images * 4
+        big_corpus = os.path.join(args.workdir, f"corpus-{large}-{args.image_size}")
+        make_corpus(big_corpus, large, args.image_size)
+        rss = {}
+        for n, c in ((small, corpus), (large, big_corpus)):
+            out = os.path.join(args.workdir, f"out-rss-{n}")
+            shutil.rmtree(out, ignore_errors=True)
+            rss[n] = peak_rss_mb(c, out, args.model, args.batch_size)
+        result["peak_rss_mb"] = rss
+        result["rss_ratio_4x"] = rss[large] / rss[small]
+        print(f"driver peak RSS: {small} images {rss[small]:.0f} MB, {large} images {rss[large]:.0f} MB, "
+              f"ratio {result['rss_ratio_4x']:.2f}x")
+    return result
+
+
+if __name__ == "__main__":
+    main()

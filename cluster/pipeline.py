@@ -1,0 +1,443 @@
+"""The bulk-labeling pipeline: corpus -> decode (CPU tasks) -> predict (GPU actors) -> sink.
+
+    plan (footers only) ──► pending shards ──► read+decode task per shard (CPU, streaming)
+        ──► Predictor actor pool (one per GPU, model loaded once) ──► driver: per-shard
+        assembly, dedupe by (shard, row), atomic commit when a shard is whole ──► _SUCCESS
+
+The driver is the only committer. Results are small (ids and top-k), so it assembles each
+shard in memory until all of its rows have arrived, then publishes it through
+:class:`cluster.sink.LabelSink`. Rows are keyed by ``(shard, row)``: if Ray re-delivers output
+after retrying a task or restarting an actor, the duplicate is dropped, so each input row is
+written exactly once. In-flight shards are bounded by the decode concurrency, so driver
+memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cluster import corpus as corpus_mod
+from cluster.decode import DEFAULT_MAX_PIXELS, decode_batch
+from cluster.errors import InvalidInput, JobFailed
+from cluster.models import LoadedModel, ModelSource
+from cluster.predictor import Predictor
+from cluster.preprocess import Preprocess
+from cluster.sink import LabelSink, spec_hash
+
+log = logging.getLogger("ironsight")
+
+# Rows per decoded block handed to Ray: 256 images of 224x224x3 uint8 are 38 MB, far below
+# Ray Data's 128 MiB target block size, and small enough to keep several actors fed.
+DECODE_BLOCK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """Everything a bulk-labeling run needs; the CLI and job specs build one of these."""
+
+    input: str
+    output: str
+    source: ModelSource
+    top_k: int = 5
+    batch_size: int = 64
+    actors: int | None = None
+    image_column: str | None = None
+    id_column: str | None = None
+    max_rows_per_shard: int = 4096
+    skip_bad_files: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+
+
+@dataclass
+class ClassifySummary:
+    """What a run did; printed at the end and written to ``_SUCCESS``."""
+
+    output: str
+    rows: int = 0
+    rows_total: int = 0
+    shards_total: int = 0
+    shards_skipped: int = 0
+    shards_processed: int = 0
+    error_rows: int = 0
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    images_per_s: float = 0.0
+    rows_per_worker: dict[str, int] = field(default_factory=dict)
+    duplicates_dropped: int = 0
+    already_complete: bool = False
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def render(self) -> str:
+        if self.already_complete:
+            return f"{self.output} is already complete ({self.rows_total} rows); nothing to do."
+        lines = [
+            f"labeled {self.rows} rows in {self.wall_s:.1f}s ({self.images_per_s:.1f} images/s)",
+            f"  shards: {self.shards_processed} processed, {self.shards_skipped} already committed,"
+            f" {self.shards_total} in all ({self.rows_total} rows)",
+            f"  error rows: {self.error_rows}"
+            + (
+                " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_reason.items())) + ")"
+                if self.errors_by_reason
+                else ""
+            ),
+        ]
+        if self.skipped_files:
+            lines.append(f"  skipped files: {len(self.skipped_files)}")
+            lines += [f"    {f}: {why}" for f, why in self.skipped_files]
+        if len(self.rows_per_worker) > 1:
+            lines.append(f"  actors: {len(self.rows_per_worker)}")
+        lines.append(f"  output: {self.output}")
+        return "\n".join(lines)
+
+
+def read_and_decode(
+    items: dict[str, np.ndarray],
+    *,
+    plan: corpus_mod.CorpusPlan,
+    preprocess: Preprocess,
+    max_pixels: int,
+    block_rows: int = DECODE_BLOCK_ROWS,
+):
+    """Ray Data UDF: for each shard index in ``items``, stream its rows as decoded blocks.
+
+    Yields ``{"shard", "row", "id", "image" (N, H, W, 3) uint8, "error"}`` (+ ``label``).
+    A corrupt image becomes an error row; nothing here raises for bad image bytes.
+    """
+    for shard_index in items["shard"]:
+        shard = plan.shards[int(shard_index)]
+        for batch in corpus_mod.iter_shard(plan, shard, batch_rows=block_rows):
+            images, decode_errors = decode_batch(batch["image"], preprocess, max_pixels=max_pixels)
+            errors = [e if e is not None else d for e, d in zip(batch["error"], decode_errors, strict=True)]
+            out = {
+                "shard": np.full(len(errors), shard.index, np.int64),
+                "row": np.asarray(batch["row"], np.int64),
+                "id": np.asarray(batch["id"], dtype=object),
+                "image": images,
+                "error": np.asarray(errors, dtype=object),
+            }
+            if "label" in batch:
+                out["label_true"] = np.asarray(batch["label"], np.int64)
+            yield out
+
+
+@dataclass
+class _Partial:
+    """A shard being assembled in the driver."""
+
+    expected: int
+    seen: np.ndarray  # (expected,) bool, indexed by row - row_start
+    parts: list[dict[str, np.ndarray]] = field(default_factory=list)
+    count: int = 0
+
+
+def plan_resources(actors: int | None, device: str) -> dict[str, Any]:
+    """Actor pool size and per-actor resources for the connected Ray cluster.
+
+    One actor per GPU (``num_gpus=1``) when the cluster has GPUs and the device is not forced
+    to CPU; each takes a fraction of a CPU so decode tasks always find cores (an actor pool
+    holding every CPU would starve the decode stage and deadlock the pipeline). On CPU the
+    actors share the cores with decode: half the cores go to inference.
+    """
+    import ray
+
+    res = ray.cluster_resources()
+    cpus = float(res.get("CPU", 1))
+    gpus = int(res.get("GPU", 0))
+    if gpus and device != "cpu":
+        n = actors or gpus
+        if n > gpus:
+            raise InvalidInput(f"--actors {n} asks for more GPU actors than the cluster's {gpus} GPUs")
+        return {"size": n, "num_gpus": 1, "num_cpus": min(1.0, max(0.25, (cpus - 1) / n)), "device": device}
+    if device == "cuda":
+        raise InvalidInput("--device cuda was requested but the Ray cluster has no GPUs")
+    n = actors or max(1, int(cpus // 2))
+    per = max(0.5, min(float(max(1, int(cpus // 2))), (cpus - 0.5) / n))
+    return {"size": n, "num_gpus": 0, "num_cpus": per, "device": "cpu", "threads": max(1, int(per))}
+
+
+def validate_model(source: ModelSource) -> LoadedModel:
+    """Load the model once in the driver so bad weights fail before any actor starts."""
+    return source.validate()
+
+
+def job_spec_hash(cfg: ClassifyConfig, plan: corpus_mod.CorpusPlan, model: LoadedModel) -> str:
+    """Hash of what decides the output rows (not of batch size, actors or other tuning)."""
+    return spec_hash(
+        {
+            "corpus": plan.fingerprint(),
+            "model": model.info.name,
+            "weights_sha256": model.weights_sha256,
+            "preprocess": model.info.preprocess.__dict__,
+            "top_k": cfg.top_k,
+            "max_pixels": cfg.max_pixels,
+        }
+    )
+
+
+def run_classify(cfg: ClassifyConfig) -> ClassifySummary:
+    """Label every row of ``cfg.input`` into ``cfg.output`` exactly once; resumable.
+
+    Ray must already be initialised (:func:`cluster.raycluster.connect`).
+
+    Raises:
+        InvalidInput: bad corpus, columns, model or OUTPUT; nothing was written.
+        JobFailed: the run started and could not finish; committed shards stay valid.
+    """
+    import ray
+
+    if cfg.top_k < 1:
+        raise InvalidInput(f"--top-k must be at least 1, got {cfg.top_k}")
+    if cfg.batch_size < 1:
+        raise InvalidInput(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    started = time.monotonic()
+    plan = corpus_mod.plan_corpus(
+        cfg.input,
+        image_column=cfg.image_column,
+        id_column=cfg.id_column,
+        max_rows_per_shard=cfg.max_rows_per_shard,
+        skip_bad_files=cfg.skip_bad_files,
+    )
+    model = validate_model(cfg.source)
+    if model.info.num_classes < cfg.top_k:
+        log.warning("top-k %d > %d classes; returning %d", cfg.top_k, model.info.num_classes, model.info.num_classes)
+    digest = job_spec_hash(cfg, plan, model)
+    header = {
+        "input": cfg.input,
+        "model": {"name": model.info.name, "weights_sha256": model.weights_sha256},
+        "top_k": cfg.top_k,
+        "num_shards": len(plan.shards),
+        "num_rows": plan.num_rows,
+        "versions": _versions(),
+    }
+    sink = LabelSink.open(
+        cfg.output,
+        spec_hash=digest,
+        header=header,
+        expected_shards=[s.shard_id for s in plan.shards],
+        overwrite=cfg.overwrite,
+    )
+    summary = ClassifySummary(
+        output=cfg.output,
+        rows_total=plan.num_rows,
+        shards_total=len(plan.shards),
+        skipped_files=[tuple(x) for x in plan.skipped],
+    )
+    try:
+        if sink.is_complete and len(sink.committed) == len(plan.shards):
+            summary.already_complete = True
+            summary.shards_skipped = len(plan.shards)
+            return summary
+        pending = [s for s in plan.shards if s.shard_id not in sink.committed]
+        summary.shards_skipped = len(plan.shards) - len(pending)
+        if pending:
+            _stream(cfg, plan, model, pending, sink, summary)
+        if len(sink.committed) != len(plan.shards):
+            missing = sorted(set(s.shard_id for s in plan.shards) - set(sink.committed))
+            raise JobFailed(f"{len(missing)} shards were not committed (first: {missing[:3]}); rerun to resume")
+        summary.wall_s = time.monotonic() - started
+        summary.images_per_s = summary.rows / summary.wall_s if summary.wall_s else 0.0
+        sink.finish({"summary": summary.to_json(), "spec_hash": digest})
+        return summary
+    except ray.exceptions.RayError as exc:
+        raise JobFailed(f"the Ray pipeline failed: {str(exc).splitlines()[0]}") from exc
+    finally:
+        sink.close()
+
+
+def _stream(
+    cfg: ClassifyConfig,
+    plan: corpus_mod.CorpusPlan,
+    model: LoadedModel,
+    pending: list[corpus_mod.Shard],
+    sink: LabelSink,
+    summary: ClassifySummary,
+) -> None:
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is rows/images-per-second aware and shard-exact
+    res = plan_resources(cfg.actors, cfg.device)
+    items = ray.data.from_items(
+        [{"shard": s.index} for s in pending], override_num_blocks=len(pending)
+    )
+    decoded = items.map_batches(
+        read_and_decode,
+        batch_size=1,
+        fn_kwargs={"plan": plan, "preprocess": model.info.preprocess, "max_pixels": cfg.max_pixels},
+        num_cpus=1,
+    )
+    predicted = decoded.map_batches(
+        Predictor,
+        fn_constructor_kwargs={
+            "source": cfg.source,
+            "top_k": cfg.top_k,
+            "device": res["device"],
+            "cpu_threads": res.get("threads"),
+        },
+        compute=ActorPoolStrategy(size=res["size"]),
+        num_gpus=res["num_gpus"],
+        num_cpus=res["num_cpus"],
+        batch_size=cfg.batch_size,
+        # A killed actor is restarted and its in-flight batches retried; duplicates that this
+        # may produce are dropped by (shard, row) below.
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+    by_index = {s.index: s for s in pending}
+    partial: dict[int, _Partial] = {}
+    class_names = model.info.class_names
+    progress = _Progress(sum(s.num_rows for s in pending), cfg.progress)
+    started = time.monotonic()
+    errors_by_reason: Counter[str] = Counter(summary.errors_by_reason)
+    workers: Counter[str] = Counter()
+    for batch in predicted.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        shards_col = batch["shard"]
+        for shard_index in np.unique(shards_col):
+            shard = by_index[int(shard_index)]
+            sel = shards_col == shard_index
+            rows = batch["row"][sel] - shard.row_start
+            p = partial.get(shard.index)
+            if p is None:
+                p = partial[shard.index] = _Partial(shard.num_rows, np.zeros(shard.num_rows, bool))
+            fresh = ~p.seen[rows]
+            # a row repeated within this batch counts once too
+            _, first = np.unique(rows, return_index=True)
+            keep_once = np.zeros(len(rows), bool)
+            keep_once[first] = True
+            fresh &= keep_once
+            summary.duplicates_dropped += int((~fresh).sum())
+            if not fresh.any():
+                continue
+            p.seen[rows[fresh]] = True
+            part = {k: v[sel][fresh] for k, v in batch.items()}
+            p.parts.append(part)
+            p.count += int(fresh.sum())
+            workers.update(part["worker"].tolist())
+            if p.count == p.expected:
+                table = _shard_table(p.parts, class_names)
+                rec = sink.commit(shard.shard_id, table)
+                del partial[shard.index]
+                summary.shards_processed += 1
+                summary.rows += rec.rows
+                summary.error_rows += rec.errors
+                for e in table.column("error").to_pylist():
+                    if e is not None:
+                        errors_by_reason[e.split(":", 1)[0]] += 1
+                progress.update(rec.rows, rec.errors)
+    progress.close()
+    sink.flush_manifest(force=True)
+    summary.errors_by_reason = dict(errors_by_reason)
+    summary.rows_per_worker = dict(workers)
+    if partial:
+        incomplete = {by_index[i].shard_id: f"{p.count}/{p.expected}" for i, p in partial.items()}
+        raise JobFailed(f"shards ended incomplete (rows seen/expected): {incomplete}")
+    log.debug("streamed %d shards in %.1fs", len(pending), time.monotonic() - started)
+
+
+def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...]) -> pa.Table:
+    """Assemble a shard's rows (sorted by row index) into a :data:`LABELS_SCHEMA` table."""
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(cols["row"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    errors = [e if isinstance(e, str) else None for e in cols["error"]]
+    ok = np.array([e is None for e in errors], bool)
+    labels = cols["label"]
+    names = np.asarray(class_names, dtype=object)
+    topk_labels = cols["topk_labels"]
+    topk_scores = cols["topk_scores"]
+    k = topk_labels.shape[1]
+    n = len(errors)
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    list_mask = pa.array(~ok)
+    return pa.table(
+        {
+            "id": pa.array(cols["id"].tolist(), pa.string()),
+            "label": pa.array(labels, pa.int64(), mask=~ok),
+            "label_name": pa.array(
+                [names[i] if good else None for i, good in zip(labels, ok, strict=True)], pa.string()
+            ),
+            "score": pa.array(cols["score"], pa.float32(), mask=~ok),
+            "topk_labels": pa.ListArray.from_arrays(
+                offsets, pa.array(topk_labels.reshape(-1), pa.int64()), mask=list_mask
+            ),
+            "topk_scores": pa.ListArray.from_arrays(
+                offsets, pa.array(topk_scores.reshape(-1), pa.float32()), mask=list_mask
+            ),
+            "error": pa.array(errors, pa.string()),
+        }
+    )
+
+
+class _Progress:
+    """A tqdm bar (rows, images/s, ETA) on a terminal; a log line every 10 s otherwise."""
+
+    def __init__(self, total: int, enabled: bool | None) -> None:
+        self.total, self.done, self.errors = total, 0, 0
+        self.started = self.last_log = time.monotonic()
+        tty = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+        if tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc="labeling", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, rows: int, errors: int) -> None:
+        self.done += rows
+        self.errors += errors
+        if self.bar is not None:
+            self.bar.update(rows)
+            self.bar.set_postfix(errors=self.errors, refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= 10 or self.done == self.total:
+            self.last_log = now
+            rate = self.done / max(now - self.started, 1e-9)
+            eta = (self.total - self.done) / rate if rate else math.inf
+            print(
+                f"[ironsight] {self.done}/{self.total} rows ({100 * self.done / max(self.total, 1):.0f}%),"
+                f" {rate:.0f} images/s, {self.errors} error rows, ETA {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import pyarrow
+    import ray
+    import torch
+    import torchvision
+
+    from cluster import __version__
+
+    return {
+        "ironsight": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ray": ray.__version__,
+        "pyarrow": pyarrow.__version__,
+        "host": os.uname().nodename if hasattr(os, "uname") else "",
+    }

@@ -1,0 +1,419 @@
+"""The distributed robustness audit: eval set -> decode -> conditions -> predict/attack -> report.
+
+    plan (footers) ──► CPU task per shard: read, decode ONCE, emit the clean block and one
+    block per (condition, severity) ──► AuditPredictor actors (one per GPU): predict every
+    block; for clean rows also run each attack at each epsilon ──► driver: predictions table
+    ──► metrics, report.json/md/html, release gate
+
+Corruptions are pure functions of (image id, condition, severity, seed), so any variant can be
+regenerated later: the report's example images are recomputed in the driver for a few ids
+instead of being shipped back through the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster import corpus as corpus_mod
+from cluster import storage
+from cluster.decode import DEFAULT_MAX_PIXELS, decode_batch
+from cluster.errors import GateFailed, InvalidInput, JobFailed
+from cluster.models import ModelSource
+from cluster.predictor import Predictor
+from cluster.preprocess import Preprocess
+from robustness.attacks import run_attack
+from robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
+from robustness.schema import PREDICTIONS_SCHEMA, Example
+from robustness.suites import AttackSpec, Suite, get_suite
+
+log = logging.getLogger("ironsight")
+
+# Audits shard finer than bulk labeling: an eval set is small, and more shards means more
+# CPU tasks corrupting images in parallel.
+AUDIT_ROWS_PER_SHARD = 256
+EXAMPLES_PER_CONDITION = 2
+_IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    input: str
+    output: str
+    source: ModelSource
+    suite: Suite
+    label_column: str | None = "label"
+    image_column: str | None = None
+    id_column: str | None = None
+    max_images: int | None = None
+    seed: int = 0
+    baseline: str | None = None
+    gate: str | None = None
+    batch_size: int = 64
+    actors: int | None = None
+    device: str = "auto"
+    progress: bool | None = None
+
+
+@dataclass
+class AuditResult:
+    report: dict[str, Any]
+    paths: dict[str, str]
+    rows: int = 0
+    error_rows: int = 0
+    wall_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_suite(name_or_path: str, severities: list[int] | None) -> Suite:
+    """A built-in or YAML suite, optionally with its severities replaced."""
+    try:
+        suite = get_suite(name_or_path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise InvalidInput(f"--suite {name_or_path}: {exc}") from exc
+    if severities:
+        from dataclasses import replace
+
+        suite = replace(suite, severities=tuple(severities))
+    return suite
+
+
+def decode_and_corrupt(
+    items: dict[str, np.ndarray],
+    *,
+    plan: corpus_mod.CorpusPlan,
+    preprocess: Preprocess,
+    conditions: tuple[str, ...],
+    severities: tuple[int, ...],
+    seed: int,
+    limits: dict[int, int],
+):
+    """Ray Data UDF (CPU task): decode a shard once, yield the clean block and every variant."""
+    for shard_index in items["shard"]:
+        shard = plan.shards[int(shard_index)]
+        remaining = limits.get(shard.index, shard.num_rows)
+        for batch in corpus_mod.iter_shard(plan, shard, batch_rows=AUDIT_ROWS_PER_SHARD):
+            if remaining <= 0:
+                break
+            take = min(remaining, len(batch["id"]))
+            remaining -= take
+            blobs = batch["image"][:take]
+            images, decode_errors = decode_batch(blobs, preprocess, max_pixels=DEFAULT_MAX_PIXELS)
+            errors = [e if e is not None else d for e, d in zip(batch["error"][:take], decode_errors, strict=True)]
+            ids = np.asarray(batch["id"][:take], dtype=object)
+            labels = np.asarray(batch["label"][:take], np.int64) if "label" in batch else np.full(take, -1, np.int64)
+            base = {"id": ids, "label_true": labels, "error": np.asarray(errors, dtype=object)}
+            yield _block(base, images, "clean", "clean", 0)
+            ok = [i for i, e in enumerate(errors) if e is None]
+            for name in conditions:
+                for severity in severities:
+                    variant = images.copy()
+                    for i in ok:
+                        variant[i] = apply_condition(name, images[i], severity, seed=seed, key=str(ids[i]))
+                    yield _block(base, variant, "corruption", name, severity)
+
+
+def _block(base: dict, images: np.ndarray, kind: str, condition: str, severity: int) -> dict[str, Any]:
+    n = len(images)
+    return {
+        **base,
+        "image": images,
+        "kind": np.full(n, kind, dtype=object),
+        "condition": np.full(n, condition, dtype=object),
+        "severity": np.full(n, severity, np.int32),
+        "eps": np.zeros(n, np.float64),
+    }
+
+
+class AuditPredictor(Predictor):
+    """A :class:`Predictor` that also attacks: for clean rows, each attack at each epsilon.
+
+    Attacks run in float32 (no autocast) with the model in eval mode, on the actor's device.
+    """
+
+    def __init__(self, source: ModelSource, *, attacks: tuple[AttackSpec, ...], seed: int, **kw) -> None:
+        super().__init__(source, top_k=1, passthrough=("id", "label_true", "kind", "condition", "severity", "eps"), **kw)
+        self.attacks = attacks
+        self.seed = seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super().__call__(batch)
+        parts = [out]
+        clean = np.array([k == "clean" and e is None for k, e in zip(batch["kind"], batch["error"], strict=True)])
+        if self.attacks and clean.any():
+            parts += self._attack(batch, clean)
+        return {k: np.concatenate([p[k] for p in parts]) for k in out}
+
+    def _attack(self, batch: dict[str, np.ndarray], clean: np.ndarray) -> list[dict[str, np.ndarray]]:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch["image"][clean])).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W) float32 in [0, 1]
+        y = torch.from_numpy(batch["label_true"][clean]).to(self.device)
+        known = y >= 0
+        parts = []
+        for spec in self.attacks:
+            for eps in spec.eps:
+                if not known.any():
+                    continue
+                adv = run_attack(
+                    self.model, x[known], y[known], name=spec.name, eps=eps, steps=spec.steps,
+                    alpha=spec.alpha, seed=self.seed,
+                )  # (M, 3, H, W) float32 in [0, 1]
+                with torch.inference_mode():
+                    probs = torch.softmax(self.model(adv).float(), dim=1)
+                conf, pred = probs.max(dim=1)
+                m = int(known.sum())
+                parts.append(
+                    {
+                        "id": batch["id"][clean][known.cpu().numpy()],
+                        "label_true": batch["label_true"][clean][known.cpu().numpy()],
+                        "kind": np.full(m, "attack", dtype=object),
+                        "condition": np.full(m, spec.name, dtype=object),
+                        "severity": np.zeros(m, np.int32),
+                        "eps": np.full(m, float(eps), np.float64),
+                        "label": pred.cpu().numpy().astype(np.int64),
+                        "score": conf.cpu().numpy().astype(np.float32),
+                        "topk_labels": pred.cpu().numpy().astype(np.int64)[:, None],
+                        "topk_scores": conf.cpu().numpy().astype(np.float32)[:, None],
+                        "error": np.full(m, None, dtype=object),
+                        "worker": np.full(m, self.worker, dtype=object),
+                    }
+                )
+        return parts
+
+
+def run_audit(cfg: AuditConfig) -> AuditResult:
+    """Run the audit on the connected Ray; write predictions and reports into ``cfg.output``.
+
+    Raises:
+        InvalidInput: bad eval set, suite, model, baseline or gate file; nothing ran.
+        GateFailed: the audit ran and its release gate failed (reports are written first).
+    """
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from cluster.pipeline import plan_resources
+    from robustness.gate import evaluate_gate, load_gate
+    from robustness.report import build_report, write_reports
+
+    started = time.monotonic()
+    plan = corpus_mod.plan_corpus(
+        cfg.input,
+        image_column=cfg.image_column,
+        id_column=cfg.id_column,
+        label_column=cfg.label_column,
+        max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
+    )
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise InvalidInput(f"--max-images must be at least 1, got {cfg.max_images}")
+    gate = load_gate(cfg.gate) if cfg.gate else None
+    baseline = _load_baseline(cfg.baseline) if cfg.baseline else None
+    model = cfg.source.validate()
+    shards, limits = _select(plan, cfg.max_images)
+    res = plan_resources(cfg.actors, cfg.device)
+    items = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
+    variants = items.map_batches(
+        decode_and_corrupt,
+        batch_size=1,
+        fn_kwargs={
+            "plan": plan,
+            "preprocess": model.info.preprocess,
+            "conditions": cfg.suite.conditions,
+            "severities": cfg.suite.severities,
+            "seed": cfg.seed,
+            "limits": limits,
+        },
+        num_cpus=1,
+    )
+    predicted = variants.map_batches(
+        AuditPredictor,
+        fn_constructor_kwargs={
+            "source": cfg.source, "attacks": cfg.suite.attacks, "seed": cfg.seed,
+            "device": res["device"], "cpu_threads": res.get("threads"),
+        },
+        compute=ActorPoolStrategy(size=res["size"]),
+        num_gpus=res["num_gpus"],
+        num_cpus=res["num_cpus"],
+        batch_size=cfg.batch_size,
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+    total_rows = sum(limits.get(s.index, s.num_rows) for s in shards)
+    n_variants = 1 + len(cfg.suite.conditions) * len(cfg.suite.severities)
+    n_attacks = sum(len(a.eps) for a in cfg.suite.attacks)
+    bar = _bar(total_rows * (n_variants + n_attacks), cfg.progress)
+    cols: dict[str, list] = {k: [] for k in ("id", "kind", "condition", "severity", "eps", "label", "prediction", "confidence", "error")}
+    try:
+        for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
+            cols["id"].append(batch["id"])
+            cols["kind"].append(batch["kind"])
+            cols["condition"].append(batch["condition"])
+            cols["severity"].append(batch["severity"])
+            cols["eps"].append(batch["eps"])
+            cols["label"].append(batch["label_true"])
+            cols["prediction"].append(batch["label"])
+            cols["confidence"].append(batch["score"])
+            cols["error"].append(batch["error"])
+            if bar is not None:
+                bar.update(len(batch["id"]))
+    except ray.exceptions.RayError as exc:
+        raise JobFailed(f"the audit pipeline failed: {str(exc).splitlines()[0]}") from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    merged = {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+    ok = np.array([e is None for e in merged["error"]], bool)
+    clean_err = [e for e, k in zip(merged["error"], merged["kind"], strict=True) if e is not None and k == "clean"]
+    table = pa.table(
+        {
+            "id": pa.array(merged["id"][ok].tolist(), pa.string()),
+            "kind": pa.array(merged["kind"][ok].tolist(), pa.string()),
+            "condition": pa.array(merged["condition"][ok].tolist(), pa.string()),
+            "severity": pa.array(merged["severity"][ok], pa.int32()),
+            "eps": pa.array(merged["eps"][ok], pa.float64()),
+            "label": pa.array(merged["label"][ok], pa.int64()),
+            "prediction": pa.array(merged["prediction"][ok], pa.int64()),
+            "confidence": pa.array(merged["confidence"][ok], pa.float32()),
+            "correct": pa.array((merged["label"][ok] == merged["prediction"][ok]) & (merged["label"][ok] >= 0)),
+        },
+        schema=PREDICTIONS_SCHEMA,
+    )
+    inference_s = time.monotonic() - started
+    info = model.info
+    imagenet = info.num_classes == _IMAGENET_CLASSES
+    report = build_report(
+        table,
+        class_names=info.class_names,
+        model={"name": info.name, "weights_sha256": model.weights_sha256, "input_size": info.preprocess.crop},
+        data={
+            "input": cfg.input,
+            "images": total_rows - len(clean_err),
+            "error_rows": len(clean_err),
+            "errors_by_reason": _reasons(clean_err),
+            "label_column": plan.label_column,
+        },
+        seed=cfg.seed,
+        suite=cfg.suite.name,
+        baseline=baseline,
+        imagenet_model=imagenet,
+        imagenet_c_conditions=IMAGENET_C_CONDITIONS,
+    )
+    result_gate = evaluate_gate(report, gate, baseline) if gate is not None else None
+    if result_gate is not None:
+        report["gate"] = result_gate.to_dict()
+    examples = _examples(plan, shards, info.preprocess, cfg, table)
+    paths = _write_outputs(cfg.output, report, table, examples, write_reports)
+    result = AuditResult(
+        report=report, paths=paths, rows=table.num_rows, error_rows=len(clean_err),
+        wall_s=time.monotonic() - started, timings={"pipeline_s": inference_s},
+    )
+    if result_gate is not None and not result_gate.passed:
+        failed = "\n".join(f"  - {c.message}" for c in result_gate.failed)
+        raise GateFailed(f"release gate failed ({len(result_gate.failed)} checks):\n{failed}\nreports: {paths.get('html')}")
+    return result
+
+
+def _select(plan: corpus_mod.CorpusPlan, max_images: int | None) -> tuple[list, dict[int, int]]:
+    """The shards to audit and, for the last one, how many of its rows (``--max-images``)."""
+    if max_images is None:
+        return list(plan.shards), {}
+    shards, limits, left = [], {}, max_images
+    for s in plan.shards:
+        if left <= 0:
+            break
+        shards.append(s)
+        if s.num_rows > left:
+            limits[s.index] = left
+        left -= s.num_rows
+    return shards, limits
+
+
+def _reasons(errors: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in errors:
+        key = e.split(":", 1)[0]
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _load_baseline(uri: str) -> dict:
+    loc = storage.resolve(uri)
+    if not storage.exists(loc):
+        raise InvalidInput(f"--baseline {uri} does not exist; pass the report.json of a previous audit")
+    try:
+        data = json.loads(storage.read_bytes(loc))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--baseline {uri} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or "conditions" not in data or "clean" not in data:
+        raise InvalidInput(f"--baseline {uri} is not an Ironsight report.json (no 'clean'/'conditions')")
+    return data
+
+
+def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.Table) -> list[Example]:
+    """Recompute a few variants in the driver (conditions are deterministic) for the HTML."""
+    if not shards:
+        return []
+    first = next(corpus_mod.iter_shard(plan, shards[0], batch_rows=16), None)
+    if first is None:
+        return []
+    images, errors = decode_batch(first["image"], preprocess)
+    picks = [i for i, e in enumerate(errors) if e is None and first["error"][i] is None][:EXAMPLES_PER_CONDITION]
+    lookup: dict[tuple[str, str, int], int] = {}
+    for row in table.select(["id", "condition", "severity", "prediction"]).to_pylist():
+        lookup[(row["id"], row["condition"], row["severity"])] = row["prediction"]
+    labels = first.get("label", np.full(len(errors), -1))
+    out = []
+    worst = max(cfg.suite.severities) if cfg.suite.severities else 0
+    for i in picks:
+        key = str(first["id"][i])
+        out.append(Example("clean", 0, images[i], int(labels[i]), lookup.get((key, "clean", 0), -1)))
+        for name in cfg.suite.conditions:
+            img = apply_condition(name, images[i], worst, seed=cfg.seed, key=key)
+            out.append(Example(name, worst, img, int(labels[i]), lookup.get((key, name, worst), -1)))
+    return out
+
+
+def _write_outputs(output: str, report: dict, table: pa.Table, examples, write_reports) -> dict[str, str]:
+    """Reports and predictions.parquet into a local dir, or uploaded to an s3:// prefix."""
+    out = storage.resolve(output)
+    if not out.is_s3:
+        os.makedirs(out.path, exist_ok=True)
+        paths = write_reports(report, out.path, examples)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        storage.publish_bytes(out.join("predictions.parquet"), sink.getvalue())
+        paths["predictions"] = out.join("predictions.parquet").uri
+        return paths
+    with tempfile.TemporaryDirectory() as tmp:
+        local = write_reports(report, tmp, examples)
+        paths = {}
+        for key, path in local.items():
+            target = out.join(os.path.basename(path))
+            with open(path, "rb") as f:
+                storage.publish_bytes(target, f.read())
+            paths[key] = target.uri
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    storage.publish_bytes(out.join("predictions.parquet"), sink.getvalue())
+    paths["predictions"] = out.join("predictions.parquet").uri
+    return paths
+
+
+def _bar(total: int, enabled: bool | None):
+    import sys
+
+    if not (sys.stderr.isatty() if enabled is None else enabled):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="pred", desc="auditing", dynamic_ncols=True)

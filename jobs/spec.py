@@ -1,0 +1,296 @@
+"""Job specs: typed, validated, and the single source of the CLI's flags.
+
+A spec is YAML (``ironsight run SPEC.yaml``) or command-line flags (``ironsight classify ...``);
+both are validated into the same pydantic model, so a flag and a spec key are the same thing:
+``--top-k 3`` is ``top_k: 3``. Every field's description is its ``--help`` text.
+
+>>> spec = ClassifyJob(input="in/", output="out/", model="resnet18", random_weights=True)
+>>> spec.top_k, spec.batch_size
+(5, 64)
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cluster.errors import InvalidInput
+
+
+def _cli(*, positional: bool = False, metavar: str | None = None, short: str | None = None) -> dict:
+    return {"cli": {"positional": positional, "metavar": metavar, "short": short}}
+
+
+class ModelChoice(BaseModel):
+    """Which model, and where its weights come from (shared by every job kind)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None,
+        description="registered model name (see `ironsight models list`); optional with --model-card",
+        json_schema_extra=_cli(metavar="NAME"),
+    )
+    weights: str | None = Field(
+        None,
+        description="weights file or s3:// URI: .safetensors (preferred), a state dict (.pt/.pth, "
+        "loaded with weights_only=True), a torch.export program (.pt2) or TorchScript",
+        json_schema_extra=_cli(metavar="PATH_OR_URI"),
+    )
+    model_card: str | None = Field(
+        None,
+        description="model card YAML describing your own model (format, arch, weights, input "
+        "size, mean/std, class names)",
+        json_schema_extra=_cli(metavar="CARD.yaml"),
+    )
+    random_weights: bool = Field(
+        False, description="random weights, for tests and benchmarks only: labels are meaningless"
+    )
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> ModelChoice:
+        if self.model is None and self.model_card is None:
+            raise ValueError("name a model with --model NAME, or describe one with --model-card CARD.yaml")
+        if self.random_weights and (self.weights or self.model_card):
+            raise ValueError("--random-weights cannot be combined with --weights or --model-card")
+        if not (self.weights or self.model_card or self.random_weights):
+            raise ValueError(
+                f"model {self.model!r} needs weights: pass --weights PATH_OR_URI or --model-card "
+                "CARD.yaml (nothing is downloaded); --random-weights exists only for tests and benchmarks"
+            )
+        return self
+
+    def source(self):
+        from cluster.models import ModelSource
+
+        return ModelSource(
+            name=self.model, weights=self.weights, card=self.model_card, random_weights=self.random_weights
+        )
+
+
+class RunOptions(BaseModel):
+    """Where and how a job runs; none of these change its results."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('auto', HOST:PORT, ray://HOST:10001); default: an "
+        "embedded Ray on this machine",
+        json_schema_extra=_cli(metavar="RAY_ADDRESS"),
+    )
+    actors: int | None = Field(
+        None, ge=1, description="predictor actors; default one per GPU, or half the cores on CPU"
+    )
+    batch_size: int = Field(
+        64, ge=1, le=65536, description="images per inference batch on each actor"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses GPUs when the cluster has them"
+    )
+
+
+class ClassifyJob(ModelChoice, RunOptions):
+    """Bulk labeling: every row of INPUT gets top-k labels (or an error) in OUTPUT, exactly once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["classify"] = Field("classify", description="job kind", json_schema_extra={"cli": None})
+    name: str = Field("classify", description="job name, used by run history and schedules")
+    input: str = Field(
+        description="Parquet file, directory, glob, or s3://bucket/prefix of images",
+        json_schema_extra=_cli(positional=True, metavar="INPUT"),
+    )
+    output: str = Field(
+        description="output directory or s3:// prefix (one Parquet file per input shard)",
+        json_schema_extra=_cli(positional=True, metavar="OUTPUT"),
+    )
+    image_column: str | None = Field(
+        None,
+        description="image column; default: detected (binary bytes, Hugging Face Image struct, "
+        "Spark binaryFile content)",
+        json_schema_extra=_cli(metavar="C"),
+    )
+    id_column: str | None = Field(
+        None,
+        description="id column; default: id/key/path if present, else FILE#ROW",
+        json_schema_extra=_cli(metavar="C"),
+    )
+    top_k: int = Field(5, ge=1, le=1000, description="labels kept per image", json_schema_extra=_cli(metavar="K"))
+    max_rows_per_shard: int = Field(
+        4096, ge=1, description="rows per output file at most (whole row groups are never split)"
+    )
+    skip_bad_files: bool = Field(
+        False, description="skip unreadable or non-Parquet input files (listed) instead of refusing"
+    )
+    overwrite: bool = Field(
+        False, description="replace an OUTPUT written by a different model or spec instead of refusing"
+    )
+
+
+class AuditJob(ModelChoice, RunOptions):
+    """Robustness audit: accuracy under conditions x severities and attacks, reports, a gate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["audit"] = Field("audit", description="job kind", json_schema_extra={"cli": None})
+    name: str = Field("audit", description="job name, used by run history and schedules")
+    input: str = Field(
+        description="labeled Parquet eval set: file, directory, glob or s3:// prefix",
+        json_schema_extra=_cli(positional=True, metavar="INPUT"),
+    )
+    output: str = Field(
+        description="directory or s3:// prefix for report.json/.md/.html and predictions.parquet",
+        json_schema_extra=_cli(positional=True, metavar="OUTPUT"),
+    )
+    label_column: str = Field("label", description="integer class-index column of the eval set",
+                              json_schema_extra=_cli(metavar="C"))
+    image_column: str | None = Field(None, description="image column; default: detected",
+                                     json_schema_extra=_cli(metavar="C"))
+    id_column: str | None = Field(None, description="id column; default: id/key/path or FILE#ROW",
+                                  json_schema_extra=_cli(metavar="C"))
+    suite: str = Field(
+        "quick",
+        description="quick, standard, or a suite YAML (conditions, severities, attacks)",
+        json_schema_extra=_cli(metavar="quick|standard|FILE.yaml"),
+    )
+    severities: list[int] | None = Field(
+        None,
+        description="severities to run, e.g. 1,3,5 (default: the suite's)",
+        json_schema_extra=_cli(metavar="1,3,5"),
+    )
+    max_images: int | None = Field(None, ge=1, description="audit at most this many images (first N rows)",
+                                   json_schema_extra=_cli(metavar="N"))
+    seed: int = Field(0, description="seed of every random condition and attack start",
+                      json_schema_extra=_cli(metavar="S"))
+    baseline: str | None = Field(
+        None,
+        description="report.json of a previous audit: adds CE/mCE and per-condition changes",
+        json_schema_extra=_cli(metavar="PREVIOUS/report.json"),
+    )
+    gate: str | None = Field(
+        None, description="release gate YAML; a failed gate exits 3", json_schema_extra=_cli(metavar="GATE.yaml")
+    )
+
+    @field_validator("severities", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"expected comma-separated integers like 1,3,5, got {value!r}") from None
+        return value
+
+    @field_validator("severities")
+    @classmethod
+    def _in_range(cls, value: list[int] | None) -> list[int] | None:
+        from robustness.conditions import SEVERITIES
+
+        if value is not None:
+            bad = [v for v in value if v not in SEVERITIES]
+            if bad or not value:
+                raise ValueError(f"severities must be among {list(SEVERITIES)}, got {value}")
+        return value
+
+
+JobSpec = Annotated[Union[ClassifyJob, AuditJob], Field(discriminator="kind")]  # noqa: UP007
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the field path: ``spec.yaml: top_k: must be >= 1``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `ironsight validate --help` lists the keys)"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str) -> ClassifyJob | AuditJob:
+    """Read and validate a YAML job spec; errors name the file and the field path."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput(f"spec file {path} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: a job spec is a YAML mapping (key: value), got {type(data).__name__}")
+    kind = data.get("kind", "classify")
+    model = SPEC_KINDS.get(kind)
+    if model is None:
+        raise InvalidInput(f"{path}: kind: {kind!r} is not a job kind; expected one of {sorted(SPEC_KINDS)}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(format_validation_error(exc, path)) from exc
+
+
+SPEC_KINDS: dict[str, type[BaseModel]] = {"classify": ClassifyJob, "audit": AuditJob}
+
+
+# --- the CLI, generated from the spec models ------------------------------------------------
+
+
+def _unwrap(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) of ``X | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else tp), True
+    return tp, False
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """Add one option per spec field (positional where the field says so).
+
+    Defaults are left to the model (argparse.SUPPRESS), so the spec is the only place a
+    default lives; the help text shows it.
+    """
+    for name, f in model.model_fields.items():
+        extra = (f.json_schema_extra or {}) if isinstance(f.json_schema_extra, dict) else {}
+        if "cli" in extra and extra["cli"] is None:
+            continue
+        cli = extra.get("cli") or {}
+        tp, _ = _unwrap(f.annotation)
+        flag = "--" + name.replace("_", "-")
+        default_txt = "" if f.is_required() or f.default in (None, False) else f" (default: {f.default})"
+        help_txt = (f.description or "") + default_txt
+        kwargs: dict[str, Any] = {"help": help_txt, "default": argparse.SUPPRESS}
+        if tp is bool:
+            kwargs["action"] = "store_true"
+        else:
+            if typing.get_origin(tp) is Literal:
+                kwargs["choices"] = list(typing.get_args(tp))
+            elif tp in (int, float):
+                kwargs["type"] = tp
+            kwargs["metavar"] = cli.get("metavar") or name.upper()
+        if cli.get("positional"):
+            kwargs.pop("default")
+            parser.add_argument(name, **kwargs)
+        else:
+            parser.add_argument(flag, dest=name, **kwargs)
+
+
+def spec_from_args(model: type[BaseModel], args: argparse.Namespace) -> Any:
+    """Validate parsed flags into the spec model; errors name the flag."""
+    values = {k: v for k, v in vars(args).items() if k in model.model_fields}
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            where = "--" + loc[0].replace("_", "-") if loc else "arguments"
+            lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        raise InvalidInput("\n".join(lines)) from exc
