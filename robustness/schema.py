@@ -135,3 +135,101 @@ def validate_predictions(
             f"labels are class indices into class_names, or -1 when unknown"
         )
     return out
+
+
+def _obj(required: dict, **extra) -> dict:
+    return {"type": "object", "required": sorted(required), "properties": required, **extra}
+
+
+_NUM = {"type": ["number", "null"]}
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_WORST = {"type": ["object", "null"]}
+_CHECK = _obj({"name": _STR, "passed": {"type": "boolean"}, "message": _STR})
+
+# JSON Schema (draft 2020-12) of report.json: the keys consumers may rely on. Extra keys are
+# allowed (minor versions add keys); a key listed here never disappears within a major version.
+REPORT_JSON_SCHEMA: dict = _obj(
+    {
+        "schema_version": {"const": REPORT_SCHEMA_VERSION},
+        "created_at": _STR,
+        "model": {"type": "object"},
+        "data": {"type": ["object", "null"]},
+        "seed": _INT,
+        "suite": _STR,
+        "versions": _obj(
+            {
+                k: {"type": ["string", "null"]}
+                for k in ("python", "torch", "torchvision", "numpy", "ironsight")
+            }
+        ),
+        "class_names": {"type": "array", "items": _STR},
+        "clean": _obj(
+            {
+                "n": _INT,
+                "accuracy": _NUM,
+                "ece": _NUM,
+                "macro_precision": _NUM,
+                "macro_recall": _NUM,
+                "macro_f1": _NUM,
+                "worst_class": _WORST,
+                "precision": {"type": "array"},
+                "recall": {"type": "array"},
+                "f1": {"type": "array"},
+                "per_class_accuracy": {"type": "array"},
+                "confusion_matrix": {"type": "array", "items": {"type": "array"}},
+            }
+        ),
+        "conditions": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "name": _STR,
+                    "severity": _INT,
+                    "n": _INT,
+                    "accuracy": _NUM,
+                    "ece": _NUM,
+                    "flip_rate": _NUM,
+                    "worst_class": _WORST,
+                }
+            ),
+        },
+        "attacks": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "name": _STR,
+                    "eps": {"type": "number"},
+                    "n": _INT,
+                    "accuracy": _NUM,
+                    "success_rate": _NUM,
+                }
+            ),
+        },
+        "summary": _obj(
+            {
+                "clean_accuracy": _NUM,
+                "mean_corruption_accuracy": _NUM,
+                "mce": _NUM,
+                "relative_mce": _NUM,
+                "per_condition": {"type": "array"},
+                "baseline": {"type": ["object", "null"]},
+                "alexnet": {"type": ["object", "null"]},
+                "warnings": {"type": "array", "items": _STR},
+            }
+        ),
+        "gate": {
+            "oneOf": [
+                {"type": "null"},
+                _obj(
+                    {
+                        "passed": {"type": "boolean"},
+                        "failed": {"type": "array", "items": _CHECK},
+                        "checks": {"type": "array", "items": _CHECK},
+                    }
+                ),
+            ]
+        },
+    },
+    **{"$schema": "https://json-schema.org/draft/2020-12/schema"},
+)

@@ -1,0 +1,219 @@
+"""report.json / report.md / report.html content and text summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import jsonschema
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cluster.errors import InvalidInput
+from robustness.gate import evaluate_gate, parse_gate
+from robustness.report import build_report, dumps, text_summary, to_markdown, write_reports
+from robustness.schema import REPORT_JSON_SCHEMA, REPORT_SCHEMA_VERSION, Example
+
+CLASS_NAMES = ["cat", "dog"]
+LABELS = [0, 1, 0, 1]
+
+
+def rows(kind, condition, severity, eps, preds, conf=0.8):
+    return [
+        {"id": f"i{i}", "kind": kind, "condition": condition, "severity": severity, "eps": eps,
+         "label": LABELS[i], "prediction": p, "confidence": conf, "correct": p == LABELS[i]}
+        for i, p in enumerate(preds)
+    ]
+
+
+def predictions(clean=(0, 1, 0, 0)) -> pa.Table:
+    data = rows("clean", "clean", 0, 0.0, clean)  # 3/4 correct
+    data += rows("corruption", "gaussian_noise", 1, 0.0, [0, 1, 1, 0])  # 2/4
+    data += rows("corruption", "gaussian_noise", 2, 0.0, [1, 0, 1, 0])  # 0/4
+    data += rows("corruption", "my_blur", 1, 0.0, [0, 1, 0, 1])  # 4/4
+    data += rows("attack", "fgsm", 0, 0.0, list(clean))
+    data += rows("attack", "fgsm", 0, 8 / 255, [0, 1, 1, 0], conf=0.99)  # 2/4, not above chance 1/2
+    return pa.Table.from_pylist(data)
+
+
+def make_report(**kw) -> dict:
+    return build_report(
+        kw.pop("table", predictions()), class_names=CLASS_NAMES,
+        model={"name": "tiny", "hash": "abc"}, data={"path": "eval.parquet", "rows": 4},
+        seed=7, suite="quick", **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def report():
+    return make_report()
+
+
+def test_report_matches_the_json_schema(report):
+    jsonschema.validate(json.loads(dumps(report)), REPORT_JSON_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (("schema_version",), REPORT_SCHEMA_VERSION),
+        (("seed",), 7),
+        (("suite",), "quick"),
+        (("model", "name"), "tiny"),
+        (("clean", "accuracy"), 0.75),
+        (("clean", "confusion_matrix"), [[2, 0], [1, 1]]),
+        (("summary", "clean_accuracy"), 0.75),
+        (("summary", "mean_corruption_accuracy"), ((0.5 + 0.0) / 2 + 1.0) / 2),
+        (("summary", "mce"), None),
+        (("summary", "baseline"), None),
+        (("summary", "alexnet"), None),
+        (("gate",), None),
+    ],
+)
+def test_report_values(report, path, expected):
+    value = report
+    for key in path:
+        value = value[key]
+    assert value == expected
+
+
+def test_report_condition_entries(report):
+    assert [(c["name"], c["severity"], c["n"], c["accuracy"]) for c in report["conditions"]] == [
+        ("gaussian_noise", 1, 4, 0.5), ("gaussian_noise", 2, 4, 0.0), ("my_blur", 1, 4, 1.0)
+    ]
+
+
+def test_report_attack_entries(report):
+    assert [(a["name"], a["eps"], a["accuracy"], a["success_rate"]) for a in report["attacks"]] == [
+        ("fgsm", 0.0, 0.75, 0.0), ("fgsm", 8 / 255, 0.5, pytest.approx(1 / 3))
+    ]
+
+
+def test_report_versions_and_time(report):
+    assert set(report["versions"]) == {"python", "torch", "torchvision", "numpy", "ironsight"}
+    assert report["versions"]["numpy"] == np.__version__
+    created = dt.datetime.fromisoformat(report["created_at"])
+    assert created.tzinfo is not None
+
+
+def test_json_is_strict_nan_becomes_null():
+    report = make_report()
+    report["model"]["score"] = float("nan")
+    report["data"]["ratio"] = float("inf")
+    text = dumps(report)
+    loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert loaded["model"]["score"] is None and loaded["data"]["ratio"] is None
+
+
+def test_unlabeled_eval_set_has_null_accuracy_and_a_warning():
+    data = rows("clean", "clean", 0, 0.0, [0, 1, 0, 0])
+    data += rows("corruption", "fog", 1, 0.0, [1, 1, 0, 0])
+    for r in data:
+        r["label"], r["correct"] = -1, False
+    report = make_report(table=pa.Table.from_pylist(data))
+    assert report["clean"]["accuracy"] is None
+    assert report["conditions"][0]["flip_rate"] == 0.25
+    assert any("no labeled rows" in w for w in report["summary"]["warnings"])
+    jsonschema.validate(json.loads(dumps(report)), REPORT_JSON_SCHEMA)
+
+
+def test_baseline_fills_mce_and_per_condition_change():
+    baseline = make_report(table=predictions(clean=(0, 1, 0, 1)))  # clean 4/4
+    report = make_report(baseline=baseline)
+    # identical conditions: CE 1 each; gaussian relative CE: (0.5+1 - 2*0.25) / (0.5+1 - 0)
+    assert report["summary"]["mce"] == pytest.approx(1.0)
+    per = {p["name"]: p for p in report["summary"]["per_condition"]}
+    assert per["gaussian_noise"]["relative_ce"] == pytest.approx(1.0 / 1.5)
+    assert report["summary"]["baseline"]["clean_accuracy_change"] == pytest.approx(-0.25)
+    assert per["my_blur"]["accuracy_change"] == 0.0
+
+
+def test_imagenet_model_gets_alexnet_mce_over_imagenet_c_conditions_only():
+    report = make_report(imagenet_model=True, imagenet_c_conditions=["gaussian_noise"])
+    alexnet = report["summary"]["alexnet"]
+    assert alexnet["conditions"] == ["gaussian_noise"]
+    assert alexnet["mce"] == pytest.approx((0.5 + 1.0) / (0.69528 + 0.82542))
+
+
+def test_bad_table_is_invalid_input():
+    with pytest.raises(InvalidInput, match="column 'correct' is missing"):
+        make_report(table=predictions().drop_columns(["correct"]))
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        "# Robustness audit: tiny",
+        "| clean accuracy | 75.0% |",
+        "| true \\ predicted | cat | dog |",
+        "| cat | 2 | 0 |",
+        "| condition | severity | n | accuracy | ECE | flip rate | worst class |",
+        "| gaussian_noise | 2 | 4 | 0.0% |",
+        "| attack | eps | eps × 255 | n | robust accuracy | success rate |",
+        "| fgsm | 0.03137 | 8.0 | 4 | 50.0% | 33.3% |",
+    ],
+)
+def test_markdown_contains_tables(report, needle):
+    assert needle in to_markdown(report)
+
+
+@pytest.fixture(scope="module")
+def gated_report():
+    report = make_report()
+    gate = parse_gate({"clean_accuracy_min": 0.9, "ece_max": 0.5})
+    report["gate"] = evaluate_gate(report, gate).to_dict()
+    return report
+
+
+def test_markdown_and_summary_show_gate_failures(gated_report):
+    line = "clean: accuracy 0.75 is below the floor 0.90"
+    assert f"- FAIL {line}" in to_markdown(gated_report)
+    summary = text_summary(gated_report)
+    assert "Release gate FAILED: 1 failed" in summary and line in summary
+
+
+def test_text_summary_is_one_screen(report):
+    text = text_summary(report)
+    assert "clean accuracy             75.0%" in text
+    assert "fgsm @ 8.0/255" in text
+    assert len(text.splitlines()) <= 24
+
+
+def test_write_reports_writes_three_files(tmp_path, gated_report):
+    ex = [Example("clean", 0, np.zeros((8, 8, 3), np.uint8), 0, 1)]
+    paths = write_reports(gated_report, str(tmp_path / "out"), ex)
+    assert sorted(paths) == ["html", "json", "markdown"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["report.html", "report.json", "report.md"]
+    with open(paths["json"], encoding="utf-8") as f:
+        assert json.load(f)["gate"]["passed"] is False
+
+
+@pytest.mark.parametrize(
+    ("gate", "banner"),
+    [
+        (None, None),
+        ({"clean_accuracy_min": 0.5}, "Release gate PASSED: 1 of 1 checks passed"),
+        ({"clean_accuracy_min": 0.9}, "Release gate FAILED: 1 of 1 checks failed"),
+    ],
+)
+def test_html_banner(gate, banner):
+    from robustness.html import render_html
+
+    report = make_report()
+    if gate is not None:
+        report["gate"] = evaluate_gate(report, parse_gate(gate)).to_dict()
+    page = render_html(report)
+    assert ('id="gate-banner"' in page) == (banner is not None)
+    if banner:
+        assert banner in page
+
+
+def test_html_escapes_names():
+    from robustness.html import render_html
+
+    report = make_report()
+    report["model"]["name"] = "<script>x</script>"
+    page = render_html(report)
+    assert "<script>" not in page and "&lt;script&gt;" in page
