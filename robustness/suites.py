@@ -1,0 +1,224 @@
+"""Audit suites: which conditions, severities and attacks an audit runs.
+
+Two are built in (:func:`list_suites`); any other is a YAML file, validated strictly (unknown
+keys, unknown conditions or attacks, out-of-range values are errors naming the field and the
+file):
+
+```yaml
+name: nightly
+conditions: [low_light, gaussian_noise]   # or "all" (every registered condition)
+severities: [1, 3, 5]                     # default: all of SEVERITIES
+attacks:                                  # default: none
+  - {name: pgd, eps: [0, 0.00784], steps: 10}   # eps default: the attack's default sweep
+  - {name: fgsm}                                 # alpha default: 2.5 * eps / steps
+```
+
+| suite      | conditions                              | severities | attacks                          |
+|------------|-----------------------------------------|------------|----------------------------------|
+| quick      | low_light, overexposure, gaussian_blur, | 1, 3, 5    | fgsm at 0, 2/255, 8/255          |
+|            | gaussian_noise, occlusion, partial_view |            |                                  |
+| standard   | every registered condition              | 1 to 5     | fgsm and pgd (10 steps) over     |
+|            |                                         |            | DEFAULT_EPSILONS                 |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
+from robustness.conditions import SEVERITIES, list_conditions
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a suite, run once per ``eps`` (pixel units; L2 for ``pgd_l2``)."""
+
+    name: str
+    eps: tuple[float, ...]
+    steps: int = 10
+    alpha: float | None = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What an audit runs: every condition at every severity, every attack at every eps."""
+
+    name: str
+    conditions: tuple[str, ...]
+    severities: tuple[int, ...]
+    attacks: tuple[AttackSpec, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples) for report.json and YAML.
+
+        >>> get_suite("quick").to_dict()["severities"]
+        [1, 3, 5]
+        """
+        d = asdict(self)
+        d["conditions"], d["severities"] = list(self.conditions), list(self.severities)
+        d["attacks"] = [{**a, "eps": list(a["eps"])} for a in d["attacks"]]
+        return d
+
+
+_QUICK_CONDITIONS = ("low_light", "overexposure", "gaussian_blur", "gaussian_noise",
+                     "occlusion", "partial_view")
+
+
+def _quick() -> Suite:
+    return Suite("quick", _QUICK_CONDITIONS, (1, 3, 5),
+                 (AttackSpec("fgsm", (0.0, 2 / 255, 8 / 255), steps=1),))
+
+
+def _standard() -> Suite:
+    # built on call, so conditions registered after import are included
+    return Suite("standard", tuple(list_conditions()), SEVERITIES,
+                 (AttackSpec("fgsm", DEFAULT_EPSILONS, steps=1),
+                  AttackSpec("pgd", DEFAULT_EPSILONS, steps=10)))
+
+
+_BUILTIN = {"quick": _quick, "standard": _standard}
+
+
+def list_suites() -> list[str]:
+    """Names of the built-in suites.
+
+    >>> list_suites()
+    ['quick', 'standard']
+    """
+    return sorted(_BUILTIN)
+
+
+def get_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or a suite YAML file (validated).
+
+    Raises:
+        ValueError: Unknown name, missing file, or an invalid file; the message names the
+            offending field and the file.
+
+    >>> s = get_suite("standard")
+    >>> len(s.severities), [a.name for a in s.attacks]
+    (5, ['fgsm', 'pgd'])
+    """
+    if name_or_path in _BUILTIN:
+        return _BUILTIN[name_or_path]()
+    if os.path.isfile(name_or_path):
+        return load_suite(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")):
+        raise ValueError(f"suite file {name_or_path!r} does not exist")
+    raise ValueError(f"suite {name_or_path!r} unknown; expected one of "
+                     f"{', '.join(list_suites())} or the path of a suite YAML file")
+
+
+class _AttackModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    eps: list[float] | None = Field(None, min_length=1)
+    steps: int = Field(10, ge=1)
+    alpha: float | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_attack(cls, v: str) -> str:
+        if v not in list_attacks():
+            raise ValueError(f"attack {v!r} unknown; expected one of {', '.join(list_attacks())}")
+        return v
+
+    @field_validator("eps")
+    @classmethod
+    def _non_negative(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(not e >= 0 for e in v):
+            raise ValueError(f"eps {v} has a negative value; epsilons are pixel units >= 0")
+        return v
+
+
+class _SuiteModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1)
+    conditions: str | list[str] = "all"
+    severities: list[int] = Field(default_factory=lambda: list(SEVERITIES), min_length=1)
+    attacks: list[_AttackModel] = Field(default_factory=list)
+
+    @field_validator("conditions")
+    @classmethod
+    def _known_conditions(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str):
+            if v != "all":
+                raise ValueError(f"conditions {v!r} is a string; expected \"all\" or a list of "
+                                 "condition names")
+        else:
+            if not v:
+                raise ValueError("no conditions; list at least one or write \"all\"")
+            valid = list_conditions()
+            unknown = [c for c in v if c not in valid]
+            if unknown:
+                raise ValueError(f"condition(s) {', '.join(map(repr, unknown))} unknown; "
+                                 f"expected any of {', '.join(valid)}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"conditions {v} repeat a name")
+        return v
+
+    @field_validator("severities")
+    @classmethod
+    def _known_severities(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s not in SEVERITIES]
+        if bad:
+            raise ValueError(f"severities {bad} out of range; expected values in {SEVERITIES}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"severities {v} repeat a value")
+        return v
+
+
+def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
+    """Validate a suite given as plain data (a parsed YAML mapping).
+
+    Args:
+        data: The mapping (``name``, ``conditions``, ``severities``, ``attacks``).
+        source: Where it came from, for error messages (``"file nightly.yaml"``, or a job
+            spec field).
+
+    >>> parse_suite({"name": "mini", "conditions": ["contrast"], "severities": [2]}).conditions
+    ('contrast',)
+    >>> parse_suite({"name": "x", "severity": [2]}, source="file nightly.yaml")
+    Traceback (most recent call last):
+    ...
+    ValueError: suite file nightly.yaml is invalid: severity: Extra inputs are not permitted (got [2])
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"suite {source} is a {type(data).__name__}; expected a mapping with "
+                         "keys name, conditions, severities, attacks")
+    try:
+        m = _SuiteModel.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            + ("" if err["type"] == "missing" else f" (got {err['input']!r})")
+            for err in e.errors(include_url=False)
+        )
+        raise ValueError(f"suite {source} is invalid: {problems}") from None
+    conditions = tuple(list_conditions()) if m.conditions == "all" else tuple(m.conditions)
+    attacks = tuple(
+        AttackSpec(a.name, tuple(float(e) for e in (a.eps or default_epsilons(a.name))),
+                   a.steps, a.alpha)
+        for a in m.attacks
+    )
+    return Suite(m.name, conditions, tuple(m.severities), attacks)
+
+
+def load_suite(path: str) -> Suite:
+    """Read and validate a suite YAML file (see the module docstring for the format)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f"suite file {path!r} cannot be read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"suite file {path!r} is not valid YAML: {e}") from None
+    return parse_suite(data, source=f"file {path}")
