@@ -295,8 +295,8 @@ def _baseline_checks(report: dict, baseline: dict | None, max_drop: float) -> li
                 Check(
                     name,
                     False,
-                    f"{what}: dropped {_f(drop, max_drop)} from {_f(theirs)} to "
-                    f"{_f(mine)}, more than the allowed {_f(max_drop, drop)}",
+                    f"{what}: dropped {_f(drop, max_drop)} from {_f(theirs, mine)} to "
+                    f"{_f(mine, theirs)}, more than the allowed {_f(max_drop, drop)}",
                 )
             )
         else:

@@ -41,9 +41,17 @@ def _predictions() -> pa.Table:
             ok = rng.random() < p_correct
             pred = int(labels[i]) if ok else int((labels[i] + 1) % k)
             rows.append(
-                {"id": f"img{i}", "kind": kind, "condition": condition, "severity": severity,
-                 "eps": eps, "label": int(labels[i]), "prediction": pred,
-                 "confidence": float(rng.uniform(0.4, 1.0)), "correct": pred == int(labels[i])}
+                {
+                    "id": f"img{i}",
+                    "kind": kind,
+                    "condition": condition,
+                    "severity": severity,
+                    "eps": eps,
+                    "label": int(labels[i]),
+                    "prediction": pred,
+                    "confidence": float(rng.uniform(0.4, 1.0)),
+                    "correct": pred == int(labels[i]),
+                }
             )
 
     add("clean", "clean", 0, 0.0, 0.9)
@@ -61,15 +69,18 @@ def page_result(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     report = build_report(
-        _predictions(), class_names=CLASS_NAMES, model={"name": "demo_cnn"},
-        data={"path": "eval.parquet"}, seed=0, suite="quick",
+        _predictions(),
+        class_names=CLASS_NAMES,
+        model={"name": "demo_cnn"},
+        data={"path": "eval.parquet"},
+        seed=0,
+        suite="quick",
     )
     gate = parse_gate({"condition_accuracy_min": {"default": 0.5}})
     report["gate"] = evaluate_gate(report, gate).to_dict()
     rng = np.random.default_rng(1)
     examples = [
-        Example("fog", 3, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 1, p)
-        for p in (1, 2)
+        Example("fog", 3, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 1, p) for p in (1, 2)
     ]
     out = tmp_path_factory.mktemp("html")
     path = write_reports(report, str(out), examples)["html"]
@@ -131,7 +142,9 @@ def test_gate_banner_shows_failed_verdict_and_reason(page_result):
 def test_four_plots_render_with_nonzero_size(page_result):
     plots = page_result["info"]["plots"]
     assert len(plots) == 4  # severity lines, heat map, attack lines, confusion matrix
-    assert all(p["complete"] and p["natural"] > 100 and p["w"] > 100 and p["h"] > 100 for p in plots)
+    assert all(
+        p["complete"] and p["natural"] > 100 and p["w"] > 100 and p["h"] > 100 for p in plots
+    )
 
 
 def test_example_images_decode(page_result):

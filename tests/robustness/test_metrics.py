@@ -21,9 +21,17 @@ def make_table(cells, labels=LABELS) -> pa.Table:
     for kind, condition, severity, eps, preds, confs in cells:
         for i, pred in preds.items():
             rows.append(
-                {"id": i, "kind": kind, "condition": condition, "severity": severity, "eps": eps,
-                 "label": labels[i], "prediction": pred, "confidence": confs.get(i, 0.5),
-                 "correct": labels[i] >= 0 and pred == labels[i]}
+                {
+                    "id": i,
+                    "kind": kind,
+                    "condition": condition,
+                    "severity": severity,
+                    "eps": eps,
+                    "label": labels[i],
+                    "prediction": pred,
+                    "confidence": confs.get(i, 0.5),
+                    "correct": labels[i] >= 0 and pred == labels[i],
+                }
             )
     return validate_predictions(pa.Table.from_pylist(rows), num_classes=len(CLASS_NAMES))
 
@@ -48,7 +56,9 @@ def test_clean_accuracy_ignores_other_kinds(table):
 
 def test_clean_confusion_matrix(table):
     assert metrics.clean_metrics(table, CLASS_NAMES)["confusion_matrix"] == [
-        [2, 0, 0], [0, 1, 0], [1, 0, 0]
+        [2, 0, 0],
+        [0, 1, 0],
+        [1, 0, 0],
     ]
 
 
@@ -76,7 +86,9 @@ def test_clean_macro(table, key, expected):
 
 def test_clean_worst_class(table):
     assert metrics.clean_metrics(table, CLASS_NAMES)["worst_class"] == {
-        "index": 2, "name": "c", "accuracy": 0.0
+        "index": 2,
+        "name": "c",
+        "accuracy": 0.0,
     }
 
 
@@ -120,7 +132,10 @@ def test_condition_cells(table, name, severity, accuracy, flip_rate, worst):
     cells = metrics.condition_metrics(table, CLASS_NAMES)
     (cell,) = [c for c in cells if c["name"] == name and c["severity"] == severity]
     assert (cell["n"], cell["accuracy"], cell["flip_rate"], cell["worst_class"]) == (
-        4, accuracy, flip_rate, worst
+        4,
+        accuracy,
+        flip_rate,
+        worst,
     )
 
 
@@ -230,9 +245,16 @@ def test_ce_zero_baseline_error_is_undefined_not_inf():
 @pytest.mark.parametrize(
     ("condition", "mean_error"),
     [
-        ("gaussian_noise", 0.886428), ("shot_noise", 0.894468), ("impulse_noise", 0.922640),
-        ("defocus_blur", 0.819880), ("glass_blur", 0.826268), ("motion_blur", 0.785948),
-        ("zoom_blur", 0.798360), ("snow", 0.866816), ("frost", 0.826572), ("fog", 0.819324),
+        ("gaussian_noise", 0.886428),
+        ("shot_noise", 0.894468),
+        ("impulse_noise", 0.922640),
+        ("defocus_blur", 0.819880),
+        ("glass_blur", 0.826268),
+        ("motion_blur", 0.785948),
+        ("zoom_blur", 0.798360),
+        ("snow", 0.866816),
+        ("frost", 0.826572),
+        ("fog", 0.819324),
     ],
 )
 def test_alexnet_table_matches_published_means(condition, mean_error):
@@ -255,8 +277,17 @@ def test_alexnet_mce_none_without_imagenet_c_conditions():
 
 
 def _valid_rows():
-    return {"id": ["x"], "kind": ["clean"], "condition": ["clean"], "severity": [0],
-            "eps": [0.0], "label": [0], "prediction": [0], "confidence": [0.9], "correct": [True]}
+    return {
+        "id": ["x"],
+        "kind": ["clean"],
+        "condition": ["clean"],
+        "severity": [0],
+        "eps": [0.0],
+        "label": [0],
+        "prediction": [0],
+        "confidence": [0.9],
+        "correct": [True],
+    }
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,17 @@ LABELS = [0, 1, 0, 1]
 
 def rows(kind, condition, severity, eps, preds, conf=0.8):
     return [
-        {"id": f"i{i}", "kind": kind, "condition": condition, "severity": severity, "eps": eps,
-         "label": LABELS[i], "prediction": p, "confidence": conf, "correct": p == LABELS[i]}
+        {
+            "id": f"i{i}",
+            "kind": kind,
+            "condition": condition,
+            "severity": severity,
+            "eps": eps,
+            "label": LABELS[i],
+            "prediction": p,
+            "confidence": conf,
+            "correct": p == LABELS[i],
+        }
         for i, p in enumerate(preds)
     ]
 
@@ -40,9 +49,13 @@ def predictions(clean=(0, 1, 0, 0)) -> pa.Table:
 
 def make_report(**kw) -> dict:
     return build_report(
-        kw.pop("table", predictions()), class_names=CLASS_NAMES,
-        model={"name": "tiny", "hash": "abc"}, data={"path": "eval.parquet", "rows": 4},
-        seed=7, suite="quick", **kw,
+        kw.pop("table", predictions()),
+        class_names=CLASS_NAMES,
+        model={"name": "tiny", "hash": "abc"},
+        data={"path": "eval.parquet", "rows": 4},
+        seed=7,
+        suite="quick",
+        **kw,
     )
 
 
@@ -81,13 +94,16 @@ def test_report_values(report, path, expected):
 
 def test_report_condition_entries(report):
     assert [(c["name"], c["severity"], c["n"], c["accuracy"]) for c in report["conditions"]] == [
-        ("gaussian_noise", 1, 4, 0.5), ("gaussian_noise", 2, 4, 0.0), ("my_blur", 1, 4, 1.0)
+        ("gaussian_noise", 1, 4, 0.5),
+        ("gaussian_noise", 2, 4, 0.0),
+        ("my_blur", 1, 4, 1.0),
     ]
 
 
 def test_report_attack_entries(report):
     assert [(a["name"], a["eps"], a["accuracy"], a["success_rate"]) for a in report["attacks"]] == [
-        ("fgsm", 0.0, 0.75, 0.0), ("fgsm", 8 / 255, 0.5, pytest.approx(1 / 3))
+        ("fgsm", 0.0, 0.75, 0.0),
+        ("fgsm", 8 / 255, 0.5, pytest.approx(1 / 3)),
     ]
 
 
