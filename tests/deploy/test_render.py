@@ -1,0 +1,138 @@
+"""Behaviour of `jobs.k8s.render_manifests` that `ironsight deploy render` relies on."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cluster.errors import InvalidInput
+from jobs.k8s import ClusterShape, render_manifests
+
+SPEC = "kind: audit\nmodel: demo_cnn  # keep comments\nsuite: smoke\n"
+IMAGE = "registry.example.com/ironsight:0.1.0"
+
+
+def _docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def _images(node) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["image"]] if isinstance(node.get("image"), str) and "containers" not in node \
+            and "name" in node else []
+        return found + [i for v in node.values() for i in _images(v)]
+    if isinstance(node, list):
+        return [i for v in node for i in _images(v)]
+    return []
+
+
+@pytest.mark.parametrize(
+    ("cron", "files"),
+    [
+        (None, {"configmap-spec.yaml", "networkpolicy.yaml", "rayjob.yaml"}),
+        (
+            "0 2 * * *",
+            {"configmap-spec.yaml", "networkpolicy.yaml", "raycronjob.yaml",
+             "cronjob-submit-rayjob.yaml"},
+        ),
+    ],
+)
+def test_files_depend_on_cron(cron, files) -> None:
+    assert set(render_manifests(SPEC, job_name="audit", cron=cron, image=IMAGE)) == files
+
+
+@pytest.mark.parametrize("cron", [None, "0 2 * * *"])
+def test_spec_is_kept_verbatim_in_its_configmap(cron) -> None:
+    files = render_manifests(SPEC, job_name="audit", cron=cron, image=IMAGE, namespace="ml")
+    (cm,) = _docs(files["configmap-spec.yaml"])
+    assert cm["metadata"] == {
+        "name": "audit-spec",
+        "namespace": "ml",
+        "labels": {"app.kubernetes.io/part-of": "ironsight",
+                   "app.kubernetes.io/component": "job-spec"},
+    }
+    assert cm["data"]["spec.yaml"] == SPEC
+
+
+@pytest.mark.parametrize("cron", [None, "0 2 * * *"])
+def test_every_object_lands_in_the_namespace_and_every_ray_pod_uses_the_image(cron) -> None:
+    files = render_manifests(SPEC, job_name="audit", cron=cron, image=IMAGE, namespace="ml")
+    docs = [d for text in files.values() for d in _docs(text)]
+    assert {d["metadata"]["namespace"] for d in docs} == {"ml"}
+    ray_docs = [d for d in docs if d["kind"] in ("RayJob", "RayCronJob")]
+    images = {i for d in ray_docs for i in _images(d)}
+    assert images == {IMAGE}
+
+
+def test_cron_schedule_and_timezone_reach_both_schedulers() -> None:
+    files = render_manifests(
+        SPEC, job_name="nightly", cron="15 3 * * 1-5", timezone="Europe/Paris", image=IMAGE
+    )
+    (raycron,) = _docs(files["raycronjob.yaml"])
+    cronjob = next(d for d in _docs(files["cronjob-submit-rayjob.yaml"]) if d["kind"] == "CronJob")
+    for spec in (raycron["spec"], cronjob["spec"]):
+        assert (spec["schedule"], spec["timeZone"]) == ("15 3 * * 1-5", "Europe/Paris")
+    assert raycron["spec"]["jobTemplate"]["entrypoint"] == "ironsight run /etc/ironsight/spec.yaml"
+
+
+def test_both_schedulers_run_the_same_rayjob() -> None:
+    files = render_manifests(SPEC, job_name="nightly", cron="0 2 * * *", image=IMAGE)
+    (raycron,) = _docs(files["raycronjob.yaml"])
+    template_cm = next(
+        d for d in _docs(files["cronjob-submit-rayjob.yaml"])
+        if d["kind"] == "ConfigMap"
+    )
+    rayjob = yaml.safe_load(template_cm["data"]["rayjob.yaml"])
+    assert rayjob["spec"] == raycron["spec"]["jobTemplate"]
+    assert rayjob["metadata"]["generateName"] == "nightly-"
+
+
+def test_shape_and_limits_are_applied() -> None:
+    shape = ClusterShape(gpus_per_worker=2, min_gpu_workers=1, max_gpu_workers=8)
+    files = render_manifests(
+        SPEC, job_name="big", image=IMAGE, shape=shape, active_deadline_seconds=600,
+        backoff_limit=0,
+    )
+    (job,) = _docs(files["rayjob.yaml"])
+    assert (job["spec"]["activeDeadlineSeconds"], job["spec"]["backoffLimit"]) == (600, 0)
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (1, 1, 8)
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"job_name": "Nightly_Audit"}, "job_name 'Nightly_Audit' is not a valid Kubernetes name"),
+        ({"job_name": "a" * 41}, "at most 40 characters"),
+        ({"namespace": "ML"}, "namespace 'ML'"),
+        ({"cron": "every night"}, "cron 'every night' is not a 5-field cron expression"),
+        ({"cron": "0 2 * * * *"}, "not a 5-field cron expression"),
+        ({"cron": "0 25 * * *"}, "not a 5-field cron expression"),
+        ({"cron": "0 2 * * *", "timezone": "Mars/Olympus"}, "not an IANA time zone"),
+        ({"image": ""}, "is not an image reference"),
+        ({"active_deadline_seconds": 0}, "expected a positive deadline"),
+        ({"spec_text": "- a\n- b\n"}, "job spec is a YAML list; expected a mapping"),
+        ({"spec_text": "model: [unclosed\n"}, "job spec is not valid YAML"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_fix(kwargs, message) -> None:
+    args = {"spec_text": SPEC, "job_name": "audit", "image": IMAGE, **kwargs}
+    spec_text = args.pop("spec_text")
+    with pytest.raises(InvalidInput, match=message.replace("[", r"\[")) as info:
+        render_manifests(spec_text, **args)
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"gpus_per_worker": 0}, "gpus_per_worker is 0"),
+        ({"min_gpu_workers": 3, "max_gpu_workers": 2}, "expected 0 <= min <= max"),
+        ({"max_gpu_workers": 0}, "max >= 1"),
+    ],
+)
+def test_bad_cluster_shape_is_rejected(kwargs, message) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        ClusterShape(**kwargs)
