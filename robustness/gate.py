@@ -244,8 +244,25 @@ def _attack_checks(report: dict, floors: list[AttackFloor]) -> list[Check]:
     return checks
 
 
+def _baseline_means(report: dict, baseline: dict | None) -> tuple[float | None, dict] | None:
+    """Baseline clean accuracy and per-condition mean accuracies, from the baseline report
+    or, when none is passed, from the comparison ``build_report`` stored in the report."""
+    if baseline is not None:
+        by_name = {
+            p["name"]: p["mean_accuracy"]
+            for p in (baseline.get("summary") or {}).get("per_condition", [])
+        }
+        return (baseline.get("clean") or {}).get("accuracy"), by_name
+    stored = (report.get("summary") or {}).get("baseline")
+    if stored:
+        by_name = {k: v.get("baseline_mean_accuracy") for k, v in stored["per_condition"].items()}
+        return stored.get("clean_accuracy"), by_name
+    return None
+
+
 def _baseline_checks(report: dict, baseline: dict | None, max_drop: float) -> list[Check]:
-    if baseline is None:
+    means = _baseline_means(report, baseline)
+    if means is None:
         return [
             Check(
                 "max_drop_vs_baseline",
@@ -255,19 +272,9 @@ def _baseline_checks(report: dict, baseline: dict | None, max_drop: float) -> li
                 skipped=True,
             )
         ]
+    base_clean, base_by_name = means
     checks = []
-    pairs = [
-        (
-            "clean",
-            "clean accuracy",
-            report["clean"]["accuracy"],
-            (baseline.get("clean") or {}).get("accuracy"),
-        )
-    ]
-    base_by_name = {
-        p["name"]: p["mean_accuracy"]
-        for p in (baseline.get("summary") or {}).get("per_condition", [])
-    }
+    pairs = [("clean", "clean accuracy", report["clean"]["accuracy"], base_clean)]
     for p in report["summary"]["per_condition"]:
         pairs.append(
             (
@@ -317,7 +324,9 @@ def evaluate_gate(report: dict, gate: Gate, baseline: dict | None = None) -> Gat
     Args:
         report: The dict from :func:`robustness.report.build_report`.
         gate: Thresholds from :func:`load_gate`.
-        baseline: A previous ``report.json`` dict, for ``max_drop_vs_baseline``.
+        baseline: A previous ``report.json`` dict, for ``max_drop_vs_baseline``. When None,
+            the comparison stored by ``build_report(..., baseline=...)`` in
+            ``report["summary"]["baseline"]`` is used; with neither, that check is skipped.
 
     Returns:
         Every check, passed or not; store ``result.to_dict()`` in ``report["gate"]``.

@@ -146,7 +146,7 @@ def _attack_plot(report: dict) -> str | None:
         )
     chance = 100 / len(report["class_names"])
     ax.axhline(chance, color="#a40e26", ls=":", lw=1, label=f"chance ({chance:.0f}%)")
-    ax.set_xlabel("eps (× 1/255, L-inf pixel units; L2 attacks: raw eps × 255)")
+    ax.set_xlabel("eps × 255 (pixel units)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

@@ -102,6 +102,15 @@ def build_report(
     Raises:
         InvalidInput: The table does not match the schema (see
             :func:`~robustness.schema.validate_predictions`).
+
+    >>> t = pa.table({"id": ["a", "a"], "kind": ["clean", "corruption"],
+    ...     "condition": ["clean", "fog"], "severity": [0, 1], "eps": [0.0, 0.0],
+    ...     "label": [1, 1], "prediction": [1, 0], "confidence": [0.9, 0.6],
+    ...     "correct": [True, False]})
+    >>> r = build_report(t, class_names=["cat", "dog"], model={"name": "m"}, data={},
+    ...                  seed=0, suite="quick")
+    >>> r["clean"]["accuracy"], r["conditions"][0]["accuracy"], r["conditions"][0]["flip_rate"]
+    (1.0, 0.0, 1.0)
     """
     class_names = list(class_names)
     table = validate_predictions(predictions, num_classes=len(class_names))

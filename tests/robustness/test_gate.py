@@ -208,3 +208,16 @@ def test_to_dict_lists_failed_skipped_and_all(gate):
     assert [c["name"] for c in d["skipped"]] == ["max_drop_vs_baseline"]
     assert len(d["checks"]) == 9
     assert set(d["checks"][0]) == {"name", "passed", "message", "skipped"}
+
+
+def test_drop_uses_the_comparison_stored_in_the_report():
+    report = make_report(clean=0.8)
+    report["summary"]["baseline"] = {
+        "clean_accuracy": 0.9,
+        "per_condition": {"fog": {"baseline_mean_accuracy": 0.5}},
+    }
+    result = evaluate_gate(report, parse_gate({"max_drop_vs_baseline": 0.05}))
+    assert [c.message for c in result.failed] == [
+        "clean accuracy: dropped 0.10 from 0.90 to 0.80, more than the allowed 0.05"
+    ]
+    assert [c.name for c in result.skipped] == ["max_drop_vs_baseline.gaussian_noise"]
