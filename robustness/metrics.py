@@ -440,8 +440,8 @@ def alexnet_mce(conditions: list[dict], imagenet_c_conditions: Sequence[str]) ->
     :data:`ALEXNET_IMAGENET_C_ERRORS`, at severities 1..5, count.
 
     Returns:
-        ``{"mce": float, "ce": {condition: float}, "conditions": [...]}`` or None when no
-        audited condition is an ImageNet-C one.
+        ``{"mce": float, "ce": {condition: float}, "conditions": [...], "excluded": [...]}``
+        or None when no audited condition is an ImageNet-C one.
     """
     allowed = set(imagenet_c_conditions) & set(ALEXNET_IMAGENET_C_ERRORS)
     errors: dict[str, dict[int, float]] = {}
@@ -452,7 +452,15 @@ def alexnet_mce(conditions: list[dict], imagenet_c_conditions: Sequence[str]) ->
         return None
     base = {k: dict(enumerate(v, start=1)) for k, v in ALEXNET_IMAGENET_C_ERRORS.items()}
     ces = {k: v["ce"] for k, v in corruption_errors(errors, base).items()}
-    return {"mce": _mean(list(ces.values())), "ce": ces, "conditions": sorted(ces)}
+    audited = {c["name"] for c in conditions}
+    return {
+        "mce": _mean(list(ces.values())),
+        "ce": ces,
+        "conditions": sorted(ces),
+        # ImageNet-C-like conditions with no published AlexNet error (gaussian_blur is one of
+        # ImageNet-C's held-out extras; renamed variants such as overexposure do not match).
+        "excluded": sorted((audited & set(imagenet_c_conditions)) - set(ces)),
+    }
 
 
 def _errors_by_condition(conditions: Sequence[dict]) -> dict[str, dict[int, float]]:

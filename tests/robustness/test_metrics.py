@@ -269,6 +269,7 @@ def test_alexnet_mce_only_counts_imagenet_c_conditions():
     ce_noise = 5 / sum(metrics.ALEXNET_IMAGENET_C_ERRORS["gaussian_noise"])
     ce_fog = 0.5 / metrics.ALEXNET_IMAGENET_C_ERRORS["fog"][0]
     assert got["conditions"] == ["fog", "gaussian_noise"]
+    assert got["excluded"] == ["my_blur"]
     assert got["mce"] == pytest.approx((ce_noise + ce_fog) / 2)
 
 

@@ -151,6 +151,7 @@ def test_imagenet_model_gets_alexnet_mce_over_imagenet_c_conditions_only():
     alexnet = report["summary"]["alexnet"]
     assert alexnet["conditions"] == ["gaussian_noise"]
     assert alexnet["mce"] == pytest.approx((0.5 + 1.0) / (0.69528 + 0.82542))
+    assert any("covers 1 of the 15 ImageNet-C" in w for w in report["summary"]["warnings"])
 
 
 def test_bad_table_is_invalid_input():
@@ -233,3 +234,14 @@ def test_html_escapes_names():
     report["model"]["name"] = "<script>x</script>"
     page = render_html(report)
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_clean_only_report_renders_without_condition_or_attack_sections():
+    from robustness.html import render_html
+
+    report = make_report(table=pa.Table.from_pylist(rows("clean", "clean", 0, 0.0, [0, 1, 0, 0])))
+    assert report["conditions"] == [] and report["attacks"] == []
+    assert report["summary"]["mean_corruption_accuracy"] is None
+    page, markdown = render_html(report), to_markdown(report)
+    assert page.count('class="plot"') == 1  # the confusion matrix only
+    assert "## Corruptions" not in markdown and "## Clean data" in markdown
