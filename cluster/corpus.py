@@ -58,6 +58,7 @@ LABEL_NAME = "label"
 # Footer reads on S3 are latency-bound (a HEAD and one or two ranged GETs per file):
 # 16 in flight plan 1,000 files in seconds without hammering the endpoint.
 _S3_FOOTER_THREADS = 16
+_FOOTER_READ = 64 * 1024  # one ranged read covers most footers (pyarrow's default too)
 _S3_FETCH_THREADS = 8  # concurrent GETs for path-only images within one batch
 _MAX_LISTED_PROBLEMS = 20
 
@@ -299,22 +300,35 @@ def _read_footers(loc: storage.Location, infos: list[pafs.FileInfo]
 
 def _read_footer(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str
                  ) -> pq.FileMetaData | _BadFile:
-    if info.size is not None and info.size < 12:  # PAR1 + footer length + PAR1
-        return _BadFile(f"not a Parquet file ({info.size} bytes)")
+    """The footer of one file, or why it is not a Parquet file.
 
-    def footer() -> pq.FileMetaData:
+    The bytes are fetched first (with retries: I/O errors may be transient) and parsed from
+    memory afterwards, so a garbage footer is never mistaken for a flaky connection.
+    """
+    size = info.size
+    if size is None or size < 12:  # "PAR1" + footer + 4-byte footer length + "PAR1"
+        return _BadFile(f"not a Parquet file ({size} bytes)")
+
+    def read_tail() -> tuple[bytes, bytes]:
         with fs.open_input_file(info.path) as f:
-            return pq.read_metadata(f)
+            tail = f.read_at(min(size, _FOOTER_READ), size - min(size, _FOOTER_READ))
+            footer_len = int.from_bytes(tail[-8:-4], "little")
+            if tail[-4:] == b"PAR1" and len(tail) < footer_len + 8 <= size - 4:
+                tail = f.read_at(footer_len + 8, size - footer_len - 8)
+            head = f.read_at(4, 0) if tail[-4:] != b"PAR1" else b"PAR1"
+            return head, tail
 
+    head, tail = storage.with_retries(read_tail, what=f"reading the footer of {uri}")
+    if head != b"PAR1":
+        return _BadFile("not a Parquet file (no PAR1 magic bytes)")
+    if tail[-4:] != b"PAR1":
+        return _BadFile("corrupted footer (no PAR1 magic at the end: truncated upload?)")
+    footer_len = int.from_bytes(tail[-8:-4], "little")
+    if footer_len + 8 > len(tail):
+        return _BadFile(f"corrupted footer (footer length {footer_len} > file size {size})")
     try:
-        return storage.with_retries(footer, what=f"reading the footer of {uri}")
-    except (pa.ArrowInvalid, OSError) as exc:
-        def head() -> bytes:
-            with fs.open_input_file(info.path) as f:
-                return f.read(4)
-
-        if storage.with_retries(head, what=f"reading {uri}") != b"PAR1":
-            return _BadFile("not a Parquet file (no PAR1 magic bytes)")
+        return pq.read_metadata(pa.BufferReader(tail[-(footer_len + 8):]))
+    except (pa.ArrowException, OSError, ValueError) as exc:
         return _BadFile(f"corrupted footer ({exc})")
 
 

@@ -124,7 +124,7 @@ def list_files(loc: Location, suffix: str | None = None) -> list[pafs.FileInfo]:
             lambda: loc.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)),
             what=f"listing {loc.uri}",
         )
-        files = [i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
+        files = [i for i in infos if i.type == pafs.FileType.File and _glob_match(i.path, path)]
     else:
         info = with_retries(lambda: loc.fs.get_file_info(path), what=f"reading {loc.uri}")
         if info.type == pafs.FileType.File:
@@ -143,6 +143,14 @@ def list_files(loc: Location, suffix: str | None = None) -> list[pafs.FileInfo]:
 
     out = [f for f in files if visible(f) and (suffix is None or f.path.endswith(suffix))]
     return sorted(out, key=lambda i: i.path)
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """Shell glob semantics: ``*``, ``?`` and ``[...]`` never cross a ``/``."""
+    parts, pats = path.split("/"), pattern.split("/")
+    return len(parts) == len(pats) and all(
+        fnmatch.fnmatchcase(a, p) for a, p in zip(parts, pats, strict=True)
+    )
 
 
 def exists(loc: Location) -> bool:
