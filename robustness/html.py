@@ -337,6 +337,25 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     parts.append(_examples(report, examples))
     if report["conditions"]:
         parts.append("<h2>Corruptions</h2>")
+        header = ["condition", "mean accuracy", "worst class (all severities)"]
+        if s.get("baseline"):
+            header += ["CE", "relative CE", "accuracy change vs baseline"]
+        rows = []
+        for p in s["per_condition"]:
+            worst = p["worst_class"]
+            row = [
+                p["name"],
+                _pct(p["mean_accuracy"]),
+                f"{worst['name']} ({_pct(worst['accuracy'])})" if worst else "—",
+            ]
+            if s.get("baseline"):
+                row += [
+                    _num(p.get("ce")),
+                    _num(p.get("relative_ce")),
+                    _pct(p.get("accuracy_change")),
+                ]
+            rows.append(row)
+        parts.append(_table(header, rows))
         parts.append(
             _table(
                 ["condition", "severity", "n", "accuracy", "ECE", "flip rate", "worst class"],

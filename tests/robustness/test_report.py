@@ -245,3 +245,15 @@ def test_clean_only_report_renders_without_condition_or_attack_sections():
     page, markdown = render_html(report), to_markdown(report)
     assert page.count('class="plot"') == 1  # the confusion matrix only
     assert "## Corruptions" not in markdown and "## Clean data" in markdown
+
+
+def test_html_per_condition_table_shows_baseline_columns():
+    from robustness.html import render_html
+
+    report = make_report(baseline=make_report(table=predictions(clean=(0, 1, 0, 1))))
+    page = render_html(report)
+    assert "<th>relative CE</th>" in page
+    assert (
+        "<td>gaussian_noise</td><td>25.0%</td><td>cat (25.0%)</td><td>1.000</td><td>0.667</td>"
+        in page
+    )
