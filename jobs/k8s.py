@@ -44,6 +44,7 @@ __all__ = [
     "render_manifests",
     "security_findings",
     "static_manifests",
+    "write_manifests",
     "write_static_manifests",
 ]
 
@@ -58,10 +59,19 @@ SPEC_KEY = "spec.yaml"
 RAY_UID = 1000  # the `ray` user of the rayproject/ray images (gid 100)
 KUBECTL_UID = 65532  # the "nonroot" uid of distroless images
 
-# Ports: GCS, dashboard + Jobs API, Prometheus metrics exported by every Ray node.
+# Ports: GCS, dashboard + Jobs API, Prometheus metrics exported by every Ray node, and on the
+# head the autoscaler's and the dashboard's own metrics (Ray's defaults).
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 METRICS_PORT = 8080
+AUTOSCALER_METRICS_PORT = 44217
+DASHBOARD_METRICS_PORT = 44227
+# Named container port -> number, as the PodMonitor and NetworkPolicy refer to them.
+METRICS_PORTS = {
+    "metrics": METRICS_PORT,
+    "as-metrics": AUTOSCALER_METRICS_PORT,
+    "dash-metrics": DASHBOARD_METRICS_PORT,
+}
 
 PART_OF = {"app.kubernetes.io/part-of": "ironsight"}
 RAY_POD_LABELS = {**PART_OF, "app.kubernetes.io/component": "ray"}
@@ -259,7 +269,7 @@ def ray_cluster_spec(
     head_ports = [
         {"name": "gcs-server", "containerPort": GCS_PORT},
         {"name": "dashboard", "containerPort": DASHBOARD_PORT},
-        {"name": "metrics", "containerPort": METRICS_PORT},
+        *({"name": n, "containerPort": p} for n, p in METRICS_PORTS.items()),
     ]
     head_pod: dict[str, Any] = {
         "securityContext": _pod_security(RAY_UID),
@@ -537,7 +547,7 @@ def network_policy(
     - Ray pods talk to each other on any port (GCS, object manager, workers).
     - The dashboard / Jobs API (8265) admits the Ironsight scheduler pods of this namespace
       and the KubeRay operator, which polls job status.
-    - The metrics port (8080) admits Prometheus.
+    - The metrics ports (8080 on every node, 44217 and 44227 on the head) admit Prometheus.
     """
     tcp = "TCP"
     return {
@@ -578,7 +588,7 @@ def network_policy(
                             },
                         }
                     ],
-                    "ports": [{"protocol": tcp, "port": METRICS_PORT}],
+                    "ports": [{"protocol": tcp, "port": p} for p in METRICS_PORTS.values()],
                 },
             ],
         },
@@ -594,7 +604,10 @@ def pod_monitor(namespace: str) -> dict[str, Any]:
         "spec": {
             "selector": {"matchLabels": dict(RAY_POD_LABELS)},
             "namespaceSelector": {"matchNames": [namespace]},
-            "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+            # Worker pods only declare `metrics`; the head declares all three.
+            "podMetricsEndpoints": [
+                {"port": name, "path": "/metrics", "interval": "30s"} for name in METRICS_PORTS
+            ],
         },
     }
 
@@ -775,16 +788,27 @@ def static_manifests(image: str = DEFAULT_IMAGE, namespace: str = "ironsight") -
     return {name: _dump(docs, _STATIC_HEADER) for name, docs in files.items()}
 
 
-def write_static_manifests(out_dir: str | Path) -> list[Path]:
-    """Write `static_manifests()` into `out_dir`; returns the paths written."""
+def write_manifests(files: dict[str, str], out_dir: str | Path) -> list[Path]:
+    """Write rendered manifests (file name -> YAML text) into `out_dir`, creating it.
+
+    Returns:
+        The paths written, in the order of `files`.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in static_manifests().items():
+    for name, text in files.items():
+        if Path(name).name != name:
+            raise InvalidInput(f"manifest file name {name!r} must not contain a directory")
         path = out / name
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
+
+
+def write_static_manifests(out_dir: str | Path) -> list[Path]:
+    """Write `static_manifests()` into `out_dir`; returns the paths written."""
+    return write_manifests(static_manifests(), out_dir)
 
 
 # --------------------------------------------------------------------------- security checks

@@ -11,6 +11,7 @@ import yaml
 from jobs.k8s import (
     DASHBOARD_PORT,
     METRICS_PORT,
+    METRICS_PORTS,
     SPEC_DIR,
     render_manifests,
     security_findings,
@@ -189,8 +190,10 @@ def test_dashboard_admits_only_scheduler_operator_and_prometheus(doc_id: str) ->
     ]
     assert any(p["podSelector"]["matchLabels"].get("app.kubernetes.io/name") == "kuberay-operator"
                for p in dashboard)
-    (prometheus,) = by_port[METRICS_PORT]
-    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    for port in METRICS_PORTS.values():
+        (prometheus,) = by_port[port]
+        assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert set(by_port) == {"any", DASHBOARD_PORT, *METRICS_PORTS.values()}
 
 
 def _part_of() -> dict:
@@ -228,13 +231,17 @@ def test_cronjob_creates_a_fresh_rayjob_with_its_own_service_account(doc_id: str
 def test_podmonitor_scrapes_the_port_ray_pods_declare() -> None:
     (pm,) = [d for _, d in _of_kind("PodMonitor")]
     (cluster,) = [d for i, d in _of_kind("RayCluster")]
-    port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+    scraped = {ep["port"] for ep in pm["spec"]["podMetricsEndpoints"]}
+    assert scraped == set(METRICS_PORTS)
     pods = [cluster["spec"]["headGroupSpec"]] + cluster["spec"]["workerGroupSpecs"]
     for group in pods:
         labels = group["template"]["metadata"]["labels"]
         assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
         ports = group["template"]["spec"]["containers"][0]["ports"]
-        assert {"name": port, "containerPort": METRICS_PORT} in ports
+        assert {"name": "metrics", "containerPort": METRICS_PORT} in ports
+    head = pods[0]["template"]["spec"]["containers"][0]
+    head_ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert METRICS_PORTS.items() <= head_ports.items()
 
 
 # ------------------------------------------------------------------ the checks can fail

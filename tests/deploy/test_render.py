@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from cluster.errors import InvalidInput
-from jobs.k8s import ClusterShape, render_manifests
+from jobs.k8s import ClusterShape, render_manifests, write_manifests
 
 SPEC = "kind: audit\nmodel: demo_cnn  # keep comments\nsuite: smoke\n"
 IMAGE = "registry.example.com/ironsight:0.1.0"
@@ -136,3 +136,16 @@ def test_bad_input_is_rejected_with_a_fix(kwargs, message) -> None:
 def test_bad_cluster_shape_is_rejected(kwargs, message) -> None:
     with pytest.raises(InvalidInput, match=message):
         ClusterShape(**kwargs)
+
+
+def test_write_manifests_writes_every_file(tmp_path) -> None:
+    files = render_manifests(SPEC, job_name="nightly", cron="0 2 * * *", image=IMAGE)
+    written = write_manifests(files, tmp_path / "out")
+    assert [p.name for p in written] == list(files)
+    assert all(p.read_text() == files[p.name] for p in written)
+
+
+def test_write_manifests_refuses_paths_outside_the_directory(tmp_path) -> None:
+    with pytest.raises(InvalidInput, match="must not contain a directory"):
+        write_manifests({"../escape.yaml": "a: 1\n"}, tmp_path)
+    assert not (tmp_path.parent / "escape.yaml").exists()
