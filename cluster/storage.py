@@ -138,7 +138,9 @@ def list_files(loc: Location, suffix: str | None = None) -> list[pafs.FileInfo]:
         files = [i for i in files if i.type == pafs.FileType.File]
 
     def visible(info: pafs.FileInfo) -> bool:
-        rel = info.path[len(path) :] if not is_glob(path) else info.base_name
+        # Relative to the listed directory (a glob's fixed prefix), so hidden or ``_``
+        # directories a glob's wildcard walks into are skipped too.
+        rel = info.path[len(base if is_glob(path) else path) :]
         return not any(part.startswith((".", "_")) for part in rel.split("/") if part)
 
     out = [f for f in files if visible(f) and (suffix is None or f.path.endswith(suffix))]
