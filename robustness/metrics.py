@@ -197,13 +197,19 @@ def flip_rate(
     >>> flip_rate(np.array(["a", "b"]), np.array([0, 1]), np.array(["b", "a", "z"]), np.array([1, 2, 0]))
     0.5
     """
-    ref = dict(zip(reference_ids.tolist(), reference_predictions.tolist(), strict=True))
-    pairs = [
-        (ref[i], p) for i, p in zip(ids.tolist(), predictions.tolist(), strict=True) if i in ref
-    ]
-    if not pairs:
+    ref_ids = _arrow(reference_ids)
+    pos = pc.index_in(_arrow(ids), value_set=ref_ids).to_numpy(zero_copy_only=False)
+    found = ~np.isnan(pos.astype(np.float64))  # null (no reference) comes back as NaN
+    if not found.any():
         return None
-    return float(np.mean([a != b for a, b in pairs]))
+    ref_pred = np.asarray(reference_predictions)[pos[found].astype(np.int64)]
+    return float(np.mean(ref_pred != np.asarray(predictions)[found]))
+
+
+def _arrow(values) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks()
+    return values if isinstance(values, pa.Array) else pa.array(np.asarray(values).tolist())
 
 
 def corruption_errors(
@@ -253,6 +259,14 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False)
 
 
+def _cells(rows: pa.Table, key: str):
+    """Yield ``(condition, key value, sub-table)`` sorted by condition then key value."""
+    for name in sorted(pc.unique(rows.column("condition")).to_pylist()):
+        sub = rows.filter(pc.equal(rows.column("condition"), name))
+        for value in sorted(pc.unique(sub.column(key)).to_pylist()):
+            yield name, value, sub.filter(pc.equal(sub.column(key), value))
+
+
 def clean_metrics(table: pa.Table, class_names: Sequence[str]) -> dict:
     """Metrics of the clean rows (``kind == "clean"``) of a validated predictions table."""
     num_classes = len(class_names)
@@ -290,24 +304,10 @@ def condition_metrics(table: pa.Table, class_names: Sequence[str]) -> list[dict]
     """
     num_classes = len(class_names)
     clean = table.filter(pc.equal(table.column("kind"), "clean"))
-    clean_ids, clean_preds = _np(clean, "id"), _np(clean, "prediction")
+    clean_ids, clean_preds = clean.column("id"), _np(clean, "prediction")
     rows = table.filter(pc.equal(table.column("kind"), "corruption"))
-    keys = sorted(
-        set(
-            zip(
-                rows.column("condition").to_pylist(),
-                rows.column("severity").to_pylist(),
-                strict=True,
-            )
-        )
-    )
     out = []
-    for name, sev in keys:
-        cell = rows.filter(
-            pc.and_(
-                pc.equal(rows.column("condition"), name), pc.equal(rows.column("severity"), sev)
-            )
-        )
+    for name, sev, cell in _cells(rows, "severity"):
         labels, preds = _np(cell, "label"), _np(cell, "prediction")
         labeled = labels >= 0
         per_class = per_class_accuracy(labels, preds, num_classes)
@@ -320,7 +320,7 @@ def condition_metrics(table: pa.Table, class_names: Sequence[str]) -> list[dict]
                 "ece": expected_calibration_error(
                     _np(cell, "confidence")[labeled], _np(cell, "correct")[labeled]
                 ),
-                "flip_rate": flip_rate(clean_ids, clean_preds, _np(cell, "id"), preds),
+                "flip_rate": flip_rate(clean_ids, clean_preds, cell.column("id"), preds),
                 "per_class_accuracy": per_class,
                 "worst_class": worst_class(per_class, class_names),
             }
@@ -370,40 +370,27 @@ def attack_metrics(table: pa.Table) -> list[dict]:
     the clean row of the same id. Only labeled rows count.
     """
     clean = table.filter(pc.equal(table.column("kind"), "clean"))
-    clean_correct = dict(
-        zip(clean.column("id").to_pylist(), _np(clean, "correct").tolist(), strict=True)
-    )
     rows = table.filter(pc.equal(table.column("kind"), "attack"))
-    keys = sorted(
-        set(zip(rows.column("condition").to_pylist(), rows.column("eps").to_pylist(), strict=True))
-    )
     out = []
-    for name, eps in keys:
+    for name, eps, cell in _cells(rows, "eps"):
         att = rows.filter(pc.equal(rows.column("condition"), name))
         at_zero = att.filter(pc.equal(att.column("eps"), 0.0))
-        initial = dict(clean_correct)
-        if at_zero.num_rows:
-            initial = dict(
-                zip(at_zero.column("id").to_pylist(), _np(at_zero, "correct").tolist(), strict=True)
-            )
-        cell = att.filter(pc.equal(att.column("eps"), eps))
-        labels, preds = _np(cell, "label"), _np(cell, "prediction")
-        ids, correct = _np(cell, "id"), _np(cell, "correct")
-        was_correct = [
-            (c, lab)
-            for i, c, lab in zip(ids.tolist(), correct.tolist(), labels.tolist(), strict=True)
-            if lab >= 0 and initial.get(i, False)
-        ]
+        ref = at_zero if at_zero.num_rows else clean
+        labels, preds, correct = _np(cell, "label"), _np(cell, "prediction"), _np(cell, "correct")
+        pos = pc.index_in(cell.column("id"), value_set=ref.column("id").combine_chunks())
+        pos = pos.to_numpy(zero_copy_only=False).astype(np.float64)  # null -> NaN: no reference
+        found = ~np.isnan(pos)
+        initially = np.zeros(len(labels), dtype=bool)
+        initially[found] = _np(ref, "correct")[pos[found].astype(np.int64)]
+        initially &= labels >= 0
         out.append(
             {
                 "name": name,
                 "eps": float(eps),
                 "n": cell.num_rows,
                 "accuracy": accuracy(labels, preds),
-                "n_initially_correct": len(was_correct),
-                "success_rate": (
-                    float(np.mean([not c for c, _ in was_correct])) if was_correct else None
-                ),
+                "n_initially_correct": int(initially.sum()),
+                "success_rate": float(np.mean(~correct[initially])) if initially.any() else None,
             }
         )
     return out
