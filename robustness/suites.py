@@ -190,6 +190,9 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
     ...
     ValueError: suite file nightly.yaml is invalid: severity: Extra inputs are not permitted (got [2])
     """
+    if data is None:
+        raise ValueError(f"suite {source} is empty; expected keys name, conditions, "
+                         "severities, attacks")
     if not isinstance(data, dict):
         raise ValueError(f"suite {source} is a {type(data).__name__}; expected a mapping with "
                          "keys name, conditions, severities, attacks")
