@@ -837,12 +837,15 @@ def _cluster_specs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     kind = doc.get("kind")
     if kind == "RayCluster":
         return [("spec", spec)]
-    if kind == "RayJob":
-        return [("spec.rayClusterSpec", spec.get("rayClusterSpec") or {})]
     if kind == "RayCronJob":
-        tmpl = spec.get("jobTemplate") or {}
-        return [("spec.jobTemplate.rayClusterSpec", tmpl.get("rayClusterSpec") or {})]
-    return []
+        spec, prefix = spec.get("jobTemplate") or {}, "spec.jobTemplate"
+    elif kind == "RayJob":
+        prefix = "spec"
+    else:
+        return []
+    if spec.get("clusterSelector") and not spec.get("rayClusterSpec"):
+        return []  # runs on an existing RayCluster, which is checked on its own
+    return [(f"{prefix}.rayClusterSpec", spec.get("rayClusterSpec") or {})]
 
 
 def security_findings(doc: dict[str, Any]) -> list[str]:

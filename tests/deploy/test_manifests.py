@@ -366,3 +366,11 @@ def test_podmonitor_check_fails_without_endpoints(schema_errors) -> None:
     pm = copy.deepcopy(next(d for i, d in _of_kind("PodMonitor")))
     pm["spec"]["podMetricsEndpoints"] = []
     assert schema_errors(pm) == ["spec.podMetricsEndpoints is empty"]
+
+
+@pytest.mark.parametrize("kind", ["RayJob", "RayCronJob"])
+def test_security_check_requires_token_auth_on_job_clusters(kind: str) -> None:
+    doc = copy.deepcopy(next(d for i, d in _of_kind(kind)))
+    job = doc["spec"] if kind == "RayJob" else doc["spec"]["jobTemplate"]
+    del job["rayClusterSpec"]["authOptions"]
+    assert any("rayClusterSpec.authOptions.mode is None" in f for f in security_findings(doc))
