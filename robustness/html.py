@@ -60,9 +60,27 @@ def _png_data_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def to_uint8_hwc(image) -> np.ndarray:
+    """An example image as (H, W, 3) uint8, from uint8 HxWx3 or float [0, 1] HxWx3 / 3xHxW.
+
+    >>> to_uint8_hwc(np.full((3, 2, 2), 0.5, dtype=np.float32))[0, 0].tolist()
+    [128, 128, 128]
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
 def _image_data_uri(image: np.ndarray) -> str:
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    Image.fromarray(to_uint8_hwc(image)).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

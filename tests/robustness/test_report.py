@@ -257,3 +257,19 @@ def test_html_per_condition_table_shows_baseline_columns():
         "<td>gaussian_noise</td><td>25.0%</td><td>cat (25.0%)</td><td>1.000</td><td>0.667</td>"
         in page
     )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((4, 5, 3), 255, np.uint8),
+        np.ones((4, 5, 3), np.float32),  # float pixels in [0, 1]
+        np.ones((3, 4, 5), np.float32),  # channels first, as a tensor would be
+        np.full((4, 5), 255, np.uint8),  # grayscale
+    ],
+)
+def test_example_images_become_white_uint8_hwc(image):
+    from robustness.html import to_uint8_hwc
+
+    out = to_uint8_hwc(image)
+    assert (out.shape, out.dtype, int(out.min())) == ((4, 5, 3), np.uint8, 255)
