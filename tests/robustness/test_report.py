@@ -207,33 +207,40 @@ def test_write_reports_writes_three_files(tmp_path, gated_report):
         assert json.load(f)["gate"]["passed"] is False
 
 
+GATES = {"none": None, "pass": {"clean_accuracy_min": 0.5}, "fail": {"clean_accuracy_min": 0.9}}
+
+
+@pytest.fixture(scope="module")
+def pages():
+    """report.html for each gate in GATES (rendered once: matplotlib is the slow part)."""
+    from robustness.html import render_html
+
+    out = {}
+    for key, gate in GATES.items():
+        report = make_report()
+        report["model"]["name"] = "<script>x</script>"
+        if gate is not None:
+            report["gate"] = evaluate_gate(report, parse_gate(gate)).to_dict()
+        out[key] = render_html(report)
+    return out
+
+
 @pytest.mark.parametrize(
-    ("gate", "banner"),
+    ("key", "banner"),
     [
-        (None, None),
-        ({"clean_accuracy_min": 0.5}, "Release gate PASSED: 1 of 1 checks passed"),
-        ({"clean_accuracy_min": 0.9}, "Release gate FAILED: 1 of 1 checks failed"),
+        ("none", None),
+        ("pass", "Release gate PASSED: 1 of 1 checks passed"),
+        ("fail", "Release gate FAILED: 1 of 1 checks failed"),
     ],
 )
-def test_html_banner(gate, banner):
-    from robustness.html import render_html
-
-    report = make_report()
-    if gate is not None:
-        report["gate"] = evaluate_gate(report, parse_gate(gate)).to_dict()
-    page = render_html(report)
-    assert ('id="gate-banner"' in page) == (banner is not None)
+def test_html_banner(pages, key, banner):
+    assert ('id="gate-banner"' in pages[key]) == (banner is not None)
     if banner:
-        assert banner in page
+        assert banner in pages[key]
 
 
-def test_html_escapes_names():
-    from robustness.html import render_html
-
-    report = make_report()
-    report["model"]["name"] = "<script>x</script>"
-    page = render_html(report)
-    assert "<script>" not in page and "&lt;script&gt;" in page
+def test_html_escapes_names(pages):
+    assert "<script>" not in pages["none"] and "&lt;script&gt;" in pages["none"]
 
 
 def test_clean_only_report_renders_without_condition_or_attack_sections():
