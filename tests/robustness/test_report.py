@@ -280,3 +280,17 @@ def test_example_images_become_white_uint8_hwc(image):
 
     out = to_uint8_hwc(image)
     assert (out.shape, out.dtype, int(out.min())) == ((4, 5, 3), np.uint8, 255)
+
+
+def test_report_modules_import_neither_ray_nor_pyplot():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import robustness.gate, robustness.html, robustness.metrics, robustness.report\n"
+        "import robustness.schema\n"
+        "print(sorted(m for m in ('ray', 'matplotlib.pyplot') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
