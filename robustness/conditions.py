@@ -43,15 +43,21 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import albumentations as A
-import numpy as np
-import torch
-import torch.nn.functional as F
-from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
-from PIL import Image, ImageDraw
+# albumentations 2.0.x asks PyPI for a newer version when imported (a network call, up to a
+# 2 s timeout, on every worker); upstream asks libraries to opt out:
+# albumentations-team/albumentations#2206
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.colors import hsv_to_rgb, rgb_to_hsv  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
