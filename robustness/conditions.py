@@ -184,6 +184,10 @@ def apply_condition(name: str, image: np.ndarray, severity: int, *, seed: int,
         x = image.astype(np.float32) / 255.0
     elif np.issubdtype(image.dtype, np.floating):
         x = image.astype(np.float32)
+        if x.size and (x.min() < 0.0 or x.max() > 1.0):
+            raise ValueError(f"float image for condition {name!r} ranges over "
+                             f"[{x.min():.3g}, {x.max():.3g}]; expected [0, 1] (divide 0-255 "
+                             "values by 255)")
     else:
         raise ValueError(f"image for condition {name!r} is {image.dtype}; expected uint8 or "
                          "float in [0, 1]")

@@ -228,9 +228,10 @@ def test_bad_severity_raises(severity):
 
 
 @pytest.mark.parametrize("image", [np.zeros((32, 32), np.uint8), np.zeros((32, 32, 4), np.uint8),
-                                   np.zeros((32, 32, 3), np.int64)])
+                                   np.zeros((32, 32, 3), np.int64),
+                                   np.full((32, 32, 3), 255.0, np.float32)])
 def test_bad_image_raises(image):
-    with pytest.raises(ValueError, match="image for condition 'contrast'"):
+    with pytest.raises(ValueError, match="image for condition 'contrast' .*expected"):
         apply_condition("contrast", image, 1, seed=0, key="k")
 
 
