@@ -261,6 +261,20 @@ def _banner(report: dict) -> str:
     )
 
 
+def _run_line(report: dict) -> str:
+    """One line of who/what/when under the title: model, data, suite, seed, time."""
+    model = report.get("model") or {}
+    data = report.get("data") or {}
+    parts = [f"model {model.get('name', '?')}"]
+    if model.get("hash"):
+        parts[0] += f" ({str(model['hash'])[:12]})"
+    where = data.get("path") or data.get("uri") or data.get("name")
+    if where:
+        parts.append(f"data {where}")
+    parts += [f"suite {report['suite']}", f"seed {report['seed']}", report["created_at"]]
+    return " · ".join(parts)
+
+
 def _card(key: str, value: str) -> str:
     return f'<div class="card"><div class="v">{_e(value)}</div><div class="k">{_e(key)}</div></div>'
 
@@ -340,7 +354,7 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{_e(title)}</h1>",
-        f"<div class='meta'>{_e(report['created_at'])} · suite {_e(report['suite'])}</div>",
+        f"<div class='meta' id='run-info'>{_e(_run_line(report))}</div>",
         _banner(report),
         "<div class='cards'>" + "".join(cards) + "</div>",
     ]

@@ -98,6 +98,7 @@ def page_result(tmp_path_factory):
         info = page.evaluate(
             """() => ({
               title: document.title,
+              runInfo: document.querySelector('#run-info')?.innerText ?? null,
               banner: document.querySelector('#gate-banner')?.innerText ?? null,
               bannerClass: document.querySelector('#gate-banner')?.className ?? null,
               plots: [...document.querySelectorAll('img.plot')].map(i => ({
@@ -130,6 +131,12 @@ def test_page_is_self_contained(page_result):
 
 def test_title_names_the_model(page_result):
     assert page_result["info"]["title"] == "Robustness audit: demo_cnn"
+
+
+def test_run_info_names_model_and_data(page_result):
+    assert page_result["info"]["runInfo"].startswith(
+        "model demo_cnn · data eval.parquet · suite quick · seed 0 · "
+    )
 
 
 def test_gate_banner_shows_failed_verdict_and_reason(page_result):
