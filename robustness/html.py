@@ -41,7 +41,7 @@ h1{margin:0 0 4px;font-size:26px} h2{margin:28px 0 10px;font-size:20px}
 figure{background:#fff;border:1px solid #d0d7de;border-radius:8px;margin:0;padding:10px}
 figure img.plot{width:100%;height:auto;display:block}
 figcaption{font-size:13px;color:#57606a;margin-top:4px}
-.warn{background:#fff8c5;border:1px solid #d4a72c;border-radius:8px;padding:10px 16px}
+.warn{background:#fff8c5;border:1px solid #d4a72c;border-radius:8px;padding:10px 16px;font-size:14px}
 table{border-collapse:collapse;background:#fff;font-size:13px;margin-bottom:12px}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}
 th{background:#eaeef2} td:first-child,th:first-child{text-align:left}
