@@ -8,12 +8,12 @@ shipped to Ray tasks, and :func:`iter_shard` re-resolves the filesystem from the
 
 The image column can be laid out four ways (auto-detected when not given):
 
-| layout    | column type                                      | bytes come from          |
-|-----------|--------------------------------------------------|--------------------------|
-| ``bytes`` | ``binary`` / ``large_binary``                    | the column               |
+| layout    | column type                                            | bytes come from          |
+|-----------|--------------------------------------------------------|--------------------------|
+| ``bytes`` | ``binary`` / ``large_binary``                          | the column               |
 | ``hf``    | ``struct<bytes: binary, path: string>`` (HF ``Image``) | ``bytes``, else ``path`` |
-| ``spark`` | ``content: binary`` next to ``path: string``     | the column               |
-| ``path``  | ``string``: a path or ``s3://`` URI              | fetched from the path    |
+| ``spark`` | ``content: binary`` next to ``path: string``           | the column               |
+| ``path``  | ``string``: a path or ``s3://`` URI                    | fetched from the path    |
 
 Fetched paths are absolute local paths, ``file:`` URIs, ``s3://`` URIs, or paths relative to
 the Parquet file's directory.
@@ -23,10 +23,12 @@ integer column (integers become strings), else ``"{file relative to INPUT}#{row}
 id falls back to that derived id. Labels (for audits): the given ``label_column`` or
 ``label`` when it is an integer column; a null label is -1.
 
-Bad files, detected before any work starts: a file without the ``PAR1`` magic at both ends
-is "not a Parquet file"; one that has it but whose footer does not parse has a "corrupted
-footer"; a file with 0 rows, without a usable image column, or whose columns disagree with
-the first good file is also bad. All of them are reported together in one
+Bad files, detected before any work starts: a file that does not start with the ``PAR1``
+magic is "not a Parquet file" (so is anything under 12 bytes); one that does but whose end
+magic, footer length or footer does not parse has a "corrupted footer" (a truncated upload,
+say); a file with 0 rows, without a usable image column, or whose columns disagree with the
+first good file (in sorted order) is also bad. Every file under an input directory counts:
+keep images referenced by path outside it. All bad files are reported together in one
 :class:`~cluster.errors.InvalidInput`, or, with ``skip_bad_files``, listed in
 ``CorpusPlan.skipped`` and left out of the plan.
 """

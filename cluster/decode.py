@@ -205,7 +205,10 @@ def _process(img: Image.Image, pre: Preprocess) -> Image.Image:
             # does the last (< 2x) step with the requested filter.
             img.draft("RGB", (-(-w * pre.resize // short), -(-h * pre.resize // short)))
     img.load()
-    orientation = img.getexif().get(0x0112, 1)
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block should not cost a decodable image
+        orientation = 1
     method = _TRANSPOSE.get(orientation)
     if img.mode not in ("RGB", "L") or "transparency" in img.info:
         img = _to_rgb_or_l(img)

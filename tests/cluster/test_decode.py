@@ -200,6 +200,9 @@ MODES = {
     "webp-lossy": (encode(Image.new("RGB", (40, 40), (9, 99, 199)), "WEBP", quality=90),
                    (9, 99, 199), (9, 99, 199), 6),
     "bmp": (encode(Image.new("RGB", (40, 40), (1, 2, 3)), "BMP"), (1, 2, 3), (1, 2, 3), 0),
+    "jpeg-broken-exif": (encode(Image.new("RGB", (40, 40), (90, 60, 30)), "JPEG", quality=95,
+                                exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f"),
+                         (90, 60, 30), (90, 60, 30), 6),
 }
 
 
