@@ -1,0 +1,41 @@
+"""The model registry and weight loading.
+
+Importing this package registers the torchvision classifiers (:mod:`cluster.models.zoo`)
+and the demo CNN; it builds no network and reads no file.
+
+>>> from cluster.models import ModelSource
+>>> loaded = ModelSource("demo_cnn", random_weights=True).validate()
+>>> loaded.info.class_names[:3]
+('circle', 'square', 'triangle')
+"""
+
+from cluster.models import demo_cnn as _demo_cnn  # noqa: F401  (registers demo_cnn)
+from cluster.models import zoo as _zoo  # noqa: F401  (registers the torchvision models)
+from cluster.models.card import ModelCard, load_card
+from cluster.models.demo_cnn import train_demo_model
+from cluster.models.registry import (
+    ModelInfo,
+    Normalize,
+    describe,
+    get_model_info,
+    list_models,
+    register_model,
+    summary_rows,
+)
+from cluster.models.weights import FORMATS, LoadedModel, ModelSource
+
+__all__ = [
+    "FORMATS",
+    "LoadedModel",
+    "ModelCard",
+    "ModelInfo",
+    "ModelSource",
+    "Normalize",
+    "describe",
+    "get_model_info",
+    "list_models",
+    "load_card",
+    "register_model",
+    "summary_rows",
+    "train_demo_model",
+]

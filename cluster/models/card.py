@@ -1,0 +1,242 @@
+"""Model cards: a YAML file that says what a weights file is and how to feed it.
+
+A card lets users bring a model the registry does not name (a fine-tuned ResNet with 37
+classes, a ``torch.export`` program) without writing Python. Fields:
+
+| field                  | type                         | default / rule                                  |
+|------------------------|------------------------------|-------------------------------------------------|
+| ``name``               | str                          | required; shown in reports and output metadata   |
+| ``format``             | ``safetensors``, ``state_dict``, ``torch_export``, ``torchscript`` | required |
+| ``arch``               | registered model name        | required for ``safetensors`` and ``state_dict`` |
+| ``weights``            | path or ``s3://`` URI        | required; relative paths start at the card's directory |
+| ``input_size``         | int (center-crop side)       | the arch's; required without ``arch``            |
+| ``resize``             | int (shorter side)           | the arch's, else ``round(input_size * 256 / 224)`` |
+| ``mean`` / ``std``     | 3 floats                     | the arch's; required without ``arch`` unless ``normalization_inside`` |
+| ``interpolation``      | ``bilinear`` or ``bicubic``  | the arch's, else ``bilinear``                    |
+| ``class_names``        | list of str                  | or ``num_classes`` (names ``"0"``, ``"1"``, ...); else the arch's |
+| ``num_classes``        | int                          | must equal ``len(class_names)`` if both are given |
+| ``normalization_inside`` | bool                       | ``false``; ``true`` when an exported file already normalizes |
+| ``description``        | str                          | optional, one line                               |
+
+>>> card = ModelCard(name="shapes", format="safetensors", arch="demo_cnn",
+...                  weights="demo_cnn.safetensors")
+>>> card.preprocess().crop, len(card.resolved_class_names())
+(64, 8)
+"""
+
+from __future__ import annotations
+
+import difflib
+import posixpath
+from typing import Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cluster import storage
+from cluster.errors import InvalidInput
+from cluster.models.registry import ModelInfo, get_model_info, list_models
+from cluster.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+CardFormat = Literal["safetensors", "state_dict", "torch_export", "torchscript"]
+Triple = tuple[float, float, float]
+
+
+class ModelCard(BaseModel):
+    """A validated model card; see the module docstring for the fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    format: CardFormat
+    arch: str | None = None
+    weights: str = Field(min_length=1)
+    input_size: int | None = Field(default=None, gt=0)
+    resize: int | None = Field(default=None, gt=0)
+    mean: Triple | None = None
+    std: Triple | None = None
+    interpolation: Literal["bilinear", "bicubic"] | None = None
+    class_names: list[str] | None = Field(default=None, min_length=1)
+    num_classes: int | None = Field(default=None, gt=0)
+    normalization_inside: bool = False
+    description: str | None = None
+
+    _uri: str | None = PrivateAttr(default=None)
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_registered(cls, arch: str | None) -> str | None:
+        if arch is not None and arch not in list_models():
+            close = difflib.get_close_matches(arch, list_models(), n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise ValueError(
+                f"{arch!r} is not a registered model{hint}; `ironsight models list` shows them"
+            )
+        return arch
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, std: Triple | None) -> Triple | None:
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"std must be positive, got {list(std)}")
+        return std
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if self.format in ("safetensors", "state_dict") and self.arch is None:
+            raise ValueError(
+                f"format {self.format!r} holds only tensors: set `arch` to the registered "
+                "model they belong to (`ironsight models list`)"
+            )
+        if self.arch is None:
+            if self.input_size is None:
+                raise ValueError("set `input_size` (the center-crop side in pixels) or `arch`")
+            if not self.normalization_inside and (self.mean is None or self.std is None):
+                raise ValueError(
+                    "set `mean` and `std` (or `arch`), or `normalization_inside: true` if the "
+                    "exported network normalizes its [0, 1] input itself"
+                )
+            if self.class_names is None and self.num_classes is None:
+                raise ValueError("set `class_names` (a list) or `num_classes`")
+        if (
+            self.class_names is not None
+            and self.num_classes is not None
+            and len(self.class_names) != self.num_classes
+        ):
+            raise ValueError(
+                f"num_classes is {self.num_classes} but class_names lists "
+                f"{len(self.class_names)} names; drop one of the two"
+            )
+        try:
+            self.preprocess()
+        except ValueError as exc:
+            raise ValueError(f"input_size/resize: {exc}") from None
+        return self
+
+    @property
+    def uri(self) -> str | None:
+        """Where the card was loaded from (``None`` if built in code)."""
+        return self._uri
+
+    def _arch_info(self) -> ModelInfo | None:
+        return get_model_info(self.arch) if self.arch else None
+
+    def preprocess(self) -> Preprocess:
+        """The card's preprocessing, filling gaps from ``arch``."""
+        base = self._arch_info()
+        crop = self.input_size or (base.preprocess.crop if base else None)
+        assert crop is not None  # checked by the validator
+        if self.resize is not None:
+            resize = self.resize
+        elif base is not None and self.input_size in (None, base.preprocess.crop):
+            resize = base.preprocess.resize
+        else:
+            resize = round(crop * 256 / 224)  # torchvision's usual resize/crop ratio
+        if self.normalization_inside:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # identity: the file normalizes
+        else:
+            mean = self.mean or (base.preprocess.mean if base else IMAGENET_MEAN)
+            std = self.std or (base.preprocess.std if base else IMAGENET_STD)
+        interpolation = self.interpolation or (
+            base.preprocess.interpolation if base else "bilinear"
+        )
+        return Preprocess(
+            resize=resize, crop=crop, mean=tuple(mean), std=tuple(std),
+            interpolation=interpolation,
+        )
+
+    def resolved_class_names(self) -> tuple[str, ...]:
+        """``class_names``, else ``"0"``..``"n-1"`` for ``num_classes``, else the arch's."""
+        if self.class_names is not None:
+            return tuple(self.class_names)
+        if self.num_classes is not None:
+            return tuple(str(i) for i in range(self.num_classes))
+        base = self._arch_info()
+        assert base is not None  # checked by the validator
+        return base.class_names
+
+    def weights_uri(self) -> str:
+        """``weights`` as a URI: absolute and ``s3://`` as is, else relative to the card."""
+        w = self.weights
+        if w.startswith("s3://") or w.startswith("file://") or posixpath.isabs(w):
+            return w
+        if self._uri is None:
+            return storage.resolve(w).uri
+        base = self._uri.rsplit("/", 1)[0] if "/" in self._uri else "."
+        return f"{base}/{w}"
+
+    def to_yaml(self) -> str:
+        """The card as YAML; unset fields are left out.
+
+        >>> print(ModelCard(name="x", format="torchscript", weights="x.ts", input_size=32,
+        ...                 num_classes=2, normalization_inside=True).to_yaml(), end="")
+        name: x
+        format: torchscript
+        weights: x.ts
+        input_size: 32
+        num_classes: 2
+        normalization_inside: true
+        """
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not self.normalization_inside:
+            data.pop("normalization_inside")
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) if loc else "(card)"
+
+
+def parse_card(text: str, uri: str = "<string>") -> ModelCard:
+    """Validate card YAML ``text``; errors name ``uri`` and each bad field's path.
+
+    >>> text = "name: x\\nformat: torchscript\\nweights: x.ts\\nwidth: 3\\n"
+    >>> parse_card(text)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    cluster.errors.InvalidInput: model card <string> is invalid:
+      width: unknown field; allowed: name, format, arch, weights, ...
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"model card {uri} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"model card {uri} must be a YAML mapping (name: ..., format: ..., weights: ...), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        card = ModelCard.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field; allowed: {', '.join(ModelCard.model_fields)}"
+            problems.append(f"  {_field_path(err['loc'])}: {msg}")
+        raise InvalidInput(f"model card {uri} is invalid:\n" + "\n".join(problems)) from None
+    card._uri = uri
+    return card
+
+
+def load_card(uri: str) -> ModelCard:
+    """Read and validate the model card at ``uri`` (local path or ``s3://``)."""
+    loc = storage.resolve(uri)
+    try:
+        raw = storage.read_bytes(loc)
+    except FileNotFoundError:
+        raise InvalidInput(f"model card {loc.uri} does not exist") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"model card {loc.uri} is not UTF-8 text (a weights file?)") from None
+    return parse_card(text, loc.uri)
