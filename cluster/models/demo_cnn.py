@@ -165,8 +165,9 @@ def train_demo_model(
 
     The defaults take about a minute of training on 2 CPU cores (plus ~10 s to draw the
     images) and reach about 97% held-out accuracy (0.975 measured: 72 s of training on a
-    shared 2-core machine, 10 s of drawing). Given ``seed`` and the thread count,
-    the result is bit-for-bit reproducible.
+    shared 2-core machine, 10 s of drawing). Given ``seed``, the result is bit-for-bit
+    reproducible (we measured identical weights with 1 and 2 threads; other thread counts
+    or CPUs may round differently).
 
     Args:
         out_dir: local directory or ``s3://`` prefix; created if needed.
@@ -177,7 +178,7 @@ def train_demo_model(
         lr: peak AdamW learning rate.
         seed: initialization, shuffling and augmentation seed.
         threads: torch CPU threads; default: the cores not already busy (see
-            :func:`idle_cores`). Results are reproducible for a given thread count.
+            :func:`idle_cores`).
         progress: show tqdm bars on stderr.
 
     Returns:
