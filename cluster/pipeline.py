@@ -30,7 +30,7 @@ from cluster import corpus as corpus_mod
 from cluster.decode import DEFAULT_MAX_PIXELS, decode_batch
 from cluster.errors import InvalidInput, JobFailed
 from cluster.models import LoadedModel, ModelSource
-from cluster.predictor import Predictor
+from cluster.predictor import Predictor, as_error
 from cluster.preprocess import Preprocess
 from cluster.sink import LabelSink, spec_hash
 
@@ -123,7 +123,7 @@ def read_and_decode(
         shard = plan.shards[int(shard_index)]
         for batch in corpus_mod.iter_shard(plan, shard, batch_rows=block_rows):
             images, decode_errors = decode_batch(batch["image"], preprocess, max_pixels=max_pixels)
-            errors = [e if e is not None else d for e, d in zip(batch["error"], decode_errors, strict=True)]
+            errors = [as_error(e) or d for e, d in zip(batch["error"], decode_errors, strict=True)]
             out = {
                 "shard": np.full(len(errors), shard.index, np.int64),
                 "row": np.asarray(batch["row"], np.int64),
@@ -295,10 +295,9 @@ def _stream(
         num_gpus=res["num_gpus"],
         num_cpus=res["num_cpus"],
         batch_size=cfg.batch_size,
-        # A killed actor is restarted and its in-flight batches retried; duplicates that this
-        # may produce are dropped by (shard, row) below.
-        max_restarts=-1,
-        max_task_retries=-1,
+        # Ray Data restarts a killed actor and retries its in-flight batches by default
+        # (max_restarts=-1, max_task_retries=-1); duplicates this may produce are dropped by
+        # (shard, row) below.
     )
     by_index = {s.index: s for s in pending}
     partial: dict[int, _Partial] = {}
@@ -356,7 +355,7 @@ def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(cols["row"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
-    errors = [e if isinstance(e, str) else None for e in cols["error"]]
+    errors = [as_error(e) for e in cols["error"]]
     ok = np.array([e is None for e in errors], bool)
     labels = cols["label"]
     names = np.asarray(class_names, dtype=object)

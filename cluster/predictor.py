@@ -24,6 +24,15 @@ import numpy as np
 from cluster.models import ModelSource
 
 
+def as_error(value: Any) -> str | None:
+    """An error cell as ``str`` or ``None``.
+
+    Columns cross Ray's object store as Arrow: a null may come back as ``None``, NaN or a
+    null-typed value, so "is this row an error" means "is this cell a non-empty string".
+    """
+    return value if isinstance(value, str) and value else None
+
+
 def pick_device(prefer: str = "auto") -> str:
     """``cuda`` when asked or when this process can see a GPU, else ``cpu``."""
     import torch
@@ -105,7 +114,7 @@ class Predictor:
 
         images = batch["image"]
         n = len(images)
-        errors = np.asarray(batch["error"], dtype=object)
+        errors = np.array([as_error(e) for e in batch["error"]], dtype=object)
         ok = np.array([e is None for e in errors], dtype=bool)
         labels = np.full(n, -1, np.int64)
         scores = np.zeros(n, np.float32)

@@ -20,6 +20,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "IRONSIGHT_S3_MAX_ATTEMPTS",
+)
+
+
 @contextmanager
 def connect(
     address: str | None = None,
@@ -62,6 +71,12 @@ def connect(
             kwargs["num_gpus"] = num_gpus
     else:
         kwargs["address"] = address
+        # Workers on a cluster do not share this shell's environment: pass on the object-store
+        # settings that are not secret. Credentials stay with the cluster (IAM role, a k8s
+        # Secret) and are never put in a runtime env, which the dashboard shows.
+        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        if env:
+            kwargs["runtime_env"] = {"env_vars": env}
     ray.init(**kwargs)
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)

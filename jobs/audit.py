@@ -29,7 +29,7 @@ from cluster import storage
 from cluster.decode import DEFAULT_MAX_PIXELS, decode_batch
 from cluster.errors import GateFailed, InvalidInput, JobFailed
 from cluster.models import ModelSource
-from cluster.predictor import Predictor
+from cluster.predictor import Predictor, as_error
 from cluster.preprocess import Preprocess
 from robustness.attacks import run_attack
 from robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
@@ -108,7 +108,7 @@ def decode_and_corrupt(
             remaining -= take
             blobs = batch["image"][:take]
             images, decode_errors = decode_batch(blobs, preprocess, max_pixels=DEFAULT_MAX_PIXELS)
-            errors = [e if e is not None else d for e, d in zip(batch["error"][:take], decode_errors, strict=True)]
+            errors = [as_error(e) or d for e, d in zip(batch["error"][:take], decode_errors, strict=True)]
             ids = np.asarray(batch["id"][:take], dtype=object)
             labels = np.asarray(batch["label"][:take], np.int64) if "label" in batch else np.full(take, -1, np.int64)
             base = {"id": ids, "label_true": labels, "error": np.asarray(errors, dtype=object)}
@@ -148,7 +148,7 @@ class AuditPredictor(Predictor):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = super().__call__(batch)
         parts = [out]
-        clean = np.array([k == "clean" and e is None for k, e in zip(batch["kind"], batch["error"], strict=True)])
+        clean = np.array([k == "clean" and as_error(e) is None for k, e in zip(batch["kind"], out["error"], strict=True)])
         if self.attacks and clean.any():
             parts += self._attack(batch, clean)
         return {k: np.concatenate([p[k] for p in parts]) for k in out}
@@ -245,8 +245,6 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
         num_gpus=res["num_gpus"],
         num_cpus=res["num_cpus"],
         batch_size=cfg.batch_size,
-        max_restarts=-1,
-        max_task_retries=-1,
     )
     total_rows = sum(limits.get(s.index, s.num_rows) for s in shards)
     n_variants = 1 + len(cfg.suite.conditions) * len(cfg.suite.severities)
@@ -272,8 +270,9 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
         if bar is not None:
             bar.close()
     merged = {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
-    ok = np.array([e is None for e in merged["error"]], bool)
-    clean_err = [e for e, k in zip(merged["error"], merged["kind"], strict=True) if e is not None and k == "clean"]
+    errs = [as_error(e) for e in merged["error"]]
+    ok = np.array([e is None for e in errs], bool)
+    clean_err = [e for e, k in zip(errs, merged["kind"], strict=True) if e is not None and k == "clean"]
     table = pa.table(
         {
             "id": pa.array(merged["id"][ok].tolist(), pa.string()),

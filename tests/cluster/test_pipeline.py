@@ -20,8 +20,11 @@ N_ROWS = 600
 
 
 @pytest.fixture(scope="module")
-def ray_two_gpus():
-    """One small Ray per module (Ray's ray_start_regular_shared), with 2 *logical* GPUs."""
+def ray_two_gpus(s3_server):
+    """One small Ray per module (Ray's ray_start_regular_shared), with 2 *logical* GPUs.
+
+    Started after the S3 endpoint so its workers inherit AWS_ENDPOINT_URL, as a user's would.
+    """
     import ray
 
     from cluster.raycluster import connect
@@ -64,8 +67,11 @@ def read_output(out) -> pa.Table:
 
 
 def test_every_row_exactly_once_across_two_gpu_pinned_actors(ray_two_gpus, corpus, tmp_path):
+    # Ray's pool gives each batch to the least-busy actor (ties go to the first), so a model
+    # slower than decode is needed for work to queue up and reach both actors.
     out = tmp_path / "labels"
-    summary = run_classify(cfg(corpus, out))
+    slow = ModelSource(name="mobilenet_v3_small", random_weights=True)
+    summary = run_classify(cfg(corpus, out, source=slow))
     table = read_output(out)
     ids = table.column("id").to_pylist()
     truth = pads.dataset(corpus, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
@@ -79,6 +85,8 @@ def test_every_row_exactly_once_across_two_gpu_pinned_actors(ray_two_gpus, corpu
     assert all(n > 0 for n in summary.rows_per_worker.values())
     assert (out / "_SUCCESS").is_file()
     assert len(list(out.glob("part-*.parquet"))) == summary.shards_total == 6
+    labels = table.column("label").to_pylist()
+    assert all(isinstance(v, int) and 0 <= v < 1000 for v in labels)
 
 
 def test_output_files_follow_the_labels_schema(ray_two_gpus, corpus, tmp_path):
@@ -101,6 +109,7 @@ def test_corrupt_images_become_error_rows_and_the_job_finishes(ray_two_gpus, bad
     rows = {r["id"]: r for r in read_output(out).to_pylist()}
     assert len(rows) == 6
     assert rows["r0"]["error"] is None and rows["r5"]["error"] is None
+    assert rows["r0"]["label"] >= 0 and rows["r0"]["score"] > 0
     assert rows["r1"]["error"].startswith("empty")
     assert rows["r2"]["error"].startswith("not_an_image")
     assert rows["r3"]["error"].startswith("truncated")
