@@ -31,6 +31,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
@@ -392,12 +393,16 @@ def _network_from_file(
     info: ModelInfo, card: ModelCard | None, uri: str
 ) -> tuple[nn.Module, str]:
     loc = storage.resolve(uri)
+    where = f" (named by model card {card.uri})" if card is not None else ""
+    kind = storage.with_retries(lambda: loc.fs.get_file_info(loc.path).type,
+                                what=f"checking {loc.uri}")
+    if kind == pafs.FileType.Directory:
+        raise InvalidInput(f"weights path {loc.uri}{where} is a directory; pass the file in it")
     try:
-        if not storage.exists(loc):
+        if kind == pafs.FileType.NotFound:
             raise FileNotFoundError(loc.uri)
         data = storage.read_bytes(loc)
     except FileNotFoundError:
-        where = f" (named by model card {card.uri})" if card is not None else ""
         raise InvalidInput(f"weights file {loc.uri}{where} does not exist") from None
     digest = hashlib.sha256(data).hexdigest()
     fmt = sniff_format(data, loc.uri)

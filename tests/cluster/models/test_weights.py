@@ -148,6 +148,11 @@ def test_missing_file(tmp_path):
         ModelSource("demo_cnn", weights=str(missing)).validate()
 
 
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(InvalidInput, match=rf"weights path {tmp_path} is a directory"):
+        ModelSource("demo_cnn", weights=str(tmp_path)).validate()
+
+
 @pytest.mark.parametrize(
     ("arch", "width", "expected"),
     [
