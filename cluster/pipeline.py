@@ -146,6 +146,19 @@ class _Partial:
     count: int = 0
 
 
+def decode_task_args() -> dict[str, Any]:
+    """Remote args of a decode task: one CPU.
+
+    Given as ``ray_remote_args_fn`` rather than ``num_cpus`` on purpose: Ray Data fuses a
+    task stage into the actor stage after it when their remote args match (as they do on a
+    CPU-only cluster), which would move decoding into the predictor actors, serialise it
+    with inference, and bundle whole shards into one actor task. Ray never fuses an operator
+    that has a ``ray_remote_args_fn`` (``are_op_remote_args_compatible`` in
+    ``ray/data/_internal/logical/rules/operator_fusion.py``).
+    """
+    return {"num_cpus": 1}
+
+
 def plan_resources(actors: int | None, device: str) -> dict[str, Any]:
     """Actor pool size and per-actor resources for the connected Ray cluster.
 
@@ -281,7 +294,7 @@ def _stream(
         read_and_decode,
         batch_size=1,
         fn_kwargs={"plan": plan, "preprocess": model.info.preprocess, "max_pixels": cfg.max_pixels},
-        num_cpus=1,
+        ray_remote_args_fn=decode_task_args,
     )
     predicted = decoded.map_batches(
         Predictor,

@@ -202,7 +202,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from cluster.pipeline import plan_resources
+    from cluster.pipeline import decode_task_args, plan_resources
     from robustness.gate import evaluate_gate, load_gate
     from robustness.report import build_report, write_reports
 
@@ -233,7 +233,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
             "seed": cfg.seed,
             "limits": limits,
         },
-        num_cpus=1,
+        ray_remote_args_fn=decode_task_args,  # keeps corruption work in CPU tasks, unfused
     )
     predicted = variants.map_batches(
         AuditPredictor,

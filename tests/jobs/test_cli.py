@@ -99,7 +99,7 @@ def test_sigkill_mid_run_then_rerun_resumes_exactly_once(tmp_path):
     n = 3000
     synthetic.write_corpus(str(corpus), n, seed=5, rows_per_file=500, row_group_size=100)
     out = tmp_path / "labels"
-    args = [*IRONSIGHT, "classify", str(corpus), str(out), "--model", "resnet18", "--random-weights",
+    args = [*IRONSIGHT, "classify", str(corpus), str(out), "--model", "mobilenet_v3_small", "--random-weights",
             "--max-rows-per-shard", "100", "--batch-size", "16", "--actors", "1", "--no-progress"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
