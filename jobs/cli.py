@@ -7,6 +7,7 @@ ran), 1 the job failed, 3 an audit's release gate failed, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -38,6 +39,11 @@ EPILOG_AUDIT = textwrap.dedent(
           --baseline last-night/report.json --gate gate.yaml
     """
 )
+
+
+# Modules that contribute subcommands: each has ``add_commands(subparsers, formatter)``, and
+# each parser it adds sets ``handler=fn(args) -> exit code`` with ``set_defaults``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -115,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=None, help="predictor actors (default: sized to the cores)")
     p.add_argument("--retrain", action="store_true", help="train the demo model even if one is cached")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub, _formatter)
     return parser
 
 
@@ -141,6 +150,9 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return handler(args)
     if args.command == "classify":
         spec = spec_from_args(ClassifyJob, args)
         return _run_classify(spec, _progress(args), verbose=args.verbose)
