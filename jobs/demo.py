@@ -7,6 +7,8 @@
    model card, and loaded back from there like any user's model.
 3. Bulk-label the corpus on an embedded Ray with ``classify`` (exactly once, resumable).
 4. Score the labels against the known ones and print the run summary.
+5. Audit the demo model on the eval split with the ``quick`` suite and print a one-screen
+   summary and where ``report.html`` is.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def run_demo(
     train_size: int | None = None,
     actors: int | None = None,
     retrain: bool = False,
+    audit_images: int = 1_000,
     progress: bool | None = None,
 ) -> int:
     from cluster.errors import InvalidInput
@@ -115,10 +118,29 @@ def run_demo(
         progress=progress,
     )
     print(f"bulk-labeling {corpus_size} images on an embedded Ray...")
+    from jobs.audit import AuditConfig, resolve_suite, run_audit
+    from robustness.report import text_summary
+
+    audit_dir = root / "audit"
     with connect(None):
         summary = run_classify(cfg)
-    acc, scored = label_accuracy(str(labels_dir), str(corpus_dir))
-    print(summary.render())
-    print(f"accuracy against the known labels: {acc:.3f} over {scored} labeled rows")
-    print(f"eval split for audits: {eval_dir}")
+        acc, scored = label_accuracy(str(labels_dir), str(corpus_dir))
+        print(summary.render())
+        print(f"accuracy against the known labels: {acc:.3f} over {scored} labeled rows")
+        if audit_images > 0:
+            print(f"\nauditing the demo model on {min(audit_images, eval_size)} eval images (suite: quick)...")
+            result = run_audit(
+                AuditConfig(
+                    input=str(eval_dir),
+                    output=str(audit_dir),
+                    source=ModelSource(card=str(card)),
+                    suite=resolve_suite("quick", None),
+                    max_images=audit_images,
+                    actors=actors,
+                    batch_size=256,
+                    progress=progress,
+                )
+            )
+            print(text_summary(result.report))
+            print(f"\nreport: {result.paths['html']}")
     return 0

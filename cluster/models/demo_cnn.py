@@ -22,6 +22,7 @@ receptive field stopped at 39 px and accuracy stalled near 70%.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import time
@@ -29,6 +30,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from cluster import storage, synthetic
@@ -99,8 +101,25 @@ def _warmup_cosine(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def _render(seed: int, n: int, progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, 3, 64, 64) uint8 images and (n,) int64 labels of synthetic split ``seed``."""
+def _jpeg_roundtrip(images: np.ndarray, qualities: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 through JPEG at the given qualities and back, as a corpus stores them."""
+    out = np.empty_like(images)
+    for i, (img, q) in enumerate(zip(images, qualities, strict=True)):
+        blob = synthetic.encode(Image.fromarray(img), "jpeg", quality=int(q))
+        out[i] = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+    return out
+
+
+def _render(
+    seed: int, n: int, progress: bool, desc: str, jpeg: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 3, 64, 64) uint8 images and (n,) int64 labels of synthetic split ``seed``.
+
+    ``jpeg=(lo, hi)`` passes each image through JPEG at a quality drawn from [lo, hi]: corpora
+    hold JPEGs, and a model trained only on pristine pixels loses about 10 points of accuracy
+    on them (measured: 0.964 raw vs 0.863 after JPEG q90 with the same weights).
+    """
+    rng = np.random.default_rng([seed, 7])
     chunk = 500
     bar = None
     if progress:
@@ -110,6 +129,8 @@ def _render(seed: int, n: int, progress: bool, desc: str) -> tuple[torch.Tensor,
     xs, ys = [], []
     for start in range(0, n, chunk):
         x, y = synthetic.render_arrays(seed, start, min(chunk, n - start), size=64)
+        if jpeg is not None:
+            x = _jpeg_roundtrip(x, rng.integers(jpeg[0], jpeg[1] + 1, len(x)))
         xs.append(x)
         ys.append(y)
         if bar is not None:
@@ -191,8 +212,10 @@ def train_demo_model(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or idle_cores())  # restored below
     try:
-        train_x, train_y = _render(TRAIN_SEED, n_train, progress, "drawing training images")
-        eval_x, eval_y = _render(EVAL_SEED, n_eval, progress, "drawing held-out images")
+        train_x, train_y = _render(TRAIN_SEED, n_train, progress, "drawing training images", jpeg=(70, 95))
+        # held out at the corpus's own encoding (write_corpus: JPEG q90), so the accuracy
+        # printed here is the one bulk labeling will see
+        eval_x, eval_y = _render(EVAL_SEED, n_eval, progress, "drawing held-out images", jpeg=(90, 90))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = demo_cnn(len(synthetic.CLASS_NAMES))
