@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
@@ -86,6 +85,8 @@ def test_classify_end_to_end_and_rerun_is_a_no_op(small_corpus, tmp_path):
     first = run(*args)
     assert first.returncode == 0, first.stderr
     assert "labeled 200 rows" in first.stdout
+    assert "error rows: 0" in first.stdout and "images/s" in first.stdout
+    assert "200/200 rows (100%)" in first.stderr  # plain progress lines when not on a terminal
     assert pads.dataset(str(out), format="parquet").count_rows() == 200
     second = run(*args)
     assert second.returncode == 0
