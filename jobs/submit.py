@@ -1,0 +1,595 @@
+"""Submitting job specs to a Ray cluster through the Ray Jobs API, with token authentication.
+
+```
+ironsight submit SPEC.yaml --address http://HEAD:8265 [--wait] [--follow] [--submission-id ID]
+ironsight status ID --address http://HEAD:8265
+ironsight logs ID --address http://HEAD:8265 [--follow]
+ironsight stop ID --address http://HEAD:8265
+```
+
+``--address`` defaults to ``IRONSIGHT_JOBS_ADDRESS``, then ``RAY_ADDRESS``.
+
+**How the spec travels.** The spec is validated here first (an invalid spec exits 2 and nothing
+is submitted), then shipped as the job's ``runtime_env`` ``working_dir``: a fresh directory that
+holds only ``ironsight-spec.yaml``. Ray zips it, uploads it to the head's package store (content
+addressed, so resubmitting the same spec uploads nothing), and runs the entrypoint
+``ironsight run ironsight-spec.yaml`` in the unpacked copy. A working dir rather than an
+environment variable or an entrypoint argument because the file reaches the cluster byte for
+byte (no shell quoting, no size limit of an env var) and the entrypoint stays readable in
+``ray job list``. Consequences:
+
+- a spec without ``address`` is shipped with ``address: auto``, so the job joins the cluster it
+  runs on instead of starting an embedded Ray inside the job's driver;
+- paths in the spec are read *on the cluster*: relative local paths are refused here (they
+  would resolve inside the unpacked working dir); use absolute paths the cluster can read or
+  ``s3://`` URIs;
+- the non-secret object-store settings of this shell (``AWS_ENDPOINT_URL``, region, ...) are
+  passed as ``env_vars``; credentials never are (the dashboard shows a runtime env).
+
+**Token authentication.** Ray 2.60's ``JobSubmissionClient`` adds ``Authorization: Bearer``
+itself only when ``RAY_AUTH_MODE=token`` is set in *this* process. Ironsight sends the header
+whenever a token is found, in Ray's order: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``,
+and (with ``RAY_AUTH_MODE=token``) ``~/.ray/auth_token``. The token is never printed or logged.
+A cluster that answers 401 gives "refused: the cluster requires a token, set RAY_AUTH_TOKEN"
+(exit 2); a 403 says the token was rejected (exit 2); an unreachable head exits 1.
+
+**Exactly one run per schedule slot.** :func:`scheduled_submission_id` derives a stable
+``submission_id`` from the job name, spec hash and scheduled time. Submitting an id that already
+exists on the cluster submits nothing and reports the existing job (exit 0), so a retried
+submit cannot run a job twice. Without ``--submission-id`` every submit gets a fresh id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import yaml
+
+from cluster.errors import InvalidInput, JobFailed
+from jobs.spec import AuditJob, ClassifyJob, load_spec
+
+if TYPE_CHECKING:  # ray is imported lazily: importing the CLI must not pay for it
+    from ray.job_submission import JobSubmissionClient
+
+__all__ = [
+    "ADDRESS_ENV",
+    "AuthRefused",
+    "ClusterUnreachable",
+    "SPEC_FILENAME",
+    "SubmitResult",
+    "add_commands",
+    "follow",
+    "job_client",
+    "job_spec_hash",
+    "resolve_address",
+    "scheduled_submission_id",
+    "submit_spec",
+]
+
+# Looked up in this order when --address is not given.
+ADDRESS_ENV = ("IRONSIGHT_JOBS_ADDRESS", "RAY_ADDRESS")
+# The only file in the shipped working dir; the entrypoint runs it.
+SPEC_FILENAME = "ironsight-spec.yaml"
+# Non-secret settings the job's driver needs to reach the same object store as this shell.
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "IRONSIGHT_S3_MAX_ATTEMPTS",
+)
+# Lines of the driver log shown when a job fails: enough for a Python traceback.
+LOG_TAIL_LINES = 40
+# Status polling interval: the Jobs API is cheap, and a human watches this.
+POLL_S = 1.0
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class ClusterUnreachable(JobFailed):
+    """The Jobs API at the address did not answer (exit 1)."""
+
+
+class AuthRefused(InvalidInput):
+    """The cluster refused the request: no token, or a wrong one (exit 2)."""
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What :func:`submit_spec` did.
+
+    Attributes:
+        submission_id: the job's id on the cluster.
+        submitted: False when a job with this id already existed and nothing was submitted.
+        status: the job's status right after the call (``PENDING`` for a fresh submit).
+    """
+
+    submission_id: str
+    submitted: bool
+    status: str
+
+
+# --- ids and hashes ---------------------------------------------------------------------------
+
+
+def job_spec_hash(spec: ClassifyJob | AuditJob) -> str:
+    """Stable 16-hex-digit hash of a validated spec (every field, defaults included).
+
+    >>> a = AuditJob(input="/e", output="/o", model="demo_cnn", random_weights=True)
+    >>> b = AuditJob(output="/o", input="/e", random_weights=True, model="demo_cnn", seed=0)
+    >>> job_spec_hash(a) == job_spec_hash(b), len(job_spec_hash(a))
+    (True, 16)
+    >>> job_spec_hash(a) == job_spec_hash(a.model_copy(update={"seed": 1}))
+    False
+    """
+    from cluster.sink import spec_hash
+
+    return spec_hash(spec.model_dump(mode="json"))
+
+
+def scheduled_submission_id(job_name: str, spec_hash: str, scheduled_for: datetime) -> str:
+    """The submission id of one scheduled run: the same inputs always give the same id.
+
+    Args:
+        job_name: the spec's ``name``; lowercased, anything but ``[a-z0-9-]`` becomes ``-``,
+            cut to 40 characters.
+        spec_hash: :func:`job_spec_hash` (or any hex digest); its first 12 characters are used,
+            so a changed spec is a different run.
+        scheduled_for: the slot's time; a naive datetime is taken as UTC. Seconds are kept,
+            microseconds dropped.
+
+    Raises:
+        ValueError: empty name or hash.
+
+    >>> from datetime import datetime, timezone, timedelta
+    >>> scheduled_submission_id("Nightly audit", "0123456789abcdef", datetime(2026, 11, 23, 2, 0))
+    'ironsight-nightly-audit-0123456789ab-20261123T020000Z'
+    >>> cet = timezone(timedelta(hours=1))
+    >>> scheduled_submission_id("nightly-audit", "0123456789abcdef",
+    ...                         datetime(2026, 11, 23, 3, 0, tzinfo=cet))
+    'ironsight-nightly-audit-0123456789ab-20261123T020000Z'
+    """
+    slug = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-")[:40].strip("-")
+    digest = re.sub(r"[^0-9a-zA-Z]", "", spec_hash)[:12].lower()
+    if not slug or not digest:
+        raise ValueError(
+            f"scheduled_submission_id needs a job name and a spec hash with letters or digits, "
+            f"got {job_name!r} and {spec_hash!r}"
+        )
+    when = scheduled_for if scheduled_for.tzinfo else scheduled_for.replace(tzinfo=timezone.utc)
+    stamp = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"ironsight-{slug}-{digest}-{stamp}"
+
+
+def _fresh_submission_id(job_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-")[:40].strip("-") or "job"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"ironsight-{slug}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
+def resolve_address(address: str | None) -> str:
+    """The Jobs API address: the argument, else ``IRONSIGHT_JOBS_ADDRESS``, else ``RAY_ADDRESS``.
+
+    A bare ``HOST:PORT`` gets ``http://``.
+
+    >>> resolve_address("127.0.0.1:8265")
+    'http://127.0.0.1:8265'
+    """
+    for value in (address, *(os.environ.get(name) for name in ADDRESS_ENV)):
+        if value:
+            value = value.strip().rstrip("/")
+            return value if "://" in value else f"http://{value}"
+    raise InvalidInput(
+        "no cluster address: pass --address http://HEAD:8265 (the Ray dashboard port) or set "
+        "IRONSIGHT_JOBS_ADDRESS"
+    )
+
+
+def _token() -> str | None:
+    """The auth token, looked up as Ray does; None when there is none. Never log the result."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if not path and os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        default = Path.home() / ".ray" / "auth_token"
+        path = str(default) if default.is_file() else None
+    if path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as exc:
+            raise InvalidInput(
+                f"RAY_AUTH_TOKEN_PATH={path} cannot be read ({exc.strerror}); point it at the "
+                "token file or set RAY_AUTH_TOKEN"
+            ) from None
+        if not token:
+            raise InvalidInput(f"token file {path} is empty; write the cluster's token into it")
+        return token
+    return None
+
+
+@contextmanager
+def _plain_errors(address: str, submission_id: str | None = None) -> Iterator[None]:
+    """Turn the Jobs SDK's exceptions into ours, with messages that say what to do."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthenticationError as exc:
+        if "Authentication failed" in str(exc):  # 403: a token was sent and is wrong
+            raise AuthRefused(
+                f"refused: the cluster at {address} rejected the token; set RAY_AUTH_TOKEN (or "
+                "RAY_AUTH_TOKEN_PATH) to the cluster's token"
+            ) from None
+        raise AuthRefused(
+            f"refused: the cluster at {address} requires a token, set RAY_AUTH_TOKEN"
+        ) from None
+    except (ConnectionError, requests.exceptions.ConnectionError):
+        raise ClusterUnreachable(
+            f"cannot reach the Ray Jobs API at {address}: is the head running and its dashboard "
+            "port (default 8265) reachable from here? Check --address or IRONSIGHT_JOBS_ADDRESS"
+        ) from None
+    except RuntimeError as exc:
+        text = str(exc)
+        if submission_id is not None and "status code 404" in text:
+            raise InvalidInput(
+                f"no job {submission_id!r} on the cluster at {address}; list jobs with "
+                f"`ray job list --address {address}`"
+            ) from None
+        raise JobFailed(f"the Jobs API at {address} failed: {text}") from None
+
+
+def job_client(address: str | None = None) -> JobSubmissionClient:
+    """A ``JobSubmissionClient`` for ``address`` that sends the auth token when one is set.
+
+    Args:
+        address: ``http://HEAD:8265``; default from ``IRONSIGHT_JOBS_ADDRESS``/``RAY_AUTH_TOKEN``.
+
+    Raises:
+        ClusterUnreachable: nothing answers at the address (exit 1).
+        AuthRefused: the cluster requires a token and none (or a wrong one) was sent (exit 2).
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    url = resolve_address(address)
+    token = _token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with _plain_errors(url):
+        client = JobSubmissionClient(url, headers=headers)
+        # The constructor only asks /api/version, which may answer without a token: ask a
+        # guarded endpoint too, so a missing token is reported here, before anything is sent.
+        client.list_jobs()
+    return client
+
+
+def _client_address(client: JobSubmissionClient) -> str:
+    return getattr(client, "_address", "the cluster")
+
+
+def _existing_status(client: JobSubmissionClient, submission_id: str) -> str | None:
+    """The status of ``submission_id`` on the cluster, or None when there is no such job."""
+    address = _client_address(client)
+    try:
+        with _plain_errors(address, submission_id):
+            return str(client.get_job_status(submission_id).value)
+    except InvalidInput as exc:
+        if isinstance(exc, AuthRefused):
+            raise
+        return None
+
+
+# --- submit -----------------------------------------------------------------------------------
+
+
+_PATH_FIELDS = ("input", "output", "weights", "model_card", "baseline", "gate", "suite")
+
+
+def _check_cluster_paths(spec: ClassifyJob | AuditJob, source: str) -> None:
+    for name in _PATH_FIELDS:
+        value = getattr(spec, name, None)
+        if not value or "://" in value or os.path.isabs(value):
+            continue
+        if name == "suite" and not value.endswith((".yaml", ".yml")):
+            continue  # a built-in suite name, not a file
+        raise InvalidInput(
+            f"{source}: {name}: {value!r} is a relative path, which the cluster would read "
+            "inside the job's working dir; use an absolute path the cluster can read or an "
+            "s3:// URI"
+        )
+
+
+def _shipped_spec(path: str) -> str:
+    data = yaml.safe_load(Path(path).read_text())
+    if not data.get("address"):
+        data["address"] = "auto"  # join the cluster the job runs on
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def submit_spec(
+    spec_path: str,
+    *,
+    address: str | None = None,
+    submission_id: str | None = None,
+    client: JobSubmissionClient | None = None,
+    entrypoint_num_cpus: float | None = None,
+) -> SubmitResult:
+    """Validate a spec here, then submit ``ironsight run`` of it to the cluster, at most once.
+
+    Args:
+        spec_path: the YAML job spec.
+        address: the Jobs API (``http://HEAD:8265``); ignored when ``client`` is given.
+        submission_id: the job's id; when a job with this id exists, nothing is submitted and
+            its status is returned. Default: a fresh id.
+        client: a client from :func:`job_client` to reuse.
+        entrypoint_num_cpus: CPUs reserved for the job's driver (default: Ray's, none).
+
+    Raises:
+        InvalidInput: the spec is invalid or names relative paths (nothing was submitted).
+        AuthRefused, ClusterUnreachable: see :func:`job_client`.
+    """
+    spec = load_spec(spec_path)
+    _check_cluster_paths(spec, spec_path)
+    client = client or job_client(address)
+    url = _client_address(client)
+    if submission_id is not None:
+        status = _existing_status(client, submission_id)
+        if status is not None:
+            return SubmitResult(submission_id, submitted=False, status=status)
+    sid = submission_id or _fresh_submission_id(spec.name)
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    with tempfile.TemporaryDirectory(prefix="ironsight-submit-") as workdir:
+        Path(workdir, SPEC_FILENAME).write_text(_shipped_spec(spec_path))
+        runtime_env: dict[str, Any] = {"working_dir": workdir}
+        if env:
+            runtime_env["env_vars"] = env
+        try:
+            with _plain_errors(url):
+                client.submit_job(
+                    entrypoint=f"ironsight run {SPEC_FILENAME} --no-progress",
+                    submission_id=sid,
+                    runtime_env=runtime_env,
+                    metadata={
+                        "ironsight_job": spec.name,
+                        "ironsight_kind": spec.kind,
+                        "ironsight_spec_hash": job_spec_hash(spec),
+                    },
+                    entrypoint_num_cpus=entrypoint_num_cpus,
+                )
+        except JobFailed as exc:
+            # Two submits of one id raced: the loser sees the winner's job.
+            status = _existing_status(client, sid) if "already exists" in str(exc) else None
+            if status is None:
+                raise
+            return SubmitResult(sid, submitted=False, status=status)
+    return SubmitResult(sid, submitted=True, status="PENDING")
+
+
+# --- following a job --------------------------------------------------------------------------
+
+
+def _log_tail(client: JobSubmissionClient, submission_id: str, lines: int = LOG_TAIL_LINES) -> str:
+    with _plain_errors(_client_address(client), submission_id):
+        logs = client.get_job_logs(submission_id)
+    return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
+
+
+async def _tail(client: JobSubmissionClient, submission_id: str, out: TextIO) -> None:
+    async for chunk in client.tail_job_logs(submission_id):
+        out.write(chunk)
+        out.flush()
+
+
+async def _follow(
+    client: JobSubmissionClient,
+    submission_id: str,
+    logs: bool,
+    on_status: Callable[[str], None],
+    out: TextIO,
+    poll_s: float,
+    timeout_s: float | None,
+) -> str:
+    tail = asyncio.ensure_future(_tail(client, submission_id, out)) if logs else None
+    seen = None
+    start = time.monotonic()
+    try:
+        while True:
+            status = str((await asyncio.to_thread(client.get_job_status, submission_id)).value)
+            if status != seen:
+                on_status(status)
+                seen = status
+            if status in TERMINAL:
+                break
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise JobFailed(
+                    f"job {submission_id} still {status} after {timeout_s:.0f} s; it keeps "
+                    f"running: `ironsight status {submission_id}` or `ironsight stop {submission_id}`"
+                )
+            await asyncio.sleep(poll_s)
+        if tail is not None:
+            # The log socket closes once the driver's log is drained; give it a moment.
+            await asyncio.wait_for(asyncio.shield(tail), timeout=10)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        if tail is not None and not tail.done():
+            tail.cancel()
+    return seen
+
+
+def follow(
+    client: JobSubmissionClient,
+    submission_id: str,
+    *,
+    logs: bool = False,
+    on_status: Callable[[str], None] | None = None,
+    out: TextIO | None = None,
+    poll_s: float = POLL_S,
+    timeout_s: float | None = None,
+) -> str:
+    """Wait for a job to reach a terminal state; return it (``SUCCEEDED``, ``FAILED``, ``STOPPED``).
+
+    Args:
+        client: from :func:`job_client`.
+        submission_id: the job.
+        logs: stream the driver's log to ``out`` while waiting.
+        on_status: called with each new status (default: print ``ID: STATUS`` to stderr).
+        out: where logs go (default stdout).
+        poll_s: seconds between status polls.
+        timeout_s: give up waiting (the job keeps running) and raise ``JobFailed``.
+    """
+    if on_status is None:
+
+        def on_status(status: str) -> None:
+            print(f"{submission_id}: {status}", file=sys.stderr, flush=True)
+
+    with _plain_errors(_client_address(client), submission_id):
+        return asyncio.run(
+            _follow(client, submission_id, logs, on_status, out or sys.stdout, poll_s, timeout_s)
+        )
+
+
+def _finish(client: JobSubmissionClient, submission_id: str, status: str) -> int:
+    if status == "SUCCEEDED":
+        return 0
+    with _plain_errors(_client_address(client), submission_id):
+        info = client.get_job_info(submission_id)
+    print(f"{submission_id}: {status}: {info.message or ''}".rstrip(": "), file=sys.stderr)
+    tail = _log_tail(client, submission_id)
+    if tail:
+        print(f"--- last {LOG_TAIL_LINES} log lines of {submission_id} ---", file=sys.stderr)
+        print(tail, file=sys.stderr)
+    return 1
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+_ADDRESS_HELP = "Ray Jobs API, the head's dashboard port (default: $IRONSIGHT_JOBS_ADDRESS, $RAY_ADDRESS)"
+
+EPILOG_SUBMIT = textwrap.dedent(
+    """\
+    examples:
+      RAY_AUTH_TOKEN=... ironsight submit nightly.yaml --address http://head:8265 --wait
+      ironsight submit audit.yaml --submission-id audit-2026-11-23 --wait --follow
+      ironsight status audit-2026-11-23 --address http://head:8265
+
+    The spec is validated here (exit 2, nothing submitted, when invalid) and shipped as the
+    job's working dir; the cluster runs `ironsight run` on it, joining the cluster (address:
+    auto) unless the spec names an address. Paths in the spec are read on the cluster: use
+    absolute paths or s3:// URIs. An existing --submission-id is not submitted again (exit 0).
+
+    Token auth: the token comes from RAY_AUTH_TOKEN, the file in RAY_AUTH_TOKEN_PATH, or
+    ~/.ray/auth_token when RAY_AUTH_MODE=token; it is never printed.
+    exit codes: 0 submitted (or succeeded with --wait), 1 failed/stopped or unreachable,
+    2 invalid spec or refused (token missing or wrong).
+    """
+)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    # Validate before connecting: an invalid spec exits 2 even with no cluster around.
+    _check_cluster_paths(load_spec(args.spec), args.spec)
+    client = job_client(args.address)
+    result = submit_spec(args.spec, submission_id=args.submission_id, client=client)
+    url = _client_address(client)
+    if result.submitted:
+        print(f"submitted {result.submission_id} to {url}")
+    else:
+        print(f"{result.submission_id} already exists on {url} ({result.status}); not submitted again")
+    if not args.wait:
+        if result.submitted:
+            print(f"follow it: ironsight logs {result.submission_id} --address {url} --follow")
+        return 0
+    status = follow(client, result.submission_id, logs=args.follow)
+    return _finish(client, result.submission_id, status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    client = job_client(args.address)
+    with _plain_errors(_client_address(client), args.id):
+        info = client.get_job_info(args.id)
+    print(f"{args.id}: {info.status.value}")
+    if info.message:
+        print(f"  message: {info.message}")
+    print(f"  entrypoint: {info.entrypoint}")
+    for label, ms in (("started", info.start_time), ("ended", info.end_time)):
+        if ms:
+            print(f"  {label}: {datetime.fromtimestamp(ms / 1000, timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    client = job_client(args.address)
+    if args.follow:
+        follow(client, args.id, logs=True, on_status=lambda status: None)
+        return 0
+    with _plain_errors(_client_address(client), args.id):
+        sys.stdout.write(client.get_job_logs(args.id))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    client = job_client(args.address)
+    with _plain_errors(_client_address(client), args.id):
+        stopped = client.stop_job(args.id)
+        status = client.get_job_status(args.id).value
+    if stopped:
+        print(f"{args.id}: stop requested ({status})")
+    else:
+        print(f"{args.id}: not running ({status}); nothing to stop")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction, formatter: Callable) -> None:
+    """Add ``submit``, ``status``, ``logs`` and ``stop`` to the ``ironsight`` CLI."""
+    p = subparsers.add_parser(
+        "submit",
+        help="submit a job spec to a Ray cluster (Jobs API, token auth)",
+        description="Validate SPEC.yaml here and submit `ironsight run` of it to a Ray cluster "
+        "through the Ray Jobs API.",
+        epilog=EPILOG_SUBMIT,
+        formatter_class=formatter,
+    )
+    p.add_argument("spec", metavar="SPEC.yaml")
+    p.add_argument("--address", metavar="http://HEAD:8265", help=_ADDRESS_HELP)
+    p.add_argument("--submission-id", metavar="ID",
+                   help="the job's id; an id that already exists is not submitted again "
+                   "(default: a fresh id)")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the job to the end; exit 0 on SUCCEEDED, 1 on FAILED/STOPPED")
+    p.add_argument("--follow", action="store_true", help="with --wait, stream the job's log")
+    p.set_defaults(handler=_cmd_submit)
+
+    for name, help_text, handler in (
+        ("status", "a submitted job's status, message and times", _cmd_status),
+        ("logs", "a submitted job's driver log", _cmd_logs),
+        ("stop", "stop a submitted job", _cmd_stop),
+    ):
+        p = subparsers.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text[0].upper()}{help_text[1:]}, from the Ray Jobs API.",
+            epilog=f"example:\n  ironsight {name} ironsight-nightly-audit-... --address http://head:8265",
+            formatter_class=formatter,
+        )
+        p.add_argument("id", metavar="ID", help="the submission id `ironsight submit` printed")
+        p.add_argument("--address", metavar="http://HEAD:8265", help=_ADDRESS_HELP)
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream until the job ends")
+        p.set_defaults(handler=handler)
