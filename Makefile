@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean venv
+.PHONY: demo test test-slow lint bench clean venv
 
 venv: $(STAMP)
 
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ironsight demo
 
+# The default suite: everything but the slow end-to-end and real-cluster tests (< 15 min).
 test: $(STAMP)
 	$(BIN)/ruff check cluster jobs robustness tests benchmarks
-	$(BIN)/python -m pytest -m "not gpu" --timeout=600 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu and not slow and not cluster" --timeout=600 $(PYTEST_ARGS)
+
+# Kill-and-resume, the demo, a real token-protected `ray start --head`: CI runs these too.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "(slow or cluster) and not gpu" --timeout=900 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cluster jobs robustness tests benchmarks
