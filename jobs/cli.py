@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, default=None, help="training images (default: the trainer's)")
     p.add_argument("--actors", type=int, default=None, help="predictor actors (default: sized to the cores)")
     p.add_argument("--retrain", action="store_true", help="train the demo model even if one is cached")
+    p.add_argument("--audit-images", type=int, default=1_000,
+                   help="eval images the demo audits with the quick suite; 0 skips the audit (default: 1000)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
 
     for module in COMMAND_MODULES:
@@ -181,6 +183,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             train_size=args.train_size,
             actors=args.actors,
             retrain=args.retrain,
+            audit_images=args.audit_images,
             progress=_progress(args),
         )
     raise InvalidInput(f"unknown command {args.command!r}")
