@@ -43,7 +43,7 @@ EPILOG_AUDIT = textwrap.dedent(
 
 # Modules that contribute subcommands: each has ``add_commands(subparsers, formatter)``, and
 # each parser it adds sets ``handler=fn(args) -> exit code`` with ``set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ("jobs.submit",)
+COMMAND_MODULES: tuple[str, ...] = ("jobs.history", "jobs.submit")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -192,6 +192,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = False) -> int:
     from cluster.pipeline import ClassifyConfig, run_classify
     from cluster.raycluster import connect
+    from jobs.history import RunRecorder
 
     cfg = ClassifyConfig(
         input=spec.input,
@@ -208,8 +209,10 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
         device=spec.device,
         progress=progress,
     )
-    with connect(spec.address, quiet=not verbose):
-        summary = run_classify(cfg)
+    with RunRecorder(spec) as record:
+        with connect(spec.address, quiet=not verbose):
+            summary = run_classify(cfg)
+        record.classify_succeeded(summary)
     print(summary.render())
     return 0
 
@@ -217,6 +220,7 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
 def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) -> int:
     from cluster.raycluster import connect
     from jobs.audit import AuditConfig, resolve_suite, run_audit
+    from jobs.history import EXIT_REGRESSED, RunRecorder
     from robustness.report import text_summary
 
     cfg = AuditConfig(
@@ -236,10 +240,15 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
         device=spec.device,
         progress=progress,
     )
-    with connect(spec.address, quiet=not verbose):
-        result = run_audit(cfg)
+    with RunRecorder(spec) as record:
+        with connect(spec.address, quiet=not verbose):
+            result = run_audit(cfg)
+        regressions = record.audit_finished(result.report)
     print(text_summary(result.report))
     print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")
+    if regressions:
+        print(record.regression_text(), file=sys.stderr)
+        return EXIT_REGRESSED
     return 0
 
 

@@ -1,0 +1,215 @@
+"""Run history: a real SQLite file, the `ironsight history` command, and regressions of a real
+audit run through `ironsight run` (exit 4)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from cluster import synthetic
+from cluster.errors import GateFailed, InvalidInput, JobFailed
+from jobs.history import (
+    DEFAULT_MAX_DROP,
+    EXIT_REGRESSED,
+    HistoryStore,
+    RunRecorder,
+    detect_regressions,
+    history_url,
+)
+from jobs.spec import AuditJob, ClassifyJob
+
+IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    return str(tmp_path / "history.db")
+
+
+def _spec(name: str = "nightly", **kw) -> AuditJob:
+    return AuditJob(name=name, input="eval/", output="out/", model="demo_cnn",
+                    random_weights=True, **kw)
+
+
+def test_schema_and_version_are_created_on_first_use(db) -> None:
+    store = HistoryStore(db)
+    assert store.schema_version == 1
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+    assert {"ironsight_meta", "ironsight_runs"} <= tables
+
+
+def test_a_newer_schema_is_refused_with_the_fix(db) -> None:
+    HistoryStore(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("update ironsight_meta set value='99' where key='schema_version'")
+    with pytest.raises(InvalidInput, match="schema version 99.*upgrade Ironsight"):
+        HistoryStore(db)
+
+
+def test_runs_survive_reopening_and_keep_utc_times(db) -> None:
+    started = dt.datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
+    rid = HistoryStore(db).start(job="j", kind="classify", model="m", started_at=started)
+    HistoryStore(db).finish(rid, "succeeded", {"rows": 8}, output="o/",
+                            ended_at=started + dt.timedelta(seconds=90))
+    (run,) = HistoryStore(db).runs()
+    assert (run.id, run.status, run.metrics, run.output) == (rid, "succeeded", {"rows": 8}, "o/")
+    assert run.started_at == started and run.started_at.tzinfo is not None
+    assert run.duration_s == 90
+
+
+@pytest.mark.parametrize(("job", "last", "expected"), [
+    (None, None, ["a", "b", "a", "b"]),
+    ("a", None, ["a", "a"]),
+    (None, 3, ["b", "a", "b"]),
+    ("b", 1, ["b"]),
+])
+def test_runs_filter_by_job_and_last(db, job, last, expected) -> None:
+    store = HistoryStore(db)
+    for name in ["a", "b", "a", "b"]:
+        store.start(job=name, kind="audit")
+    assert [r.job for r in store.runs(job=job, last=last)] == expected
+
+
+def test_previous_success_skips_failed_and_regressed_runs_and_other_jobs(db) -> None:
+    store = HistoryStore(db)
+    ok = store.start(job="n", kind="audit")
+    store.finish(ok, "succeeded", {})
+    for status in ("failed", "regressed", "gate_failed"):
+        store.finish(store.start(job="n", kind="audit"), status, {})
+    store.finish(store.start(job="other", kind="audit"), "succeeded", {})
+    current = store.start(job="n", kind="audit")
+    assert store.previous_success("n", current).id == ok
+    assert store.previous_success("n", ok) is None
+
+
+@pytest.mark.parametrize(("after", "max_drop", "dropped"), [
+    ({"clean_accuracy": 0.90, "per_condition": {"fog": 0.60}}, DEFAULT_MAX_DROP, []),
+    ({"clean_accuracy": 0.885, "per_condition": {"fog": 0.59}}, DEFAULT_MAX_DROP, []),
+    ({"clean_accuracy": 0.85, "per_condition": {"fog": 0.60}}, DEFAULT_MAX_DROP, ["clean accuracy"]),
+    ({"clean_accuracy": 0.85, "per_condition": {"fog": 0.60}}, 0.10, []),
+    ({"clean_accuracy": 0.90, "per_condition": {"fog": 0.30}}, DEFAULT_MAX_DROP,
+     ["fog mean accuracy"]),
+    ({"clean_accuracy": 0.99, "per_condition": {"blur": 0.0}}, DEFAULT_MAX_DROP, []),
+])
+def test_detect_regressions(after, max_drop, dropped) -> None:
+    before = {"clean_accuracy": 0.90, "per_condition": {"fog": 0.60}}
+    assert [r.metric for r in detect_regressions(before, after, max_drop)] == dropped
+
+
+def test_recorder_records_a_failure_without_credentials(db) -> None:
+    store = HistoryStore(db)
+    with pytest.raises(JobFailed):
+        with RunRecorder(_spec(), store):
+            raise JobFailed("cannot read s3://AKIAABCDEFGHIJKLMNOP:hunter2@bucket/x: denied")
+    (run,) = store.runs()
+    assert run.status == "failed" and run.ended_at is not None
+    assert "denied" in run.error and "hunter2" not in run.error and "AKIA" not in run.error
+
+
+def test_recorder_records_gate_failure_with_the_written_report(db, tmp_path) -> None:
+    report = {"clean": {"accuracy": 0.5}, "summary": {"per_condition": []}, "attacks": [],
+              "gate": {"passed": False}, "model": {"weights_sha256": "ab" * 32}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    spec = AuditJob(name="n", input="eval/", output=str(tmp_path), model="demo_cnn",
+                    random_weights=True)
+    store = HistoryStore(db)
+    with pytest.raises(GateFailed):
+        with RunRecorder(spec, store):
+            raise GateFailed("release gate failed (1 checks):\n  - clean accuracy 0.5 < 0.8")
+    (run,) = store.runs()
+    assert (run.status, run.metrics["clean_accuracy"], run.metrics["gate"]) == (
+        "gate_failed", 0.5, "failed")
+    assert run.weights_hash == "ab" * 32 and run.error.startswith("release gate failed")
+
+
+@pytest.mark.parametrize(("gate", "allowed"), [(None, DEFAULT_MAX_DROP), ("0.3", 0.3)])
+def test_recorder_uses_the_gate_threshold(db, tmp_path, gate, allowed) -> None:
+    spec_kw = {}
+    if gate is not None:
+        (tmp_path / "gate.yaml").write_text(f"max_drop_vs_baseline: {gate}\n")
+        spec_kw["gate"] = str(tmp_path / "gate.yaml")
+    store = HistoryStore(db)
+    report = {"clean": {"accuracy": 0.9}, "summary": {"per_condition": []}, "attacks": []}
+    with RunRecorder(_spec(**spec_kw), store) as rec:
+        rec.audit_finished(report)
+    with RunRecorder(_spec(**spec_kw), store) as rec:
+        found = rec.audit_finished({**report, "clean": {"accuracy": 0.7}})
+    assert [(r.metric, r.allowed) for r in found if r.allowed < 0.2] == (
+        [("clean accuracy", allowed)] if allowed < 0.2 else [])
+    assert store.runs()[-1].status == ("regressed" if allowed < 0.2 else "succeeded")
+
+
+def test_unreachable_history_does_not_stop_the_job(tmp_path, monkeypatch, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the database's directory should be
+    monkeypatch.setenv("IRONSIGHT_HISTORY_URL", str(blocker / "sub" / "h.db"))
+    spec = ClassifyJob(input="i/", output="o/", model="demo_cnn", random_weights=True)
+    with RunRecorder(spec) as rec:
+        ran = True
+    assert ran and rec.run_id is None
+    assert "run history disabled" in capsys.readouterr().err
+
+
+def test_history_url_prefers_flag_then_env(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("IRONSIGHT_HISTORY_URL", "sqlite:////env.db")
+    assert history_url(str(tmp_path / "f.db")) == f"sqlite:///{tmp_path}/f.db"
+    assert history_url() == "sqlite:////env.db"
+    monkeypatch.delenv("IRONSIGHT_HISTORY_URL")
+    monkeypatch.setenv("IRONSIGHT_HOME", str(tmp_path))
+    assert history_url() == f"sqlite:///{tmp_path}/history.db"
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*IRONSIGHT, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_history_command_table_and_json(db) -> None:
+    store = HistoryStore(db)
+    rid = store.start(job="nightly", kind="audit", model="demo_cnn")
+    store.finish(rid, "regressed", {"clean_accuracy": 0.8125, "mean_corruption_accuracy": 0.5})
+    store.start(job="labels", kind="classify", model="resnet50")
+    table = _cli("history", "--history-db", db)
+    assert table.returncode == 0, table.stderr
+    header, first, second = table.stdout.splitlines()
+    assert header.split()[:3] == ["id", "job", "kind"]
+    assert "regressed" in first and "clean 0.812" in first and "demo_cnn" in first
+    assert "running" in second
+    only = json.loads(_cli("history", "--history-db", db, "--job", "nightly", "--json").stdout)
+    assert [(r["id"], r["status"]) for r in only] == [(rid, "regressed")]
+    assert _cli("history", "--history-db", db, "--last", "0").returncode == 2
+
+
+def test_audit_regression_through_the_cli_exits_4(tmp_path) -> None:
+    """A real audit (demo_cnn, random weights, 16 images) after a better recorded run."""
+    db = str(tmp_path / "history.db")
+    synthetic.write_corpus(str(tmp_path / "eval"), 16, seed=2, rows_per_file=16,
+                           row_group_size=16)
+    (tmp_path / "suite.yaml").write_text(
+        "name: tiny\nconditions: [gaussian_noise]\nseverities: [5]\nattacks: []\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"kind: audit\nname: nightly\ninput: {tmp_path / 'eval'}\noutput: {tmp_path / 'out'}\n"
+        f"model: demo_cnn\nrandom_weights: true\nsuite: {tmp_path / 'suite.yaml'}\n"
+        "actors: 1\nbatch_size: 16\n")
+    store = HistoryStore(db)
+    good = store.start(job="nightly", kind="audit")
+    store.finish(good, "succeeded",
+                 {"clean_accuracy": 1.0, "per_condition": {"gaussian_noise": 1.0}})
+    proc = _cli("run", str(spec), "--no-progress", env={"IRONSIGHT_HISTORY_URL": db})
+    assert proc.returncode == EXIT_REGRESSED, proc.stderr[-3000:]
+    assert f"last succeeded run {good}" in proc.stderr
+    assert "clean accuracy dropped from 1.0000 to" in proc.stderr
+    last = store.runs()[-1]
+    assert (last.job, last.kind, last.status) == ("nightly", "audit", "regressed")
+    assert last.metrics["compared_with_run"] == good
+    assert last.weights_hash == "random-init"  # what cluster.models reports for random weights
+    assert last.model == "demo_cnn" and last.output == str(tmp_path / "out")
