@@ -1,0 +1,114 @@
+"""`ironsight deploy render` as a user runs it, checked with the deploy tests' own validators."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from jobs.k8s import security_findings
+
+REPO = Path(__file__).resolve().parents[2]
+IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+SPEC = (
+    "kind: audit\nname: Nightly_Audit\ninput: s3://evals/shapes/\noutput: s3://reports/nightly/\n"
+    "model: demo_cnn\nrandom_weights: true  # comments are kept\nsuite: quick\n"
+)
+
+
+def _deploy_helpers():
+    """tests/deploy/conftest.py, loaded as a module (its fixtures are not visible from here)."""
+    spec = importlib.util.spec_from_file_location("deploy_conftest", REPO / "tests/deploy/conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def schema_errors():
+    """The same checks as tests/deploy's `schema_errors` fixture."""
+    helpers = _deploy_helpers()
+    if not helpers.CRD_DIR.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {helpers.CRD_DIR}; set IRONSIGHT_KUBERAY_CRDS")
+    validators = {}
+    for path in sorted(helpers.CRD_DIR.glob("ray.io_*.yaml")):
+        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        schema = helpers._close_objects(version["schema"]["openAPIV3Schema"])
+        validators[crd["spec"]["names"]["kind"]] = jsonschema.Draft7Validator(schema)
+
+    def check(doc: dict) -> list[str]:
+        if doc["kind"] in helpers.KUBERAY_KINDS:
+            return helpers._kuberay_errors(doc, validators)
+        return helpers._core_errors(doc)
+
+    return check
+
+
+def _render(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(SPEC)
+    return subprocess.run([*IRONSIGHT, "deploy", "render", str(spec), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="module", params=[None, "30 2 * * *"], ids=["rayjob", "cron"])
+def rendered(request, tmp_path_factory) -> tuple[str | None, Path, list[dict]]:
+    tmp = tmp_path_factory.mktemp("render")
+    cron = request.param
+    extra = ["--cron", cron, "--timezone", "Europe/Berlin"] if cron else []
+    proc = _render(tmp, "--out", str(tmp / "k8s"), "--namespace", "ml",
+                   "--image", "registry.example.com/ironsight:0.1.0", *extra)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for p in sorted((tmp / "k8s").glob("*.yaml"))
+            for d in yaml.safe_load_all(p.read_text()) if d]
+    return cron, tmp / "k8s", docs
+
+
+def test_files_written_for_once_and_for_a_schedule(rendered) -> None:
+    cron, out, _ = rendered
+    expected = {"configmap-spec.yaml", "networkpolicy.yaml"} | (
+        {"raycronjob.yaml", "cronjob-submit-rayjob.yaml"} if cron else {"rayjob.yaml"})
+    assert {p.name for p in out.iterdir()} == expected
+
+
+def test_rendered_manifests_pass_the_security_checks(rendered) -> None:
+    _, _, docs = rendered
+    assert {d["kind"]: security_findings(d) for d in docs} == {d["kind"]: [] for d in docs}
+
+
+def test_rendered_manifests_pass_the_schema_checks(rendered, schema_errors) -> None:
+    _, _, docs = rendered
+    assert {d["kind"]: schema_errors(d) for d in docs} == {d["kind"]: [] for d in docs}
+
+
+def test_spec_name_schedule_and_namespace_reach_the_manifests(rendered) -> None:
+    cron, _, docs = rendered
+    by_kind = {d["kind"]: d for d in docs}
+    assert {d["metadata"]["namespace"] for d in docs} == {"ml"}
+    (spec_cm,) = [d for d in docs if d["metadata"].get("name") == "nightly-audit-spec"]
+    assert spec_cm["data"]["spec.yaml"] == SPEC
+    job = by_kind["RayCronJob" if cron else "RayJob"]
+    assert job["metadata"]["name"] == "nightly-audit"
+    if cron:
+        assert (job["spec"]["schedule"], job["spec"]["timeZone"]) == (cron, "Europe/Berlin")
+
+
+@pytest.mark.parametrize(("spec", "args", "message"), [
+    ("kind: audit\nmodel: demo_cnn\n", [], "input: Field required"),
+    (SPEC, ["--cron", "every night"], "not a 5-field cron expression"),
+    (SPEC, ["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "not an IANA time zone"),
+])
+def test_bad_spec_or_schedule_exits_2_and_writes_nothing(tmp_path, spec, args, message) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec)
+    proc = subprocess.run([*IRONSIGHT, "deploy", "render", str(path), "--out", str(tmp_path / "o"),
+                           *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (tmp_path / "o").exists()
