@@ -77,6 +77,7 @@ class ClassifySummary:
     images_per_s: float = 0.0
     rows_per_worker: dict[str, int] = field(default_factory=dict)
     duplicates_dropped: int = 0
+    duplicate_ids: int = 0
     already_complete: bool = False
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
@@ -97,6 +98,11 @@ class ClassifySummary:
                 else ""
             ),
         ]
+        if self.duplicate_ids:
+            lines.append(
+                f"  duplicate ids: {self.duplicate_ids} rows repeat an id of an earlier row"
+                " (each still has its own output row)"
+            )
         if self.skipped_files:
             lines.append(f"  skipped files: {len(self.skipped_files)}")
             lines += [f"    {f}: {why}" for f, why in self.skipped_files]
@@ -319,6 +325,8 @@ def _stream(
     started = time.monotonic()
     errors_by_reason: Counter[str] = Counter(summary.errors_by_reason)
     workers: Counter[str] = Counter()
+    # 8 bytes per labeled row: a 64-bit hash of each id, to count ids given to several rows
+    id_hashes: list[np.ndarray] = []
     for batch in predicted.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         shards_col = batch["shard"]
         for shard_index in np.unique(shards_col):
@@ -349,6 +357,8 @@ def _stream(
                 summary.shards_processed += 1
                 summary.rows += rec.rows
                 summary.error_rows += rec.errors
+                ids = table.column("id").to_pylist()
+                id_hashes.append(np.fromiter((hash(i) for i in ids), np.int64, len(ids)))
                 for e in table.column("error").to_pylist():
                     if e is not None:
                         errors_by_reason[e.split(":", 1)[0]] += 1
@@ -357,6 +367,9 @@ def _stream(
     sink.flush_manifest(force=True)
     summary.errors_by_reason = dict(errors_by_reason)
     summary.rows_per_worker = dict(workers)
+    if id_hashes:
+        hashes = np.concatenate(id_hashes)
+        summary.duplicate_ids = int(len(hashes) - len(np.unique(hashes)))
     if partial:
         incomplete = {by_index[i].shard_id: f"{p.count}/{p.expected}" for i, p in partial.items()}
         raise JobFailed(f"shards ended incomplete (rows seen/expected): {incomplete}")
