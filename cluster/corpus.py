@@ -218,7 +218,7 @@ def plan_corpus(
         raise InvalidInput(
             f"{len(problems)} of {len(uris)} file(s) in {uri!r} cannot be read as an image "
             f"corpus:\n{listed}" + (f"\n  ... and {more} more" if more > 0 else "")
-            + "\nfix or remove them, or pass skip_bad_files to leave them out"
+            + "\nfix or remove them, or pass --skip-bad-files (skip_bad_files: true in a spec) to leave them out"
         )
     if columns is None:
         listed = "\n".join(f"  {f}: {r}" for f, r in problems[:_MAX_LISTED_PROBLEMS])
