@@ -43,7 +43,7 @@ EPILOG_AUDIT = textwrap.dedent(
 
 # Modules that contribute subcommands: each has ``add_commands(subparsers, formatter)``, and
 # each parser it adds sets ``handler=fn(args) -> exit code`` with ``set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ("jobs.history", "jobs.submit", "jobs.deploy_cli")
+COMMAND_MODULES: tuple[str, ...] = ("jobs.history", "jobs.submit", "jobs.deploy_cli", "jobs.schedule")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
