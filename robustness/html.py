@@ -367,64 +367,14 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(plots) + "</div>")
     parts.append(_examples(report, examples))
-    if report["conditions"]:
-        parts.append("<h2>Corruptions</h2>")
-        header = ["condition", "mean accuracy", "worst class (all severities)"]
-        if s.get("baseline"):
-            header += ["CE", "relative CE", "accuracy change vs baseline"]
-        rows = []
-        for p in s["per_condition"]:
-            worst = p["worst_class"]
-            row = [
-                p["name"],
-                _pct(p["mean_accuracy"]),
-                f"{worst['name']} ({_pct(worst['accuracy'])})" if worst else "—",
-            ]
-            if s.get("baseline"):
-                row += [
-                    _num(p.get("ce")),
-                    _num(p.get("relative_ce")),
-                    _pct(p.get("accuracy_change")),
-                ]
-            rows.append(row)
+    from robustness.report import result_tables  # report imports this module at call time
+
+    section = None
+    for title, header, rows in result_tables(report):
+        if title != section:
+            parts.append(f"<h2>{_e(title)}</h2>")
+            section = title
         parts.append(_table(header, rows))
-        parts.append(
-            _table(
-                ["condition", "severity", "n", "accuracy", "ECE", "flip rate", "worst class"],
-                [
-                    [
-                        c["name"],
-                        c["severity"],
-                        c["n"],
-                        _pct(c["accuracy"]),
-                        _num(c["ece"]),
-                        _pct(c["flip_rate"]),
-                        f"{c['worst_class']['name']} ({_pct(c['worst_class']['accuracy'])})"
-                        if c["worst_class"]
-                        else "—",
-                    ]
-                    for c in report["conditions"]
-                ],
-            )
-        )
-    if report["attacks"]:
-        parts.append("<h2>Adversarial attacks</h2>")
-        parts.append(
-            _table(
-                ["attack", "eps", "eps × 255", "n", "robust accuracy", "success rate"],
-                [
-                    [
-                        a["name"],
-                        f"{a['eps']:.5f}",
-                        f"{255 * a['eps']:.1f}",
-                        a["n"],
-                        _pct(a["accuracy"]),
-                        _pct(a["success_rate"]),
-                    ]
-                    for a in report["attacks"]
-                ],
-            )
-        )
     names = report["class_names"]
     parts.append("<h2>Clean data per class</h2>")
     parts.append(

@@ -216,6 +216,51 @@ def _worst(entry: dict | None) -> str:
     return "—" if not entry else f"{entry['name']} ({_pct(entry['accuracy'])})"
 
 
+def result_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
+    """(section, header, rows) of the results tables, shared by the Markdown and HTML reports.
+
+    Per condition (mean over severities, with CE against a baseline), per condition x
+    severity cell, and per attack x epsilon; cells are display strings.
+    """
+    s = report["summary"]
+    tables: list[tuple[str, list[str], list[list]]] = []
+    if report["conditions"]:
+        header = ["condition", "mean accuracy", "worst class (all severities)"]
+        if s.get("baseline"):
+            header += ["CE", "relative CE", "accuracy change vs baseline"]
+        rows = []
+        for p in s["per_condition"]:
+            row = [p["name"], _pct(p["mean_accuracy"]), _worst(p["worst_class"])]
+            if s.get("baseline"):
+                row += [_num(p.get("ce")), _num(p.get("relative_ce")), _pct(p.get("accuracy_change"))]
+            rows.append(row)
+        tables.append(("Corruptions", header, rows))
+        tables.append(
+            (
+                "Corruptions",
+                ["condition", "severity", "n", "accuracy", "ECE", "flip rate", "worst class"],
+                [
+                    [c["name"], c["severity"], c["n"], _pct(c["accuracy"]), _num(c["ece"]),
+                     _pct(c["flip_rate"]), _worst(c["worst_class"])]
+                    for c in report["conditions"]
+                ],
+            )
+        )
+    if report["attacks"]:
+        tables.append(
+            (
+                "Adversarial attacks",
+                ["attack", "eps", "eps × 255", "n", "robust accuracy", "success rate"],
+                [
+                    [a["name"], f"{a['eps']:.5f}", f"{a['eps'] * 255:.1f}", a["n"],
+                     _pct(a["accuracy"]), _pct(a["success_rate"])]
+                    for a in report["attacks"]
+                ],
+            )
+        )
+    return tables
+
+
 def gate_lines(report: dict) -> list[str]:
     """Human-readable gate verdict lines (empty when no gate was evaluated)."""
     gate = report.get("gate")
@@ -294,53 +339,12 @@ def to_markdown(report: dict) -> str:
         [[names[i], *row] for i, row in enumerate(clean["confusion_matrix"])],
     )
 
-    if report["conditions"]:
-        out += ["## Corruptions", ""]
-        header = ["condition", "mean accuracy", "worst class"]
-        if s.get("baseline"):
-            header += ["CE", "relative CE", "accuracy change"]
-        prow = []
-        for p in s["per_condition"]:
-            row = [p["name"], _pct(p["mean_accuracy"]), _worst(p["worst_class"])]
-            if s.get("baseline"):
-                row += [
-                    _num(p.get("ce")),
-                    _num(p.get("relative_ce")),
-                    _pct(p.get("accuracy_change")),
-                ]
-            prow.append(row)
-        out += _md_table(header, prow)
-        out += _md_table(
-            ["condition", "severity", "n", "accuracy", "ECE", "flip rate", "worst class"],
-            [
-                [
-                    c["name"],
-                    c["severity"],
-                    c["n"],
-                    _pct(c["accuracy"]),
-                    _num(c["ece"]),
-                    _pct(c["flip_rate"]),
-                    _worst(c["worst_class"]),
-                ]
-                for c in report["conditions"]
-            ],
-        )
-    if report["attacks"]:
-        out += ["## Adversarial attacks", ""]
-        out += _md_table(
-            ["attack", "eps", "eps × 255", "n", "robust accuracy", "success rate"],
-            [
-                [
-                    a["name"],
-                    f"{a['eps']:.5f}",
-                    f"{a['eps'] * 255:.1f}",
-                    a["n"],
-                    _pct(a["accuracy"]),
-                    _pct(a["success_rate"]),
-                ]
-                for a in report["attacks"]
-            ],
-        )
+    section = None
+    for title, header, rows in result_tables(report):
+        if title != section:
+            out += [f"## {title}", ""]
+            section = title
+        out += _md_table(header, rows)
     if s["warnings"]:
         out += ["## Warnings", ""] + [f"- {_md_escape(w)}" for w in s["warnings"]] + [""]
     return "\n".join(out)
