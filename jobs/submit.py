@@ -260,7 +260,7 @@ def job_client(address: str | None = None) -> JobSubmissionClient:
     """A ``JobSubmissionClient`` for ``address`` that sends the auth token when one is set.
 
     Args:
-        address: ``http://HEAD:8265``; default from ``IRONSIGHT_JOBS_ADDRESS``/``RAY_AUTH_TOKEN``.
+        address: ``http://HEAD:8265``; default from ``IRONSIGHT_JOBS_ADDRESS``, then ``RAY_ADDRESS``.
 
     Raises:
         ClusterUnreachable: nothing answers at the address (exit 1).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -124,6 +125,7 @@ def ray_head():
         yield address, token
     finally:
         _kill_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -223,6 +225,7 @@ def test_audit_job_runs_to_success_on_the_cluster(authed, audit_spec, capsys):
     assert rc == 0, captured.err[-4000:]
     assert f"submitted {SUBMISSION_ID}" in captured.out
     assert f"{SUBMISSION_ID}: SUCCEEDED" in captured.err
+    assert "reports:" in captured.out  # --follow streamed the driver's log as it ran
     report = json.loads((out / "report.json").read_text())
     assert report  # written by the job on the cluster, read back here
     assert main(["logs", SUBMISSION_ID, "--address", authed]) == 0
@@ -249,17 +252,19 @@ def test_resubmitting_an_existing_id_does_not_run_again(authed, audit_spec, caps
 
 @pytest.mark.cluster
 def test_failed_job_exits_1_with_the_log_tail(authed, tmp_path, capsys):
+    # Valid here, fails on the cluster as soon as the driver reads the suite (before any Ray
+    # work, so the test stays short).
     spec = tmp_path / "broken.yaml"
     spec.write_text(yaml.safe_dump({
-        "kind": "audit", "input": str(tmp_path / "no-such-eval"), "output": str(tmp_path / "o"),
-        "model": "demo_cnn", "random_weights": True, "suite": "quick",
+        "kind": "audit", "input": str(tmp_path / "eval"), "output": str(tmp_path / "o"),
+        "model": "demo_cnn", "random_weights": True, "suite": str(tmp_path / "no-such-suite.yaml"),
     }))
     rc = main(["submit", str(spec), "--address", authed, "--wait"])
     err = capsys.readouterr().err
     assert rc == 1
     assert ": FAILED" in err
     assert "last 40 log lines" in err
-    assert "no-such-eval" in err  # the driver's own error, from the cluster's log
+    assert "no-such-suite.yaml" in err  # the driver's own error, from the cluster's log
 
 
 @pytest.mark.cluster
@@ -282,3 +287,17 @@ def test_a_client_without_the_token_is_refused(ray_head, tmp_path, token, expect
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
     assert real_token not in done.stdout + done.stderr
+
+
+@pytest.mark.cluster
+def test_stopping_a_finished_job_says_so(authed, audit_spec, capsys):
+    if not (audit_spec[1] / "report.json").exists():
+        pytest.skip("needs the job of test_audit_job_runs_to_success_on_the_cluster")
+    assert main(["stop", SUBMISSION_ID, "--address", authed]) == 0
+    assert f"{SUBMISSION_ID}: not running (SUCCEEDED); nothing to stop" in capsys.readouterr().out
+
+
+@pytest.mark.cluster
+def test_unknown_id_exits_2_and_names_it(authed, capsys):
+    assert main(["status", "no-such-job", "--address", authed]) == 2
+    assert "no job 'no-such-job' on the cluster" in capsys.readouterr().err
