@@ -512,7 +512,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         print(f"submitted {result.submission_id} to {url}")
     else:
         print(f"{result.submission_id} already exists on {url} ({result.status}); not submitted again")
-    if not args.wait:
+    if not (args.wait or args.follow):
         if result.submitted:
             print(f"follow it: ironsight logs {result.submission_id} --address {url} --follow")
         return 0
@@ -573,7 +573,7 @@ def add_commands(subparsers: argparse._SubParsersAction, formatter: Callable) ->
                    "(default: a fresh id)")
     p.add_argument("--wait", action="store_true",
                    help="follow the job to the end; exit 0 on SUCCEEDED, 1 on FAILED/STOPPED")
-    p.add_argument("--follow", action="store_true", help="with --wait, stream the job's log")
+    p.add_argument("--follow", action="store_true", help="stream the job's log while waiting (implies --wait)")
     p.set_defaults(handler=_cmd_submit)
 
     for name, help_text, handler in (
