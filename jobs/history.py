@@ -169,7 +169,7 @@ class Run:
                 text += f", corrupted {m['mean_corruption_accuracy']:.3f}"
             return text
         if self.kind == "classify" and "rows" in m:
-            return f"{m['rows']} rows, {m.get('error_rows', 0)} errors, {m.get('images_per_s', 0):.0f} img/s"
+            return f"{m['rows']} rows, {m.get('error_rows', 0)} errors, {m.get('images_per_s', 0):.3g} img/s"
         return (self.error or "")[:60]
 
     def to_json(self) -> dict[str, Any]:

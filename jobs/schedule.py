@@ -250,10 +250,17 @@ class RemoteRun:
         self.submission_id = submission_id
 
     def poll(self) -> int | None:
-        status = self.client.get_job_status(self.submission_id)
+        from ray.job_submission import JobStatus
+
+        try:
+            status = self.client.get_job_status(self.submission_id)
+        except Exception as exc:  # the cluster went away: count the run as ended, badly
+            log.warning("cannot get the status of %s (%s); counting it as ended",
+                        self.submission_id, exc)
+            return 1
         if not status.is_terminal():
             return None
-        return 0 if str(status) in ("SUCCEEDED", "JobStatus.SUCCEEDED") else 1
+        return 0 if status == JobStatus.SUCCEEDED else 1
 
     def interrupt(self, grace_s: float = KILL_GRACE_S) -> None:
         self.client.stop_job(self.submission_id)
@@ -349,8 +356,13 @@ class Scheduler:
     def _fire(self, tick: dt.datetime) -> None:
         self.state.save(tick)  # before starting: a crash here loses the tick, never doubles it
         log.info("job %r: tick %s: starting", self.job, tick.isoformat())
-        self.child, self.child_tick = self.launch(tick), tick
         self.fired.append(tick)
+        try:
+            self.child, self.child_tick = self.launch(tick), tick
+        except Exception as exc:  # a run that cannot start must not end the schedule
+            log.error("job %r: tick %s: could not start the run: %s", self.job,
+                      tick.isoformat(), exc)
+            self.child = self.child_tick = None
 
     def step(self) -> float:
         """Reap, fire what is due; returns the seconds until something may need doing."""

@@ -230,3 +230,13 @@ def test_schedule_command_end_to_end(tmp_path) -> None:
     assert dt.datetime.fromisoformat(state["last_tick"]) >= max(ticks)
     assert "scheduling classify job 'tiny-labels'" in out
     assert "SIGTERM received" in err
+    assert "skipped: the run for" in err  # ticks came during a run and did not start another
+
+
+def test_a_run_that_cannot_start_does_not_end_the_schedule(tmp_path) -> None:
+    clock = FakeClock(utc(2026, 11, 23, 1, 30))
+    s = _scheduler(tmp_path, clock, "0 * * * *", command=[str(tmp_path / "no-such-program")])
+    s.open()
+    _run_until(s, clock, utc(2026, 11, 23, 3, 30))
+    s.close()
+    assert s.fired == [utc(2026, 11, 23, 2, 0), utc(2026, 11, 23, 3, 0)] and s.child is None
