@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import socket
 import threading
@@ -47,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster import storage
-from cluster.errors import InvalidInput
+from cluster.errors import InvalidInput, JobFailed
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -60,6 +61,8 @@ LABELS_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
+log = logging.getLogger("ironsight")
+
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 LOCK = "_lock.json"
@@ -258,6 +261,10 @@ class LabelSink:
         try:
             if self._dirty:
                 self.flush_manifest(force=True)
+        except JobFailed as exc:
+            # The part files are the commit log and the next open() reconciles the manifest
+            # with them; raising here would hide the error that stopped the run.
+            log.warning("could not flush %s: %s", self.out.join(MANIFEST).uri, exc)
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -345,7 +352,7 @@ def _read_lock(loc: storage.Location) -> dict | None:
         return json.loads(storage.read_bytes(loc))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    except OSError:
+    except (OSError, JobFailed):  # unreachable storage: no lock we can see
         return None
 
 
