@@ -303,6 +303,7 @@ class Scheduler:
         sleep: waits that many seconds; injectable for tests. The default wakes on `stop()`.
         poll_s: how often a running child is checked.
         kill_on_exit: interrupt the running child on `stop()` instead of waiting for it.
+        max_sleep_s: longest sleep between checks, so a clock jump is noticed.
     """
 
     def __init__(
@@ -317,6 +318,7 @@ class Scheduler:
         sleep: Callable[[float], None] | None = None,
         poll_s: float = 1.0,
         kill_on_exit: bool = False,
+        max_sleep_s: float = MAX_SLEEP_S,
     ) -> None:
         if on_overlap not in OVERLAP_POLICIES:
             raise InvalidInput(f"--on-overlap {on_overlap!r}; expected one of {OVERLAP_POLICIES}")
@@ -329,6 +331,7 @@ class Scheduler:
         self.clock = _Clock(now or (lambda: dt.datetime.now(UTC)), sleep or self._stop.wait)
         self.poll_s = poll_s
         self.kill_on_exit = kill_on_exit
+        self.max_sleep_s = max_sleep_s
         self.child: RunHandle | None = None
         self.child_tick: dt.datetime | None = None
         self.pending: dt.datetime | None = None
@@ -396,7 +399,7 @@ class Scheduler:
                     self.skipped.append(self.pending)
                 self.pending = latest
         until_next = (self.schedule.next_after(self.handled) - now).total_seconds()
-        wait = min(max(until_next, 0.0), MAX_SLEEP_S)
+        wait = min(max(until_next, 0.0), self.max_sleep_s)
         return min(wait, self.poll_s) if self.child is not None else wait
 
     def run(self) -> int:
