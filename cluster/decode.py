@@ -173,8 +173,7 @@ def _open(data: bytes | None, max_pixels: int) -> Image.Image:
                                       "could be parsed") from exc
         raise DecodeError(
             "not_an_image",
-            f"{len(data)} bytes in none of {', '.join(_formats())}; "
-            f"starts with {bytes(data[:16])!r}",
+            f"{len(data)} bytes in none of {', '.join(_formats())}; {_looks_like(data)}",
         ) from exc
     except Exception as exc:
         raise _classify(exc) from exc
@@ -186,6 +185,25 @@ def _open(data: bytes | None, max_pixels: int) -> Image.Image:
         img.close()
         raise DecodeError("corrupt", f"image header says {w}x{h}")
     return img
+
+
+def _looks_like(data: bytes) -> str:
+    """What non-image bytes seem to be, without quoting them: a corpus path may name any
+    readable file (a credentials file, say), and error details end up in OUTPUT.
+
+    >>> _looks_like(b"<!DOCTYPE html><html>"), _looks_like(b"\\x00\\x01")
+    ('looks like HTML (an error page?)', 'binary data')
+    """
+    head = bytes(data[:512]).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<")):
+        return "looks like HTML (an error page?)" if b"html" in head else "looks like XML"
+    if head.startswith(b"{"):
+        return "looks like JSON"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data"
+    return "text" if all(c.isprintable() or c.isspace() for c in text) else "binary data"
 
 
 def _classify(exc: Exception) -> DecodeError:
