@@ -241,3 +241,57 @@ def test_a_run_that_cannot_start_does_not_end_the_schedule(tmp_path) -> None:
     _run_until(s, clock, utc(2026, 11, 23, 3, 30))
     s.close()
     assert s.fired == [utc(2026, 11, 23, 2, 0), utc(2026, 11, 23, 3, 0)] and s.child is None
+
+
+def _submit_fixtures():
+    """The real token-authenticated `ray start --head` fixtures of tests/jobs/test_submit.py."""
+    import importlib.util
+
+    path = Path(__file__).with_name("test_submit.py")
+    spec = importlib.util.spec_from_file_location("_submit_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_submit = _submit_fixtures()
+ray_head = _submit.ray_head
+authed = _submit.authed
+
+
+@pytest.mark.cluster
+def test_remote_ticks_submit_once_per_tick_even_from_two_schedulers(authed, tmp_path) -> None:
+    """--address: each tick is a job with a deterministic id; a second scheduler (another host,
+    or a lost state dir) firing the same tick attaches to that job instead of running it again."""
+    from jobs.schedule import remote_launcher
+    from jobs.spec import load_spec
+    from jobs.submit import job_client, job_spec_hash, scheduled_submission_id
+
+    synthetic.write_corpus(str(tmp_path / "corpus"), 8, seed=1, rows_per_file=8, row_group_size=8)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"kind: classify\nname: remote-labels\ninput: {tmp_path / 'corpus'}\n"
+        f"output: {tmp_path / 'labels'}\nmodel: demo_cnn\nrandom_weights: true\nactors: 1\n"
+        "batch_size: 8\ndevice: cpu\n")
+    tick = utc(2026, 11, 23, 2, 0)
+    runs = []
+    for state_dir in ("a", "b"):
+        clock = FakeClock(utc(2026, 11, 23, 1, 59, 59))
+        s = Scheduler(job="remote-labels", schedule=CronSchedule("0 2 * * *"),
+                      state=TickState(tmp_path / state_dir, "remote-labels"),
+                      launch=remote_launcher(str(spec), authed), now=clock.now,
+                      sleep=clock.sleep)
+        s.open()
+        clock.t = utc(2026, 11, 23, 2, 0, 1)
+        s.step()
+        s.close()
+        assert s.fired == [tick]
+        runs.append(s.child)
+    sid = scheduled_submission_id("remote-labels", job_spec_hash(load_spec(str(spec))), tick)
+    assert [r.submission_id for r in runs] == [sid, sid]
+    assert [j.submission_id for j in job_client(authed).list_jobs()].count(sid) == 1
+    deadline = time.monotonic() + 300
+    while (rc := runs[0].poll()) is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert rc == 0, job_client(authed).get_job_logs(sid)[-3000:]
+    assert (tmp_path / "labels" / "_SUCCESS").exists()
