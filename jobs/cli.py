@@ -1,7 +1,8 @@
 """The ``ironsight`` command line.
 
 Exit codes: 0 the job finished (error rows included), 2 bad usage or invalid input (nothing
-ran), 1 the job failed, 3 an audit's release gate failed, 130 interrupted.
+ran), 1 the job failed, 3 an audit's release gate failed, 4 an audit regressed against the
+previous successful run of the same job, 130 interrupted.
 """
 
 from __future__ import annotations

@@ -97,3 +97,13 @@ def prevent_leaking_rng():
     np.random.set_state(numpy_state)
     if cuda_state is not None:
         torch.cuda.set_rng_state_all(cuda_state)
+
+
+def pytest_configure(config):
+    """Keep every run's history and state out of the user's home (subprocesses inherit it)."""
+    import os
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="ironsight-test-home-")
+    os.environ["IRONSIGHT_HOME"] = home
+    os.environ.pop("IRONSIGHT_HISTORY_URL", None)
