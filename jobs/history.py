@@ -227,7 +227,15 @@ class HistoryStore:
 
     def _init_schema(self) -> None:
         try:
-            _meta.create_all(self.engine, checkfirst=True)
+            # create_all checks, then creates: two processes opening a new database at once
+            # (a scheduler and the run it starts) can both pass the check; the loser retries.
+            for attempt in range(3):
+                try:
+                    _meta.create_all(self.engine, checkfirst=True)
+                    break
+                except sa.exc.OperationalError as exc:
+                    if "already exists" not in str(exc) or attempt == 2:
+                        raise
             with self.engine.begin() as conn:
                 row = conn.execute(
                     sa.select(_meta_table.c.value).where(_meta_table.c.key == "schema_version")

@@ -217,3 +217,26 @@ def test_audit_regression_through_the_cli_exits_4(tmp_path) -> None:
     assert last.metrics["compared_with_run"] == good
     assert last.weights_hash == "random-init"  # what cluster.models reports for random weights
     assert last.model == "demo_cnn" and last.output == str(tmp_path / "out")
+
+
+def _open_history(url: str, barrier) -> None:
+    from jobs.history import HistoryStore
+
+    barrier.wait()
+    HistoryStore(url)
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path, round_):
+    """A scheduler and the run it starts create the schema at the same moment (seen in CI)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # spawn cannot import this test module (importlib mode)
+    barrier = ctx.Barrier(4)
+    url = f"sqlite:///{tmp_path}/history.db"
+    procs = [ctx.Process(target=_open_history, args=(url, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
