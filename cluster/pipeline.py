@@ -36,6 +36,8 @@ from cluster.sink import LabelSink, spec_hash
 
 log = logging.getLogger("ironsight")
 
+# Duplicate-id check budget: 5 M rows x 8 bytes = 40 MB of driver memory at most.
+DUPLICATE_CHECK_ROWS = 5_000_000
 # Rows per decoded block handed to Ray: 256 images of 224x224x3 uint8 are 38 MB, far below
 # Ray Data's 128 MiB target block size, and small enough to keep several actors fed.
 DECODE_BLOCK_ROWS = 256
@@ -78,6 +80,7 @@ class ClassifySummary:
     rows_per_worker: dict[str, int] = field(default_factory=dict)
     duplicates_dropped: int = 0
     duplicate_ids: int = 0
+    duplicate_check_rows: int | None = None  # set when only the first N rows were checked
     already_complete: bool = False
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
@@ -103,6 +106,8 @@ class ClassifySummary:
                 f"  duplicate ids: {self.duplicate_ids} rows repeat an id of an earlier row"
                 " (each still has its own output row)"
             )
+        if self.duplicate_check_rows is not None:
+            lines.append(f"  duplicate ids checked over the first {self.duplicate_check_rows} rows only")
         if self.skipped_files:
             lines.append(f"  skipped files: {len(self.skipped_files)}")
             lines += [f"    {f}: {why}" for f, why in self.skipped_files]
@@ -325,8 +330,10 @@ def _stream(
     started = time.monotonic()
     errors_by_reason: Counter[str] = Counter(summary.errors_by_reason)
     workers: Counter[str] = Counter()
-    # 8 bytes per labeled row: a 64-bit hash of each id, to count ids given to several rows
+    # A 64-bit hash per labeled row, to count ids given to several rows: 8 bytes a row, so the
+    # check covers the first DUPLICATE_CHECK_ROWS rows (40 MB) and driver memory stays bounded.
     id_hashes: list[np.ndarray] = []
+    hashed = 0
     for batch in predicted.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         shards_col = batch["shard"]
         for shard_index in np.unique(shards_col):
@@ -357,8 +364,12 @@ def _stream(
                 summary.shards_processed += 1
                 summary.rows += rec.rows
                 summary.error_rows += rec.errors
-                ids = table.column("id").to_pylist()
-                id_hashes.append(np.fromiter((hash(i) for i in ids), np.int64, len(ids)))
+                if hashed < DUPLICATE_CHECK_ROWS:
+                    ids = table.column("id").to_pylist()
+                    id_hashes.append(np.fromiter((hash(i) for i in ids), np.int64, len(ids)))
+                    hashed += len(ids)
+                else:
+                    summary.duplicate_check_rows = hashed
                 for e in table.column("error").to_pylist():
                     if e is not None:
                         errors_by_reason[e.split(":", 1)[0]] += 1
