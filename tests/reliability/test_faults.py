@@ -191,6 +191,7 @@ def _when(predicate, action, timeout: float = 120.0) -> threading.Thread:
     return t
 
 
+@pytest.mark.slow  # ~70 s: runs in `make test-slow` (CI) to keep the default suite < 15 min
 def test_s3_outage_mid_job_is_ridden_out(ray_cpu, proxy, bucket):
     synthetic.write_corpus(f"{bucket}/in", 400, seed=2, rows_per_file=100, row_group_size=25, size=32)
     out = f"{bucket}/out"
