@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from cluster.errors import InvalidInput, JobFailed
+from cluster.raycluster import FORWARDED_ENV  # non-secret object-store settings
 from jobs.spec import AuditJob, ClassifyJob, load_spec
 
 if TYPE_CHECKING:  # ray is imported lazily: importing the CLI must not pay for it
@@ -84,14 +85,6 @@ __all__ = [
 ADDRESS_ENV = ("IRONSIGHT_JOBS_ADDRESS", "RAY_ADDRESS")
 # The only file in the shipped working dir; the entrypoint runs it.
 SPEC_FILENAME = "ironsight-spec.yaml"
-# Non-secret settings the job's driver needs to reach the same object store as this shell.
-FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "IRONSIGHT_S3_MAX_ATTEMPTS",
-)
 # Lines of the driver log shown when a job fails: enough for a Python traceback.
 LOG_TAIL_LINES = 40
 # Status polling interval: the Jobs API is cheap, and a human watches this.
