@@ -204,7 +204,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
 
     from cluster.pipeline import decode_task_args, plan_resources
     from robustness.gate import evaluate_gate, load_gate
-    from robustness.report import build_report, write_reports
+    from robustness.report import build_report
 
     started = time.monotonic()
     plan = corpus_mod.plan_corpus(
@@ -311,7 +311,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     if result_gate is not None:
         report["gate"] = result_gate.to_dict()
     examples = _examples(plan, shards, info.preprocess, cfg, table)
-    paths = _write_outputs(cfg.output, report, table, examples, write_reports)
+    paths = _write_outputs(cfg.output, report, table, examples)
     result = AuditResult(
         report=report, paths=paths, rows=table.num_rows, error_rows=len(clean_err),
         wall_s=time.monotonic() - started, timings={"pipeline_s": inference_s},
@@ -382,29 +382,27 @@ def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.
     return out
 
 
-def _write_outputs(output: str, report: dict, table: pa.Table, examples, write_reports) -> dict[str, str]:
+def _write_outputs(output: str, report: dict, table: pa.Table, examples) -> dict[str, str]:
     """Reports and predictions.parquet into a local dir, or uploaded to an s3:// prefix."""
+    from robustness.report import write_reports
+
     out = storage.resolve(output)
-    if not out.is_s3:
+    if out.is_s3:  # write_reports writes local files: render them aside, then upload each
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for key, path in write_reports(report, tmp, examples).items():
+                target = out.join(os.path.basename(path))
+                with open(path, "rb") as f:
+                    storage.publish_bytes(target, f.read())
+                paths[key] = target.uri
+    else:
         os.makedirs(out.path, exist_ok=True)
         paths = write_reports(report, out.path, examples)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        storage.publish_bytes(out.join("predictions.parquet"), sink.getvalue())
-        paths["predictions"] = out.join("predictions.parquet").uri
-        return paths
-    with tempfile.TemporaryDirectory() as tmp:
-        local = write_reports(report, tmp, examples)
-        paths = {}
-        for key, path in local.items():
-            target = out.join(os.path.basename(path))
-            with open(path, "rb") as f:
-                storage.publish_bytes(target, f.read())
-            paths[key] = target.uri
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    storage.publish_bytes(out.join("predictions.parquet"), sink.getvalue())
-    paths["predictions"] = out.join("predictions.parquet").uri
+    target = out.join("predictions.parquet")
+    storage.publish_bytes(target, sink.getvalue())
+    paths["predictions"] = target.uri
     return paths
 
 
