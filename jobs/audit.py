@@ -156,37 +156,42 @@ class AuditPredictor(Predictor):
     def _attack(self, batch: dict[str, np.ndarray], clean: np.ndarray) -> list[dict[str, np.ndarray]]:
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(batch["image"][clean])).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W) float32 in [0, 1]
-        y = torch.from_numpy(batch["label_true"][clean]).to(self.device)
-        known = y >= 0
+        rows = clean & (batch["label_true"] >= 0)  # attacks need the true label
+        m = int(rows.sum())
+        if m == 0:
+            return []
+        x = torch.from_numpy(np.ascontiguousarray(batch["image"][rows])).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (M, 3, H, W) float32 in [0, 1]
+        y = torch.from_numpy(batch["label_true"][rows]).to(self.device)
+        fixed = {
+            "id": batch["id"][rows],
+            "label_true": batch["label_true"][rows],
+            "kind": np.full(m, "attack", dtype=object),
+            "severity": np.zeros(m, np.int32),
+            "error": np.full(m, None, dtype=object),
+            "worker": np.full(m, self.worker, dtype=object),
+        }
         parts = []
         for spec in self.attacks:
             for eps in spec.eps:
-                if not known.any():
-                    continue
                 adv = run_attack(
-                    self.model, x[known], y[known], name=spec.name, eps=eps, steps=spec.steps,
+                    self.model, x, y, name=spec.name, eps=eps, steps=spec.steps,
                     alpha=spec.alpha, seed=self.seed,
                 )  # (M, 3, H, W) float32 in [0, 1]
                 with torch.inference_mode():
                     probs = torch.softmax(self.model(adv).float(), dim=1)
                 conf, pred = probs.max(dim=1)
-                m = int(known.sum())
+                pred = pred.cpu().numpy().astype(np.int64)
+                conf = conf.cpu().numpy().astype(np.float32)
                 parts.append(
                     {
-                        "id": batch["id"][clean][known.cpu().numpy()],
-                        "label_true": batch["label_true"][clean][known.cpu().numpy()],
-                        "kind": np.full(m, "attack", dtype=object),
+                        **fixed,
                         "condition": np.full(m, spec.name, dtype=object),
-                        "severity": np.zeros(m, np.int32),
                         "eps": np.full(m, float(eps), np.float64),
-                        "label": pred.cpu().numpy().astype(np.int64),
-                        "score": conf.cpu().numpy().astype(np.float32),
-                        "topk_labels": pred.cpu().numpy().astype(np.int64)[:, None],
-                        "topk_scores": conf.cpu().numpy().astype(np.float32)[:, None],
-                        "error": np.full(m, None, dtype=object),
-                        "worker": np.full(m, self.worker, dtype=object),
+                        "label": pred,
+                        "score": conf,
+                        "topk_labels": pred[:, None],
+                        "topk_scores": conf[:, None],
                     }
                 )
         return parts
