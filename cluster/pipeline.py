@@ -117,6 +117,18 @@ class ClassifySummary:
         return "\n".join(lines)
 
 
+def decode_rows(
+    blobs, read_errors, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode a corpus batch: (N, H, W, 3) uint8 and one error (or None) per row.
+
+    A row that already failed to read (null image, missing object) keeps that error; otherwise
+    a decode failure becomes its error.
+    """
+    images, decode_errors = decode_batch(blobs, preprocess, max_pixels=max_pixels)
+    return images, [as_error(e) or d for e, d in zip(read_errors, decode_errors, strict=True)]
+
+
 def read_and_decode(
     items: dict[str, np.ndarray],
     *,
@@ -133,8 +145,7 @@ def read_and_decode(
     for shard_index in items["shard"]:
         shard = plan.shards[int(shard_index)]
         for batch in corpus_mod.iter_shard(plan, shard, batch_rows=block_rows):
-            images, decode_errors = decode_batch(batch["image"], preprocess, max_pixels=max_pixels)
-            errors = [as_error(e) or d for e, d in zip(batch["error"], decode_errors, strict=True)]
+            images, errors = decode_rows(batch["image"], batch["error"], preprocess, max_pixels)
             out = {
                 "shard": np.full(len(errors), shard.index, np.int64),
                 "row": np.asarray(batch["row"], np.int64),

@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 
 from cluster import corpus as corpus_mod
 from cluster import storage
-from cluster.decode import DEFAULT_MAX_PIXELS, decode_batch
 from cluster.errors import GateFailed, InvalidInput, JobFailed
 from cluster.models import ModelSource
+from cluster.pipeline import decode_rows, decode_task_args, plan_resources
 from cluster.predictor import Predictor, as_error
 from cluster.preprocess import Preprocess
 from robustness.attacks import run_attack
@@ -106,9 +106,7 @@ def decode_and_corrupt(
                 break
             take = min(remaining, len(batch["id"]))
             remaining -= take
-            blobs = batch["image"][:take]
-            images, decode_errors = decode_batch(blobs, preprocess, max_pixels=DEFAULT_MAX_PIXELS)
-            errors = [as_error(e) or d for e, d in zip(batch["error"][:take], decode_errors, strict=True)]
+            images, errors = decode_rows(batch["image"][:take], batch["error"][:take], preprocess)
             ids = np.asarray(batch["id"][:take], dtype=object)
             labels = np.asarray(batch["label"][:take], np.int64) if "label" in batch else np.full(take, -1, np.int64)
             base = {"id": ids, "label_true": labels, "error": np.asarray(errors, dtype=object)}
@@ -207,7 +205,6 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from cluster.pipeline import decode_task_args, plan_resources
     from robustness.gate import evaluate_gate, load_gate
     from robustness.report import build_report
 
@@ -370,8 +367,8 @@ def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.
     first = next(corpus_mod.iter_shard(plan, shards[0], batch_rows=16), None)
     if first is None:
         return []
-    images, errors = decode_batch(first["image"], preprocess)
-    picks = [i for i, e in enumerate(errors) if e is None and first["error"][i] is None][:EXAMPLES_PER_CONDITION]
+    images, errors = decode_rows(first["image"], first["error"], preprocess)
+    picks = [i for i, e in enumerate(errors) if e is None][:EXAMPLES_PER_CONDITION]
     lookup: dict[tuple[str, str, int], int] = {}
     for row in table.select(["id", "condition", "severity", "prediction"]).to_pylist():
         lookup[(row["id"], row["condition"], row["severity"])] = row["prediction"]
