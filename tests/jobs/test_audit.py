@@ -25,7 +25,8 @@ attacks:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(s3_server):
+    """Started after the S3 endpoint so its workers inherit AWS_ENDPOINT_URL."""
     import ray
 
     from cluster.raycluster import connect
@@ -116,6 +117,21 @@ def test_a_failed_gate_raises_after_writing_the_reports(ray_local, eval_set, sui
     report = json.loads((out / "report.json").read_text())
     assert report["gate"]["passed"] is False
     assert report["gate"]["failed"]
+
+
+def test_reports_and_predictions_go_to_s3(ray_local, eval_set, suite_file, s3_bucket):
+    from cluster import storage
+
+    cfg = AuditConfig(
+        input=eval_set, output=f"{s3_bucket}/audit", source=ModelSource(name="demo_cnn", random_weights=True),
+        suite=resolve_suite(suite_file, None), max_images=8, progress=False,
+    )
+    result = run_audit(cfg)
+    out = storage.resolve(f"{s3_bucket}/audit")
+    names = {i.base_name for i in storage.list_files(out)}
+    assert names == {"report.json", "report.md", "report.html", "predictions.parquet"}
+    assert result.paths["predictions"] == f"{s3_bucket}/audit/predictions.parquet"
+    assert json.loads(storage.read_bytes(out.join("report.json")))["clean"]["n"] == 8
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
