@@ -267,8 +267,13 @@ class LabelSink:
             log.warning("could not flush %s: %s", self.out.join(MANIFEST).uri, exc)
         finally:
             if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+                lock, self._lock = self._lock, None
+                try:
+                    lock.release()
+                except JobFailed as exc:
+                    # Storage went away after the last commit: what is committed (and _SUCCESS,
+                    # if written) stands; the lock's heartbeat has stopped, so it expires.
+                    log.warning("could not remove the lock %s: %s", lock.loc.uri, exc)
 
 
 def _read_json(loc: storage.Location) -> dict | None:

@@ -264,6 +264,40 @@ def test_s3_staying_down_fails_clearly_and_keeps_only_whole_shards(ray_cpu, prox
     assert sum(_s3_parts(out).values()) == 800
 
 
+def test_a_lock_that_cannot_be_deleted_does_not_turn_a_finished_run_into_a_failure(tmp_path):
+    """Removing the lock is the run's last write; if the storage refuses it, the run succeeded.
+
+    The storage is a real local directory behind a filesystem that refuses deletes (as S3 does
+    when it goes away between the lock's read-back and its DELETE).
+    """
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    from fsspec.implementations.local import LocalFileSystem
+
+    from cluster import storage
+    from cluster.sink import LABELS_SCHEMA, LabelSink, OutputLock
+
+    class RefusesDeletes(LocalFileSystem):
+        def rm_file(self, path):
+            raise OSError("the storage refused the delete")
+
+        def rm(self, path, recursive=False, maxdepth=None):
+            raise OSError("the storage refused the delete")
+
+    out = tmp_path / "out"
+    sink = LabelSink.open(str(out), spec_hash="s" * 16, header={"model": {"name": "m"}}, expected_shards=["a"])
+    rows = {"id": ["x"], "label": [1], "label_name": ["one"], "score": [0.5],
+            "topk_labels": [[1]], "topk_scores": [[0.5]], "error": [None]}
+    sink.commit("a", pa.table(rows, schema=LABELS_SCHEMA))
+    sink.finish({"summary": {"rows": 1}})
+    sink._lock.release()  # swap the real lock for one on the refusing filesystem
+    refusing = storage.Location(pafs.PyFileSystem(pafs.FSSpecHandler(RefusesDeletes())), str(out), str(out))
+    sink._lock = OutputLock.acquire(refusing)
+    sink.close()  # must not raise: everything is committed, only the lock stays behind
+    assert (out / SUCCESS).is_file() and (out / LOCK).is_file()
+    assert sink._lock is None
+
+
 # ---- a predictor actor killed mid-job ----------------------------------------------------
 
 def _kill_a_predictor(killed: list[int]) -> None:
