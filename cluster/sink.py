@@ -298,14 +298,24 @@ def _remove_stale_temps(out: storage.Location) -> None:
             os.unlink(os.path.join(out.path, name))
 
 
+# Owners of the locks that live OutputLock objects of this process hold (acquired, not yet
+# released). A lock file naming this host and this pid but an owner missing here was left by
+# an earlier run in this process whose release() could not delete it (storage was down).
+_LIVE_OWNERS: set[str] = set()
+_LIVE_OWNERS_GUARD = threading.Lock()
+
+
 @dataclass
 class OutputLock:
     """One run at a time per OUTPUT: a lock file with a heartbeat that a crash cannot wedge.
 
-    A lock is taken over when its heartbeat is older than :data:`LOCK_STALE_AFTER_S`, or when
-    its owner ran on this host and that process no longer exists. Locally the file is created
-    with ``O_EXCL`` so two racing runs cannot both win; on S3 (no conditional PUT through
-    pyarrow) the lock is written and read back, which narrows but does not close the race.
+    A lock is taken over when its heartbeat is older than :data:`LOCK_STALE_AFTER_S`, when
+    its owner ran on this host and that process no longer exists, or when its owner is this
+    very process but no live :class:`OutputLock` here holds it (an earlier run in this process
+    released it while the storage was unreachable, so the file stayed behind). Locally the
+    file is created with ``O_EXCL`` so two racing runs cannot both win; on S3 (no conditional
+    PUT through pyarrow) the lock is written and read back, which narrows but does not close
+    the race.
     """
 
     loc: storage.Location
@@ -333,6 +343,8 @@ class OutputLock:
         if (_read_lock(loc) or {}).get("owner") != owner:
             raise InvalidInput(f"{out.uri} was locked by another run a moment ago; try again later")
         lock = cls(loc=loc, owner=owner)
+        with _LIVE_OWNERS_GUARD:
+            _LIVE_OWNERS.add(owner)
         lock._thread = threading.Thread(target=lock._beat, args=(body,), daemon=True)
         lock._thread.start()
         return lock
@@ -345,11 +357,20 @@ class OutputLock:
                 pass
 
     def release(self) -> None:
+        """Stop the heartbeat and delete the lock file if it is still ours.
+
+        After this the lock is no longer live in this process even when the delete failed, so a
+        later run here takes the leftover file over at once instead of waiting for it to expire.
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if (_read_lock(self.loc) or {}).get("owner") == self.owner:
-            storage.delete(self.loc)
+        try:
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            if (_read_lock(self.loc) or {}).get("owner") == self.owner:
+                storage.delete(self.loc)
+        finally:
+            with _LIVE_OWNERS_GUARD:
+                _LIVE_OWNERS.discard(self.owner)
 
 
 def _read_lock(loc: storage.Location) -> dict | None:
@@ -365,6 +386,9 @@ def _lock_is_stale(lock: dict) -> bool:
     if time.time() - float(lock.get("heartbeat", 0)) > LOCK_STALE_AFTER_S:
         return True
     if lock.get("host") == socket.gethostname():
+        if _same_pid(lock.get("pid")):
+            with _LIVE_OWNERS_GUARD:
+                return lock.get("owner") not in _LIVE_OWNERS
         try:
             os.kill(int(lock.get("pid", -1)), 0)
         except ProcessLookupError:
@@ -372,6 +396,13 @@ def _lock_is_stale(lock: dict) -> bool:
         except (PermissionError, ValueError):
             return False
     return False
+
+
+def _same_pid(pid: Any) -> bool:
+    try:
+        return int(pid) == os.getpid()
+    except (TypeError, ValueError):
+        return False
 
 
 def _create_exclusive(loc: storage.Location, body: dict) -> bool:
