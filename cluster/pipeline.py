@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from cluster import corpus as corpus_mod
+from cluster import metrics as job_metrics
 from cluster.decode import DEFAULT_MAX_PIXELS, decode_batch
 from cluster.errors import InvalidInput, JobFailed
 from cluster.models import LoadedModel, ModelSource
@@ -433,7 +434,12 @@ def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...
 
 
 class _Progress:
-    """A tqdm bar (rows, images/s, ETA) on a terminal; a log line every 10 s otherwise."""
+    """A tqdm bar (rows, images/s, ETA) on a terminal; a log line every 10 s otherwise.
+
+    ``update`` is called once per committed shard; each call also records the job's metrics
+    (:mod:`cluster.metrics`). With JSON logs on (``ironsight --log-format json``) the line is a
+    log record with the fields rows_done, rows_total, images_per_s, error_rows, eta_s.
+    """
 
     def __init__(self, total: int, enabled: bool | None) -> None:
         self.total, self.done, self.errors = total, 0, 0
@@ -441,6 +447,7 @@ class _Progress:
         tty = sys.stderr.isatty() if enabled is None else enabled
         self.bar = None
         if tty:
+        self.metrics = job_metrics.ProgressMetrics()
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="img", desc="labeling", dynamic_ncols=True, smoothing=0.1)
@@ -451,23 +458,34 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(rows)
             self.bar.set_postfix(errors=self.errors, refresh=False)
-            return
         now = time.monotonic()
+        rate = self.done / max(now - self.started, 1e-9)
+        self.metrics.shard_committed(rows, errors, rate)
+            return
         if now - self.last_log >= 10 or self.done == self.total:
             self.last_log = now
-            rate = self.done / max(now - self.started, 1e-9)
             eta = (self.total - self.done) / rate if rate else math.inf
-            print(
-                f"[ironsight] {self.done}/{self.total} rows ({100 * self.done / max(self.total, 1):.0f}%),"
-                f" {rate:.0f} images/s, {self.errors} error rows, ETA {eta:.0f}s",
-                file=sys.stderr,
-                flush=True,
+            line = (
+                f"{self.done}/{self.total} rows ({100 * self.done / max(self.total, 1):.0f}%),"
+                f" {rate:.0f} images/s, {self.errors} error rows, ETA {eta:.0f}s"
             )
 
     def close(self) -> None:
         if self.bar is not None:
+            if self._structured_logs():
+                fields = {"rows_done": self.done, "rows_total": self.total, "images_per_s": round(rate, 2),
+                          "error_rows": self.errors, "eta_s": round(eta, 1) if math.isfinite(eta) else None}
+                logging.getLogger("ironsight.progress").info(line, extra=fields)
+            else:
+                print(f"[ironsight] {line}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _structured_logs() -> bool:
+        """A root handler formats records as JSON (its formatter says ``structured = True``)."""
+        return any(getattr(h.formatter, "structured", False) for h in logging.getLogger().handlers)
             self.bar.close()
 
+        self.metrics.rate(self.done / max(time.monotonic() - self.started, 1e-9))
 
 def _versions() -> dict[str, str]:
     import platform

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster import corpus as corpus_mod
+from cluster import metrics as job_metrics
 from cluster import storage
 from cluster.errors import GateFailed, InvalidInput, JobFailed
 from cluster.models import ModelSource
@@ -321,6 +322,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     if result_gate is not None and not result_gate.passed:
         failed = "\n".join(f"  - {c.message}" for c in result_gate.failed)
         raise GateFailed(f"release gate failed ({len(result_gate.failed)} checks):\n{failed}\nreports: {paths.get('html')}")
+    job_metrics.record_audit(report, result.wall_s)  # accuracies and gate verdict, also when it failed
     return result
 
 

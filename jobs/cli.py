@@ -16,6 +16,7 @@ import textwrap
 from collections.abc import Sequence
 
 from cluster.errors import InvalidInput, IronsightError
+from jobs.observability import LOG_FORMATS, configure_logging, console, job_context, resolve_format
 from jobs.spec import AuditJob, ClassifyJob, add_spec_arguments, load_spec, spec_from_args
 
 EPILOG_CLASSIFY = textwrap.dedent(
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `ironsight COMMAND --help` for a command's options. Start with `ironsight demo`.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details and Ray's own output")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=None,
+        help="text (default) or json: one JSON object per log record on stderr, with ts, level, "
+        "logger, message and the job's fields; progress becomes records with rows_done, "
+        "rows_total, images_per_s, error_rows, eta_s (default: $IRONSIGHT_LOG_FORMAT or text)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -133,18 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        log_format = resolve_format(args.log_format)
+    except InvalidInput as exc:
+        parser.error(str(exc))  # exits 2
+    configure_logging(log_format, verbose=args.verbose)
     try:
         return _dispatch(args)
     except IronsightError as exc:
-        print(f"ironsight: error: {exc}", file=sys.stderr)
+        console(f"ironsight: error: {exc}", logging.ERROR)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("ironsight: interrupted; committed shards are kept, rerun to resume", file=sys.stderr)
+        console("ironsight: interrupted; committed shards are kept, rerun to resume", logging.ERROR)
         return 130
 
 
@@ -210,7 +217,7 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
         device=spec.device,
         progress=progress,
     )
-    with RunRecorder(spec) as record:
+    with RunRecorder(spec) as record, job_context(spec, record.run_id):
         with connect(spec.address, quiet=not verbose):
             summary = run_classify(cfg)
         record.classify_succeeded(summary)
@@ -241,14 +248,14 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
         device=spec.device,
         progress=progress,
     )
-    with RunRecorder(spec) as record:
+    with RunRecorder(spec) as record, job_context(spec, record.run_id):
         with connect(spec.address, quiet=not verbose):
             result = run_audit(cfg)
         regressions = record.audit_finished(result.report)
     print(text_summary(result.report))
     print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")
     if regressions:
-        print(record.regression_text(), file=sys.stderr)
+        console(record.regression_text())
         return EXIT_REGRESSED
     return 0
 

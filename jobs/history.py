@@ -14,10 +14,21 @@ is tested). The schema is created on first use and its version kept in `ironsigh
 | `model`, `weights_hash`| model name; sha256 of its weights when the run got that far      |
 | `scheduled_for`        | the schedule tick that started it (`ironsight schedule`), or null |
 | `started_at`, `ended_at` | UTC                                                            |
-| `status`               | running, succeeded, failed, gate_failed, regressed               |
+| `status`               | running, succeeded, failed, gate_failed, regressed, abandoned    |
 | `output`               | OUTPUT location                                                  |
 | `metrics`              | headline metrics JSON (see `classify_metrics`, `audit_metrics`)  |
 | `error`                | first line of the error of a failed run, credentials redacted    |
+| `host`, `pid`          | the host and process id that recorded the run (schema 2)         |
+| `process_start`        | that process's identity: pid namespace, boot id, start time in clock ticks (schema 2) |
+
+Abandoned runs: a process SIGKILLed (or OOM-killed, or its machine rebooted) never records its
+end. When `ironsight history` lists runs, and when a run starts, every `running` run recorded
+on this host whose process is gone, or whose pid now belongs to another process (the start
+time differs), is marked `abandoned` with the error "process N on HOST exited without
+recording an end". A run recorded on another host (or in another pid namespace) cannot be
+checked from here: it stays `running` and the table shows its host. Rows written by schema 1
+(no pid) are left as they are. Opening a schema 1 database adds the columns (`ALTER TABLE ...
+ADD COLUMN`, safe with other processes doing the same) and sets the version to 2.
 
 Regressions: when an audit finishes, its metrics are compared with the previous `succeeded`
 run of the same job name (a `regressed` or `gate_failed` run is never the reference, so a
@@ -36,7 +47,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -44,6 +54,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cluster.errors import GateFailed, InvalidInput, IronsightError
+from jobs.observability import console
 
 __all__ = [
     "DEFAULT_MAX_DROP",
@@ -62,8 +73,8 @@ __all__ = [
 
 log = logging.getLogger("ironsight")
 
-SCHEMA_VERSION = 1
-STATUSES = ("running", "succeeded", "failed", "gate_failed", "regressed")
+SCHEMA_VERSION = 2
+STATUSES = ("running", "succeeded", "failed", "gate_failed", "regressed", "abandoned")
 # Absolute accuracy drop that counts as a regression when the spec's gate sets no
 # max_drop_vs_baseline: 2 points is above the run-to-run noise of a fixed-seed audit of a
 # few thousand images, and small enough to catch a broken preprocessing change.
@@ -97,7 +108,12 @@ _runs = sa.Table(
     sa.Column("metrics", sa.JSON),
     sa.Column("error", sa.Text),
     sa.Column("host", sa.String(256)),
+    # schema 2: which process recorded the run, to find runs whose process died
+    sa.Column("pid", sa.Integer),
+    sa.Column("process_start", sa.String(128)),
 )
+# Columns each schema version added, in order: opening an older database adds them.
+_ADDED_COLUMNS = {2: ("pid", "process_start")}
 
 
 def _utcnow() -> dt.datetime:
@@ -109,6 +125,74 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=dt.timezone.utc)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a Linux process, None if it is gone."""
+    text = _read(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+    return fields[0], fields[19]  # stat fields 3 (state) and 22 (starttime)
+
+
+def process_identity(pid: int) -> str | None:
+    """What tells process `pid` apart from a later process given the same pid (Linux only):
+    `PIDNS/BOOT_ID/START_TICKS`; None where /proc does not say.
+
+    >>> process_identity(os.getpid()) == process_identity(os.getpid())
+    True
+    """
+    stat = _proc_stat(pid)
+    namespace = _read_link("/proc/self/ns/pid")
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    if stat is None or namespace is None or boot is None:
+        return None
+    return f"{namespace}/{boot}/{stat[1]}"
+
+
+def _read_link(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def process_exists(pid: int, identity: str | None) -> bool | None:
+    """Whether the process that recorded `identity` as `pid` still runs on this host.
+
+    True: it does. False: it exited (or is a zombie), or `pid` is now another process, or
+    the machine rebooted since. None: cannot tell from here (another pid namespace).
+
+    >>> process_exists(os.getpid(), process_identity(os.getpid()))
+    True
+    """
+    if identity:
+        namespace, _, rest = identity.partition("/")
+        boot, _, start = rest.partition("/")
+        if namespace != _read_link("/proc/self/ns/pid"):
+            return None
+        if boot != _read("/proc/sys/kernel/random/boot_id"):
+            return False  # rebooted since: every process of that boot is gone
+        stat = _proc_stat(pid)
+        return stat is not None and stat[0] not in ("Z", "X") and stat[1] == start
+    try:  # no /proc identity was recorded: only whether some process has this pid
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return None
+    return True
 
 
 def default_history_url() -> str:
@@ -153,6 +237,7 @@ class Run:
     metrics: dict[str, Any]
     error: str | None
     host: str | None
+    pid: int | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -257,6 +342,42 @@ class HistoryStore:
                 f"run history {self._safe_url()} has schema version {row.value}, newer than this "
                 f"Ironsight's {SCHEMA_VERSION}; upgrade Ironsight or use another --history-db"
             )
+        if int(row.value) < SCHEMA_VERSION:
+            self._migrate(int(row.value))
+
+    def _migrate(self, version: int) -> None:
+        """Add the columns of the schema versions after `version`, then record the new version.
+
+        Another process may be migrating the same database: a column it added first is not
+        an error, and the version only ever moves up.
+        """
+        try:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for name in _ADDED_COLUMNS.get(target, ()):
+                    present = {c["name"] for c in sa.inspect(self.engine).get_columns(_runs.name)}
+                    if name in present:
+                        continue
+                    column = _runs.c[name]
+                    ddl = f"ALTER TABLE {_runs.name} ADD COLUMN {name} {column.type.compile(self.engine.dialect)}"
+                    try:
+                        with self.engine.begin() as conn:
+                            conn.execute(sa.text(ddl))
+                    except sa.exc.OperationalError as exc:
+                        if "duplicate column" not in str(exc).lower():
+                            raise
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.update(_meta_table)
+                    .where(_meta_table.c.key == "schema_version",
+                           sa.cast(_meta_table.c.value, sa.Integer) < SCHEMA_VERSION)
+                    .values(value=str(SCHEMA_VERSION))
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            raise InvalidInput(
+                f"cannot upgrade the run history at {self._safe_url()} from schema {version} to "
+                f"{SCHEMA_VERSION}: {str(exc).splitlines()[0]}; check that it is writable"
+            ) from exc
+        log.info("run history %s upgraded from schema %d to %d", self._safe_url(), version, SCHEMA_VERSION)
 
     @property
     def schema_version(self) -> int:
@@ -293,6 +414,8 @@ class HistoryStore:
                     status="running",
                     metrics={},
                     host=socket.gethostname(),
+                    pid=os.getpid(),
+                    process_start=process_identity(os.getpid()),
                 )
             )
             return int(result.inserted_primary_key[0])
@@ -324,6 +447,37 @@ class HistoryStore:
             done = conn.execute(sa.update(_runs).where(_runs.c.id == run_id).values(**values))
         if done.rowcount != 1:
             raise InvalidInput(f"run {run_id} is not in the history at {self._safe_url()}")
+
+    def mark_abandoned(self) -> list[int]:
+        """Mark `abandoned` the `running` runs of this host whose process is gone; their ids.
+
+        A run is checked only when it was recorded on this host, in this pid namespace and
+        since the last boot; else (another host, a container with its own pids, a schema 1
+        row without a pid) it is left `running`. A run whose recording process is alive is
+        untouched.
+        """
+        host = socket.gethostname()
+        query = sa.select(_runs.c.id, _runs.c.pid, _runs.c.process_start).where(
+            _runs.c.status == "running", _runs.c.host == host, _runs.c.pid.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        marked = []
+        for run_id, pid, identity in rows:
+            if process_exists(pid, identity) is not False:
+                continue
+            with self.engine.begin() as conn:
+                done = conn.execute(
+                    sa.update(_runs)
+                    .where(_runs.c.id == run_id, _runs.c.status == "running")
+                    .values(status="abandoned",
+                            error=f"process {pid} on {host} exited without recording an end")
+                )
+            if done.rowcount == 1:
+                marked.append(run_id)
+                log.warning("run %d marked abandoned: process %d on %s exited without recording an end",
+                            run_id, pid, host)
+        return marked
 
     def runs(self, job: str | None = None, last: int | None = None) -> list[Run]:
         """Runs, oldest first; only `job`'s when given, only the `last` N when given."""
@@ -373,6 +527,7 @@ class HistoryStore:
             metrics=m["metrics"] or {},
             error=m["error"],
             host=m["host"],
+            pid=m["pid"],
         )
 
 
@@ -526,6 +681,7 @@ class RunRecorder:
     def __enter__(self) -> RunRecorder:
         try:
             self.store = self.store or HistoryStore()
+            self.store.mark_abandoned()
             self.run_id = self.store.start(
                 job=self.spec.name,
                 kind=self.spec.kind,
@@ -535,7 +691,7 @@ class RunRecorder:
                 scheduled_for=_scheduled_for(),
             )
         except (IronsightError, sa.exc.SQLAlchemyError) as exc:
-            print(f"ironsight: warning: run history disabled for this run: {exc}", file=sys.stderr)
+            console(f"ironsight: warning: run history disabled for this run: {exc}")
             self.store = None
         return self
 
@@ -554,7 +710,7 @@ class RunRecorder:
                 message = "".join(traceback.format_exception_only(exc_type, exc)).strip()
             self._finish("failed", None, error=message or exc_type.__name__)
         except sa.exc.SQLAlchemyError as db_exc:
-            print(f"ironsight: warning: could not record the run's end: {db_exc}", file=sys.stderr)
+            console(f"ironsight: warning: could not record the run's end: {db_exc}")
 
     def _finish(self, status: str, metrics: dict | None, **kw: Any) -> None:
         self._finished = True
@@ -572,7 +728,7 @@ class RunRecorder:
                 weights_hash=(manifest.get("model") or {}).get("weights_sha256"),
             )
         except sa.exc.SQLAlchemyError as exc:
-            print(f"ironsight: warning: could not record the run's end: {exc}", file=sys.stderr)
+            console(f"ironsight: warning: could not record the run's end: {exc}")
 
     def audit_finished(self, report: dict[str, Any]) -> list[Regression]:
         """Record a finished audit; returns its regressions against the last successful run.
@@ -584,7 +740,7 @@ class RunRecorder:
         try:
             return self._audit_finished(report)
         except sa.exc.SQLAlchemyError as exc:
-            print(f"ironsight: warning: could not record the run's end: {exc}", file=sys.stderr)
+            console(f"ironsight: warning: could not record the run's end: {exc}")
             return []
 
     def _audit_finished(self, report: dict[str, Any]) -> list[Regression]:
@@ -634,13 +790,20 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _status_cell(run: Run) -> str:
+    """The status, with the host of a run still `running` on another machine."""
+    if run.status == "running" and run.host and run.host != socket.gethostname():
+        return f"running on {run.host}"
+    return run.status
+
+
 def format_table(runs: list[Run]) -> str:
     """The `ironsight history` table."""
     header = ("id", "job", "kind", "started (UTC)", "duration", "status", "model", "headline")
     rows = [
         (
             str(r.id), r.job, r.kind, _fmt_time(r.started_at), _fmt_duration(r.duration_s),
-            r.status, r.model or "-", r.headline(),
+            _status_cell(r), r.model or "-", r.headline(),
         )
         for r in runs
     ]
@@ -658,6 +821,7 @@ def _history_command(args: Any) -> int:
     if args.last is not None and args.last < 1:
         raise InvalidInput(f"--last {args.last}: expected a positive number of runs")
     store = HistoryStore(args.history_db)
+    store.mark_abandoned()
     runs = store.runs(job=args.job, last=args.last)
     if args.json:
         print(json.dumps([r.to_json() for r in runs], indent=2))
@@ -681,7 +845,10 @@ def add_commands(subparsers: Any, formatter: Any) -> None:
         epilog="examples:\n  ironsight history --last 10\n  ironsight history --job nightly "
         "--json\n  ironsight history --history-db team-history.db\n\nstatuses: running, "
         "succeeded, failed, gate_failed (exit 3), regressed (exit 4: an audit dropped more than "
-        "the gate's max_drop_vs_baseline, default 0.02, against the last succeeded run)",
+        "the gate's max_drop_vs_baseline, default 0.02, against the last succeeded run), "
+        "abandoned (its process on this host exited without recording an end: SIGKILL, OOM, "
+        "reboot; checked each time runs are listed or started). A run still going on another "
+        "host shows as 'running on HOST'.",
         formatter_class=formatter,
     )
     p.add_argument("--job", metavar="NAME", help="only runs of this job name")

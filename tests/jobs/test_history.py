@@ -6,17 +6,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
 from cluster import synthetic
 from cluster.errors import GateFailed, InvalidInput, JobFailed
+from jobs import history as jobs_history
 from jobs.history import (
     DEFAULT_MAX_DROP,
     EXIT_REGRESSED,
+    SCHEMA_VERSION,
     HistoryStore,
     RunRecorder,
     detect_regressions,
@@ -40,7 +45,7 @@ def _spec(name: str = "nightly", **kw) -> AuditJob:
 
 def test_schema_and_version_are_created_on_first_use(db) -> None:
     store = HistoryStore(db)
-    assert store.schema_version == 1
+    assert store.schema_version == SCHEMA_VERSION == 2
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
     assert {"ironsight_meta", "ironsight_runs"} <= tables
@@ -240,3 +245,167 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path, round_):
     for p in procs:
         p.join(timeout=60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+
+# ---- schema 2: the recording process, abandoned runs ------------------------------------
+
+# The schema 1 table as Ironsight 0.1 created it (before pid/process_start).
+SCHEMA_1 = """
+CREATE TABLE ironsight_meta (key VARCHAR(64) NOT NULL, value VARCHAR(256) NOT NULL, PRIMARY KEY (key));
+CREATE TABLE ironsight_runs (id INTEGER NOT NULL, job VARCHAR(256) NOT NULL, kind VARCHAR(32) NOT NULL,
+  spec_hash VARCHAR(64), model VARCHAR(256), weights_hash VARCHAR(64), scheduled_for DATETIME,
+  started_at DATETIME NOT NULL, ended_at DATETIME, status VARCHAR(16) NOT NULL, output TEXT,
+  metrics JSON, error TEXT, host VARCHAR(256), PRIMARY KEY (id));
+CREATE INDEX ix_ironsight_runs_job ON ironsight_runs (job);
+INSERT INTO ironsight_meta VALUES ('schema_version', '1');
+INSERT INTO ironsight_runs (job, kind, started_at, status, metrics, host)
+  VALUES ('old', 'audit', '2026-01-02 03:04:05.000000', 'running', '{}', 'HOSTNAME');
+"""
+
+
+@pytest.fixture
+def schema_1_db(tmp_path) -> str:
+    path = str(tmp_path / "v1.db")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_1.replace("HOSTNAME", socket.gethostname()))
+    return path
+
+
+def test_a_schema_1_database_is_upgraded_in_place(schema_1_db) -> None:
+    store = HistoryStore(schema_1_db)
+    assert store.schema_version == 2
+    with sqlite3.connect(schema_1_db) as conn:
+        columns = {r[1] for r in conn.execute("pragma table_info(ironsight_runs)")}
+    assert {"pid", "process_start"} <= columns
+    new = store.start(job="new", kind="classify")
+    old, fresh = store.runs()
+    assert (old.job, old.status, old.pid) == ("old", "running", None)  # no pid: never judged
+    assert (fresh.id, fresh.pid) == (new, os.getpid())
+    assert store.mark_abandoned() == []
+    assert HistoryStore(schema_1_db).schema_version == 2  # reopening changes nothing
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_processes_upgrading_a_schema_1_database_at_once_all_succeed(schema_1_db, round_):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_open_history, args=(f"sqlite:///{schema_1_db}", barrier))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert HistoryStore(schema_1_db).schema_version == 2
+
+
+# A process that records a run start, says its run id, and waits to be killed.
+VICTIM = """
+import sys, time
+from jobs.history import HistoryStore, RunRecorder
+from jobs.spec import ClassifyJob
+spec = ClassifyJob(name="victim", input="i/", output="o/", model="demo_cnn", random_weights=True)
+with RunRecorder(spec, HistoryStore(sys.argv[1])) as rec:
+    print(rec.run_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_sigkilled_run_is_shown_abandoned_and_later_runs_are_unaffected(db) -> None:
+    victim = subprocess.Popen([sys.executable, "-c", VICTIM, db], stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = int(victim.stdout.readline())
+        store = HistoryStore(db)
+        assert store.mark_abandoned() == []  # alive: left running
+        assert store.get(run_id).status == "running"
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    proc = _cli("--log-format", "json", "history", "--history-db", db, "--json")
+    assert proc.returncode == 0, proc.stderr
+    (run,) = json.loads(proc.stdout)
+    host = socket.gethostname()
+    assert (run["id"], run["status"], run["pid"]) == (run_id, "abandoned", victim.pid)
+    assert run["error"] == f"process {victim.pid} on {host} exited without recording an end"
+    (record,) = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert record["level"] == "WARNING" and f"run {run_id} marked abandoned" in record["message"]
+    table = _cli("history", "--history-db", db)
+    assert "abandoned" in table.stdout.splitlines()[1]
+    with RunRecorder(_spec(name="victim"), HistoryStore(db)) as rec:
+        rec.audit_finished({"clean": {"accuracy": 0.9}, "summary": {"per_condition": []},
+                            "attacks": []})
+    assert [r.status for r in HistoryStore(db).runs()] == ["abandoned", "succeeded"]
+
+
+def _set(db: str, run_id: int, **values) -> None:
+    with sqlite3.connect(db) as conn:
+        for key, value in values.items():
+            conn.execute(f"update ironsight_runs set {key} = ? where id = ?", (value, run_id))
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_run(db) -> None:
+    """The pid is alive (it is this test's), but it started at another time: the run is gone."""
+    store = HistoryStore(db)
+    rid = store.start(job="j", kind="classify")
+    namespace, boot, start = jobs_history.process_identity(os.getpid()).split("/")
+    _set(db, rid, process_start=f"{namespace}/{boot}/{int(start) - 1}")
+    assert store.mark_abandoned() == [rid]
+    assert store.get(rid).status == "abandoned"
+
+
+def test_a_run_from_before_a_reboot_is_abandoned(db) -> None:
+    store = HistoryStore(db)
+    rid = store.start(job="j", kind="classify")
+    namespace, _, start = jobs_history.process_identity(os.getpid()).split("/")
+    _set(db, rid, process_start=f"{namespace}/00000000-dead-beef-0000-000000000000/{start}")
+    assert store.mark_abandoned() == [rid]
+
+
+@pytest.mark.parametrize(("host", "namespace"), [("other-host", None), (None, "pid:[1]")])
+def test_runs_this_host_cannot_check_stay_running(db, host, namespace) -> None:
+    """Another host, or a container with its own pid namespace: left running, host shown."""
+    store = HistoryStore(db)
+    rid = store.start(job="j", kind="classify")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    _, boot, start = jobs_history.process_identity(os.getpid()).split("/")
+    _set(db, rid, pid=int(dead), host=host or socket.gethostname(),
+         process_start=f"{namespace or os.readlink('/proc/self/ns/pid')}/{boot}/{start}")
+    assert store.mark_abandoned() == []
+    table = _cli("history", "--history-db", db)
+    expected = "running on other-host" if host else "running"
+    assert expected in table.stdout.splitlines()[1]
+
+
+@pytest.mark.slow  # a real classify on an embedded Ray: 30-120 s on 2 busy cores
+def test_a_sigkilled_ironsight_run_is_abandoned_in_history(tmp_path) -> None:
+    db = str(tmp_path / "history.db")
+    synthetic.write_corpus(str(tmp_path / "in"), 400, seed=4, rows_per_file=200,
+                           row_group_size=50, size=48)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"kind: classify\nname: archive\ninput: {tmp_path / 'in'}\noutput: {tmp_path / 'out'}\n"
+        "model: mobilenet_v3_small\nrandom_weights: true\nactors: 1\nbatch_size: 16\n"
+        "max_rows_per_shard: 50\n")
+    env = {**os.environ, "IRONSIGHT_HISTORY_URL": db}
+    job = subprocess.Popen([*IRONSIGHT, "run", str(spec), "--no-progress"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "out").glob("part-*.parquet")):  # mid-job: a shard is out
+            assert job.poll() is None and time.monotonic() < deadline, "the job never got going"
+            time.sleep(0.2)
+        (running,) = HistoryStore(db).runs()
+        assert running.status == "running" and running.pid == job.pid
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    listed = json.loads(_cli("history", "--history-db", db, "--json").stdout)
+    assert [(r["job"], r["status"]) for r in listed] == [("archive", "abandoned")]
+    assert f"process {job.pid} on" in listed[0]["error"]
+    rerun = _cli("run", str(spec), "--no-progress", env={"IRONSIGHT_HISTORY_URL": db}, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert [r.status for r in HistoryStore(db).runs()] == ["abandoned", "succeeded"]
