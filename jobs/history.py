@@ -843,12 +843,15 @@ def add_commands(subparsers: Any, formatter: Any) -> None:
         "recorded in the run history: an SQLite file $IRONSIGHT_HOME/history.db (default "
         "~/.local/share/ironsight/history.db) or the SQLAlchemy URL in IRONSIGHT_HISTORY_URL.",
         epilog="examples:\n  ironsight history --last 10\n  ironsight history --job nightly "
-        "--json\n  ironsight history --history-db team-history.db\n\nstatuses: running, "
-        "succeeded, failed, gate_failed (exit 3), regressed (exit 4: an audit dropped more than "
-        "the gate's max_drop_vs_baseline, default 0.02, against the last succeeded run), "
-        "abandoned (its process on this host exited without recording an end: SIGKILL, OOM, "
-        "reboot; checked each time runs are listed or started). A run still going on another "
-        "host shows as 'running on HOST'.",
+        "--json\n  ironsight history --history-db team-history.db\n\nstatuses:\n"
+        "  running      recording now; 'running on HOST' when recorded on another host\n"
+        "  succeeded    finished\n"
+        "  failed       the job failed (exit 1)\n"
+        "  gate_failed  the audit's release gate failed (exit 3)\n"
+        "  regressed    an audit dropped more than the gate's max_drop_vs_baseline (default\n"
+        "               0.02) against the last succeeded run (exit 4)\n"
+        "  abandoned    its process on this host exited without recording an end (SIGKILL,\n"
+        "               out of memory, reboot); checked whenever runs are listed or started",
         formatter_class=formatter,
     )
     p.add_argument("--job", metavar="NAME", help="only runs of this job name")
