@@ -29,8 +29,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check cluster jobs robustness tests benchmarks
 
+# Every row of issue 7's performance table, one table at the end (benchmarks/results/):
+# `make bench BENCH_ARGS=--quick` for small sizes, BENCH_ARGS="--only resume,plan" for a subset.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

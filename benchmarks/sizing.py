@@ -101,13 +101,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=2, help="passes over them (default: 2)")
     ap.add_argument("--gpu-rate", type=float, action="append", default=None,
                     help="assumed images/s one GPU sustains (repeatable; default: 1000, 3000, 10000)")
+    ap.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in SIZES),
+                    help="source JPEG sizes WxH, comma-separated; the first is the typical one, the last "
+                    "the large one (default: %(default)s)")
     ap.add_argument("--model", default="resnet50", help="model for the GPU measurement (CUDA only)")
     ap.add_argument("--batch-size", type=int, default=256)
     args = ap.parse_args(argv)
     gpu_rates = [(r, "assumed") for r in (args.gpu_rate or DEFAULT_GPU_RATES)]
+    try:
+        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+        assert all(len(s) == 2 and min(s) > 0 for s in sizes)
+    except (ValueError, AssertionError):
+        ap.error(f"--sizes {args.sizes!r}: expected WxH[,WxH...], e.g. 500x375,4032x3024")
 
     decode_rows = []
-    for w, h in SIZES:
+    for w, h in sizes:
         # at most ~200 MP of distinct sources per size (12 MP photos take a while to make),
         # decoded as many times as the small ones: same number of decodes per size
         distinct = max(4, min(args.images, 200_000_000 // (w * h)))
@@ -129,26 +137,27 @@ def main(argv: list[str] | None = None) -> dict:
     for r in decode_rows:
         print(f"{r['size']:<11} {r['kb']:>6.0f} {'on' if r['draft'] else 'off':>6} {r['per_core']:>11.0f} "
               f"{r['wall']:>11.0f}")
-    typical = next(r for r in decode_rows if r["size"] == f"{SIZES[0][0]}x{SIZES[0][1]}")
-    big = next(r for r in decode_rows if r["size"] == f"{SIZES[-1][0]}x{SIZES[-1][1]}" and r["draft"])
+    typical = next(r for r in decode_rows if r["size"] == f"{sizes[0][0]}x{sizes[0][1]}")
+    big = next(r for r in decode_rows if r["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}" and r["draft"])
 
     sizing = []
     print(f"\nsizing: decode at {typical['per_core']:.0f} img/s/core ({typical['size']}), "
           f"{big['per_core']:.0f} ({big['size']}, draft on); GPU-hours assume the GPU is kept fed")
-    print(f"{'GPU img/s':>10} {'':<9} {'cores/GPU':>10} {'12MP cores':>11} {'GPU-h 10M':>10} {'GPU-h 100M':>11}"
+    print(f"{'GPU img/s':>10} {'':<9} {'cores/GPU':>10} {'large cores':>11} {'GPU-h 10M':>10} {'GPU-h 100M':>11}"
           f" {'GPUs 100M in 24h':>17} {'in 8h':>6}")
     for rate, how in gpu_rates:
         row = {"gpu_rate": rate, "source": how,
                "cores_per_gpu": math.ceil(rate / typical["per_core"]),
-               "cores_per_gpu_12mp": math.ceil(rate / big["per_core"]),
+               "cores_per_gpu_large": math.ceil(rate / big["per_core"]),
                "gpu_hours": {n: n / rate / 3600 for n in CORPORA}}
         row["gpus_100m_24h"] = math.ceil(row["gpu_hours"][CORPORA[1]] / 24)
         row["gpus_100m_8h"] = math.ceil(row["gpu_hours"][CORPORA[1]] / 8)
-        print(f"{rate:>10.0f} {how.split(',')[0]:<9} {row['cores_per_gpu']:>10} {row['cores_per_gpu_12mp']:>11} "
+        print(f"{rate:>10.0f} {how.split(',')[0]:<9} {row['cores_per_gpu']:>10} {row['cores_per_gpu_large']:>11} "
               f"{row['gpu_hours'][CORPORA[0]]:>10.1f} {row['gpu_hours'][CORPORA[1]]:>11.1f} "
               f"{row['gpus_100m_24h']:>17} {row['gpus_100m_8h']:>6}")
         sizing.append(row)
-    return {"decode": decode_rows, "sizing": sizing, "gpu_measured": measured}
+    return {"decode": decode_rows, "sizing": sizing, "gpu_measured": measured,
+            "typical": typical["size"], "large": big["size"]}
 
 
 if __name__ == "__main__":
