@@ -16,7 +16,9 @@ The image column can be laid out four ways (auto-detected when not given):
 | ``path``  | ``string``: a path or ``s3://`` URI                    | fetched from the path    |
 
 Fetched paths are absolute local paths, ``file:`` URIs, ``s3://`` URIs, or paths relative to
-the Parquet file's directory.
+the Parquet file's directory. With allowed roots (``plan_corpus(allowed_roots=...)``, see
+:mod:`cluster.paths`) a fetched path outside every root is never read: its row gets the error
+``path_outside_allowed_roots: ...``; the input and every planned file must lie inside too.
 
 Ids: the given ``id_column``, else the first of ``id``/``key``/``path`` that is a string or
 integer column (integers become strings), else ``"{file relative to INPUT}#{row}"``; a null
@@ -50,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cluster import storage
+from cluster import paths, storage
 from cluster.errors import InvalidInput
 
 IMAGE_NAMES = ("image", "img", "bytes", "content")  # preferred when several columns qualify
@@ -111,6 +113,8 @@ class CorpusPlan:
         skipped: ``(file URI, reason)`` of bad files left out with ``skip_bad_files``.
         file_names: each file relative to the input (used in derived ids), parallel to files.
         file_sizes: bytes of each file, parallel to files (part of the fingerprint).
+        allowed_roots: normalised roots that fetched image paths must lie in; empty: no limit.
+            They travel with the plan to the Ray tasks that fetch.
     """
 
     uri: str
@@ -124,15 +128,22 @@ class CorpusPlan:
     skipped: tuple[tuple[str, str], ...] = ()
     file_names: tuple[str, ...] = ()
     file_sizes: tuple[int, ...] = ()
+    allowed_roots: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
-        """sha256 hex over file names and sizes, shards and columns: what a resume must match."""
-        doc = {
+        """sha256 hex over file names and sizes, shards and columns: what a resume must match.
+
+        Allowed roots are part of it when set (they decide which rows are error rows); a plan
+        without roots hashes as before they existed.
+        """
+        doc: dict = {
             "files": [[n, s] for n, s in zip(self.file_names, self.file_sizes, strict=True)],
             "shards": [[s.file_index, list(s.row_groups), s.row_start, s.num_rows]
                        for s in self.shards],
             "columns": [self.image_column, self.layout.value, self.id_column, self.label_column],
         }
+        if self.allowed_roots:
+            doc["allowed_roots"] = list(self.allowed_roots)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -157,6 +168,7 @@ def plan_corpus(
     label_column: str | None = None,
     max_rows_per_shard: int = 4096,
     skip_bad_files: bool = False,
+    allowed_roots: tuple[str, ...] | list[str] = (),
 ) -> CorpusPlan:
     """Plan a Parquet corpus into shards from the footers alone.
 
@@ -167,9 +179,13 @@ def plan_corpus(
         label_column: the integer label column; ``label`` when None and present.
         max_rows_per_shard: consecutive row groups of a file are grouped up to this many rows.
         skip_bad_files: leave bad files out (listed in ``skipped``) instead of failing.
+        allowed_roots: local directories and ``s3://`` prefixes (:mod:`cluster.paths`); when
+            given, ``uri`` and every file must lie inside one (a file outside, e.g. through a
+            symlink, is a bad file), and images fetched by path outside them become error rows.
 
     Raises:
-        InvalidInput: no files match, or some file is bad (all named) and not skipped.
+        InvalidInput: no files match, some file is bad (all named) and not skipped, or ``uri``
+            is outside ``allowed_roots``.
 
     >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
     >>> d = tempfile.mkdtemp()
@@ -180,6 +196,10 @@ def plan_corpus(
     """
     if max_rows_per_shard < 1:
         raise InvalidInput(f"max_rows_per_shard must be >= 1, got {max_rows_per_shard}")
+    roots = paths.parse_roots(allowed_roots, source="allowed_roots")
+    outside = paths.check_within(uri, roots)
+    if outside:
+        raise InvalidInput(f"input: {outside}")
     loc = storage.resolve(uri)
     infos = storage.list_files(loc)
     if not infos:
@@ -199,6 +219,8 @@ def plan_corpus(
         try:
             if isinstance(footer, _BadFile):
                 raise footer
+            if outside := paths.check_within(file_uri, roots):
+                raise _BadFile(outside)
             if footer.num_rows == 0:
                 raise _BadFile("has 0 rows")
             schema = footer.schema.to_arrow_schema()
@@ -242,6 +264,7 @@ def plan_corpus(
         skipped=tuple(problems),
         file_names=tuple(names),
         file_sizes=tuple(sizes),
+        allowed_roots=roots,
     )
 
 
@@ -479,7 +502,7 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
     name = plan.file_names[shard.file_index] if plan.file_names else posixpath.basename(loc.path)
     wanted = [plan.image_column, plan.id_column, plan.label_column]
     columns = list(dict.fromkeys(c for c in wanted if c is not None))
-    fetcher = _Fetcher(loc)
+    fetcher = _Fetcher(loc, plan.allowed_roots)
     source = storage.with_retries(lambda: loc.fs.open_input_file(loc.path),
                                   what=f"opening {shard.file}")
     try:
@@ -542,10 +565,15 @@ def _images(plan: CorpusPlan, col: pa.Array, rows: np.ndarray, name: str, fetche
 
 
 class _Fetcher:
-    """Reads images referenced by path, relative to one Parquet file's directory."""
+    """Reads images referenced by path, relative to one Parquet file's directory.
 
-    def __init__(self, parquet: storage.Location) -> None:
+    With ``roots`` (normalised, :func:`cluster.paths.parse_roots`), a path that resolves outside
+    every root is refused before anything is opened or even looked up.
+    """
+
+    def __init__(self, parquet: storage.Location, roots: tuple[str, ...] = ()) -> None:
         self._parquet = parquet
+        self._roots = roots
         self._s3: pafs.FileSystem | None = parquet.fs if parquet.is_s3 else None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -575,6 +603,10 @@ class _Fetcher:
         if loc is None:
             return None, (f"missing_object: {path} (only local paths and s3:// URIs can be "
                           "fetched)")
+        outside = paths.check_within(f"s3://{loc.path}" if loc.is_s3 else loc.path, self._roots)
+        if outside:
+            named = outside if loc.uri == path else f"{path!r} -> {outside}"
+            return None, f"path_outside_allowed_roots: {named}"
         if not loc.is_s3 and not os.path.isfile(loc.path):
             return None, f"missing_object: {path}"
         try:

@@ -62,6 +62,8 @@ class ClassifyConfig:
     device: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+    # Roots that image paths in corpus rows must lie in (cluster.paths); () means no limit.
+    allowed_roots: tuple[str, ...] = ()
 
 
 @dataclass
@@ -248,6 +250,7 @@ def run_classify(cfg: ClassifyConfig) -> ClassifySummary:
         id_column=cfg.id_column,
         max_rows_per_shard=cfg.max_rows_per_shard,
         skip_bad_files=cfg.skip_bad_files,
+        allowed_roots=cfg.allowed_roots,
     )
     model = validate_model(cfg.source)
     if model.info.num_classes < cfg.top_k:

@@ -63,6 +63,8 @@ class AuditConfig:
     actors: int | None = None
     device: str = "auto"
     progress: bool | None = None
+    # Roots that image paths in corpus rows must lie in (cluster.paths); () means no limit.
+    allowed_roots: tuple[str, ...] = ()
 
 
 @dataclass
@@ -216,6 +218,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
         id_column=cfg.id_column,
         label_column=cfg.label_column,
         max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
+        allowed_roots=cfg.allowed_roots,
     )
     if cfg.max_images is not None and cfg.max_images < 1:
         raise InvalidInput(f"--max-images must be at least 1, got {cfg.max_images}")

@@ -216,6 +216,7 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
         overwrite=spec.overwrite,
         device=spec.device,
         progress=progress,
+        allowed_roots=spec.effective_roots(),
     )
     with RunRecorder(spec) as record, job_context(spec, record.run_id):
         with connect(spec.address, quiet=not verbose):
@@ -247,6 +248,7 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
         actors=spec.actors,
         device=spec.device,
         progress=progress,
+        allowed_roots=spec.effective_roots(),
     )
     with RunRecorder(spec) as record, job_context(spec, record.run_id):
         with connect(spec.address, quiet=not verbose):

@@ -12,19 +12,137 @@ both are validated into the same pydantic model, so a flag and a spec key are th
 from __future__ import annotations
 
 import argparse
+import os
 import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from cluster import paths
 from cluster.errors import InvalidInput
 
 
-def _cli(*, positional: bool = False, metavar: str | None = None, short: str | None = None) -> dict:
-    return {"cli": {"positional": positional, "metavar": metavar, "short": short}}
+def _cli(*, positional: bool = False, metavar: str | None = None, short: str | None = None,
+         path: bool = False) -> dict:
+    """Field metadata: how the field appears on the command line; ``path`` marks a field whose
+    value is a file, directory or ``s3://`` URI (checked against the allowed roots)."""
+    extra: dict = {"cli": {"positional": positional, "metavar": metavar, "short": short}}
+    if path:
+        extra["path"] = True
+    return extra
+
+
+def _allowed_roots_field() -> Any:
+    return Field(
+        None,
+        description="confine this job to these roots (comma-separated directories and "
+        "s3://bucket/prefix URIs): every path it names (INPUT, OUTPUT, weights, model card, ...) "
+        "must lie inside one, symlinks resolved, and a corpus row whose image path lies outside "
+        f"becomes an error row. Narrows the operator's {paths.ENV_ALLOWED_ROOTS} (used when this "
+        "is not given); cannot widen it",
+        json_schema_extra=_cli(metavar="DIR_OR_S3[,...]"),
+    )
+
+
+class _WithinRoots(BaseModel):
+    """Every path field of a job lies inside the allowed roots (:mod:`cluster.paths`).
+
+    The roots are the spec's ``allowed_roots`` when given, else the operator's
+    ``IRONSIGHT_ALLOWED_ROOTS``; the spec's must themselves lie inside the operator's.
+    """
+
+    @field_validator("allowed_roots", mode="before", check_fields=False)
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_roots(self, handler: Any) -> Any:
+        # A spec without allowed_roots dumps (and so hashes: history, scheduled submission
+        # ids) exactly as before the field existed.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("allowed_roots", ...) is None:
+            del data["allowed_roots"]
+        return data
+
+    def effective_roots(self) -> tuple[str, ...]:
+        """The normalised roots this job runs under; empty when none are configured."""
+        spec_roots: list[str] | None = getattr(self, "allowed_roots", None)
+        if spec_roots:
+            return paths.parse_roots(spec_roots, source="allowed_roots")
+        return paths.operator_roots()
+
+    @model_validator(mode="after")
+    def _paths_within_roots(self) -> _WithinRoots:
+        operator = paths.operator_roots()
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        spec_roots: list[str] | None = getattr(self, "allowed_roots", None)
+        if spec_roots is not None and not spec_roots:
+            problems.append((("allowed_roots",), spec_roots,
+                             "an empty list allows nothing; leave allowed_roots out to use the "
+                             f"operator's {paths.ENV_ALLOWED_ROOTS}"))
+        for i, root in enumerate(spec_roots or ()):
+            try:
+                normal = paths.normalize(root)
+            except ValueError as exc:
+                problems.append((("allowed_roots", i), root, f"{root} {exc}"))
+                continue
+            if operator and paths.check_within(normal, operator):
+                problems.append((("allowed_roots", i), root,
+                                 f"{root} is wider than the operator allows: outside "
+                                 f"{paths.ENV_ALLOWED_ROOTS} ({', '.join(operator)})"))
+        if problems:
+            _raise(type(self), problems)
+        roots = self.effective_roots()
+        if not roots:
+            return self
+        where = "allowed_roots" if spec_roots else paths.ENV_ALLOWED_ROOTS
+        for name, f in type(self).model_fields.items():
+            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+            value = getattr(self, name)
+            if not extra.get("path") or value is None or _is_builtin_suite(name, value):
+                continue
+            why = paths.check_within(value, roots)
+            if why:
+                problems.append(((name,), value, f"{why}, set by {where}"))
+        if problems:
+            _raise(type(self), problems)
+        return self
+
+
+def _is_builtin_suite(field: str, value: str) -> bool:
+    """``suite: quick`` names a built-in suite, not a file: it has no ``/``, no YAML suffix and
+    no file of that name exists (decided without importing the suites, which import torch)."""
+    if field != "suite":
+        return False
+    looks_like_a_file = "/" in value or value.endswith((".yaml", ".yml")) or os.path.exists(value)
+    return not looks_like_a_file
+
+
+def _raise(model: type[BaseModel], problems: list[tuple[tuple[str | int, ...], Any, str]]) -> None:
+    """Raise one ValidationError with an error per field path (a plain ValueError raised in a
+    model validator has no location; pydantic-core passes a ValidationError through as is,
+    pydantic/pydantic-core#510)."""
+    raise ValidationError.from_exception_data(
+        model.__name__,
+        [InitErrorDetails(type=PydanticCustomError("outside_allowed_roots", "{reason}", {"reason": why}),
+                          loc=loc, input=value)
+         for loc, value, why in problems],
+    )
 
 
 class ModelChoice(BaseModel):
@@ -41,13 +159,13 @@ class ModelChoice(BaseModel):
         None,
         description="weights file or s3:// URI: .safetensors (preferred), a state dict (.pt/.pth, "
         "loaded with weights_only=True), a torch.export program (.pt2) or TorchScript",
-        json_schema_extra=_cli(metavar="PATH_OR_URI"),
+        json_schema_extra=_cli(metavar="PATH_OR_URI", path=True),
     )
     model_card: str | None = Field(
         None,
         description="model card YAML describing your own model (format, arch, weights, input "
         "size, mean/std, class names)",
-        json_schema_extra=_cli(metavar="CARD.yaml"),
+        json_schema_extra=_cli(metavar="CARD.yaml", path=True),
     )
     random_weights: bool = Field(
         False, description="random weights, for tests and benchmarks only: labels are meaningless"
@@ -96,7 +214,7 @@ class RunOptions(BaseModel):
     )
 
 
-class ClassifyJob(ModelChoice, RunOptions):
+class ClassifyJob(ModelChoice, RunOptions, _WithinRoots):
     """Bulk labeling: every row of INPUT gets top-k labels (or an error) in OUTPUT, exactly once."""
 
     model_config = ConfigDict(extra="forbid")
@@ -105,11 +223,11 @@ class ClassifyJob(ModelChoice, RunOptions):
     name: str = Field("classify", description="job name, used by run history and schedules")
     input: str = Field(
         description="Parquet file, directory, glob, or s3://bucket/prefix of images",
-        json_schema_extra=_cli(positional=True, metavar="INPUT"),
+        json_schema_extra=_cli(positional=True, metavar="INPUT", path=True),
     )
     output: str = Field(
         description="output directory or s3:// prefix (one Parquet file per input shard)",
-        json_schema_extra=_cli(positional=True, metavar="OUTPUT"),
+        json_schema_extra=_cli(positional=True, metavar="OUTPUT", path=True),
     )
     image_column: str | None = Field(
         None,
@@ -132,9 +250,10 @@ class ClassifyJob(ModelChoice, RunOptions):
     overwrite: bool = Field(
         False, description="replace an OUTPUT written by a different model or spec instead of refusing"
     )
+    allowed_roots: list[str] | None = _allowed_roots_field()
 
 
-class AuditJob(ModelChoice, RunOptions):
+class AuditJob(ModelChoice, RunOptions, _WithinRoots):
     """Robustness audit: accuracy under conditions x severities and attacks, reports, a gate."""
 
     model_config = ConfigDict(extra="forbid")
@@ -143,11 +262,11 @@ class AuditJob(ModelChoice, RunOptions):
     name: str = Field("audit", description="job name, used by run history and schedules")
     input: str = Field(
         description="labeled Parquet eval set: file, directory, glob or s3:// prefix",
-        json_schema_extra=_cli(positional=True, metavar="INPUT"),
+        json_schema_extra=_cli(positional=True, metavar="INPUT", path=True),
     )
     output: str = Field(
         description="directory or s3:// prefix for report.json/.md/.html and predictions.parquet",
-        json_schema_extra=_cli(positional=True, metavar="OUTPUT"),
+        json_schema_extra=_cli(positional=True, metavar="OUTPUT", path=True),
     )
     label_column: str = Field("label", description="integer class-index column of the eval set",
                               json_schema_extra=_cli(metavar="C"))
@@ -158,7 +277,7 @@ class AuditJob(ModelChoice, RunOptions):
     suite: str = Field(
         "quick",
         description="quick, standard, or a suite YAML (conditions, severities, attacks)",
-        json_schema_extra=_cli(metavar="quick|standard|FILE.yaml"),
+        json_schema_extra=_cli(metavar="quick|standard|FILE.yaml", path=True),
     )
     severities: list[int] | None = Field(
         None,
@@ -172,11 +291,13 @@ class AuditJob(ModelChoice, RunOptions):
     baseline: str | None = Field(
         None,
         description="report.json of a previous audit: adds CE/mCE and per-condition changes",
-        json_schema_extra=_cli(metavar="PREVIOUS/report.json"),
+        json_schema_extra=_cli(metavar="PREVIOUS/report.json", path=True),
     )
     gate: str | None = Field(
-        None, description="release gate YAML; a failed gate exits 3", json_schema_extra=_cli(metavar="GATE.yaml")
+        None, description="release gate YAML; a failed gate exits 3",
+        json_schema_extra=_cli(metavar="GATE.yaml", path=True),
     )
+    allowed_roots: list[str] | None = _allowed_roots_field()
 
     @field_validator("severities", mode="before")
     @classmethod
@@ -291,6 +412,16 @@ def spec_from_args(model: type[BaseModel], args: argparse.Namespace) -> Any:
         lines = []
         for err in exc.errors():
             loc = [str(p) for p in err["loc"]]
-            where = "--" + loc[0].replace("_", "-") if loc else "arguments"
+            where = _flag(model, loc[0]) if loc else "arguments"
             lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         raise InvalidInput("\n".join(lines)) from exc
+
+
+def _flag(model: type[BaseModel], name: str) -> str:
+    """How a field is written on the command line: ``--top-k``, or ``INPUT`` for a positional."""
+    f = model.model_fields.get(name)
+    extra = (f.json_schema_extra if f is not None and isinstance(f.json_schema_extra, dict) else None) or {}
+    cli = extra.get("cli") or {}
+    if cli.get("positional"):
+        return cli.get("metavar") or name.upper()
+    return "--" + name.replace("_", "-")
