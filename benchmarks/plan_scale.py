@@ -118,7 +118,8 @@ def measure(uri: str, max_rows: int, env: dict[str, str] | None = None) -> dict:
     code = PLAN_SNIPPET.format(root=ROOT, uri=uri, max_rows=max_rows)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"planning {uri} failed:\n{proc.stderr[-3000:]}")
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        raise RuntimeError(f"planning {uri} failed: {last}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

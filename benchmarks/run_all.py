@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = fn(list(argv_))
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             traceback.print_exc()
-            results[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+            results[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}"}
         runs[name] = {"argv": argv_, "seconds": time.perf_counter() - t, "load_before": load,
                       "load_after": os.getloadavg()}
 
