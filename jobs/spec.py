@@ -187,8 +187,10 @@ class ModelChoice(BaseModel):
     def source(self):
         from cluster.models import ModelSource
 
+        roots = self.effective_roots() if isinstance(self, _WithinRoots) else ()
         return ModelSource(
-            name=self.model, weights=self.weights, card=self.model_card, random_weights=self.random_weights
+            name=self.model, weights=self.weights, card=self.model_card, random_weights=self.random_weights,
+            allowed_roots=roots,
         )
 
 

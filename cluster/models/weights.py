@@ -39,6 +39,7 @@ from cluster import storage
 from cluster.errors import InvalidInput
 from cluster.models.card import ModelCard, load_card
 from cluster.models.registry import ModelInfo, Normalize, get_model_info
+from cluster.paths import check_within
 
 FORMATS = ("safetensors", "state_dict", "torch_export", "torchscript")
 RANDOM_INIT = "random-init"
@@ -277,6 +278,8 @@ class ModelSource:
         card: model card YAML path or URI.
         random_weights: build with deterministic random weights; only for tests and
             benchmarks.
+        allowed_roots: normalised roots (:mod:`cluster.paths`) the weights a card names must
+            lie in; the spec checks ``weights`` and ``card`` themselves. Empty: no limit.
 
     >>> loaded = ModelSource("demo_cnn", random_weights=True).load()
     >>> loaded.module(torch.rand(2, 3, 64, 64)).shape, loaded.weights_sha256
@@ -287,6 +290,7 @@ class ModelSource:
     weights: str | None = None
     card: str | None = None
     random_weights: bool = False
+    allowed_roots: tuple[str, ...] = ()
 
     def _resolve(self) -> tuple[ModelInfo, ModelCard | None, str | None]:
         """The model's info, its card if any, and the weights URI to read (or ``None``)."""
@@ -297,6 +301,8 @@ class ModelSource:
                     f"model {self.name!r} disagrees with model card {card.uri}, which "
                     f"describes {card.name!r}; pass only the card"
                 )
+            if self.weights is None and (outside := check_within(card.weights_uri(), self.allowed_roots)):
+                raise InvalidInput(f"model card {card.uri}: weights: {outside}")
             return _info_from_card(card), card, self.weights or card.weights_uri()
         if self.name is None:
             raise InvalidInput(

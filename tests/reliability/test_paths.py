@@ -139,6 +139,31 @@ def test_the_cli_exits_2_naming_the_field_and_creates_nothing(area):
     assert not out.exists() and not (area / "home").exists()
 
 
+def _demo_weights(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from cluster.models import ModelSource
+
+    save_file(ModelSource("demo_cnn", random_weights=True).load().module[1].state_dict(), path)
+
+
+@pytest.mark.parametrize("weights", ["../../outside/w.safetensors", "link/w.safetensors", "{area}/outside/w.safetensors"])
+def test_weights_named_by_a_card_outside_the_roots_are_refused_before_loading(area, weights):
+    _demo_weights(area / "outside" / "w.safetensors")
+    card = area / "allowed" / "models" / "card.yaml"
+    card.parent.mkdir()
+    card.write_text(yaml.safe_dump({"name": "shapes", "format": "safetensors", "arch": "demo_cnn",
+                                    "weights": weights.format(area=area)}))
+    if weights.startswith("link/"):
+        (card.parent / "link").symlink_to(area / "outside")
+    job = ClassifyJob(input="allowed/in", output="allowed/out", model_card=str(card))
+    with pytest.raises(InvalidInput, match=f"model card {card}: weights: .* is outside the allowed roots"):
+        job.source().validate()
+    (area / "allowed" / "w.safetensors").write_bytes((area / "outside" / "w.safetensors").read_bytes())
+    card.write_text(card.read_text().replace(weights.format(area=area), "../w.safetensors"))
+    assert job.source().validate().info.name == "shapes"  # inside: loads
+
+
 # ---- files and image paths in the corpus --------------------------------------------------
 
 def _rows(root: Path, paths: dict[str, str | None]) -> None:
