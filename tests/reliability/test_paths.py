@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from cluster import corpus, storage, synthetic
 from cluster.errors import InvalidInput
@@ -60,7 +61,7 @@ def _problems(exc: pytest.ExceptionInfo) -> dict[str, str]:
      ("output", "s3://allowed/out")],                  # a bucket is never inside a local root
 )
 def test_a_path_field_outside_the_operator_roots_is_refused(area, field, value):
-    with pytest.raises(pytest.importorskip("pydantic").ValidationError) as info:
+    with pytest.raises(ValidationError) as info:
         _job(**{field: value})
     problems = _problems(info)
     assert list(problems) == [field]
@@ -69,7 +70,7 @@ def test_a_path_field_outside_the_operator_roots_is_refused(area, field, value):
 
 
 def test_every_path_field_of_an_audit_is_checked(area):
-    with pytest.raises(pytest.importorskip("pydantic").ValidationError) as info:
+    with pytest.raises(ValidationError) as info:
         AuditJob(input="allowed/in", output="allowed/out", model="demo_cnn",
                  weights="/opt/w.safetensors", suite="../suite.yaml",
                  baseline="allowed/../last/report.json", gate="/etc/gate.yaml")
@@ -91,13 +92,13 @@ def test_paths_inside_the_roots_and_builtin_suites_pass(area):
 def test_s3_roots_match_bucket_and_prefix_on_a_slash(monkeypatch, operator, inside, outside):
     monkeypatch.setenv(ENV_ALLOWED_ROOTS, f"/nowhere:{operator}")  # ':' and s3:// mix
     assert _job(input=inside, output=inside + "-out").input == inside
-    with pytest.raises(pytest.importorskip("pydantic").ValidationError) as info:
+    with pytest.raises(ValidationError) as info:
         _job(input=inside, output=outside)
     assert list(_problems(info)) == ["output"]
 
 
 def test_a_spec_cannot_widen_the_operator_roots(area):
-    with pytest.raises(pytest.importorskip("pydantic").ValidationError) as info:
+    with pytest.raises(ValidationError) as info:
         _job(allowed_roots=[str(area / "allowed" / "in"), str(area)])
     problems = _problems(info)
     assert list(problems) == ["allowed_roots.1"] and "wider than the operator allows" in problems["allowed_roots.1"]
@@ -106,7 +107,7 @@ def test_a_spec_cannot_widen_the_operator_roots(area):
 def test_a_spec_can_narrow_the_operator_roots(area):
     narrow = _job(allowed_roots="allowed/in,allowed/out")  # the flag's comma-separated form
     assert narrow.effective_roots() == (str(area / "allowed/in"), str(area / "allowed/out"))
-    with pytest.raises(pytest.importorskip("pydantic").ValidationError) as info:
+    with pytest.raises(ValidationError) as info:
         _job(output="allowed/elsewhere", allowed_roots=["allowed/in", "allowed/out"])
     assert "set by allowed_roots" in _problems(info)["output"]
 
