@@ -24,10 +24,14 @@ condition=clean, severity=0, eps=0``; one per corruption cell (``family=corrupti
 ``severity`` 1-5); one per attack budget (``family=attack``, ``condition`` the attack,
 ``eps`` like ``0.007843``). Ray adds ``SessionName``, ``NodeAddress``, ``WorkerId``...
 
-Counters of a finished driver stay on the endpoint; its gauges are dropped by Ray's agent a
-little while after the driver exits (about 20 s in our test), so alert on
-``ray_ironsight_gate_verdicts_total`` rather than on the gauge. Recording never fails a job:
-an error is logged once at debug level and the metric is skipped.
+Gauges and scrapes: Ray's agent keeps a gauge value for twice its report interval (2 x 10 s
+by default) after the driver last sent it, and a driver sends a value only when it is set.
+So the driver re-sets its gauges every ``GAUGE_REFRESH_S`` seconds (a daemon thread) for
+``GAUGE_HOLD_S`` after their last change: a gauge set once at the end of an audit stays
+visible to a 30 s scrape while the driver lives. Once the driver exits its gauges go within
+about 20 s; counters stay. Alert on ``ray_ironsight_gate_verdicts_total`` (a counter) rather
+than on the gauge. Recording never fails a job: an error is logged once at debug level and
+the metric is skipped.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,9 +82,18 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Release gate evaluations by verdict (pass or fail).", ("verdict",)),
 }
 
+# Re-send gauges faster than Ray's agent forgets them (2 x the 10 s report interval), for
+# long enough that a slow scraper (KubeRay PodMonitor: every 30 s) sees a value set once.
+GAUGE_REFRESH_S = 5.0
+GAUGE_HOLD_S = 600.0
+
 _current: contextvars.ContextVar[JobTags | None] = contextvars.ContextVar("ironsight_job", default=None)
 _made: dict[str, Any] = {}
 _warned: set[str] = set()
+# (name, tags) -> (value, monotonic time it was set); read by the refresher thread
+_gauges: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, float]] = {}
+_gauges_lock = threading.Lock()
+_refresher: threading.Thread | None = None
 
 
 @contextmanager
@@ -125,10 +140,37 @@ def _record(name: str, value: float, tags: JobTags) -> None:
                 metric.inc(float(value), tags=tags)
         elif value is not None and math.isfinite(value):
             metric.set(float(value), tags=tags)
+            with _gauges_lock:
+                _gauges[(name, tuple(sorted(tags.items())))] = (float(value), time.monotonic())
+            _start_refresher()
     except Exception as exc:  # metrics are never worth failing a job for
         if name not in _warned:
             _warned.add(name)
             log.debug("metric %s not recorded: %s", name, exc)
+
+
+def _start_refresher() -> None:
+    global _refresher
+    with _gauges_lock:
+        if _refresher is None or not _refresher.is_alive():
+            _refresher = threading.Thread(target=_refresh, name="ironsight-gauges", daemon=True)
+            _refresher.start()
+
+
+def _refresh() -> None:
+    """Re-set every gauge changed in the last ``GAUGE_HOLD_S`` seconds, every few seconds."""
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        now = time.monotonic()
+        with _gauges_lock:
+            for key in [k for k, (_, at) in _gauges.items() if now - at > GAUGE_HOLD_S]:
+                del _gauges[key]
+            live = list(_gauges.items())
+        for (name, tags), (value, _) in live:
+            try:
+                _metric(name).set(value, tags=dict(tags))
+            except Exception:  # noqa: S112 - the first failure was logged by _record
+                continue
 
 
 class ProgressMetrics:

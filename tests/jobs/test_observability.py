@@ -77,7 +77,10 @@ def wait_for(url: str, expected: dict[tuple[str, frozenset], float]) -> dict:
         if time.monotonic() > deadline:
             missing = {k: (v, seen.get(k)) for k, v in expected.items()
                        if k not in seen or seen[k] != pytest.approx(v, abs=1e-6)}
-            raise AssertionError(f"not exported within {SCRAPE_TIMEOUT_S}s (expected, seen): {missing}")
+            names = {k[0] for k in missing}
+            same_name = {k: v for k, v in seen.items() if k[0] in names}
+            raise AssertionError(f"not exported within {SCRAPE_TIMEOUT_S}s (expected, seen): "
+                                 f"{missing}; series of those names: {same_name}")
         time.sleep(0.5)
 
 
@@ -122,7 +125,7 @@ name: obs
 conditions: [gaussian_noise]
 severities: [1, 5]
 attacks:
-  - {name: fgsm, eps: [0.0313725], steps: 1}
+  - {name: fgsm, eps: [0.03125], steps: 1}  # 8/256: a label that prints exactly
 """
 
 
@@ -160,7 +163,7 @@ def test_audit_exports_accuracy_per_cell_and_the_gate_verdict(metrics_url, tmp_p
                      severity=str(cell["severity"]), eps="0")] = cell["accuracy"]
     for cell in report["attacks"]:
         expected[key(acc, **job, family="attack", condition=cell["name"], severity="0",
-                     eps="0.031373")] = cell["accuracy"]
+                     eps="0.03125")] = cell["accuracy"]
     assert len(expected) == 4 + 2 + 1
     seen = wait_for(metrics_url, expected)
     assert seen[key("ray_ironsight_audit_duration_seconds", **job)] > 0
