@@ -27,6 +27,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -189,6 +190,29 @@ def machine() -> dict:
             "torch": torch.__version__, "commit": commit, "host": platform.node()}
 
 
+class LoadSampler:
+    """The 1-minute load average every ``interval`` seconds while the benchmarks run: other work
+    on the machine shows up here, and the absolute rates should be read with it."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.samples = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes: a few minutes, to check everything runs")
@@ -208,21 +232,25 @@ def main(argv: list[str] | None = None) -> int:
         fn, default, quick = BENCHMARKS[name]
         argv_ = quick if args.quick else default
         print(f"\n=== {name}: {os.path.basename(fn.__module__)} {' '.join(argv_)}", flush=True)
-        load, t = os.getloadavg(), time.perf_counter()
-        try:
-            results[name] = fn(list(argv_))
-        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
-            traceback.print_exc()
-            results[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}"}
-        runs[name] = {"argv": argv_, "seconds": time.perf_counter() - t, "load_before": load,
-                      "load_after": os.getloadavg()}
+        t = time.perf_counter()
+        with LoadSampler() as load:
+            try:
+                results[name] = fn(list(argv_))
+            except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
+                traceback.print_exc()
+                msg = str(exc).splitlines()[0][:500] if str(exc) else ""
+                results[name] = {"error": f"{type(exc).__name__}: {msg}"}
+        runs[name] = {"argv": argv_, "seconds": time.perf_counter() - t,
+                      "load_min": min(load.samples), "load_max": max(load.samples),
+                      "load_mean": sum(load.samples) / len(load.samples)}
 
     rows = rows_from(results)
     info = machine()
-    loads = [x for r in runs.values() for x in (r["load_before"][0], r["load_after"][0])]
+    loads = [x for r in runs.values() for x in (r["load_min"], r["load_max"])]
     header = (f"Ironsight benchmarks, {started} ({'--quick' if args.quick else 'default sizes'}), commit "
               f"{info['commit']}: {info['cpus']} CPUs, {info['memory']}, {info['gpu']}, Python {info['python']}, "
-              f"torch {info['torch']}; 1-min load average {min(loads):.1f}-{max(loads):.1f} during the runs")
+              f"torch {info['torch']}; 1-min load average {min(loads):.1f}-{max(loads):.1f} during the runs "
+              "(sampled every 5 s)")
     table = render_table(rows)
     extras = render_extras(results)
     print("\n" + header + "\n\n" + table + ("\n\n" + extras if extras else ""))
@@ -231,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.join(args.results, "bench-" + started.replace(":", "").replace("-", "")[:13])
     with open(stem + ".md", "w") as f:
         f.write(header + "\n\n" + table + "\n" + ("\n" + extras + "\n" if extras else ""))
-        f.write("\nCommands: " + "; ".join(f"`{n}`: {' '.join(r['argv'])} ({r['seconds']:.0f}s)"
-                                           for n, r in runs.items()) + "\n")
+        f.write("\nCommands (benchmarks/NAME.py ARGS; seconds; 1-min load average min-max):\n" + "".join(
+            f"- `{n}`: {' '.join(r['argv'])} ({r['seconds']:.0f}s; load {r['load_min']:.1f}-{r['load_max']:.1f})\n"
+            for n, r in runs.items()))
     with open(stem + ".json", "w") as f:
         json.dump({"started": started, "quick": args.quick, "machine": info, "runs": runs, "rows": rows,
                    "results": {k: {kk: vv for kk, vv in v.items() if kk != "report"} for k, v in results.items()}},
