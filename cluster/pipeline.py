@@ -28,20 +28,22 @@ import pyarrow as pa
 
 from cluster import corpus as corpus_mod
 from cluster import metrics as job_metrics
-from cluster.decode import DEFAULT_MAX_PIXELS, decode_batch
+from cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK_ROWS: jobs.audit imports them from here)
+    DECODE_BLOCK_ROWS,
+    DEFAULT_MAX_PIXELS,
+    as_error,
+    decode_rows,
+    read_and_decode,
+)
 from cluster.errors import InvalidInput, JobFailed
 from cluster.models import LoadedModel, ModelSource
-from cluster.predictor import Predictor, as_error
-from cluster.preprocess import Preprocess
+from cluster.predictor import Predictor
 from cluster.sink import LabelSink, spec_hash
 
 log = logging.getLogger("ironsight")
 
 # Duplicate-id check budget: 5 M rows x 8 bytes = 40 MB of driver memory at most.
 DUPLICATE_CHECK_ROWS = 5_000_000
-# Rows per decoded block handed to Ray: 256 images of 224x224x3 uint8 are 38 MB, far below
-# Ray Data's 128 MiB target block size, and small enough to keep several actors fed.
-DECODE_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -118,47 +120,6 @@ class ClassifySummary:
             lines.append(f"  actors: {len(self.rows_per_worker)}")
         lines.append(f"  output: {self.output}")
         return "\n".join(lines)
-
-
-def decode_rows(
-    blobs, read_errors, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[np.ndarray, list[str | None]]:
-    """Decode a corpus batch: (N, H, W, 3) uint8 and one error (or None) per row.
-
-    A row that already failed to read (null image, missing object) keeps that error; otherwise
-    a decode failure becomes its error.
-    """
-    images, decode_errors = decode_batch(blobs, preprocess, max_pixels=max_pixels)
-    return images, [as_error(e) or d for e, d in zip(read_errors, decode_errors, strict=True)]
-
-
-def read_and_decode(
-    items: dict[str, np.ndarray],
-    *,
-    plan: corpus_mod.CorpusPlan,
-    preprocess: Preprocess,
-    max_pixels: int,
-    block_rows: int = DECODE_BLOCK_ROWS,
-):
-    """Ray Data UDF: for each shard index in ``items``, stream its rows as decoded blocks.
-
-    Yields ``{"shard", "row", "id", "image" (N, H, W, 3) uint8, "error"}`` (+ ``label``).
-    A corrupt image becomes an error row; nothing here raises for bad image bytes.
-    """
-    for shard_index in items["shard"]:
-        shard = plan.shards[int(shard_index)]
-        for batch in corpus_mod.iter_shard(plan, shard, batch_rows=block_rows):
-            images, errors = decode_rows(batch["image"], batch["error"], preprocess, max_pixels)
-            out = {
-                "shard": np.full(len(errors), shard.index, np.int64),
-                "row": np.asarray(batch["row"], np.int64),
-                "id": np.asarray(batch["id"], dtype=object),
-                "image": images,
-                "error": np.asarray(errors, dtype=object),
-            }
-            if "label" in batch:
-                out["label_true"] = np.asarray(batch["label"], np.int64)
-            yield out
 
 
 @dataclass

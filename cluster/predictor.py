@@ -17,20 +17,16 @@ Batch out: the pass-through columns, ``label`` (N,) int64 (-1 on error), ``score
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cluster.models import ModelSource
+from cluster.decode import as_error
 
+if TYPE_CHECKING:
+    from cluster.models import ModelSource
 
-def as_error(value: Any) -> str | None:
-    """An error cell as ``str`` or ``None``.
-
-    Columns cross Ray's object store as Arrow: a null may come back as ``None``, NaN or a
-    null-typed value, so "is this row an error" means "is this cell a non-empty string".
-    """
-    return value if isinstance(value, str) and value else None
+__all__ = ["Predictor", "as_error", "autocast_dtype", "pick_device"]
 
 
 def pick_device(prefer: str = "auto") -> str:

@@ -265,3 +265,47 @@ def test_exif_rotated_jpeg_matches_upright(orientation):
         .convert("RGB").resize((56, 56)), dtype=float)
     assert np.abs(out - want).mean() < 3.0
     assert np.abs(unrotated - want).mean() > 10.0  # the stored image really is rotated
+
+
+def test_the_decode_stage_imports_neither_torch_nor_ray_data():
+    # Ray ships the decode UDF by reference: a worker imports the module that defines it.
+    # Importing torch and torchvision took 20 s of a 2-core machine under load, taken from
+    # the predictor actor starting beside it; the decode stage needs neither.
+    import subprocess
+    import sys
+
+    from ray import cloudpickle
+
+    import cluster.pipeline
+    from cluster.decode import read_and_decode
+
+    assert cluster.pipeline.read_and_decode is read_and_decode
+    assert b"cluster.decode" in cloudpickle.dumps(read_and_decode)  # by reference
+    fresh = (
+        "import sys; from cluster.decode import read_and_decode;"
+        "print([m for m in ('torch', 'torchvision', 'ray') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", fresh], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_read_and_decode_streams_a_shard_as_uint8_blocks_with_error_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cluster.corpus import plan_corpus
+    from cluster.decode import read_and_decode
+
+    good = encode(Image.fromarray(smooth(40, 30)), "JPEG")
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(5)], "image": [good, b"", None, good, good]}),
+                   tmp_path / "a.parquet")
+    plan = plan_corpus(str(tmp_path))
+    blocks = list(read_and_decode({"shard": np.array([0])}, plan=plan, preprocess=PRE,
+                                  max_pixels=10**6, block_rows=2))
+    assert [len(b["row"]) for b in blocks] == [2, 2, 1]
+    image = np.concatenate([b["image"] for b in blocks])
+    errors = [e.split(":")[0] if e else None for b in blocks for e in b["error"]]
+    assert image.shape == (5, 24, 24, 3) and image.dtype == np.uint8
+    assert errors == [None, "empty", "null_image", None, None]
+    assert [i for b in blocks for i in b["id"]] == ["r0", "r1", "r2", "r3", "r4"]
+    assert np.concatenate([b["row"] for b in blocks]).tolist() == [0, 1, 2, 3, 4]
