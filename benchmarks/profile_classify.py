@@ -121,6 +121,40 @@ def fold(raw_path: str) -> tuple[collections.Counter, dict[str, collections.Coun
     return table, leaves
 
 
+def per_process(raw_path: str, rate: int) -> list[str]:
+    """One line per Python process with busy samples: its role, the thread-seconds it spent
+    importing, and what it did after (decode, inference, ...): who pays the start-up."""
+    procs: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    order: list[str] = []
+    driver = ""
+    with open(raw_path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            frames = stack.split(";")
+            chain = [x for x in frames if x.startswith("process ")]
+            if not chain:
+                continue
+            pid = _pid(chain[-1])
+            driver = driver or _pid(chain[0])
+            if pid not in procs:
+                order.append(pid)
+            code = [x for x in frames if not x.startswith("process ")]
+            procs[pid][activity(code)] += int(count)
+            if _has(code, "ray/_private/workers/default_worker.py"):
+                procs[pid]["_worker"] = 1
+    lines = [f"{'process':<10} {'role':<11} {'imports s':>10} {'busy s':>8}  then"]
+    for pid in order:
+        c = procs[pid]
+        busy = sum(v for a, v in c.items() if a in BUSY)
+        if busy < rate:  # under a thread-second: not worth a line
+            continue
+        who = "driver" if pid == driver else "worker" if c["_worker"] else "Ray system"
+        then = ", ".join(a for a in ("read parquet", "decode", "inference", "driver: plan", "driver: assembly")
+                         if c[a]) or "-"
+        lines.append(f"{pid:<10} {who:<11} {c['start-up: imports'] / rate:>10.1f} {busy / rate:>8.1f}  {then}")
+    return lines
+
+
 def render(table: collections.Counter, leaves: dict[str, collections.Counter], rate: int, header: str,
            top: int = 8) -> str:
     roles = ("driver", "worker", "Ray system")
@@ -200,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"py-spy fell behind {len(behind)} time(s) (2 cores shared with py-spy and every Ray process)",
     ])
     text = render(table, leaves, args.rate, header)
+    text += "\nstart-up by process (thread-seconds = samples / rate):\n" + "\n".join(per_process(raw, args.rate)) + "\n"
     print(text)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

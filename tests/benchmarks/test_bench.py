@@ -89,6 +89,12 @@ def test_profile_folds_stacks_into_activities_by_process_role(tmp_path):
     text = profile_classify.render(table, leaves, 25, "HEADER")
     assert text.startswith("HEADER") and "busy (not waiting, with a Python frame): 22" in text
     assert "heaviest innermost frames: inference" in text
+    lines = profile_classify.per_process(str(raw), rate=1)  # rate 1: one sample is a thread-second
+    assert [ln.split() for ln in lines[1:]] == [  # pid, role, imports s, busy s, then
+        ["10", "driver", "0.0", "5.0", "driver:", "plan,", "driver:", "assembly"],
+        ["12", "worker", "0.0", "7.0", "inference"],
+        ["13", "worker", "0.0", "6.0", "read", "parquet,", "decode"],
+        ["14", "Ray", "system", "4.0", "4.0", "-"]]
 
 
 @pytest.mark.slow
