@@ -468,6 +468,32 @@ def _finish(client: JobSubmissionClient, submission_id: str, status: str) -> int
     if tail:
         print(f"--- last {LOG_TAIL_LINES} log lines of {submission_id} ---", file=sys.stderr)
         print(tail, file=sys.stderr)
+    return exit_code_of(status, getattr(info, "driver_exit_code", None))
+
+
+# `ironsight run` exit codes that mean something to whoever waits on the job: the input or
+# spec was invalid on the cluster (2), the release gate failed (3), the run regressed (4).
+PASSED_THROUGH_EXIT_CODES = (2, 3, 4)
+RUN_EXIT_MEANINGS = {0: "succeeded", 1: "failed", 2: "invalid input or spec", 3: "release gate failed",
+                     4: "regressed against the previous successful run", 130: "interrupted"}
+
+
+def exit_code_of(status: str, driver_exit_code: int | None) -> int:
+    """Exit code of `submit --wait` for a job that ended in ``status``.
+
+    A FAILED job whose driver (`ironsight run` on the cluster) exited with one of
+    :data:`PASSED_THROUGH_EXIT_CODES` exits with that code, so a scheduler sees a regression
+    (4) or a failed gate (3) as such; any other failure, and a stopped job, is 1.
+
+    >>> exit_code_of("SUCCEEDED", 0), exit_code_of("FAILED", 4), exit_code_of("FAILED", 137)
+    (0, 4, 1)
+    >>> exit_code_of("STOPPED", None)
+    1
+    """
+    if status == "SUCCEEDED":
+        return 0
+    if status == "FAILED" and driver_exit_code in PASSED_THROUGH_EXIT_CODES:
+        return int(driver_exit_code)
     return 1
 
 
@@ -490,7 +516,8 @@ EPILOG_SUBMIT = textwrap.dedent(
     Token auth: the token comes from RAY_AUTH_TOKEN, the file in RAY_AUTH_TOKEN_PATH, or
     ~/.ray/auth_token when RAY_AUTH_MODE=token; it is never printed.
     exit codes: 0 submitted (or succeeded with --wait), 1 failed/stopped or unreachable,
-    2 invalid spec or refused (token missing or wrong).
+    2 invalid spec or refused (token missing or wrong); with --wait, a job whose run exited
+    3 (release gate failed) or 4 (regressed against the previous night) exits 3 or 4.
     """
 )
 
@@ -521,6 +548,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if info.message:
         print(f"  message: {info.message}")
     print(f"  entrypoint: {info.entrypoint}")
+    code = getattr(info, "driver_exit_code", None)
+    if code is not None:
+        print(f"  exit code: {code}" + (f" ({RUN_EXIT_MEANINGS[code]})" if code in RUN_EXIT_MEANINGS else ""))
     for label, ms in (("started", info.start_time), ("ended", info.end_time)):
         if ms:
             print(f"  {label}: {datetime.fromtimestamp(ms / 1000, timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
@@ -565,7 +595,8 @@ def add_commands(subparsers: argparse._SubParsersAction, formatter: Callable) ->
                    help="the job's id; an id that already exists is not submitted again "
                    "(default: a fresh id)")
     p.add_argument("--wait", action="store_true",
-                   help="follow the job to the end; exit 0 on SUCCEEDED, 1 on FAILED/STOPPED")
+                   help="follow the job to the end; exit 0 on SUCCEEDED, 1 on FAILED/STOPPED, "
+                   "3/4 when the run's release gate failed / it regressed")
     p.add_argument("--follow", action="store_true", help="stream the job's log while waiting (implies --wait)")
     p.set_defaults(handler=_cmd_submit)
 

@@ -301,3 +301,38 @@ def test_stopping_a_finished_job_says_so(authed, audit_spec, capsys):
 def test_unknown_id_exits_2_and_names_it(authed, capsys):
     assert main(["status", "no-such-job", "--address", authed]) == 2
     assert "no job 'no-such-job' on the cluster" in capsys.readouterr().err
+
+
+@pytest.mark.cluster
+def test_a_nightly_audit_that_regressed_exits_4_from_submit_status_and_history(authed, audit_spec, capsys):
+    """The issue's whole story: declare, validate, submit to the token-protected head, wait,
+    and get exit 4 plus the reason when the run is worse than the previous successful night;
+    `status` and `history` (the real SQLite file the cluster's run wrote) say the same."""
+    from jobs.history import HistoryStore
+
+    base_spec, _ = audit_spec
+    spec_data = yaml.safe_load(base_spec.read_text())
+    out = base_spec.parent / "nightly-out"
+    spec = base_spec.parent / "nightly.yaml"
+    spec.write_text(yaml.safe_dump({**spec_data, "name": "submit-nightly", "output": str(out)}))
+    assert main(["validate", str(spec)]) == 0
+    capsys.readouterr()
+    # Last night was perfect (recorded where the head's runs record: the same IRONSIGHT_HOME).
+    store = HistoryStore()
+    good = store.start(job="submit-nightly", kind="audit")
+    store.finish(good, "succeeded", {"clean_accuracy": 1.0, "per_condition": {"gaussian_noise": 1.0}})
+
+    sid = "ironsight-submit-nightly-regressed-1"
+    rc = main(["submit", str(spec), "--address", authed, "--submission-id", sid, "--wait"])
+    err = capsys.readouterr().err
+    assert rc == 4, err[-4000:]
+    assert f"{sid}: FAILED" in err
+    assert f"last succeeded run {good}" in err and "clean accuracy dropped from 1.0000 to" in err
+    assert (out / "report.json").is_file()  # the regressed run still wrote its reports
+
+    assert main(["status", sid, "--address", authed]) == 0
+    assert "exit code: 4 (regressed against the previous successful run)" in capsys.readouterr().out
+    last = store.runs(job="submit-nightly")[-1]
+    assert (last.status, last.metrics["compared_with_run"]) == ("regressed", good)
+    assert main(["history", "--job", "submit-nightly"]) == 0
+    assert "regressed" in capsys.readouterr().out
