@@ -2,18 +2,28 @@
 
 Runs, in this order, on the same synthetic Parquet corpus and the same model:
 
-  recipe    Ray Data's documented batch-inference recipe: read_parquet -> map (decode and
-            torchvision transforms per row, float32 tensors) -> map_batches(model class,
-            ActorPoolStrategy) -> write_parquet.
+  recipe    Ray Data's documented batch-inference recipe ("Working with Images: performing
+            inference on images"): read_parquet -> map (decode and torchvision transforms per
+            row, float32 tensors) -> map_batches(model class, ActorPoolStrategy) ->
+            write_parquet. Its pool is sized as that page's reader would on this machine:
+            one 1-CPU actor per two cores (the other core runs the map stage); Ray gives
+            each actor torch threads = its CPUs.
   loop      one process: read Parquet, decode with PIL, torchvision transforms, batched
             inference, write Parquet. No Ray.
-  ceiling   the model alone on pre-decoded float tensors in one process (an upper bound).
+  ceiling   the model alone in one process: the same batch size, the corpus decoded to
+            uint8 beforehand (not timed), converted and run as the predictor does
+            (``Predictor.logits``), with all cores as torch threads; also with 1 thread,
+            and the faster of the two is the ceiling (on a busy machine torch's spinning
+            threads often lose to one thread; an upper bound must not be the slower one).
   ironsight `cluster.pipeline.run_classify` (what `ironsight classify` runs) into a fresh OUTPUT.
 
-and prints images/s for each and the ratios. With ``--rss`` it also runs ``ironsight classify``
-in a fresh process on corpora N and 4N images and reports the driver's peak RSS.
+and prints images/s for each and the ratios. ``--repeat R`` runs all four R times, in rounds
+(recipe and ironsight swap places every round), and reports the median of each rate and of
+each round's ratios: on a shared machine only runs taken minutes apart compare. With
+``--rss`` it also runs ``ironsight classify`` in a fresh process on corpora N and 4N images and
+reports the driver's peak RSS.
 
-    python benchmarks/classify_throughput.py --images 4000 --model demo_cnn
+    python benchmarks/classify_throughput.py --images 4000 --model demo_cnn --repeat 3
     python benchmarks/classify_throughput.py --images 1000 --model resnet18 --image-size 224
 """
 
@@ -24,6 +34,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,18 +121,35 @@ def run_loop(corpus: str, out: str, model_name: str, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def run_ceiling(n: int, model_name: str, batch_size: int) -> float:
+def decoded_batches(corpus: str, model_name: str, batch_size: int) -> list[np.ndarray]:
+    """The corpus as the predictor receives it: (B, H, W, 3) uint8 batches (for the ceiling)."""
+    import pyarrow.dataset as pads
+
+    from cluster.decode import decode_batch
+
+    pre = load(model_name).info.preprocess
+    table = pads.dataset(corpus, format="parquet").to_table(columns=["image"])
+    blobs = table.column("image").to_pylist()
+    return [decode_batch(blobs[i:i + batch_size], pre)[0] for i in range(0, len(blobs), batch_size)]
+
+
+def run_ceiling(batches: list[np.ndarray], model_name: str, threads: int) -> float:
+    """Seconds for the model alone over ``batches``, in this process, on ``threads`` threads."""
     import torch
 
-    loaded = load(model_name)
-    model = loaded.module.eval()
-    x = torch.rand(batch_size, *loaded.info.preprocess.input_shape)  # (B, 3, H, W) float32 in [0, 1]
-    with torch.inference_mode():
-        model(x)  # warm-up
+    from cluster.models import ModelSource
+    from cluster.predictor import Predictor
+
+    before = torch.get_num_threads()
+    try:
+        predictor = Predictor(ModelSource(name=model_name, random_weights=True), device="cpu", cpu_threads=threads)
+        predictor.logits(batches[0])  # warm-up
         start = time.perf_counter()
-        for _ in range(max(1, n // batch_size)):
-            model(x)
-    return (time.perf_counter() - start) * n / (max(1, n // batch_size) * batch_size)
+        for batch in batches:
+            predictor.logits(batch)  # uint8 -> float32 [0, 1] -> model, as in the actor
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_ironsight(corpus: str, out: str, model_name: str, batch_size: int, actors: int | None) -> float:
@@ -161,43 +189,70 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--image-size", type=int, default=64, help="side of the generated images")
     ap.add_argument("--model", default="demo_cnn")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--actors", type=int, default=None, help="predictor actors (default: Ironsight's sizing)")
+    ap.add_argument("--actors", type=int, default=None,
+                    help="predictor actors for both ironsight and the recipe (default: each its own sizing)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of all four runs; medians are reported")
     ap.add_argument("--rss", action="store_true", help="also measure driver peak RSS at N and 4N images")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ironsight-bench"))
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1, got {args.repeat}")
 
     import ray
 
-    from cluster.pipeline import plan_resources
     from cluster.raycluster import connect
 
     corpus = os.path.join(args.workdir, f"corpus-{args.images}-{args.image_size}")
     make_corpus(corpus, args.images, args.image_size)
     outs = {k: os.path.join(args.workdir, f"out-{k}") for k in ("recipe", "loop", "ironsight")}
-    for path in outs.values():
-        shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(path, exist_ok=True)
-    times: dict[str, float] = {}
+    batches = decoded_batches(corpus, args.model, args.batch_size)
+    cores = os.cpu_count() or 1
+    rounds: list[dict] = []
     with connect(None):
-        actors = args.actors or plan_resources(None, "auto")["size"]
-        times["recipe"] = run_recipe(corpus, outs["recipe"], args.model, args.batch_size, actors)
-        times["ironsight"] = run_ironsight(corpus, outs["ironsight"], args.model, args.batch_size, args.actors)
-        ray_cpus = ray.cluster_resources().get("CPU")
-    times["loop"] = run_loop(corpus, outs["loop"], args.model, args.batch_size)
-    times["ceiling"] = run_ceiling(args.images, args.model, args.batch_size)
-    rate = {k: args.images / v for k, v in times.items()}
+        ray_cpus = ray.cluster_resources().get("CPU", 1)
+        recipe_actors = args.actors or max(1, int(ray_cpus // 2))
+        for r in range(args.repeat):
+            times: dict[str, float] = {}
+            order = ("recipe", "ironsight") if r % 2 == 0 else ("ironsight", "recipe")
+            for k in (*order, "loop"):
+                shutil.rmtree(outs[k], ignore_errors=True)
+                os.makedirs(outs[k], exist_ok=True)
+                if k == "recipe":
+                    times[k] = run_recipe(corpus, outs[k], args.model, args.batch_size, recipe_actors)
+                elif k == "ironsight":
+                    times[k] = run_ironsight(corpus, outs[k], args.model, args.batch_size, args.actors)
+                else:
+                    times[k] = run_loop(corpus, outs[k], args.model, args.batch_size)
+            ceilings = {t: run_ceiling(batches, args.model, t) for t in sorted({cores, 1}, reverse=True)}
+            best = min(ceilings, key=ceilings.get)
+            times["ceiling"] = ceilings[best]
+            rate = {k: args.images / v for k, v in times.items()}
+            rounds.append({"images_per_s": rate, "ceiling_threads": best,
+                           "ceiling_images_per_s_by_threads": {t: args.images / v for t, v in ceilings.items()},
+                           "load_avg_1m": os.getloadavg()[0]})
+            print(f"round {r + 1}/{args.repeat}: " + ", ".join(f"{k} {v:.1f}" for k, v in rate.items())
+                  + f" images/s (ceiling on {best} thread(s)); load average {rounds[-1]['load_avg_1m']:.1f}",
+                  flush=True)
+    keys = ("recipe", "loop", "ceiling", "ironsight")
+    rate = {k: statistics.median(rd["images_per_s"][k] for rd in rounds) for k in keys}
+
+    def ratio(base: str) -> float:
+        return statistics.median(rd["images_per_s"]["ironsight"] / rd["images_per_s"][base] for rd in rounds)
+
     print(f"\nclassify throughput: {args.images} images of {args.image_size}px, model {args.model}, "
-          f"batch {args.batch_size}, {ray_cpus:.0f} CPUs, {actors} actor(s)")
-    print(f"{'run':<10} {'seconds':>9} {'images/s':>10}")
-    for k in ("recipe", "loop", "ceiling", "ironsight"):
-        print(f"{k:<10} {times[k]:>9.2f} {rate[k]:>10.1f}")
+          f"batch {args.batch_size}, {ray_cpus:.0f} CPUs, recipe {recipe_actors} actor(s), "
+          f"{args.repeat} round(s), load average {[round(rd['load_avg_1m'], 1) for rd in rounds]}")
+    print(f"{'run':<10} {'images/s':>10}   (median of rounds)")
+    for k in keys:
+        print(f"{k:<10} {rate[k]:>10.1f}")
     result = {
         "images": args.images, "model": args.model, "images_per_s": rate,
-        "ironsight_vs_recipe": rate["ironsight"] / rate["recipe"],
-        "ironsight_vs_loop": rate["ironsight"] / rate["loop"],
-        "ironsight_vs_ceiling": rate["ironsight"] / rate["ceiling"],
+        "ironsight_vs_recipe": ratio("recipe"),
+        "ironsight_vs_loop": ratio("loop"),
+        "ironsight_vs_ceiling": ratio("ceiling"),
+        "repeat": args.repeat, "rounds": rounds, "recipe_actors": recipe_actors,
     }
-    print(f"ironsight / recipe  = {result['ironsight_vs_recipe']:.2f}x")
+    print(f"ironsight / recipe  = {result['ironsight_vs_recipe']:.2f}x  (median of per-round ratios)")
     print(f"ironsight / loop    = {result['ironsight_vs_loop']:.2f}x")
     print(f"ironsight / ceiling = {result['ironsight_vs_ceiling']:.2f}x")
     if args.rss:
