@@ -428,10 +428,10 @@ class _Progress:
     def __init__(self, total: int, enabled: bool | None) -> None:
         self.total, self.done, self.errors = total, 0, 0
         self.started = self.last_log = time.monotonic()
+        self.metrics = job_metrics.ProgressMetrics()
         tty = sys.stderr.isatty() if enabled is None else enabled
         self.bar = None
         if tty:
-        self.metrics = job_metrics.ProgressMetrics()
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="img", desc="labeling", dynamic_ncols=True, smoothing=0.1)
@@ -439,12 +439,12 @@ class _Progress:
     def update(self, rows: int, errors: int) -> None:
         self.done += rows
         self.errors += errors
-        if self.bar is not None:
-            self.bar.update(rows)
-            self.bar.set_postfix(errors=self.errors, refresh=False)
         now = time.monotonic()
         rate = self.done / max(now - self.started, 1e-9)
         self.metrics.shard_committed(rows, errors, rate)
+        if self.bar is not None:
+            self.bar.update(rows)
+            self.bar.set_postfix(errors=self.errors, refresh=False)
             return
         if now - self.last_log >= 10 or self.done == self.total:
             self.last_log = now
@@ -453,9 +453,6 @@ class _Progress:
                 f"{self.done}/{self.total} rows ({100 * self.done / max(self.total, 1):.0f}%),"
                 f" {rate:.0f} images/s, {self.errors} error rows, ETA {eta:.0f}s"
             )
-
-    def close(self) -> None:
-        if self.bar is not None:
             if self._structured_logs():
                 fields = {"rows_done": self.done, "rows_total": self.total, "images_per_s": round(rate, 2),
                           "error_rows": self.errors, "eta_s": round(eta, 1) if math.isfinite(eta) else None}
@@ -467,9 +464,12 @@ class _Progress:
     def _structured_logs() -> bool:
         """A root handler formats records as JSON (its formatter says ``structured = True``)."""
         return any(getattr(h.formatter, "structured", False) for h in logging.getLogger().handlers)
+
+    def close(self) -> None:
+        self.metrics.rate(self.done / max(time.monotonic() - self.started, 1e-9))
+        if self.bar is not None:
             self.bar.close()
 
-        self.metrics.rate(self.done / max(time.monotonic() - self.started, 1e-9))
 
 def _versions() -> dict[str, str]:
     import platform

@@ -322,10 +322,10 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
         report=report, paths=paths, rows=table.num_rows, error_rows=len(clean_err),
         wall_s=time.monotonic() - started, timings={"pipeline_s": inference_s},
     )
+    job_metrics.record_audit(report, result.wall_s)  # accuracies and gate verdict, also when it failed
     if result_gate is not None and not result_gate.passed:
         failed = "\n".join(f"  - {c.message}" for c in result_gate.failed)
         raise GateFailed(f"release gate failed ({len(result_gate.failed)} checks):\n{failed}\nreports: {paths.get('html')}")
-    job_metrics.record_audit(report, result.wall_s)  # accuracies and gate verdict, also when it failed
     return result
 
 
