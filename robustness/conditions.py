@@ -53,9 +53,8 @@ from dataclasses import dataclass
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
+import cv2  # noqa: E402 - OpenCV comes with albumentations
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
@@ -215,16 +214,16 @@ def _albu(transform: A.BasicTransform, x: np.ndarray, rng: np.random.Generator) 
 
 
 def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Convolve each channel of (H, W, 3) ``x`` with a 2-D kernel, reflecting the border."""
+    """Convolve each channel of (H, W, 3) ``x`` with a 2-D kernel, reflecting the border.
+
+    OpenCV's ``filter2D`` (a correlation, as torch's conv2d; the kernels here are symmetric):
+    on one small image it is 10-30x faster than torch, whose per-op thread pool dominates.
+    """
     kh, kw = kernel.shape
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[:, None]  # (3, 1, H, W)
-    pad = (kw // 2, kw // 2, kh // 2, kh // 2)
     # reflect padding needs pad < size; replicate works for any kernel on tiny images
-    mode = "reflect" if max(pad) < min(x.shape[:2]) else "replicate"
-    t = F.pad(t, pad, mode=mode)
-    k = torch.from_numpy(kernel.astype(np.float32))[None, None]
-    out = F.conv2d(t, k)[:, 0]  # (3, H, W)
-    return out.numpy().transpose(1, 2, 0)
+    border = cv2.BORDER_REFLECT_101 if max(kh, kw) // 2 < min(x.shape[:2]) else cv2.BORDER_REPLICATE
+    return cv2.filter2D(np.ascontiguousarray(x, dtype=np.float32), -1, kernel.astype(np.float32),
+                        borderType=border)
 
 
 def _gaussian_kernel1d(sigma: float) -> np.ndarray:
@@ -234,11 +233,18 @@ def _gaussian_kernel1d(sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
+_CV2_RESIZE = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+
+
 def _resize(x: np.ndarray, h: int, w: int, mode: str) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
-    kw = {"align_corners": False} if mode == "bilinear" else {}
-    out = F.interpolate(t, size=(h, w), mode=mode, **kw)[0]
-    return out.numpy().transpose(1, 2, 0)
+    """Resize float (H, W, 3) ``x`` with OpenCV (per image, much faster than torch's ops).
+
+    ``area`` averages the covered source pixels by their covered fraction: at non-integer
+    factors it is closer to PIL's BOX, which ImageNet-C's pixelate uses, than torch's adaptive
+    pooling was (mean abs difference 18 vs 28 grey levels at 64 -> 38 px on noise); at integer
+    factors all three agree. ``bilinear`` uses half-pixel centres (torch's align_corners=False).
+    """
+    return cv2.resize(np.ascontiguousarray(x, dtype=np.float32), (w, h), interpolation=_CV2_RESIZE[mode])
 
 
 # ----------------------------------------------------------------------------- lighting
