@@ -36,6 +36,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+KILL_ATTEMPTS = 3
+
+
 def _cli_args(corpus: str, out: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "classify", corpus, out, "--model", args.model,
             "--random-weights", "--max-rows-per-shard", str(args.max_rows_per_shard),
@@ -131,9 +134,19 @@ def main(argv: list[str] | None = None) -> dict:
     if kill_after >= shards:
         raise SystemExit(f"only {shards} shards: too few to kill mid-run; lower --max-rows-per-shard")
 
-    killed_s = _run_and_kill(_cli_args(corpus, outs["killed"], args), env,
-                                                  outs["killed"], kill_after, args.timeout)
-    parts_at_kill, committed_rows = _committed_rows(outs["killed"])
+    # On a busy machine the last shards can all land between two polls, so the kill may come
+    # after the run's work is done; such a run measures nothing: run it again (a fresh OUTPUT).
+    for attempt in range(1, KILL_ATTEMPTS + 1):
+        shutil.rmtree(outs["killed"], ignore_errors=True)
+        killed_s = _run_and_kill(_cli_args(corpus, outs["killed"], args), env,
+                                 outs["killed"], kill_after, args.timeout)
+        parts_at_kill, committed_rows = _committed_rows(outs["killed"])
+        if parts_at_kill < shards:
+            break
+        print(f"attempt {attempt}: all {shards} shards were committed before the kill landed", file=sys.stderr)
+    else:
+        raise RuntimeError(f"the kill landed after the last commit {KILL_ATTEMPTS} times; use a larger "
+                           "--images or a smaller --batch-size")
     remainder = full["rows_total"] - committed_rows
     resumed_s = _run(_cli_args(corpus, outs["killed"], args), env, args.timeout)
     resumed = _success(outs["killed"])

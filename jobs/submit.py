@@ -516,8 +516,9 @@ EPILOG_SUBMIT = textwrap.dedent(
     Token auth: the token comes from RAY_AUTH_TOKEN, the file in RAY_AUTH_TOKEN_PATH, or
     ~/.ray/auth_token when RAY_AUTH_MODE=token; it is never printed.
     exit codes: 0 submitted (or succeeded with --wait), 1 failed/stopped or unreachable,
-    2 invalid spec or refused (token missing or wrong); with --wait, a job whose run exited
-    3 (release gate failed) or 4 (regressed against the previous night) exits 3 or 4.
+    2 invalid spec or refused (token missing or wrong); with --wait, a job whose run on the
+    cluster exited 2 (its input or spec was invalid there), 3 (release gate failed) or 4
+    (regressed against the previous night) exits with that code.
     """
 )
 
@@ -596,7 +597,8 @@ def add_commands(subparsers: argparse._SubParsersAction, formatter: Callable) ->
                    "(default: a fresh id)")
     p.add_argument("--wait", action="store_true",
                    help="follow the job to the end; exit 0 on SUCCEEDED, 1 on FAILED/STOPPED, "
-                   "3/4 when the run's release gate failed / it regressed")
+                   "2/3/4 when the run on the cluster found its input invalid / failed its release gate / "
+                   "regressed")
     p.add_argument("--follow", action="store_true", help="stream the job's log while waiting (implies --wait)")
     p.set_defaults(handler=_cmd_submit)
 

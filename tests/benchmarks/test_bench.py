@@ -109,7 +109,10 @@ def test_profile_of_a_real_classify_run_shows_decode_and_inference(tmp_path):
 
 @pytest.mark.slow
 def test_resume_cost_kills_mid_run_and_counts_what_the_resume_relabels(tmp_path):
-    result = resume_cost.main(["--images", "200", "--max-rows-per-shard", "20", "--workdir", str(tmp_path)])
+    # batches of 8 rows: the shards commit one by one, not three to a batch, so the kill lands
+    # mid-run (the benchmark also runs again when it did not)
+    result = resume_cost.main(["--images", "200", "--max-rows-per-shard", "20", "--batch-size", "8",
+                               "--workdir", str(tmp_path)])
     assert result["shards"] == 10
     assert 5 <= result["parts_at_kill"] < 10
     assert result["remainder_rows"] == 200 - result["committed_rows_at_kill"]

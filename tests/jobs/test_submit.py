@@ -251,9 +251,12 @@ def test_resubmitting_an_existing_id_does_not_run_again(authed, audit_spec, caps
 
 
 @pytest.mark.cluster
-def test_failed_job_exits_1_with_the_log_tail(authed, tmp_path, capsys):
+def test_a_job_that_fails_on_the_cluster_exits_with_its_drivers_code_and_the_log_tail(
+    authed, tmp_path, capsys
+):
     # Valid here, fails on the cluster as soon as the driver reads the suite (before any Ray
-    # work, so the test stays short).
+    # work, so the test stays short). The driver exits 2 (invalid input) and `submit --wait`
+    # passes that on: a scheduler tells a broken spec from a crash (1) or a regression (4).
     spec = tmp_path / "broken.yaml"
     spec.write_text(yaml.safe_dump({
         "kind": "audit", "input": str(tmp_path / "eval"), "output": str(tmp_path / "o"),
@@ -261,7 +264,7 @@ def test_failed_job_exits_1_with_the_log_tail(authed, tmp_path, capsys):
     }))
     rc = main(["submit", str(spec), "--address", authed, "--wait"])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2, err[-2000:]
     assert ": FAILED" in err
     assert "last 40 log lines" in err
     assert "no-such-suite.yaml" in err  # the driver's own error, from the cluster's log

@@ -8,13 +8,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -158,7 +158,9 @@ def ray_cpu(proxy):
 def bucket(proxy):
     import boto3
 
-    name = f"rel-{random.getrandbits(48):012x}"
+    # Not `random`: tests/conftest.py restores its state after every test, so two tests in a
+    # row drew the same name and the second found the first one's output. uuid4 reads urandom.
+    name = f"rel-{uuid.uuid4().hex[:16]}"
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
     return f"s3://{name}"
 
