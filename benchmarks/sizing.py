@@ -78,21 +78,9 @@ def gpu_model_rate(model: str, batch: int, seconds: float = 10.0) -> float | Non
 
     if not torch.cuda.is_available():
         return None
-    from cluster.models import ModelSource
+    from gpu_throughput import model_alone  # benchmarks/ is on sys.path, as for run_all
 
-    loaded = ModelSource(name=model, random_weights=True).load("cuda")
-    net = loaded.module.eval()
-    x = torch.rand(batch, *loaded.info.preprocess.input_shape, device="cuda")  # (B, 3, H, W) in [0, 1]
-    with torch.inference_mode():
-        for _ in range(3):
-            net(x)
-        torch.cuda.synchronize()
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            net(x)
-            n += batch
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - start)
+    return model_alone(model, batch, seconds)
 
 
 def main(argv: list[str] | None = None) -> dict:

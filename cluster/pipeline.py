@@ -155,7 +155,11 @@ def plan_resources(
     holding every CPU would starve the decode stage and deadlock the pipeline). On CPU, a
     quarter of the cores (at least one decode task's worth) stays free for decoding: decode is
     about a fifth of the CPU work for ``demo_cnn`` at 64 px (0.3 vs 1.1 ms per image, one
-    core) and less for larger models. The rest is split among one actor per two cores.
+    core) and less for larger models. The rest is split among one actor per two cores, and
+    the actors' torch threads cover all the cores between them (Ray's CPUs schedule, they do
+    not pin): decode shares cores with the intra-op threads. On 2 CPUs one actor on 2 threads
+    labelled 20,000 images at 64 px 1.3-1.5x faster than on the 1 thread its CPU share gives
+    (613 vs 809-927 images/s, 2026-11-23, ``benchmarks/classify_throughput.py``).
 
     Args:
         actors: pool size asked for (``--actors``); None sizes it from the cluster.
@@ -164,7 +168,9 @@ def plan_resources(
 
     >>> plan = plan_resources(None, "auto", resources={"CPU": 16.0})
     >>> plan["size"], plan["num_cpus"], plan["threads"]
-    (8, 1.5, 1)
+    (8, 1.5, 2)
+    >>> plan_resources(None, "auto", resources={"CPU": 2.0})["threads"]
+    2
     >>> plan_resources(None, "auto", resources={"CPU": 8.0, "GPU": 2.0})["num_cpus"]
     1.0
     """
@@ -187,7 +193,7 @@ def plan_resources(
     # Rounded down to 1/100 CPU so that n actors plus one decode task always fit: before,
     # (cpus - 0.5) / n per actor left half a CPU, and a 4-CPU cluster never ran a decode task.
     per = max(0.0, math.floor(100 * (cpus - reserve) / n) / 100)
-    return {"size": n, "num_gpus": 0, "num_cpus": per, "device": "cpu", "threads": max(1, int(per))}
+    return {"size": n, "num_gpus": 0, "num_cpus": per, "device": "cpu", "threads": max(1, round(cpus / n))}
 
 
 def validate_model(source: ModelSource) -> LoadedModel:

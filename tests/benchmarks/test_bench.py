@@ -15,6 +15,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import classify_throughput  # noqa: E402
 import gpu_throughput  # noqa: E402
 import plan_scale  # noqa: E402
 import profile_classify  # noqa: E402
@@ -172,3 +173,38 @@ def test_table_rows_compute_ratios_and_targets_from_benchmark_results():
     assert rows["`audit` standard suite"]["ratio"] == pytest.approx(50 / 810)
     gpu = rows["GPU: `classify` vs the model alone on the GPU"]
     assert gpu["ratio"] is None and gpu["met"] is None and "no GPU" in gpu["baseline"]
+
+
+def test_the_ceiling_row_comes_from_the_model_bound_run_when_there_is_one():
+    results = {
+        "classify": {"images_per_s": {"recipe": 180.0, "ceiling": 1800.0, "ironsight": 850.0},
+                     "image_size": 64, "ironsight_vs_recipe": 4.7, "ironsight_vs_ceiling": 0.47,
+                     "decode_ms_per_image": 0.27, "ceiling_bound_with_decode": 0.8},
+        "classify-model": {"images_per_s": {"recipe": 8.7, "ceiling": 22.9, "ironsight": 18.9},
+                           "model": "resnet18", "image_size": 224, "ironsight_vs_recipe": 2.18,
+                           "ironsight_vs_ceiling": 0.83},
+    }
+    (row,) = [r for r in run_all.rows_from(results) if "vs the ceiling" in r["measure"]]
+    assert "resnet18, 224 px" in row["measure"] and row["ratio"] == 0.83 and row["met"] is True
+    assert "model alone 22.9/s" in row["baseline"]
+    # the decode-heavy run's own ratio and its bound stay in the notes
+    assert "0.47x its ceiling" in row["note"] and "0.80x" in row["note"]
+    broken = {**results, "classify-model": {"error": "RuntimeError: boom"}}
+    (row,) = [r for r in run_all.rows_from(broken) if "vs the ceiling" in r["measure"]]
+    assert row["ratio"] == 0.47 and "boom" in row["note"]
+
+
+@pytest.mark.slow
+def test_classify_throughput_runs_all_four_side_by_side_and_bounds_the_ceiling(tmp_path):
+    result = classify_throughput.main(["--images", "300", "--batch-size", "64", "--workdir", str(tmp_path)])
+    rates = result["images_per_s"]
+    assert set(rates) == {"recipe", "loop", "ceiling", "ironsight"} and all(v > 0 for v in rates.values())
+    assert result["ironsight_vs_recipe"] == pytest.approx(rates["ironsight"] / rates["recipe"])
+    assert 0 < result["decode_ms_per_image"] < 50
+    assert 0 < result["ceiling_bound_with_decode"] < 1
+    # every run labeled the whole corpus
+    import pyarrow.dataset as pads
+
+    for k in ("recipe", "loop"):
+        assert pads.dataset(str(tmp_path / f"out-{k}"), format="parquet").count_rows() == 300
+    assert pads.dataset(str(tmp_path / "out-ironsight"), format="parquet").count_rows() == 300

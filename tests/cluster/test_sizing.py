@@ -18,6 +18,10 @@ def test_cpu_actors_leave_room_for_a_decode_task(cpus, actors):
     assert plan["size"] == (actors or max(1, cpus // 2))
     assert plan["size"] * plan["num_cpus"] + decode <= cpus
     assert plan["threads"] >= 1
+    # torch threads cover the cores (decode shares them) without piling several per core
+    assert plan["size"] * plan["threads"] <= max(cpus, plan["size"]) * 1.5
+    if plan["size"] <= cpus:
+        assert plan["size"] * plan["threads"] >= cpus * 0.75
 
 
 @pytest.mark.parametrize("cpus", [2, 8, 16])
