@@ -478,3 +478,43 @@ def test_driver_peak_memory_stays_flat_as_the_corpus_grows_4x(tmp_path):
     large = _peak_rss_mb(tmp_path, 2000)
     print(f"driver peak RSS: {small:.0f} MB at 500 rows, {large:.0f} MB at 2000 rows")
     assert large <= 1.2 * small + 50, (small, large)
+
+
+# ---- a corpus larger than the object store ---------------------------------------------------
+
+STORE_MB = 80  # Ray's floor is 75 MB
+SPILL = """
+import sys, ray
+from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+from cluster.models import ModelSource
+from cluster.pipeline import ClassifyConfig, run_classify
+ray.init(num_cpus=2, object_store_memory={store} * 2**20, include_dashboard=False,
+         _node_ip_address="127.0.0.1", log_to_driver=False)
+s = run_classify(ClassifyConfig(input=sys.argv[1], output=sys.argv[2], progress=False,
+                                source=ModelSource(name="demo_cnn", random_weights=True),
+                                max_rows_per_shard=500, batch_size=128))
+stats = get_memory_info_reply(get_state_from_address()).store_stats
+print("rows", s.rows, "spilled", stats.spilled_bytes_total, "avail", stats.object_store_bytes_avail, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_corpus_larger_than_the_object_store_streams_through_with_spilling_bounded(tmp_path):
+    n = 8000  # decoded to 64x64x3 uint8 for demo_cnn: 12 KB an image, 94 MB in all > the store
+    decoded_mb = n * 64 * 64 * 3 / 2**20
+    assert decoded_mb > STORE_MB
+    corpus = tmp_path / "in"
+    synthetic.write_corpus(str(corpus), n, seed=8, rows_per_file=2000, row_group_size=250, size=64)
+    result = subprocess.run([sys.executable, "-c", SPILL.format(store=STORE_MB), str(corpus), str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    words = result.stdout.split()
+    rows, spilled = int(words[words.index("rows") + 1]), int(words[words.index("spilled") + 1])
+    avail = int(words[words.index("avail") + 1])
+    print(f"{n} images, {decoded_mb:.0f} MB decoded through a {avail / 2**20:.0f} MB object store; "
+          f"spilled {spilled / 2**20:.1f} MB")
+    assert avail <= (STORE_MB + 1) * 2**20
+    assert rows == n and pads.dataset(str(tmp_path / "out"), format="parquet").count_rows() == n
+    # Ray Data's backpressure keeps the stream inside the store: allowed, at most a quarter of
+    # what went through may spill to disk (a stage that buffered the corpus would spill most).
+    assert spilled <= 0.25 * decoded_mb * 2**20
