@@ -56,6 +56,7 @@ class FlakyProxy:
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self.refused = 0
+        self.refusal = threading.Event()  # set when a connection is refused during an outage
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -66,6 +67,7 @@ class FlakyProxy:
                 return
             if not self.up.is_set():
                 self.refused += 1
+                self.refusal.set()
                 _reset(client)
                 continue
             try:
@@ -94,14 +96,20 @@ class FlakyProxy:
                     pass
 
     def down(self) -> None:
+        self.refusal.clear()
         self.up.clear()
         with self._lock:
             conns, self._conns = list(self._conns), set()
         for s in conns:
             _reset(s)
 
-    def outage(self, seconds: float) -> None:
+    def outage(self, seconds: float, wait_for_refusal: float = 0.0) -> None:
+        """Down for ``seconds``; with ``wait_for_refusal``, for ``seconds`` after the first
+        refused connection (waiting at most that long for one), so the outage is sure to meet
+        the job however its requests happen to be timed."""
         self.down()
+        if wait_for_refusal:
+            self.refusal.wait(wait_for_refusal)
         time.sleep(seconds)
         self.up.set()
 
@@ -208,10 +216,12 @@ def test_s3_outage_mid_job_is_ridden_out(ray_cpu, proxy, bucket):
             return False
 
     refused_before = proxy.refused
-    t = _when(some_committed, lambda: proxy.outage(OUTAGE_S))
+    # Down once a shard is committed, until OUTAGE_S after the job's first refused request: a
+    # fixed window could fall between its requests (the rest of the shards still inferring).
+    t = _when(some_committed, lambda: proxy.outage(OUTAGE_S, wait_for_refusal=60))
     slow = ModelSource(name="mobilenet_v3_small", random_weights=True)  # so the outage lands mid-job
     summary = run_classify(config(f"{bucket}/in", out, max_rows_per_shard=25, source=slow, batch_size=16))
-    t.join(timeout=30)
+    t.join(timeout=90)
     assert proxy.refused > refused_before, "the outage should have hit the job"
     parts = _s3_parts(out)
     assert sum(parts.values()) == 400 == summary.rows and len(parts) == summary.shards_total == 16
@@ -493,7 +503,7 @@ ray.init(num_cpus=2, object_store_memory={store} * 2**20, include_dashboard=Fals
 s = run_classify(ClassifyConfig(input=sys.argv[1], output=sys.argv[2], progress=False,
                                 source=ModelSource(name="demo_cnn", random_weights=True),
                                 max_rows_per_shard=500, batch_size=128))
-stats = get_memory_info_reply(get_state_from_address()).store_stats
+stats = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
 print("rows", s.rows, "spilled", stats.spilled_bytes_total, "avail", stats.object_store_bytes_avail, flush=True)
 """
 
