@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rate", type=int, default=25, help="py-spy samples per second per thread (default: 25)")
     ap.add_argument("--output", default=None, help="write the report here too (default: print only)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ironsight-profile"))
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed for the profiled run")
     args = ap.parse_args(argv)
 
     pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -211,7 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
     cmd = [pyspy, "record", "--subprocesses", "--rate", str(args.rate), "--format", "raw", "-o", raw, "--", *cli]
     env = {**os.environ, "IRONSIGHT_HOME": os.path.join(args.workdir, "home"), "PYTHONPATH": ROOT}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-3000:]
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        raise SystemExit(f"py-spy/classify did not finish in {args.timeout:.0f}s:\n{tail}") from exc
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not os.path.exists(raw):
         raise SystemExit(f"py-spy/classify failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -22,6 +22,7 @@ import profile_classify  # noqa: E402
 import resume_cost  # noqa: E402
 import run_all  # noqa: E402
 import sizing  # noqa: E402
+import torch_compile  # noqa: E402
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -102,7 +103,7 @@ def test_profile_folds_stacks_into_activities_by_process_role(tmp_path):
 def test_profile_of_a_real_classify_run_shows_decode_and_inference(tmp_path):
     out = tmp_path / "profile.txt"
     result = profile_classify.main(["--images", "300", "--rate", "20", "--batch-size", "64",
-                                    "--workdir", str(tmp_path), "--output", str(out)])
+                                    "--workdir", str(tmp_path), "--output", str(out), "--timeout", "420"])
     text = out.read_text()
     assert "the CLI said: labeled 300 rows" in text
     assert result["busy_share"]["inference"] > 0 and result["busy_share"]["decode"] > 0
@@ -208,3 +209,11 @@ def test_classify_throughput_runs_all_four_side_by_side_and_bounds_the_ceiling(t
     for k in ("recipe", "loop"):
         assert pads.dataset(str(tmp_path / f"out-{k}"), format="parquet").count_rows() == 300
     assert pads.dataset(str(tmp_path / "out-ironsight"), format="parquet").count_rows() == 300
+
+
+@pytest.mark.slow
+def test_torch_compile_benchmark_compares_compiled_with_eager_on_the_same_batches():
+    (r,) = torch_compile.main(["--models", "demo_cnn", "--batch-size", "8", "--seconds", "0.5"])
+    assert r["model"] == "demo_cnn" and r["eager"] > 0 and r["compiled"] > 0
+    assert r["ratio"] == pytest.approx(r["compiled"] / r["eager"])
+    assert r["compile_s"] > 0 and r["max_abs_diff"] < 1e-3  # the compiled model computes the same
