@@ -59,6 +59,8 @@ class Predictor:
         top_k: how many classes to return per image.
         device: ``auto`` (GPU if the actor has one), ``cuda`` or ``cpu``.
         cpu_threads: torch intra-op threads on CPU; defaults to the CPUs Ray gave the actor.
+        torch_compile: wrap the model in ``torch.compile`` (compiled on the first batch, and
+            again for a new batch shape); opt-in: see ``benchmarks/torch_compile.py``.
         passthrough: columns copied from input to output unchanged.
     """
 
@@ -70,6 +72,7 @@ class Predictor:
         device: str = "auto",
         cpu_threads: int | None = None,
         passthrough: tuple[str, ...] = ("id", "shard", "row"),
+        torch_compile: bool = False,
     ) -> None:
         import torch
 
@@ -85,6 +88,8 @@ class Predictor:
         if self.device == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
+        if torch_compile:
+            self.model = torch.compile(self.model)
         self.worker = f"{os.getpid()}:{_gpu_ids()}"
 
     def logits(self, images: np.ndarray):

@@ -215,6 +215,7 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
         skip_bad_files=spec.skip_bad_files,
         overwrite=spec.overwrite,
         device=spec.device,
+        torch_compile=spec.torch_compile,
         progress=progress,
         allowed_roots=spec.effective_roots(),
     )

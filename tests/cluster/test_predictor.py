@@ -40,3 +40,16 @@ def test_error_rows_keep_their_error_and_get_no_label():
 def test_cpu_threads_set_torch_threads():
     Predictor(SOURCE, device="cpu", cpu_threads=1)(batch(4))
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.slow  # compiling demo_cnn takes ~12 s of CPU
+def test_torch_compile_gives_the_labels_and_scores_of_eager_mode():
+    b = batch(16, seed=3, errors=(2,))
+    eager = Predictor(SOURCE, device="cpu", cpu_threads=2, top_k=3)(b)
+    compiled = Predictor(SOURCE, device="cpu", cpu_threads=2, top_k=3, torch_compile=True)
+    assert type(compiled.model).__name__ == "OptimizedModule"
+    out = compiled(b)
+    assert out["label"].tolist() == eager["label"].tolist() and out["label"][2] == -1
+    np.testing.assert_allclose(out["topk_scores"], eager["topk_scores"], atol=1e-5)
+    short = compiled({k: v[:5] for k, v in b.items()})  # a shard's shorter last batch recompiles
+    assert short["label"].tolist() == eager["label"][:5].tolist()

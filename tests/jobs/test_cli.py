@@ -124,3 +124,32 @@ def test_sigkill_mid_run_then_rerun_resumes_exactly_once(tmp_path):
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, name
     assert f"{len(committed)} already committed" in resumed.stdout
     assert (out / "_SUCCESS").is_file()
+
+
+def test_torch_compile_is_a_flag_and_a_spec_key():
+    import argparse
+
+    from jobs.spec import ClassifyJob, add_spec_arguments, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_spec_arguments(parser, ClassifyJob)
+    assert "--torch-compile" in parser.format_help()
+    spec = spec_from_args(ClassifyJob, parser.parse_args(["in", "out", "--model", "demo_cnn", "--random-weights",
+                                                            "--torch-compile"]))
+    assert spec.torch_compile is True
+    base = {"input": "i", "output": "o", "model": "demo_cnn", "random_weights": True}
+    assert ClassifyJob.model_validate(base).torch_compile is False
+    assert ClassifyJob.model_validate({**base, "torch_compile": True}).torch_compile is True
+
+
+@pytest.mark.slow
+def test_classify_with_torch_compile_labels_as_eager_mode(small_corpus, tmp_path):
+    labels = {}
+    for name, extra in (("eager", []), ("compiled", ["--torch-compile"])):
+        out = tmp_path / name
+        done = run("classify", small_corpus, str(out), "--model", "demo_cnn", "--random-weights",
+                   "--no-progress", *extra, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        table = pads.dataset(str(out), format="parquet").to_table(columns=["id", "label"]).sort_by("id")
+        labels[name] = table.column("label").to_pylist()
+    assert len(labels["compiled"]) == 200 and labels["compiled"] == labels["eager"]
