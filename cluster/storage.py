@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -160,14 +161,65 @@ def exists(loc: Location) -> bool:
     return info.type != pafs.FileType.NotFound
 
 
-def read_bytes(loc: Location) -> bytes:
-    """Whole object or file as bytes (with retries on S3)."""
+# Pseudo-filesystems whose "regular files" are kernel interfaces: reading them hangs
+# (/proc/kmsg), fails with EIO (/proc/self/mem) or never ends.
+_PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_regular_file(path: str, what: str = "file") -> os.stat_result:
+    """``os.stat`` of a local ``path`` that is a regular file on a real filesystem.
+
+    FIFOs, sockets, devices and files under ``/proc``, ``/sys`` or ``/dev`` are refused
+    with :class:`InvalidInput` before anything opens them (opening a FIFO blocks until a
+    writer comes; ``/dev/zero`` never ends).
+    """
+    real = os.path.realpath(path)
+    in_pseudo = any(real == root or real.startswith(root + "/") for root in _PSEUDO_ROOTS)
+    if in_pseudo and not real.startswith("/dev/shm/"):  # tmpfs: real files
+        raise InvalidInput(
+            f"{what} {path} is a device or kernel file, not a regular file; Ironsight reads "
+            "only regular files"
+        )
+    st = os.stat(real)  # FileNotFoundError / PermissionError pass through to the caller
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a directory" if stat.S_ISDIR(st.st_mode)
+            else "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device"
+        )
+        raise InvalidInput(f"{what} {path} is {kind}, not a regular file; Ironsight reads only regular files")
+    return st
+
+
+def read_bytes(loc: Location, *, max_bytes: int | None = None, what: str = "file") -> bytes:
+    """Whole object or file as bytes (with retries on S3).
+
+    A local ``loc`` must be a regular file (:func:`check_regular_file`); with ``max_bytes``
+    a larger file or object is refused with :class:`InvalidInput` naming ``what`` and the
+    limit, and never more than ``max_bytes + 1`` bytes are read (the size on disk may lie,
+    for instance while another process appends).
+    """
+    if not loc.is_s3:
+        st = check_regular_file(loc.path, what)
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise _too_large(loc, what, max_bytes)
 
     def read() -> bytes:
         with loc.fs.open_input_stream(loc.path) as f:
-            return f.read()
+            return f.read() if max_bytes is None else f.read(max_bytes + 1)
 
-    return with_retries(read, what=f"reading {loc.uri}")
+    data = with_retries(read, what=f"reading {loc.uri}")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_large(loc, what, max_bytes)
+    return data
+
+
+def _too_large(loc: Location, what: str, max_bytes: int) -> InvalidInput:
+    return InvalidInput(
+        f"{what} {loc.uri} is larger than {max_bytes:,} bytes, the most Ironsight reads for "
+        f"a {what}; is it the right file?"
+    )
 
 
 def makedirs(loc: Location) -> None:
