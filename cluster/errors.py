@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class IronsightError(Exception):
     """Base class: every message is meant to be shown to a user as is."""
@@ -32,3 +34,58 @@ class GateFailed(IronsightError):
     """An audit ran to completion and its release gate failed."""
 
     exit_code = 3
+
+
+# Terminal escapes Ray puts in task errors: CSI (colours, ``\x1b[36m``) and OSC (titles, links).
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+# "module.Name: message" lines of a traceback, where Name is an exception class.
+_EXCEPTION_LINE = re.compile(
+    r"^(?P<name>[A-Za-z_][\w.]*(?:Error|Exception|Failed|Input|Interrupt|Exit|Warning|Invalid))"
+    r"(?:: (?P<message>.*))?$"
+)
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences.
+
+    >>> strip_ansi("\\x1b[36mray::MapBatches(f)()\\x1b[39m (pid=1)")
+    'ray::MapBatches(f)() (pid=1)'
+    """
+    return _ANSI.sub("", text)
+
+
+def ray_error_message(exc: BaseException) -> str:
+    """What went wrong in a Ray task, in one plain line (more when the original said more).
+
+    A ``RayTaskError``'s text starts with ``ray::Task()`` frames, colour codes and the whole
+    remote traceback; the message worth showing is the original exception's, the first
+    ``Name: message`` line that is not Ray's own wrapper (a Python traceback prints the root
+    cause first). An Ironsight error raised in a task (``JobFailed: reading f.parquet row
+    group 3 ...``) comes back as its message alone, other exceptions as ``Name: message``.
+
+    >>> text = ("\\x1b[36mray::MapBatches(f)()\\x1b[39m (pid=9)\\n  File \\"x.py\\", line 1\\n"
+    ...         "cluster.errors.JobFailed: reading a.parquet row group 2 failed: bad\\n\\n"
+    ...         "The above exception was the direct cause of the following exception:\\n\\n"
+    ...         "ray.exceptions.UserCodeException: UDF failed to process a data block.")
+    >>> ray_error_message(RuntimeError(text))
+    'reading a.parquet row group 2 failed: bad'
+    >>> ray_error_message(RuntimeError("\\x1b[31mboom\\x1b[0m"))
+    'boom'
+    """
+    lines = [line.rstrip() for line in strip_ansi(str(exc)).splitlines()]
+    for i, line in enumerate(lines):
+        found = _EXCEPTION_LINE.match(line)
+        if found is None or found["name"].startswith("ray."):
+            continue
+        message = [found["message"] or ""]
+        for more in lines[i + 1:]:  # a multi-line message runs to the next blank line
+            if not more.strip():
+                break
+            message.append(more)
+        text = "\n".join(message).strip()
+        name = found["name"].rsplit(".", 1)[-1]
+        if found["name"].startswith("cluster.errors.") and text:
+            return text
+        return f"{name}: {text}" if text else name
+    meaningful = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("ray::")]
+    return meaningful[0] if meaningful else type(exc).__name__

@@ -35,7 +35,7 @@ from cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK_ROWS: job
     decode_rows,
     read_and_decode,
 )
-from cluster.errors import InvalidInput, JobFailed
+from cluster.errors import InvalidInput, JobFailed, ray_error_message
 from cluster.models import LoadedModel, ModelSource
 from cluster.predictor import Predictor
 from cluster.sink import LabelSink, spec_hash
@@ -282,7 +282,7 @@ def run_classify(cfg: ClassifyConfig) -> ClassifySummary:
         sink.finish({"summary": summary.to_json(), "spec_hash": digest})
         return summary
     except ray.exceptions.RayError as exc:
-        raise JobFailed(f"the Ray pipeline failed: {str(exc).splitlines()[0]}") from exc
+        raise JobFailed(f"the Ray pipeline failed: {ray_error_message(exc)}") from exc
     finally:
         sink.close()
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from cluster import corpus as corpus_mod
 from cluster import metrics as job_metrics
 from cluster import storage
-from cluster.errors import GateFailed, InvalidInput, JobFailed
+from cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from cluster.models import ModelSource
 from cluster.pipeline import decode_rows, decode_task_args, plan_resources
 from cluster.predictor import Predictor, as_error
@@ -271,7 +271,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
             if bar is not None:
                 bar.update(len(batch["id"]))
     except ray.exceptions.RayError as exc:
-        raise JobFailed(f"the audit pipeline failed: {str(exc).splitlines()[0]}") from exc
+        raise JobFailed(f"the audit pipeline failed: {ray_error_message(exc)}") from exc
     finally:
         if bar is not None:
             bar.close()
