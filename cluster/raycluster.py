@@ -9,15 +9,22 @@
 
 Token authentication (``RAY_AUTH_MODE=token``) needs nothing from us: Ray reads
 ``RAY_AUTH_TOKEN`` (or its token file) from the environment and sends it. The embedded Ray
-never opens a dashboard, and Ironsight never binds Ray to anything but loopback.
+never opens a dashboard, and every socket its processes listen on (GCS, raylet, workers, the
+dashboard and runtime-env agents, metrics servers) is bound to 127.0.0.1: see
+:func:`_loopback_node_ip` for the Ray 2.60 detail that needs (tests/reliability/test_loopback.py).
+
+Joining a cluster, the non-secret object-store settings of this process (:data:`FORWARDED_ENV`)
+go to the workers as the runtime env's ``env_vars``, except those a job's runtime env already
+sets when this process is the driver of a Ray job (:func:`forwarded_env`). Credentials never do.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 FORWARDED_ENV = (
     "AWS_ENDPOINT_URL",
@@ -26,6 +33,72 @@ FORWARDED_ENV = (
     "AWS_DEFAULT_REGION",
     "IRONSIGHT_S3_MAX_ATTEMPTS",
 )
+# Set by Ray in a job's driver: the job's config as JSON, its runtime env included
+# (ray._private.runtime_env.constants.RAY_JOB_CONFIG_JSON_ENV_VAR).
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+LOOPBACK = "127.0.0.1"
+
+
+def object_store_env() -> dict[str, str]:
+    """Every set name of :data:`FORWARDED_ENV` with its value: a new job's ``env_vars``."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+
+
+def forwarded_env() -> dict[str, str]:
+    """The settings a driver joining a cluster adds to ``ray.init``'s runtime env.
+
+    Only names from :data:`FORWARDED_ENV` are ever returned: credentials
+    (``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``RAY_AUTH_TOKEN``, ...) stay with the
+    cluster (IAM role, a k8s Secret), because the dashboard shows every runtime env.
+
+    Inside a Ray job's driver (Ray sets ``RAY_JOB_CONFIG_JSON_ENV_VAR`` to the job's config,
+    runtime env included) the variables the job's runtime env already sets are left out:
+
+    | this process is                         | returned                                        |
+    |-----------------------------------------|-------------------------------------------------|
+    | a shell, or a driver outside any job    | every set name of :data:`FORWARDED_ENV`         |
+    | the driver of a job (`ironsight submit`)| those the job's ``env_vars`` do not set already |
+
+    ``ray.init`` inside a job merges its ``runtime_env`` into the job's and refuses (ValueError
+    "Failed to merge the Job's runtime env") when both set one variable, even to the same value:
+    `submit` forwards ``AWS_REGION`` in the job's runtime env, so passing it again made every
+    submitted job fail for users with S3 settings in their shell.
+    """
+    env = object_store_env()
+    injected = os.environ.get(JOB_CONFIG_ENV)
+    if injected and env:
+        try:
+            job_env = (json.loads(injected).get("runtime_env") or {}).get("env_vars") or {}
+        except (ValueError, AttributeError):
+            return {}  # an unreadable job config: add nothing that could conflict with it
+        env = {k: v for k, v in env.items() if k not in job_env}
+    return env
+
+
+@contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """Let ``ray.init(_node_ip_address="127.0.0.1")`` keep 127.0.0.1 as the node's IP.
+
+    Ray 2.60's ``ray.init`` passes ``_node_ip_address`` through
+    ``services.resolve_ip_for_localhost``, which on Linux replaces a loopback address with the
+    host's routable IP (``get_node_ip_address`` -> ``node_ip_address_from_perspective``) unless
+    ``ray_constants.ENABLE_RAY_CLUSTER`` is false (its setting on Windows and macOS). Every
+    server of a node picks its bind address from that IP: the GCS, the raylet and each core
+    worker bind 127.0.0.1 only when it is exactly "127.0.0.1", else all interfaces; the
+    dashboard agent, the runtime-env agent, the dashboard's and the autoscaler's metrics
+    servers bind loopback when ``is_localhost(ip)``, else the host IP. So for the duration of
+    ``ray.init`` the flag is off in this process; the processes it starts get the node IP on
+    their command line. The flag only decides that fallback (``services.get_node_ip_address``
+    with no node yet, and `ray start`'s messages).
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 @contextmanager
@@ -63,20 +136,21 @@ def connect(
         kwargs.update(
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
-            # Everything in the embedded Ray listens on loopback only.
-            _node_ip_address="127.0.0.1",
+            dashboard_host=LOOPBACK,
+            # Everything in the embedded Ray listens on loopback only (see _loopback_node_ip).
+            _node_ip_address=LOOPBACK,
         )
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
     else:
         kwargs["address"] = address
         # Workers on a cluster do not share this shell's environment: pass on the object-store
-        # settings that are not secret. Credentials stay with the cluster (IAM role, a k8s
-        # Secret) and are never put in a runtime env, which the dashboard shows.
-        env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+        # settings that are not secret and that a job's runtime env does not already set.
+        env = forwarded_env()
         if env:
             kwargs["runtime_env"] = {"env_vars": env}
-    ray.init(**kwargs)
+    with _loopback_node_ip() if address is None else nullcontext():
+        ray.init(**kwargs)
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         import ray.data

@@ -24,7 +24,9 @@ byte (no shell quoting, no size limit of an env var) and the entrypoint stays re
   would resolve inside the unpacked working dir); use absolute paths the cluster can read or
   ``s3://`` URIs;
 - the non-secret object-store settings of this shell (``AWS_ENDPOINT_URL``, region, ...) are
-  passed as ``env_vars``; credentials never are (the dashboard shows a runtime env).
+  passed as ``env_vars``; credentials never are (the dashboard shows a runtime env). The job's
+  driver, joining the cluster, does not pass them to ``ray.init`` again (Ray refuses a driver
+  runtime env that repeats a variable of the job's: :func:`cluster.raycluster.forwarded_env`).
 
 **Token authentication.** Ray 2.60's ``JobSubmissionClient`` adds ``Authorization: Bearer``
 itself only when ``RAY_AUTH_MODE=token`` is set in *this* process. Ironsight sends the header
@@ -60,7 +62,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from cluster.errors import InvalidInput, JobFailed
-from cluster.raycluster import FORWARDED_ENV  # non-secret object-store settings
+from cluster.raycluster import object_store_env  # non-secret object-store settings
 from jobs.spec import AuditJob, ClassifyJob, load_spec
 
 if TYPE_CHECKING:  # ray is imported lazily: importing the CLI must not pay for it
@@ -346,7 +348,7 @@ def submit_spec(
         if status is not None:
             return SubmitResult(submission_id, submitted=False, status=status)
     sid = submission_id or _fresh_submission_id(spec.name)
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env = object_store_env()
     with tempfile.TemporaryDirectory(prefix="ironsight-submit-") as workdir:
         Path(workdir, SPEC_FILENAME).write_text(_shipped_spec(spec_path))
         runtime_env: dict[str, Any] = {"working_dir": workdir}
