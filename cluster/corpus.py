@@ -19,6 +19,14 @@ Fetched paths are absolute local paths, ``file:`` URIs, ``s3://`` URIs, or paths
 the Parquet file's directory. With allowed roots (``plan_corpus(allowed_roots=...)``, see
 :mod:`cluster.paths`) a fetched path outside every root is never read: its row gets the error
 ``path_outside_allowed_roots: ...``; the input and every planned file must lie inside too.
+A fetched path never fails the job, whatever it names; its row gets an error instead:
+
+| the path names                                        | the row's error                    |
+|-------------------------------------------------------|------------------------------------|
+| nothing (or a scheme other than ``file:``/``s3://``)  | ``missing_object: PATH``           |
+| a FIFO, socket, device, directory, or a file under ``/proc``, ``/sys``, ``/dev`` | ``not_a_regular_file: ...`` (never opened) |
+| a file over :data:`MAX_IMAGE_BYTES` (256 MiB)         | ``too_large: ...``                 |
+| a file the OS will not read (EIO, EACCES, ...)        | ``unreadable: EIO (...) reading PATH`` |
 
 Ids: the given ``id_column``, else the first of ``id``/``key``/``path`` that is a string or
 integer column (integers become strings), else ``"{file relative to INPUT}#{row}"``; a null
@@ -29,7 +37,10 @@ Bad files, detected before any work starts: a file that does not start with the 
 magic is "not a Parquet file" (so is anything under 12 bytes); one that does but whose end
 magic, footer length or footer does not parse has a "corrupted footer" (a truncated upload,
 say); a file with 0 rows, without a usable image column, or whose columns disagree with the
-first good file (in sorted order) is also bad. Every file under an input directory counts:
+first good file (in sorted order) is also bad, and so is a footer that parses but contradicts
+its file ("inconsistent footer": a column chunk past the end of the data, a negative count,
+row groups that do not add up to the file's rows, a flat column with more or fewer values
+than its row group has rows). Every file under an input directory counts:
 keep images referenced by path outside it. All bad files are reported together in one
 :class:`~cluster.errors.InvalidInput`, or, with ``skip_bad_files``, listed in
 ``CorpusPlan.skipped`` and left out of the plan.
@@ -37,10 +48,12 @@ keep images referenced by path outside it. All bad files are reported together i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import posixpath
+import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,7 +66,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cluster import paths, storage
-from cluster.errors import InvalidInput
+from cluster.errors import InvalidInput, JobFailed
 
 IMAGE_NAMES = ("image", "img", "bytes", "content")  # preferred when several columns qualify
 PATH_NAMES = ("image", "img", "image_path", "image_uri", "filepath", "file_path", "path", "uri")
@@ -65,6 +78,10 @@ _S3_FOOTER_THREADS = 16
 _FOOTER_READ = 64 * 1024  # one ranged read covers most footers (pyarrow's default too)
 _S3_FETCH_THREADS = 8  # concurrent GETs for path-only images within one batch
 _MAX_LISTED_PROBLEMS = 20
+# The most bytes read for one image fetched by path: an uncompressed 8-bit RGB image of
+# decode.DEFAULT_MAX_PIXELS (3 x 89,478,485 bytes) just fits; anything larger cannot decode
+# within that limit anyway, and a runaway file must not fill a decode worker's memory.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 
 class ImageLayout(str, Enum):
@@ -352,9 +369,53 @@ def _read_footer(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str
     if footer_len + 8 > len(tail):
         return _BadFile(f"corrupted footer (footer length {footer_len} > file size {size})")
     try:
-        return pq.read_metadata(pa.BufferReader(tail[-(footer_len + 8):]))
+        footer = pq.read_metadata(pa.BufferReader(tail[-(footer_len + 8):]))
     except (pa.ArrowException, OSError, ValueError) as exc:
         return _BadFile(f"corrupted footer ({exc})")
+    lie = _footer_lie(footer, data_end=size - footer_len - 8)
+    return _BadFile(f"inconsistent footer: {lie}") if lie else footer
+
+
+def _footer_lie(footer: pq.FileMetaData, data_end: int) -> str | None:
+    """How a footer that parses contradicts its own file, or None when it does not.
+
+    Every column chunk must lie within the data (between the leading magic and the footer,
+    ``data_end``), every count must be >= 0, the row groups must add up to the file's row
+    count, and a column that is not repeated must hold one value per row of its row group.
+    Arithmetic on the footer alone: no data page is read. A footer that passes can still lie
+    inside a column chunk; :func:`iter_shard` checks the rows each row group really yields.
+    """
+    if footer.num_rows < 0:
+        return f"the file claims {footer.num_rows} rows"
+    flat = [footer.schema.column(c).max_repetition_level == 0 for c in range(footer.num_columns)]
+    total = 0
+    for rg in range(footer.num_row_groups):
+        group = footer.row_group(rg)
+        n = group.num_rows
+        if n < 0:
+            return f"row group {rg} claims {n} rows"
+        total += n
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            where = f"row group {rg}, column {chunk.path_in_schema!r}"
+            if chunk.file_path:
+                return f"{where} is stored in another file ({chunk.file_path})"
+            # A chunk starts at its dictionary page, if any, else at its first data page; an
+            # empty chunk may have only a dictionary page (data_page_offset 0).
+            offsets = [o for o in (chunk.data_page_offset, chunk.dictionary_page_offset
+                                   if chunk.has_dictionary_page else None) if o]
+            start = min(offsets, default=4)
+            size = chunk.total_compressed_size
+            if (size < 0 or start < 4 or start + size > data_end
+                    or any(o >= start + size for o in offsets)):
+                return (f"{where} claims bytes {start:,} to {start + size:,} (pages at "
+                        f"{', '.join(f'{o:,}' for o in offsets)}) but the data lies between "
+                        f"bytes 4 and {data_end:,} (a truncated copy?)")
+            if c < len(flat) and flat[c] and chunk.num_values != n:
+                return f"{where} holds {chunk.num_values:,} values for {n:,} rows"
+    if total != footer.num_rows:
+        return f"its row groups hold {total:,} rows but it claims {footer.num_rows:,}"
+    return None
 
 
 def _unwrap(t: pa.DataType) -> pa.DataType:
@@ -486,7 +547,11 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
     Yields dicts with ``"id"`` (list of str), ``"image"`` (list of bytes or None),
     ``"error"`` (list of None or ``"reason: detail"``), ``"row"`` (int64 array, row index
     within the file) and, when ``plan.label_column`` is set, ``"label"`` (int64, null -> -1).
-    A read error in the middle of a shard propagates: the caller retries the whole shard.
+
+    Row groups are read one at a time. A row group that cannot be read, or that yields
+    another number of rows than its footer claims (a footer that lies in a way
+    :func:`plan_corpus` cannot see), raises :class:`~cluster.errors.JobFailed` naming the file
+    and row group; rows already yielded are lost with the shard, which is never committed.
 
     >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
     >>> d = tempfile.mkdtemp()
@@ -506,10 +571,20 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
     source = storage.with_retries(lambda: loc.fs.open_input_file(loc.path),
                                   what=f"opening {shard.file}")
     try:
-        parquet = pq.ParquetFile(source)
+        try:
+            parquet = pq.ParquetFile(source)
+            claimed = [parquet.metadata.row_group(rg).num_rows for rg in shard.row_groups]
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise JobFailed(f"reading the footer of {shard.file} failed: {exc}") from exc
+        if sum(claimed) != shard.num_rows:
+            raise JobFailed(
+                f"{shard.file} changed since the job was planned: row groups "
+                f"{shard.row_groups[0]}-{shard.row_groups[-1]} hold {sum(claimed)} rows, not "
+                f"{shard.num_rows}; rerun to plan it again"
+            )
         row = shard.row_start
-        for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(shard.row_groups),
-                                          columns=columns, use_threads=False):
+        checked = _checked_batches(parquet, shard, claimed, columns, batch_rows)
+        for batch in _rebatch(checked, batch_rows):
             n = batch.num_rows
             rows = np.arange(row, row + n, dtype=np.int64)  # (n,) int64 row within the file
             images, errors = _images(plan, batch.column(plan.image_column), rows, name, fetcher)
@@ -523,6 +598,53 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
     finally:
         source.close()
         fetcher.close()
+
+
+def _checked_batches(parquet: pq.ParquetFile, shard: Shard, claimed: list[int],
+                     columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The shard's row groups, one at a time, each yielding exactly the rows its footer claims.
+
+    A read or decode error, or a row group holding more or fewer rows than its footer says,
+    raises :class:`~cluster.errors.JobFailed` naming the file and the row group.
+    """
+    for rg, expected in zip(shard.row_groups, claimed, strict=True):
+        batches = parquet.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=columns,
+                                       use_threads=False)
+        got = 0
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise JobFailed(f"reading {shard.file} row group {rg} failed: {exc}") from exc
+            got += batch.num_rows
+            if got > expected:
+                break
+            yield batch
+        if got != expected:
+            raise JobFailed(
+                f"reading {shard.file} row group {rg} failed: it holds "
+                f"{'more than ' if got > expected else ''}{got} rows but its footer says "
+                f"{expected} (the file is corrupt)"
+            )
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly ``size`` rows (the last may be shorter), across row groups."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(size - count, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            count += take
+            batch = batch.slice(take)
+            if count == size:
+                yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+                pending, count = [], 0
+    if count:
+        yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
 
 
 def _ids(plan: CorpusPlan, batch: pa.RecordBatch, rows: np.ndarray, name: str) -> list[str]:
@@ -562,6 +684,53 @@ def _images(plan: CorpusPlan, col: pa.Array, rows: np.ndarray, name: str, fetche
         if d is None and not p:
             errors[i] = null(rows_list[i])
     return images, errors
+
+
+def _read_local(local: str, path: str) -> tuple[bytes | None, str | None]:
+    """A local image file's bytes, or why it cannot be read (``path`` as the row wrote it).
+
+    Only a regular file on a real filesystem is opened (:func:`cluster.storage.check_regular_file`):
+    a FIFO would block, ``/dev/zero`` never ends, ``/proc/kmsg`` hangs and ``/proc/self/mem``
+    fails with EIO. It is opened non-blocking and checked again on the open descriptor, so
+    a file swapped for a FIFO in between cannot hang the task either, and at most
+    :data:`MAX_IMAGE_BYTES` + 1 bytes are read. Any OS error is the row's error, not the job's.
+    """
+    try:
+        storage.check_regular_file(local, "image")
+        fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None, f"missing_object: {path}"
+    except InvalidInput as exc:
+        return None, f"not_a_regular_file: {str(exc).split(';')[0]}"
+    except OSError as exc:
+        return None, _unreadable(exc, path)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"not_a_regular_file: image {path} is no longer a regular file"
+        if st.st_size > MAX_IMAGE_BYTES:
+            return None, _too_large(path)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)
+    except OSError as exc:
+        return None, _unreadable(exc, path)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_IMAGE_BYTES:  # it grew after the fstat
+        return None, _too_large(path)
+    return data, None
+
+
+def _unreadable(exc: OSError, path: str) -> str:
+    """``unreadable: EIO (Input/output error) reading PATH``, from any OSError."""
+    code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return f"unreadable: {f'{code} ({why})' if code else why} reading {path}"
+
+
+def _too_large(path: str) -> str:
+    return (f"too_large: image {path} is larger than {MAX_IMAGE_BYTES:,} bytes, the most "
+            "Ironsight reads for one image")
 
 
 class _Fetcher:
@@ -607,12 +776,14 @@ class _Fetcher:
         if outside:
             named = outside if loc.uri == path else f"{path!r} -> {outside}"
             return None, f"path_outside_allowed_roots: {named}"
-        if not loc.is_s3 and not os.path.isfile(loc.path):
-            return None, f"missing_object: {path}"
+        if not loc.is_s3:
+            return _read_local(loc.path, path)
         try:
-            return storage.read_bytes(loc), None
+            return storage.read_bytes(loc, max_bytes=MAX_IMAGE_BYTES, what="image"), None
         except FileNotFoundError:
             return None, f"missing_object: {path}"
+        except InvalidInput:  # read_bytes refuses only an object over max_bytes
+            return None, _too_large(path)
 
     def fetch_many(self, paths: list[str]) -> list[tuple[bytes | None, str | None]]:
         if len(paths) > 1 and (self._parquet.is_s3 or any(p.startswith("s3://") for p in paths)):

@@ -28,6 +28,10 @@ Failures raise :class:`DecodeError` whose ``reason`` is one short code:
 | ``too_many_pixels`` | header says more than ``max_pixels``; nothing was decoded |
 | ``corrupt``       | any other decoding failure                                  |
 | ``missing_object``| (from the corpus reader) the referenced file does not exist |
+| ``not_a_regular_file`` | (corpus reader) the path names a FIFO, device, ``/proc`` file...; never opened |
+| ``too_large``     | (corpus reader) the file is over ``corpus.MAX_IMAGE_BYTES``  |
+| ``unreadable``    | (corpus reader) the OS refused the read (EIO, EACCES, ...)   |
+| ``path_outside_allowed_roots`` | (corpus reader) the path is outside the allowed roots; never opened |
 
 Only the formats in :data:`FORMATS` are tried: Pillow's long tail (EPS runs Ghostscript,
 for one) is not something a labeling job should feed untrusted bytes to. Pillow's global
@@ -55,7 +59,7 @@ BACKGROUND = (255, 255, 255)  # transparent pixels become white, as on a web pag
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "PPM")
 REASONS = (
     "empty", "null_image", "not_an_image", "truncated", "too_many_pixels", "corrupt",
-    "missing_object",
+    "missing_object", "not_a_regular_file", "too_large", "unreadable", "path_outside_allowed_roots",
 )
 # Rows per decoded batch a decode task yields: 256 images of 224x224x3 uint8 are 38 MB, far
 # below Ray Data's 128 MiB target block size.

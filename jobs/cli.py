@@ -2,7 +2,18 @@
 
 Exit codes: 0 the job finished (error rows included), 2 bad usage or invalid input (nothing
 ran), 1 the job failed, 3 an audit's release gate failed, 4 an audit regressed against the
-previous successful run of the same job, 130 interrupted.
+previous successful run of the same job, 130 interrupted by Ctrl-C (SIGINT), 143 stopped by
+SIGTERM (128 + the signal's number, as a shell reports it).
+
+SIGTERM (``kill``, ``docker stop``, Kubernetes deleting the pod) stops a ``classify`` or
+``audit`` the way Ctrl-C does: the run unwinds, Ray is shut down, the run is recorded as
+failed in the history, and one line is printed:
+
+    ironsight: interrupted by SIGTERM; committed shards are kept, rerun the same command to resume
+
+Ray's own SIGTERM handling (``sys.exit`` from Python, and a C++ handler that prints a stack)
+is replaced while the job runs. A second SIGTERM while the first unwinds is ignored, so
+cleanup is not cut short; SIGKILL still ends everything at once (committed shards stay).
 """
 
 from __future__ import annotations
@@ -11,9 +22,12 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from cluster.errors import InvalidInput, IronsightError
 from jobs.observability import LOG_FORMATS, configure_logging, console, job_context, resolve_format
@@ -150,9 +164,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IronsightError as exc:
         console(f"ironsight: error: {exc}", logging.ERROR)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            console(f"ironsight: interrupted by {exc.signal_name}; committed shards are kept, rerun "
+                    "the same command to resume", logging.ERROR)
+            return EXIT_SIGTERM
         console("ironsight: interrupted; committed shards are kept, rerun to resume", logging.ERROR)
         return 130
+
+
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds the job like Ctrl-C does (``finally`` blocks run, Ray shuts down)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal_name}")
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[Callable[[], None]]:
+    """Make SIGTERM raise :class:`Terminated` in the main thread for the duration of the block.
+
+    Yields ``install``: call it again after ``ray.init``, which puts its own handler in place
+    (``sys.exit(15)``, plus a C++ one that prints a stack). The handler raises once; later
+    SIGTERMs are ignored while the job unwinds. The previous handler is restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    raised = False
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        nonlocal raised
+        if raised:
+            return
+        raised = True
+        raise Terminated(signum)
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    install()
+    try:
+        yield install
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -219,8 +279,9 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
         progress=progress,
         allowed_roots=spec.effective_roots(),
     )
-    with RunRecorder(spec) as record, job_context(spec, record.run_id):
+    with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
         with connect(spec.address, quiet=not verbose):
+            reinstall()  # ray.init replaced it
             summary = run_classify(cfg)
         record.classify_succeeded(summary)
     print(summary.render())
@@ -251,8 +312,9 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
         progress=progress,
         allowed_roots=spec.effective_roots(),
     )
-    with RunRecorder(spec) as record, job_context(spec, record.run_id):
+    with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
         with connect(spec.address, quiet=not verbose):
+            reinstall()  # ray.init replaced it
             result = run_audit(cfg)
         regressions = record.audit_finished(result.report)
     print(text_summary(result.report))

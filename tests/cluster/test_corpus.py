@@ -16,7 +16,7 @@ from PIL import Image
 from cluster import storage
 from cluster.corpus import CorpusPlan, ImageLayout, iter_shard, plan_corpus
 from cluster.decode import decode_batch
-from cluster.errors import InvalidInput
+from cluster.errors import InvalidInput, JobFailed
 from cluster.preprocess import Preprocess
 
 PRE = Preprocess(resize=32, crop=32)
@@ -357,8 +357,8 @@ def test_iter_shard_reads_only_its_row_groups_and_columns(tmp_path):
     assert sum((b["id"] for b in batches), []) == [f"r{i}" for i in range(20, 40)]
     assert np.concatenate([b["row"] for b in batches]).tolist() == list(range(20, 40))
     assert batches[0]["image"][0] == png((20, 0, 0))
-    with pytest.raises(OSError):  # noqa: PT011 - pyarrow's error for a garbage page
-        list(iter_shard(plan, plan.shards[0]))
+    with pytest.raises(JobFailed, match="a.parquet row group 0 failed: "):
+        list(iter_shard(plan, plan.shards[0]))  # pyarrow's error, naming file and row group
 
 
 # ---- S3 ----------------------------------------------------------------------------------
