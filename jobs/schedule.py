@@ -8,7 +8,12 @@ deterministic submission id `scheduled_submission_id(job, spec hash, tick)`.
 Rules (each one tested in tests/jobs/test_schedule.py):
 
 - **Cron**: 5 fields (`0 2 * * *`), or 6 with seconds last (`* * * * * */2`, croniter's
-  form), evaluated in `--timezone` (IANA, default UTC) with `zoneinfo`.
+  form), evaluated in `--timezone` (IANA, default UTC) with `zoneinfo`. An expression that
+  can never fire (`0 0 31 2 *`, February 31st) is refused when the schedule is created (exit
+  2), not found out at the first tick.
+- **Job name**: the spec's `name` names the state files, so it is at most `MAX_JOB_NAME`
+  (100) characters (refused with exit 2 before anything is created); characters other than
+  letters, digits and `_.-` become `-` in the file names.
 - **DST**: a wall-clock time skipped by a spring-forward transition fires once, right after
   the jump (02:30 Europe/Berlin on the last Sunday of March fires at 03:00 CEST). A wall-clock
   time that occurs twice at fall-back fires once (its first occurrence) when the schedule
@@ -53,18 +58,25 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from cluster.errors import InvalidInput
 from jobs.history import SCHEDULED_FOR_ENV, history_url
 
-__all__ = ["CronSchedule", "LocalRun", "Scheduler", "TickState", "add_commands", "local_launcher"]
+__all__ = ["MAX_JOB_NAME", "CronSchedule", "LocalRun", "Scheduler", "TickState", "add_commands",
+           "check_job_name", "local_launcher"]
 
 log = logging.getLogger("ironsight.schedule")
 UTC = dt.timezone.utc
 OVERLAP_POLICIES = ("skip", "queue")
 KILL_GRACE_S = 30.0  # an interrupted run gets this long to record its end before SIGKILL
 MAX_SLEEP_S = 60.0  # wake at least this often, so a clock jump is noticed within a minute
+# A scheduled job's name names its state files (`<name>.json`, `.json.tmp`, `.lock`): file
+# names are at most 255 bytes (NAME_MAX), so a ~250-character name failed with ENAMETOOLONG.
+MAX_JOB_NAME = 100
+# Ticks passed over looking for one that is not a repeated wall-clock time (at most one in a
+# row can be: see CronSchedule._skip); the bound only keeps a bug from spinning forever.
+MAX_SKIPPED_TICKS = 1000
 
 
 class CronSchedule:
@@ -73,6 +85,10 @@ class CronSchedule:
     Args:
         expr: 5 fields (minute hour day-of-month month day-of-week) or 6 (seconds last).
         timezone: IANA time zone the expression is read in.
+
+    Raises:
+        InvalidInput: not a cron expression, an unknown time zone, or an expression that never
+            fires (``0 0 31 2 *``).
 
     >>> s = CronSchedule("30 2 * * *", "Europe/Berlin")
     >>> s.next_after(dt.datetime(2026, 3, 28, 12, 0, tzinfo=UTC)).isoformat()  # DST starts
@@ -98,6 +114,28 @@ class CronSchedule:
         self.timezone = timezone
         # A schedule with fixed hours fires a repeated wall-clock time once (see module doc).
         self._fixed_hours = "*" not in fields[1]
+        # Cron repeats within 400 years (the Gregorian calendar's full cycle, weekdays
+        # included), so a first tick after any one instant exists iff the expression fires at
+        # all; croniter gives up (CroniterBadDateError) on a date that does not exist.
+        self.next_after(dt.datetime(2000, 1, 1, tzinfo=UTC))
+
+    def _never_fires(self) -> InvalidInput:
+        return InvalidInput(
+            f"--cron {self.expr!r}: the cron expression never fires: no date matches it (like "
+            "February 31st or April 31st); use a date that exists, or L for the last day of "
+            "the month ('0 0 L * *')"
+        )
+
+    def _walk(self, it: croniter, forward: bool) -> dt.datetime:
+        """The first tick of `it` in that direction that is not skipped, as UTC."""
+        for _ in range(MAX_SKIPPED_TICKS):
+            try:
+                tick = it.get_next(dt.datetime) if forward else it.get_prev(dt.datetime)
+            except CroniterBadDateError:
+                raise self._never_fires() from None
+            if not self._skip(tick):
+                return tick.astimezone(UTC)
+        raise self._never_fires()
 
     def _skip(self, tick: dt.datetime) -> bool:
         """The second occurrence of an ambiguous wall-clock time, for fixed-hour schedules."""
@@ -107,19 +145,28 @@ class CronSchedule:
 
     def next_after(self, when: dt.datetime) -> dt.datetime:
         """The first tick strictly after `when` (aware)."""
-        it = croniter(self.expr, when.astimezone(self.tz))
-        while True:
-            tick = it.get_next(dt.datetime)
-            if not self._skip(tick):
-                return tick.astimezone(UTC)
+        return self._walk(croniter(self.expr, when.astimezone(self.tz)), forward=True)
 
     def latest_at_or_before(self, when: dt.datetime) -> dt.datetime:
         """The last tick at or before `when` (aware)."""
-        it = croniter(self.expr, (when + dt.timedelta(microseconds=1)).astimezone(self.tz))
-        while True:
-            tick = it.get_prev(dt.datetime)
-            if not self._skip(tick):
-                return tick.astimezone(UTC)
+        start = (when + dt.timedelta(microseconds=1)).astimezone(self.tz)
+        return self._walk(croniter(self.expr, start), forward=False)
+
+
+def check_job_name(job: str) -> str:
+    """`job` when it can name a schedule's state files; InvalidInput (exit 2) otherwise.
+
+    >>> check_job_name("nightly-audit")
+    'nightly-audit'
+    """
+    if len(job) > MAX_JOB_NAME:
+        raise InvalidInput(
+            f"job name {job[:40]!r}... is {len(job)} characters long; a scheduled job's name "
+            f"(the spec's `name`) is at most {MAX_JOB_NAME} characters, because it names the "
+            "schedule's state files"
+        )
+    _slug(job)
+    return job
 
 
 def _slug(job: str) -> str:
@@ -142,7 +189,7 @@ class TickState:
     """
 
     def __init__(self, state_dir: str | os.PathLike, job: str) -> None:
-        self.job = job
+        self.job = check_job_name(job)
         directory = Path(state_dir)
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -177,7 +224,13 @@ class TickState:
     def lock(self) -> None:
         """Hold an exclusive lock for this job until `unlock` (or process exit)."""
         path = self.path.with_suffix(".lock")
-        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the process's life
+        try:
+            f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the process's life
+        except OSError as exc:
+            raise InvalidInput(
+                f"schedule state {path}: cannot open the lock file ({exc.strerror}); check "
+                "--state-dir"
+            ) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -439,6 +492,7 @@ def _schedule_command(args: Any) -> int:
     from jobs.spec import load_spec
 
     spec = load_spec(args.spec)  # a bad spec fails now, not at 2 am
+    check_job_name(spec.name)
     schedule = CronSchedule(args.cron, args.timezone)
     if args.address:
         launch = remote_launcher(os.path.abspath(args.spec), args.address)
