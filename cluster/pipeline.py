@@ -216,23 +216,24 @@ def job_spec_hash(cfg: ClassifyConfig, plan: corpus_mod.CorpusPlan, model: Loade
     )
 
 
-def run_classify(cfg: ClassifyConfig) -> ClassifySummary:
-    """Label every row of ``cfg.input`` into ``cfg.output`` exactly once; resumable.
-
-    Ray must already be initialised (:func:`cluster.raycluster.connect`).
-
-    Raises:
-        InvalidInput: bad corpus, columns, model or OUTPUT; nothing was written.
-        JobFailed: the run started and could not finish; committed shards stay valid.
-    """
-    import ray
-
+def _check_flags(cfg: ClassifyConfig) -> None:
     if cfg.top_k < 1:
         raise InvalidInput(f"--top-k must be at least 1, got {cfg.top_k}")
     if cfg.batch_size < 1:
         raise InvalidInput(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    started = time.monotonic()
-    plan = corpus_mod.plan_corpus(
+
+
+def plan_classify(cfg: ClassifyConfig) -> corpus_mod.CorpusPlan:
+    """Check the tuning flags and plan the corpus from its footers; needs no Ray.
+
+    The CLI calls this before it starts Ray, so a bad flag or a bad file (a corrupted or
+    inconsistent footer, another schema) is refused in a second, not after Ray's start-up.
+
+    Raises:
+        InvalidInput: a bad flag, or a bad file that ``cfg.skip_bad_files`` does not skip.
+    """
+    _check_flags(cfg)
+    return corpus_mod.plan_corpus(
         cfg.input,
         image_column=cfg.image_column,
         id_column=cfg.id_column,
@@ -240,6 +241,28 @@ def run_classify(cfg: ClassifyConfig) -> ClassifySummary:
         skip_bad_files=cfg.skip_bad_files,
         allowed_roots=cfg.allowed_roots,
     )
+
+
+def run_classify(cfg: ClassifyConfig, *, plan: corpus_mod.CorpusPlan | None = None) -> ClassifySummary:
+    """Label every row of ``cfg.input`` into ``cfg.output`` exactly once; resumable.
+
+    Ray must already be initialised (:func:`cluster.raycluster.connect`).
+
+    Args:
+        cfg: the job.
+        plan: :func:`plan_classify`'s result for ``cfg`` when the caller planned before
+            starting Ray; planned here when None.
+
+    Raises:
+        InvalidInput: bad corpus, columns, model or OUTPUT; nothing was written.
+        JobFailed: the run started and could not finish; committed shards stay valid.
+    """
+    import ray
+
+    started = time.monotonic()
+    _check_flags(cfg)
+    if plan is None:
+        plan = plan_classify(cfg)
     model = validate_model(cfg.source)
     if model.info.num_classes < cfg.top_k:
         log.warning("top-k %d > %d classes; returning %d", cfg.top_k, model.info.num_classes, model.info.num_classes)
