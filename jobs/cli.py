@@ -258,7 +258,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = False) -> int:
-    from cluster.pipeline import ClassifyConfig, run_classify
+    from cluster.pipeline import ClassifyConfig, plan_classify, run_classify
     from cluster.raycluster import connect
     from jobs.history import RunRecorder
 
@@ -280,9 +280,10 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
         allowed_roots=spec.effective_roots(),
     )
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
+        plan = plan_classify(cfg)  # footers only: bad files are refused before Ray starts
         with connect(spec.address, quiet=not verbose):
             reinstall()  # ray.init replaced it
-            summary = run_classify(cfg)
+            summary = run_classify(cfg, plan=plan)
         record.classify_succeeded(summary)
     print(summary.render())
     return 0
