@@ -15,10 +15,8 @@ import argparse
 import os
 import types
 import typing
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,6 +30,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cluster import paths
 from cluster.errors import InvalidInput
+from cluster.yamlfile import MAX_MESSAGE_CHARS, clip, first_problems, load_yaml, short_repr
 
 
 def _cli(*, positional: bool = False, metavar: str | None = None, short: str | None = None,
@@ -333,36 +332,40 @@ JobSpec = Annotated[Union[ClassifyJob, AuditJob], Field(discriminator="kind")]  
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem, each naming the field path: ``spec.yaml: top_k: must be >= 1``."""
+    """One line per problem, each naming the field path: ``spec.yaml: top_k: must be >= 1``.
+
+    Values are never echoed (``include_input=False``); a message a validator built from a
+    value is clipped, and past :data:`cluster.yamlfile.MAX_PROBLEMS` the rest are counted.
+    """
     lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = clip(".".join(str(p) for p in err["loc"]) or "(spec)")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `ironsight validate --help` lists the keys)"
-        lines.append(f"{source}: {loc}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{source}: {loc}: {clip(msg, MAX_MESSAGE_CHARS)}")
+    return "\n".join(first_problems(lines))
 
 
 def load_spec(path: str) -> ClassifyJob | AuditJob:
-    """Read and validate a YAML job spec; errors name the file and the field path."""
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInput(f"spec file {path} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path} is not valid YAML: {exc}") from exc
+    """Read and validate a YAML job spec; errors name the file and the field path.
+
+    The file is read by :func:`cluster.yamlfile.load_yaml`: a regular file (local or
+    ``s3://``) of at most 1 MiB, without duplicate keys, alias bombs or deep nesting.
+    """
+    data = load_yaml(path, what="spec file")
     if not isinstance(data, dict):
         raise InvalidInput(f"{path}: a job spec is a YAML mapping (key: value), got {type(data).__name__}")
     kind = data.get("kind", "classify")
-    model = SPEC_KINDS.get(kind)
+    model = SPEC_KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise InvalidInput(f"{path}: kind: {kind!r} is not a job kind; expected one of {sorted(SPEC_KINDS)}")
+        raise InvalidInput(
+            f"{path}: kind: {short_repr(kind)} is not a job kind; expected one of {sorted(SPEC_KINDS)}"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(format_validation_error(exc, path)) from exc
+        raise InvalidInput(format_validation_error(exc, path)) from None
 
 
 SPEC_KINDS: dict[str, type[BaseModel]] = {"classify": ClassifyJob, "audit": AuditJob}

@@ -45,6 +45,7 @@ from cluster import storage
 from cluster.errors import InvalidInput
 from cluster.models.registry import ModelInfo, get_model_info, list_models
 from cluster.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from cluster.yamlfile import MAX_MESSAGE_CHARS, clip, first_problems, load_yaml, parse_yaml
 
 CardFormat = Literal["safetensors", "state_dict", "torch_export", "torchscript"]
 Triple = tuple[float, float, float]
@@ -205,6 +206,9 @@ def _field_path(loc: tuple) -> str:
 def parse_card(text: str, uri: str = "<string>") -> ModelCard:
     """Validate card YAML ``text``; errors name ``uri`` and each bad field's path.
 
+    The YAML is read by :func:`cluster.yamlfile.parse_yaml` (duplicate keys, alias bombs and
+    deep nesting are refused), and a message quotes at most a clipped part of any value.
+
     >>> text = "name: x\\nformat: torchscript\\nweights: x.ts\\nwidth: 3\\n"
     >>> parse_card(text)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -212,10 +216,11 @@ def parse_card(text: str, uri: str = "<string>") -> ModelCard:
     cluster.errors.InvalidInput: model card <string> is invalid:
       width: unknown field; allowed: name, format, arch, weights, ...
     """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"model card {uri} is not valid YAML: {exc}") from None
+    data = parse_yaml(text, source=f"model card {uri}")
+    return _validate_card(data, uri)
+
+
+def _validate_card(data: object, uri: str) -> ModelCard:
     if not isinstance(data, dict):
         raise InvalidInput(
             f"model card {uri} must be a YAML mapping (name: ..., format: ..., weights: ...), "
@@ -225,25 +230,23 @@ def parse_card(text: str, uri: str = "<string>") -> ModelCard:
         card = ModelCard.model_validate(data)
     except ValidationError as exc:
         problems = []
-        for err in exc.errors():
+        for err in exc.errors(include_url=False, include_input=False):
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = f"unknown field; allowed: {', '.join(ModelCard.model_fields)}"
-            problems.append(f"  {_field_path(err['loc'])}: {msg}")
-        raise InvalidInput(f"model card {uri} is invalid:\n" + "\n".join(problems)) from None
+            problems.append(f"{clip(_field_path(err['loc']))}: {clip(msg, MAX_MESSAGE_CHARS)}")
+        raise InvalidInput(
+            f"model card {uri} is invalid:\n" + "\n".join(f"  {p}" for p in first_problems(problems))
+        ) from None
     card._uri = uri
     return card
 
 
 def load_card(uri: str) -> ModelCard:
-    """Read and validate the model card at ``uri`` (local path or ``s3://``)."""
+    """Read and validate the model card at ``uri`` (local path or ``s3://``).
+
+    Only a regular file of at most :data:`cluster.yamlfile.MAX_CONFIG_BYTES` is read: a FIFO,
+    a device (``/dev/zero``) or a 10 MB file is refused before parsing (:func:`load_yaml`).
+    """
     loc = storage.resolve(uri)
-    try:
-        raw = storage.read_bytes(loc)
-    except FileNotFoundError:
-        raise InvalidInput(f"model card {loc.uri} does not exist") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"model card {loc.uri} is not UTF-8 text (a weights file?)") from None
-    return parse_card(text, loc.uri)
+    return _validate_card(load_yaml(loc.uri, what="model card"), loc.uri)

@@ -1,0 +1,306 @@
+"""One YAML loader for every configuration file: model cards, job specs, suites, gates.
+
+:func:`load_yaml` reads a file (local path or ``s3://``) through :func:`cluster.storage.read_bytes`,
+so only regular files are read (a FIFO, ``/dev/zero`` or ``/proc/...`` is refused before it is
+opened) and never more than ``max_bytes``; :func:`parse_yaml` parses text with a
+``yaml.SafeLoader`` that bounds what a hostile document can cost:
+
+| limit                  | value                   | what happens past it                           |
+|------------------------|-------------------------|------------------------------------------------|
+| file size              | 1 MiB (``MAX_CONFIG_BYTES``) | refused before parsing, naming the cap     |
+| nesting depth          | 100 (``MAX_DEPTH``), aliases expanded | refused at the node that goes deeper, without recursing into it |
+| values after aliases   | 100,000 (``MAX_NODES``) | refused while composing ("billion laughs"): a few ms, a few MB |
+| an alias inside its own anchor | refused         | a cyclic value that nothing downstream can validate |
+| duplicate mapping keys | refused                 | naming the key and both lines (YAML would keep the last silently) |
+| quoted text in errors  | 80 characters (``SNIPPET_CHARS``) | cut with "..." and the count left out |
+| one validation message | 300 characters (``MAX_MESSAGE_CHARS``) | cut the same way (a validator may quote a value) |
+| validation problems    | 20 per file (``MAX_PROBLEMS``) | "... and N more problems" |
+
+The last two rows are for the callers, which validate the loaded data with pydantic: they
+format ``ValidationError.errors(include_input=False)`` themselves, one line per problem, and
+cut it with :func:`clip` and :func:`first_problems`.
+
+Every problem is an :class:`~cluster.errors.InvalidInput` (exit 2) whose message starts with
+the caller's ``source`` (``gate file g.yaml``) and gives the line and column; a message never
+quotes more than ``SNIPPET_CHARS`` of the input and never the ``repr`` of a loaded value (the
+repr of a small aliased document can be gigabytes). Only the first document of a stream is
+read, as ``yaml.safe_load`` does; a second one is an error.
+
+>>> parse_yaml("a: 1\\nb: [x, y]\\n", source="example")
+{'a': 1, 'b': ['x', 'y']}
+>>> parse_yaml("a: 1\\na: 2\\n", source="gate file g.yaml")
+Traceback (most recent call last):
+...
+cluster.errors.InvalidInput: gate file g.yaml is not valid YAML: line 2, column 1: key 'a' appears twice (first on line 1); give each key once
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, ScalarNode
+
+from cluster import storage
+from cluster.errors import InvalidInput
+
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: the largest card seen in practice (21k class names) is ~400 KB
+MAX_DEPTH = 100
+MAX_NODES = 100_000
+SNIPPET_CHARS = 80
+MAX_MESSAGE_CHARS = 300
+MAX_PROBLEMS = 20
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def clip(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out.
+
+    >>> clip("x" * 100, 10)
+    'xxxxxxxxxx... (90 more characters)'
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
+def first_problems(lines: list[str], limit: int = MAX_PROBLEMS) -> list[str]:
+    """The first ``limit`` lines, then one saying how many more there are.
+
+    >>> first_problems(["a", "b", "c"], 2)
+    ['a', 'b', '... and 1 more problem']
+    """
+    if len(lines) <= limit:
+        return lines
+    more = len(lines) - limit
+    return [*lines[:limit], f"... and {more:,} more problem{'s' if more != 1 else ''}"]
+
+
+def short_repr(value: Any, limit: int = SNIPPET_CHARS) -> str:
+    """A bounded ``repr`` for error messages: containers are summarised, never expanded.
+
+    A loaded YAML value may share one list a billion times over (aliases), so its full
+    ``repr`` is never computed.
+
+    >>> short_repr([1, 2, 3]), short_repr({"a": 1}), short_repr("x" * 200, 5)
+    ('a list of 3 items', 'a mapping of 1 key', "'xxxxx'... (195 more characters)")
+    """
+    if isinstance(value, (list, tuple, set, frozenset)):
+        n = len(value)
+        return f"a {type(value).__name__} of {n:,} item{'s' if n != 1 else ''}"
+    if isinstance(value, dict):
+        n = len(value)
+        return f"a mapping of {n:,} key{'s' if n != 1 else ''}"
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value) - limit:,} more characters)"
+    try:
+        return clip(repr(value), limit)
+    except ValueError:  # an int past Python's digit limit
+        return f"a {type(value).__name__} too large to print"
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A limit of :class:`_BoundedLoader` (the document may be valid YAML)."""
+
+
+class _Duplicate(yaml.MarkedYAMLError):
+    """A mapping names a key twice."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``SafeLoader`` with the limits of the module table, checked while composing.
+
+    Composing is where aliases are resolved and where the nesting recurses, so both are
+    counted there: every node adds 1 to the expanded count, every alias adds the expanded
+    size of the node it names (known once that node is complete), and a node is refused
+    before its children are composed when it would be deeper than ``MAX_DEPTH``.
+    """
+
+    max_depth = MAX_DEPTH
+    max_nodes = MAX_NODES
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._reset_limits()
+
+    def _reset_limits(self) -> None:
+        self._expanded = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> expanded nodes under it, itself included
+        self._heights: dict[int, int] = {}  # id(node) -> levels under it, itself included
+        self._child_height: list[int] = []  # per open node: the tallest child so far
+
+    def compose_document(self) -> Any:
+        try:
+            return super().compose_document()
+        finally:
+            self._reset_limits()
+
+    def _count(self, n: int, mark: Any) -> None:
+        self._expanded += n
+        if self._expanded > self.max_nodes:
+            raise _Refused(
+                None, None,
+                f"its aliases expand to more than {self.max_nodes:,} values (an alias bomb, "
+                "\"billion laughs\"?); write the values out, or split the file",
+                mark,
+            )
+
+    def _grow(self, height: int) -> None:
+        if self._child_height and height > self._child_height[-1]:
+            self._child_height[-1] = height
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        depth = len(self._child_height)  # levels above the node being composed
+        if self.check_event(AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                size = self._sizes.get(id(target))
+                if size is None:
+                    raise _Refused(
+                        None, None,
+                        f"alias *{clip(str(event.anchor), 40)} is inside the value it names "
+                        "(a cycle); a configuration value must be a tree",
+                        event.start_mark,
+                    )
+                height = self._heights[id(target)]
+                if depth + height > self.max_depth:
+                    self._too_deep(event.start_mark)
+                self._count(size, event.start_mark)
+                self._grow(height)
+            return super().compose_node(parent, index)  # undefined aliases: yaml's own error
+        mark = self.peek_event().start_mark
+        if depth + 1 > self.max_depth:
+            self._too_deep(mark)
+        start = self._expanded
+        self._count(1, mark)
+        self._child_height.append(0)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            height = 1 + self._child_height.pop()
+        self._sizes[id(node)] = self._expanded - start
+        self._heights[id(node)] = height
+        self._grow(height)
+        return node
+
+    def _too_deep(self, mark: Any) -> None:
+        raise _Refused(
+            None, None,
+            f"values are nested more than {self.max_depth} levels deep (aliases included)",
+            mark,
+        )
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
+                    continue  # merged keys may be overridden; complex keys are yaml's problem
+                key = self.construct_object(key_node, deep=False)
+                try:
+                    line = first_line.get(key)
+                except TypeError:
+                    continue
+                if line is not None:
+                    raise _Duplicate(
+                        None, None,
+                        f"key {short_repr(key)} appears twice (first on line {line + 1}); "
+                        "give each key once",
+                        key_node.start_mark,
+                    )
+                first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:  # 2024-02-30, a 5000-digit int, ...
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {clip(str(exc))}", node.start_mark
+            ) from None
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+
+
+def _describe(exc: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` from a yaml error, every quoted part clipped."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or "cannot be parsed"
+        if not isinstance(exc, (_Refused, _Duplicate)):
+            problem = clip(problem)
+        context = f"{clip(exc.context)}, " if exc.context else ""
+        return f"{_where(mark)}: {context}{problem}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = exc.character
+        code = f"#x{ord(char):04x}" if isinstance(char, str) else f"#x{char:02x}"
+        return f"character {exc.position + 1:,}: {code} is not allowed in YAML ({clip(exc.reason)})"
+    return clip(str(exc))
+
+
+def parse_yaml(text: str, *, source: str) -> Any:
+    """The data of YAML ``text`` (first document), under the limits of the module table.
+
+    Args:
+        text: the YAML.
+        source: how messages name the text, e.g. ``"gate file g.yaml"``; every message
+            starts with it.
+
+    Raises:
+        InvalidInput: not YAML, a duplicate key, too deep, too many values after aliases, or
+            a scalar Python cannot represent; the message gives the line and column.
+    """
+    loader = None
+    try:
+        loader = _BoundedLoader(text)  # the reader checks every character here
+        return loader.get_single_data()
+    except _Refused as exc:
+        raise InvalidInput(f"{source} is refused: {_describe(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{source} is not valid YAML: {_describe(exc)}") from None
+    except RecursionError:  # not expected under MAX_DEPTH; never a traceback
+        raise InvalidInput(f"{source} is refused: values are nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def load_yaml(uri_or_path: str, *, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
+    """Read and parse the YAML file at ``uri_or_path`` (local path or ``s3://``).
+
+    Args:
+        uri_or_path: the file.
+        what: what the file is, for messages (``"model card"``, ``"gate file"``); every
+            message starts with ``"{what} {uri_or_path}"``, the name as given.
+        max_bytes: a larger file is refused without being read past ``max_bytes + 1``.
+
+    Raises:
+        InvalidInput: missing, unreadable, not a regular file, too large, not UTF-8, or any
+            :func:`parse_yaml` problem.
+        JobFailed: S3 stayed unreachable (from :func:`cluster.storage.with_retries`).
+    """
+    name = str(uri_or_path)  # as the user wrote it
+    loc = storage.resolve(name)
+    try:
+        raw = storage.read_bytes(loc, max_bytes=max_bytes, what=what)
+    except FileNotFoundError:
+        raise InvalidInput(f"{what} {name} does not exist") from None
+    except PermissionError:
+        raise InvalidInput(f"{what} {name} cannot be read: permission denied") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{what} {name} is a directory; expected a YAML file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"{what} {name} is not UTF-8 text (byte {exc.start:,} is 0x{raw[exc.start]:02x}); "
+            "is it the right file?"
+        ) from None
+    return parse_yaml(text, source=f"{what} {name}")
