@@ -36,6 +36,7 @@ cluster.errors.InvalidInput: gate file g.yaml is not valid YAML: line 2, column 
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import yaml
@@ -78,29 +79,34 @@ def first_problems(lines: list[str], limit: int = MAX_PROBLEMS) -> list[str]:
     return [*lines[:limit], f"... and {more:,} more problem{'s' if more != 1 else ''}"]
 
 
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxset, r.maxfrozenset = 3, 6, 6, 6, 6
+    r.maxdict, r.maxstring, r.maxlong, r.maxother = 6, SNIPPET_CHARS, 40, SNIPPET_CHARS
+    return r
+
+
+_REPR = _bounded_repr()
+
+
 def short_repr(value: Any, limit: int = SNIPPET_CHARS) -> str:
-    """A bounded ``repr`` for error messages: containers are summarised, never expanded.
+    """A bounded ``repr`` for error messages: at most 6 items of a container, 3 levels deep.
 
     A loaded YAML value may share one list a billion times over (aliases), so its full
-    ``repr`` is never computed.
+    ``repr`` is never computed (:mod:`reprlib` stops early).
 
-    >>> short_repr([1, 2, 3]), short_repr({"a": 1}), short_repr("x" * 200, 5)
-    ('a list of 3 items', 'a mapping of 1 key', "'xxxxx'... (195 more characters)")
+    >>> short_repr([2]), short_repr(list(range(100))), short_repr("x" * 200, 20)
+    ('[2]', '[0, 1, 2, 3, 4, 5, ...]', "'xxxxxxxxxxxxxxxxxxxx'... (180 more characters)")
     """
-    if isinstance(value, (list, tuple, set, frozenset)):
-        n = len(value)
-        return f"a {type(value).__name__} of {n:,} item{'s' if n != 1 else ''}"
-    if isinstance(value, dict):
-        n = len(value)
-        return f"a mapping of {n:,} key{'s' if n != 1 else ''}"
     if isinstance(value, str):
         if len(value) <= limit:
             return repr(value)
         return f"{value[:limit]!r}... ({len(value) - limit:,} more characters)"
     try:
-        return clip(repr(value), limit)
+        text = _REPR.repr(value)
     except ValueError:  # an int past Python's digit limit
         return f"a {type(value).__name__} too large to print"
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 class _Refused(yaml.MarkedYAMLError):

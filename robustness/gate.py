@@ -25,10 +25,10 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.errors import InvalidInput
+from cluster.yamlfile import MAX_MESSAGE_CHARS, clip, first_problems, load_yaml, short_repr
 
 EPS_TOLERANCE = 1e-4  # "0.0078" in a gate file means 2/255 = 0.00784; budgets differ by >= 1/255
 
@@ -150,27 +150,25 @@ def parse_gate(data: object, *, source: str = "gate") -> Gate:
     try:
         return Gate.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_loc(e['loc'])}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
-        )
+        problems = "; ".join(first_problems([
+            f"{clip(_loc(e['loc']))}: {clip(e['msg'], MAX_MESSAGE_CHARS)} (got {short_repr(e['input'])})"
+            for e in exc.errors(include_url=False)
+        ]))
         raise InvalidInput(f"invalid gate in {source}: {problems}") from None
 
 
 def load_gate(path: str | os.PathLike) -> Gate:
-    """Read and validate a gate YAML file.
+    """Read and validate a gate YAML file (local path or ``s3://``).
+
+    The file is read by :func:`cluster.yamlfile.load_yaml`: a regular file of at most 1 MiB,
+    without duplicate keys, alias bombs or deep nesting.
 
     Raises:
-        InvalidInput: The file is missing, is not YAML, or a field is unknown or out of
-            range; the message names the file and the field path.
+        InvalidInput: The file is missing, not a regular file, too large, is not YAML, or a
+            field is unknown or out of range; the message names the file and the field path.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise InvalidInput(f"gate file {path} does not exist; pass an existing YAML file") from None
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"gate file {path} is not valid YAML: {exc}") from None
-    return parse_gate(data, source=str(path))
+    data = load_yaml(os.fspath(path), what="gate file")
+    return parse_gate(data, source=os.fspath(path))
 
 
 def _f(x: float, other: float | None = None) -> str:

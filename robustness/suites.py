@@ -27,9 +27,10 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cluster.errors import InvalidInput
+from cluster.yamlfile import MAX_MESSAGE_CHARS, clip, first_problems, load_yaml, short_repr
 from robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
 from robustness.conditions import SEVERITIES, list_conditions
 
@@ -93,11 +94,21 @@ def list_suites() -> list[str]:
     return sorted(_BUILTIN)
 
 
+class SuiteError(InvalidInput, ValueError):
+    """A suite name or file is wrong: :class:`~cluster.errors.InvalidInput` (exit 2), and still a
+    ``ValueError`` for callers written when this module raised that."""
+
+
+def _looks_like_a_file(name_or_path: str) -> bool:
+    return (name_or_path.startswith("s3://") or name_or_path.endswith((".yaml", ".yml"))
+            or os.path.lexists(name_or_path))
+
+
 def get_suite(name_or_path: str) -> Suite:
-    """A built-in suite by name, or a suite YAML file (validated).
+    """A built-in suite by name, or a suite YAML file (validated; local path or ``s3://``).
 
     Raises:
-        ValueError: Unknown name, missing file, or an invalid file; the message names the
+        SuiteError: Unknown name, missing file, or an invalid file; the message names the
             offending field and the file.
 
     >>> s = get_suite("standard")
@@ -106,11 +117,9 @@ def get_suite(name_or_path: str) -> Suite:
     """
     if name_or_path in _BUILTIN:
         return _BUILTIN[name_or_path]()
-    if os.path.isfile(name_or_path):
+    if _looks_like_a_file(name_or_path):
         return load_suite(name_or_path)
-    if name_or_path.endswith((".yaml", ".yml")):
-        raise ValueError(f"suite file {name_or_path!r} does not exist")
-    raise ValueError(f"suite {name_or_path!r} unknown; expected one of "
+    raise SuiteError(f"suite {name_or_path!r} unknown; expected one of "
                      f"{', '.join(list_suites())} or the path of a suite YAML file")
 
 
@@ -183,29 +192,32 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
         source: Where it came from, for error messages (``"file nightly.yaml"``, or a job
             spec field).
 
+    Raises:
+        SuiteError: naming the source and every bad field; values are quoted clipped.
+
     >>> parse_suite({"name": "mini", "conditions": ["contrast"], "severities": [2]}).conditions
     ('contrast',)
     >>> parse_suite({"name": "x", "severity": [2]}, source="file nightly.yaml")
     Traceback (most recent call last):
     ...
-    ValueError: suite file nightly.yaml is invalid: severity: Extra inputs are not permitted (got [2])
+    robustness.suites.SuiteError: suite file nightly.yaml is invalid: severity: Extra inputs are not permitted (got [2])
     """
     if data is None:
-        raise ValueError(f"suite {source} is empty; expected keys name, conditions, "
+        raise SuiteError(f"suite {source} is empty; expected keys name, conditions, "
                          "severities, attacks")
     if not isinstance(data, dict):
-        raise ValueError(f"suite {source} is a {type(data).__name__}; expected a mapping with "
+        raise SuiteError(f"suite {source} is a {type(data).__name__}; expected a mapping with "
                          "keys name, conditions, severities, attacks")
     try:
         m = _SuiteModel.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: "
-            f"{err['msg'].removeprefix('Value error, ')}"
-            + ("" if err["type"] == "missing" else f" (got {err['input']!r})")
+        problems = "; ".join(first_problems([
+            f"{clip('.'.join(str(p) for p in err['loc']) or '<root>')}: "
+            f"{clip(err['msg'].removeprefix('Value error, '), MAX_MESSAGE_CHARS)}"
+            + ("" if err["type"] == "missing" else f" (got {short_repr(err['input'])})")
             for err in e.errors(include_url=False)
-        )
-        raise ValueError(f"suite {source} is invalid: {problems}") from None
+        ]))
+        raise SuiteError(f"suite {source} is invalid: {problems}") from None
     conditions = tuple(list_conditions()) if m.conditions == "all" else tuple(m.conditions)
     attacks = tuple(
         AttackSpec(a.name, tuple(float(e) for e in (a.eps or default_epsilons(a.name))),
@@ -216,12 +228,13 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
 
 
 def load_suite(path: str) -> Suite:
-    """Read and validate a suite YAML file (see the module docstring for the format)."""
+    """Read and validate a suite YAML file (see the module docstring for the format).
+
+    The file is read by :func:`cluster.yamlfile.load_yaml`: a regular file (local or
+    ``s3://``) of at most 1 MiB, without duplicate keys, alias bombs or deep nesting.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ValueError(f"suite file {path!r} cannot be read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"suite file {path!r} is not valid YAML: {e}") from None
+        data = load_yaml(path, what="suite file")
+    except InvalidInput as exc:
+        raise SuiteError(str(exc)) from None
     return parse_suite(data, source=f"file {path}")
