@@ -109,6 +109,11 @@ def short_repr(value: Any, limit: int = SNIPPET_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
+class YamlRefused(InvalidInput):
+    """A document over a limit of the module table (it may be valid YAML): too deep, too many
+    values after aliases, an alias cycle."""
+
+
 class _Refused(yaml.MarkedYAMLError):
     """A limit of :class:`_BoundedLoader` (the document may be valid YAML)."""
 
@@ -260,19 +265,20 @@ def parse_yaml(text: str, *, source: str) -> Any:
             starts with it.
 
     Raises:
-        InvalidInput: not YAML, a duplicate key, too deep, too many values after aliases, or
-            a scalar Python cannot represent; the message gives the line and column.
+        YamlRefused: too deep, too many values after aliases, an alias cycle (an InvalidInput).
+        InvalidInput: not YAML, a duplicate key, or a scalar Python cannot represent; the
+            message gives the line and column.
     """
     loader = None
     try:
         loader = _BoundedLoader(text)  # the reader checks every character here
         return loader.get_single_data()
     except _Refused as exc:
-        raise InvalidInput(f"{source} is refused: {_describe(exc)}") from None
+        raise YamlRefused(f"{source} is refused: {_describe(exc)}") from None
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{source} is not valid YAML: {_describe(exc)}") from None
     except RecursionError:  # not expected under MAX_DEPTH; never a traceback
-        raise InvalidInput(f"{source} is refused: values are nested too deeply") from None
+        raise YamlRefused(f"{source} is refused: values are nested too deeply") from None
     finally:
         if loader is not None:
             loader.dispose()

@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from cluster.errors import InvalidInput
+from cluster.yamlfile import YamlRefused, parse_yaml
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -153,10 +154,7 @@ def _check_timezone(timezone: str) -> str:
 
 
 def _check_spec(spec_text: str) -> str:
-    try:
-        spec = yaml.safe_load(spec_text)
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"job spec is not valid YAML: {exc}") from None
+    spec = parse_yaml(spec_text, source="job spec")  # bounded: no alias bombs, duplicate keys
     if not isinstance(spec, dict):
         raise InvalidInput(
             f"job spec is a YAML {type(spec).__name__}; expected a mapping of job settings"
@@ -897,8 +895,11 @@ def security_findings(doc: dict[str, Any]) -> list[str]:
                 findings.append(f"{path} contains a literal credential; use a Secret")
             if path.endswith(".yaml"):  # a manifest kept in a ConfigMap key
                 try:
-                    inner = yaml.safe_load(node)
-                except yaml.YAMLError:
+                    inner = parse_yaml(node, source=path)
+                except YamlRefused as exc:  # an alias bomb or deep nesting: cannot be checked
+                    findings.append(f"{exc}; a manifest that cannot be checked is not safe")
+                    inner = None
+                except InvalidInput:
                     inner = None
                 if isinstance(inner, dict) and "kind" in inner:
                     findings += [f"{path}: {f}" for f in security_findings(inner)]

@@ -311,7 +311,9 @@ def _check_cluster_paths(spec: ClassifyJob | AuditJob, source: str) -> None:
 
 
 def _shipped_spec(path: str) -> str:
-    data = yaml.safe_load(Path(path).read_text())
+    from cluster.yamlfile import load_yaml  # the bounded loader load_spec used
+
+    data = load_yaml(path, what="spec file")
     if not data.get("address"):
         data["address"] = "auto"  # join the cluster the job runs on
     return yaml.safe_dump(data, sort_keys=False)
