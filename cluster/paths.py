@@ -18,11 +18,26 @@ S3 root, nor the other way round. With no roots configured nothing is checked.
 True
 >>> check_within("s3://data-evil/a.jpg", ("s3://data",))
 's3://data-evil/a.jpg is outside the allowed roots (s3://data)'
+
+OUTPUT apart from INPUT (:func:`check_output`), decided on the same normalised forms before
+any work starts (before Ray), for classify and for the audit:
+
+| OUTPUT vs INPUT                         | why it is refused (exit 2)                                 |
+|-----------------------------------------|------------------------------------------------------------|
+| equal                                   | labels would land among the images and be read back as input |
+| OUTPUT contains INPUT (``/``, a parent) | the corpus would live inside the job's output folder        |
+| OUTPUT inside INPUT                     | the next run would plan OUTPUT's files as input              |
+| OUTPUT an existing file (or under one)  | OUTPUT is a folder of part files                            |
+
+For a glob INPUT (``/data/*/x.parquet``) OUTPUT may sit beside the matches
+(``/data/out``) unless the pattern could match files under it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlparse
@@ -33,7 +48,7 @@ ENV_ALLOWED_ROOTS = "IRONSIGHT_ALLOWED_ROOTS"
 # "," or ":" separate roots; the ":" of "s3://" and "file://" does not.
 _SEPARATORS = re.compile(r",|:(?!//)")
 
-__all__ = ["ENV_ALLOWED_ROOTS", "check_within", "normalize", "operator_roots", "parse_roots"]
+__all__ = ["ENV_ALLOWED_ROOTS", "check_output", "check_within", "normalize", "operator_roots", "parse_roots"]
 
 
 def parse_roots(value: str | Iterable[str], *, source: str = ENV_ALLOWED_ROOTS) -> tuple[str, ...]:
@@ -119,3 +134,93 @@ def check_within(uri: str, roots: Iterable[str]) -> str | None:
         return None
     resolved = "" if path == uri else f" (resolves to {path})"
     return f"{uri}{resolved} is outside the allowed roots ({', '.join(roots)})"
+
+
+_GLOB_CHARS = set("*?[")
+
+
+def _split_glob(uri: str) -> tuple[str, list[str]]:
+    """``(fixed prefix, pattern components after it)``; no components for a plain path."""
+    scheme = "s3://" if uri.startswith("s3://") else ""
+    body = uri[len(scheme):]
+    parts = body.split("/")
+    first = next((i for i, part in enumerate(parts) if any(c in _GLOB_CHARS for c in part)), None)
+    if first is None:
+        return uri, []
+    fixed = "/".join(parts[:first]) or ("/" if body.startswith("/") else ".")
+    return scheme + fixed, [p for p in parts[first:] if p]
+
+
+def check_output(input_uri: str, output_uri: str, *, input_name: str = "INPUT") -> None:
+    """Refuse an OUTPUT that is a file, or that equals, contains or lies inside the INPUT.
+
+    Called when a classify or audit config is built, so a bad pair fails in a moment,
+    before Ray starts and before anything is created. See the module table.
+
+    Raises:
+        InvalidInput: names both paths and says why they must be apart.
+
+    >>> check_output("/data/in", "/data/out") is None
+    True
+    >>> check_output("s3://b/in", "s3://b/in-labels") is None
+    True
+    >>> check_output("s3://b/in", "s3://b/in/labels")
+    Traceback (most recent call last):
+    ...
+    cluster.errors.InvalidInput: OUTPUT s3://b/in/labels lies inside INPUT s3://b/in: every rerun would read the labels back as input; choose an OUTPUT outside s3://b/in
+    """
+    try:
+        out = normalize(output_uri)
+    except ValueError as exc:
+        raise InvalidInput(f"OUTPUT {output_uri} {exc}") from None
+    if not out.startswith("s3://"):
+        _check_local_folder(output_uri, out)
+    base, pattern = _split_glob(str(input_uri))
+    try:
+        inp = normalize(base)
+    except ValueError:
+        return  # the corpus planner reports a bad INPUT with its own message
+    shown = input_uri if inp == input_uri or pattern else f"{input_uri} (resolves to {inp})"
+    outside = f"choose an OUTPUT outside {inp if not pattern else base}"
+    if out == inp and not pattern:
+        raise InvalidInput(
+            f"OUTPUT {output_uri} is the {input_name} folder {shown}: the labels would be written "
+            f"among the images they label and read back as input by the next run; {outside}"
+        )
+    if _inside(inp, out):
+        raise InvalidInput(
+            f"OUTPUT {output_uri} contains {input_name} {shown}: Ironsight keeps its output apart "
+            f"from the data it reads, so that its files never mix with (or, with --overwrite, "
+            f"touch) the corpus; choose an OUTPUT that is not {input_name} or a folder above it"
+        )
+    if _inside(out, inp) and _could_match_under(out, inp, pattern):
+        raise InvalidInput(
+            f"OUTPUT {output_uri} lies inside {input_name} {shown}: every rerun would read the "
+            f"labels back as input; {outside}"
+        )
+
+
+def _could_match_under(out: str, base: str, pattern: list[str]) -> bool:
+    """Whether a file under ``out`` (inside ``base``) could be planned as input."""
+    if not pattern:
+        return True  # a folder INPUT takes every file under it
+    rel = [p for p in out[len(base):].split("/") if p]
+    return len(rel) < len(pattern) and all(
+        fnmatch.fnmatchcase(part, pat) for part, pat in zip(rel, pattern, strict=False)
+    )
+
+
+def _check_local_folder(output_uri: str, path: str) -> None:
+    """OUTPUT must be a folder or not exist yet, and no folder above it may be a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InvalidInput(
+            f"OUTPUT {output_uri} is a file, not a folder: Ironsight writes one Parquet file per "
+            "shard into a folder; choose a folder (a new one is created)"
+        )
+    parent = posixpath.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent = posixpath.dirname(parent) if parent != "/" else ""
+    if parent and not os.path.isdir(parent):
+        raise InvalidInput(
+            f"OUTPUT {output_uri} lies under {parent}, which is a file, not a folder; choose a folder"
+        )

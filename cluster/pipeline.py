@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from cluster import corpus as corpus_mod
 from cluster import metrics as job_metrics
+from cluster import paths
 from cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK_ROWS: jobs.audit imports them from here)
     DECODE_BLOCK_ROWS,
     DEFAULT_MAX_PIXELS,
@@ -67,6 +68,11 @@ class ClassifyConfig:
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     # Roots that image paths in corpus rows must lie in (cluster.paths); () means no limit.
     allowed_roots: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # OUTPUT a folder apart from INPUT: refused when the config is built, which the CLI
+        # does before Ray starts (cluster.paths.check_output).
+        paths.check_output(self.input, self.output)
 
 
 @dataclass

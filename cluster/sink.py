@@ -16,6 +16,24 @@ file missing from the manifest is read back: its footer gives the rows, its byte
 Shards whose file exists are skipped; all others are (re)processed, so a row is never lost and
 never written twice.
 
+Only OUTPUT's top level is Ironsight's: it is listed without descending
+(:func:`cluster.storage.list_dir`), sub-folders (a backup, a dated sub-run) are never read,
+counted or deleted, and Ironsight deletes or replaces only files it wrote. A top-level
+``part-*.parquet`` is judged by its manifest entry or, failing that, by its footer:
+
+| top-level ``part-<id>.parquet``                                   | taken as               | with ``--overwrite`` |
+|-------------------------------------------------------------------|------------------------|----------------------|
+| listed in a manifest of this spec hash                            | this job's commit      | kept                 |
+| footer ``ironsight.spec_hash`` = this job's, ``<id>`` a planned shard | this job's commit (written after the last manifest flush) | kept |
+| footer ``ironsight.spec_hash`` of another job (or another corpus's shard) | another job's output: refused | deleted     |
+| no ``ironsight.spec_hash`` (not Parquet, or not written by Ironsight) | a user's file: refused | refused too (never deleted) |
+
+``--overwrite`` deletes exactly: those other jobs' part files, ``_manifest.json``, ``_SUCCESS``,
+and (as every open does) the temp files a killed publish of Ironsight's own files left at the
+top level (``.part-<id>.parquet.tmp-<8 hex>``, ``._manifest.json.tmp-…``, …). Any other file,
+and every sub-folder, stays. A write that fails (disk full, read-only filesystem) is a
+one-line error naming the file and the OS reason; :meth:`LabelSink.close` after it only logs.
+
 Labels schema (:data:`LABELS_SCHEMA`):
 
 | column        | type               | meaning                                               |
@@ -36,6 +54,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -76,6 +95,12 @@ LOCK_HEARTBEAT_S = 15.0
 # Rewriting the manifest on every commit is O(shards^2) bytes for a large job; the part files
 # are the commit log, so the manifest only needs to be fresh to within a few seconds.
 MANIFEST_FLUSH_S = 5.0
+
+
+# What publish_bytes names the temp file of each of our own files; nothing else is a stale temp.
+_OWN_TEMP = re.compile(r"\.(part-.+\.parquet|_manifest\.json|_SUCCESS|_lock\.json)\.tmp-[0-9a-f]{8}")
+_PART = re.compile(r"part-(.+)\.parquet")
+SPEC_HASH_KEY = b"ironsight.spec_hash"
 
 
 def part_name(shard_id: str) -> str:
@@ -138,15 +163,22 @@ class LabelSink:
             header: manifest fields describing the run (model, weights hash, input...).
             expected_shards: shard ids of the planned corpus; part files of other shards in
                 OUTPUT mean it holds another corpus's labels and are refused like a spec change.
-            overwrite: delete what a different spec wrote instead of refusing.
+            overwrite: delete the part files, manifest and ``_SUCCESS`` another job wrote here
+                instead of refusing; nothing Ironsight did not write is ever deleted.
 
         Raises:
-            InvalidInput: OUTPUT holds another job's output (and not ``overwrite``), or it is
-                locked by a live run.
+            InvalidInput: OUTPUT is a file or cannot be created or written (read-only, no
+                permission), holds another job's output (and not ``overwrite``) or part files
+                Ironsight did not write, or is locked by a live run.
         """
         out = storage.resolve(output_uri)
-        storage.makedirs(out)
-        lock = OutputLock.acquire(out)
+        _prepare_folder(out)
+        try:
+            lock = OutputLock.acquire(out)
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot write to OUTPUT {out.uri}: {storage.os_reason(exc)} (creating {LOCK})"
+            ) from None
         try:
             sink = cls._open_locked(out, spec_hash, header, set(expected_shards), overwrite)
         except BaseException:
@@ -160,49 +192,80 @@ class LabelSink:
         cls, out: storage.Location, spec_hash_: str, header: dict, expected: set[str], overwrite: bool
     ) -> LabelSink:
         manifest_loc = out.join(MANIFEST)
-        existing = _read_json(manifest_loc)
-        parts = {
-            info.base_name[len("part-") : -len(".parquet")]: info
-            for info in storage.list_files(out, suffix=".parquet")
-            if info.base_name.startswith("part-")
-        }
-        foreign = sorted(set(parts) - expected)
-        if existing is not None and existing.get("spec_hash") != spec_hash_ or foreign:
+        unreadable = False
+        try:
+            existing = _read_json(manifest_loc)
+        except InvalidInput:
+            if not overwrite:
+                raise
+            existing, unreadable = None, True  # not JSON: --overwrite replaces it
+        same = existing is not None and existing.get("spec_hash") == spec_hash_
+        listed = existing.get("shards") if same and isinstance(existing.get("shards"), dict) else {}
+        ours: dict[str, dict] = {}  # shard id -> manifest record, or None: read it back
+        others: list[str] = []  # part files another Ironsight job wrote
+        alien: list[str] = []  # part-*.parquet that Ironsight did not write
+        for info in storage.list_dir(out):  # the top level only: sub-folders are not ours
+            match = _PART.fullmatch(info.base_name)
+            if match is None:
+                continue
+            shard_id, name = match.group(1), info.base_name
+            if shard_id in expected and isinstance(listed.get(shard_id), dict):
+                ours[shard_id] = listed[shard_id]
+                continue
+            meta = storage.parquet_metadata(out.join(name))
+            if meta is None or SPEC_HASH_KEY not in meta:
+                alien.append(name)
+            elif meta[SPEC_HASH_KEY] == spec_hash_.encode() and shard_id in expected:
+                ours[shard_id] = {}  # committed after the last manifest flush
+            else:
+                others.append(name)
+        if alien:
+            raise InvalidInput(
+                f"{out.uri} holds {len(alien)} part file(s) that Ironsight did not write "
+                f"({', '.join(alien[:3])}: no ironsight.spec_hash in the Parquet footer). Ironsight "
+                "never replaces or deletes files it did not write, and its own part files must not "
+                "mix with them: move them out of OUTPUT, or choose another OUTPUT."
+            )
+        stale = existing is not None and not same
+        if stale or others or unreadable:
             if not overwrite:
                 what = (
                     f"spec hash {existing.get('spec_hash')} (model {existing.get('model', {}).get('name')!r}, "
                     f"input {existing.get('input')!r})"
-                    if existing is not None and existing.get("spec_hash") != spec_hash_
-                    else f"part files of shards this input does not have ({', '.join(foreign[:3])})"
+                    if stale
+                    else f"part files of another job or of shards this input does not have "
+                    f"({', '.join(others[:3])})"
                 )
                 raise InvalidInput(
                     f"{out.uri} already holds the output of a different job: {what}; this job has "
                     f"spec hash {spec_hash_}. Choose another OUTPUT, or pass --overwrite to replace it."
                 )
-            for info in storage.list_files(out):
-                storage.delete(storage.Location(out.fs, info.path, out.uri + "/" + info.base_name))
-            for name in (MANIFEST, SUCCESS):
+            # _SUCCESS first, so a half-replaced OUTPUT never looks complete; the manifest
+            # next: the remaining parts still name their job in their footers.
+            for name in (SUCCESS, MANIFEST, *others):
                 storage.delete(out.join(name))
-            existing, parts = None, {}
+            log.info("--overwrite: removed %d part files of another job from %s", len(others), out.uri)
+            existing = None
         _remove_stale_temps(out)
         metadata = {
-            b"ironsight.spec_hash": spec_hash_.encode(),
+            SPEC_HASH_KEY: spec_hash_.encode(),
             b"ironsight.header": json.dumps(header, sort_keys=True, default=str).encode(),
         }
         sink = cls(out=out, spec_hash=spec_hash_, header=header, metadata=metadata)
-        known = (existing or {}).get("shards", {})
-        for shard_id, info in parts.items():
-            rec = known.get(shard_id)
-            if rec is None:  # committed after the last manifest flush: read it back
-                data = storage.read_bytes(out.join(info.base_name))
+        for shard_id, rec in sorted(ours.items()):
+            name = part_name(shard_id)
+            try:
+                record = ShardRecord(int(rec["rows"]), int(rec["errors"]), str(rec["sha256"]), name)
+            except (KeyError, TypeError, ValueError):  # not in the manifest: read it back
+                data = storage.read_bytes(out.join(name))
                 table = pq.read_table(io.BytesIO(data), columns=["error"])
-                rec = {
-                    "rows": table.num_rows,
-                    "errors": table.num_rows - table.column("error").null_count,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "file": info.base_name,
-                }
-            sink.committed[shard_id] = ShardRecord(**rec)
+                record = ShardRecord(
+                    rows=table.num_rows,
+                    errors=table.num_rows - table.column("error").null_count,
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    file=name,
+                )
+            sink.committed[shard_id] = record
         sink.flush_manifest(force=True)
         return sink
 
@@ -221,7 +284,14 @@ class LabelSink:
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
         name = part_name(shard_id)
-        storage.publish_bytes(self.out.join(name), data)
+        try:
+            storage.publish_bytes(self.out.join(name), data)
+        except OSError as exc:
+            raise JobFailed(
+                f"could not commit shard {shard_id}: writing {self.out.join(name).uri} failed: "
+                f"{storage.os_reason(exc)}. The {len(self.committed)} shards committed before it "
+                "stay; fix OUTPUT and rerun the same command to resume."
+            ) from exc
         rec = ShardRecord(
             rows=table.num_rows,
             errors=table.num_rows - table.column("error").null_count,
@@ -252,18 +322,27 @@ class LabelSink:
             self._last_flush, self._dirty = now, False
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Flush the manifest and write ``_SUCCESS``: call only when every shard is committed."""
+        """Flush the manifest and write ``_SUCCESS``: call only when every shard is committed.
+
+        ``_SUCCESS`` holds ``summary`` plus ``committed_shards`` and ``committed_rows``: what
+        OUTPUT's part files hold in all, this run's and earlier runs' commits together.
+        """
         self.flush_manifest(force=True)
-        _write_json(self.out.join(SUCCESS), summary)
+        committed = {
+            "committed_shards": len(self.committed),
+            "committed_rows": sum(r.rows for r in self.committed.values()),
+        }
+        _write_json(self.out.join(SUCCESS), {**summary, **committed})
 
     def close(self) -> None:
         """Flush what is committed and release the lock (also after a failure)."""
         try:
             if self._dirty:
                 self.flush_manifest(force=True)
-        except JobFailed as exc:
+        except (JobFailed, OSError) as exc:
             # The part files are the commit log and the next open() reconciles the manifest
-            # with them; raising here would hide the error that stopped the run.
+            # with them; raising here would hide the error that stopped the run (a full disk
+            # fails the commit, then this flush, the same way).
             log.warning("could not flush %s: %s", self.out.join(MANIFEST).uri, exc)
         finally:
             if self._lock is not None:
@@ -280,22 +359,49 @@ def _read_json(loc: storage.Location) -> dict | None:
     if not storage.exists(loc):
         return None
     try:
-        return json.loads(storage.read_bytes(loc))
-    except json.JSONDecodeError as exc:
+        obj = json.loads(storage.read_bytes(loc))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{loc.uri} is not valid JSON ({exc}); remove it or pass --overwrite") from exc
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"{loc.uri} is not an Ironsight manifest (not a JSON object); remove it or pass --overwrite")
+    return obj
 
 
 def _write_json(loc: storage.Location, obj: Any) -> None:
-    storage.publish_bytes(loc, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    try:
+        storage.publish_bytes(loc, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise JobFailed(f"writing {loc.uri} failed: {storage.os_reason(exc)}") from exc
+
+
+def _prepare_folder(out: storage.Location) -> None:
+    """Create a local OUTPUT folder, or say in one line why it cannot be one."""
+    if out.is_s3:
+        return
+    if os.path.exists(out.path) and not os.path.isdir(out.path):
+        raise InvalidInput(
+            f"OUTPUT {out.uri} is a file, not a folder: Ironsight writes one Parquet file per "
+            "shard into a folder; choose a folder (a new one is created)"
+        )
+    try:
+        storage.makedirs(out)
+    except OSError as exc:
+        raise InvalidInput(f"cannot create OUTPUT {out.uri}: {storage.os_reason(exc)}") from None
 
 
 def _remove_stale_temps(out: storage.Location) -> None:
-    """Delete ``.part-*.tmp-*`` files that a killed local publish left behind."""
+    """Delete the temp files of our own files that a killed local publish left at the top level.
+
+    Only names :func:`cluster.storage.publish_bytes` gives them (``.part-<id>.parquet.tmp-<8
+    hex>``, ``._manifest.json.tmp-…``, ``._SUCCESS.tmp-…``, ``._lock.json.tmp-…``); a user's
+    other dot-files and every sub-folder are left alone.
+    """
     if out.is_s3 or not os.path.isdir(out.path):
         return
     for name in os.listdir(out.path):
-        if name.startswith(".") and ".tmp-" in name:
-            os.unlink(os.path.join(out.path, name))
+        path = os.path.join(out.path, name)
+        if _OWN_TEMP.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
 
 
 # Owners of the locks that live OutputLock objects of this process hold (acquired, not yet

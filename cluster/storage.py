@@ -18,6 +18,7 @@ locally (after fsync) and does a single PUT on S3, so a reader never sees half a
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import posixpath
@@ -146,6 +147,58 @@ def list_files(loc: Location, suffix: str | None = None) -> list[pafs.FileInfo]:
 
     out = [f for f in files if visible(f) and (suffix is None or f.path.endswith(suffix))]
     return sorted(out, key=lambda i: i.path)
+
+
+def list_dir(loc: Location) -> list[pafs.FileInfo]:
+    """The files directly in the directory ``loc`` (not in its sub-folders), sorted by name.
+
+    Unlike :func:`list_files` this never walks a tree (one ``FileSelector(recursive=False)``,
+    a single delimited listing on S3), expands no glob and hides no name: it is how a writer
+    looks at its own OUTPUT, where ``output: /`` or a huge folder must not be walked and a
+    sub-folder's files are never its own. A missing directory lists as ``[]``.
+    """
+    infos = with_retries(
+        lambda: loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)),
+        what=f"listing {loc.uri}",
+    )
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.base_name)
+
+
+def parquet_metadata(loc: Location) -> dict[bytes, bytes] | None:
+    """The key-value metadata of a Parquet file's Arrow schema, from its footer alone.
+
+    None when ``loc`` is not a readable Parquet file (not Parquet, truncated, not a regular
+    file): the caller decides what such a file is. Unreachable storage raises
+    :class:`JobFailed` as every read does.
+    """
+    import pyarrow.parquet as pq
+
+    if not loc.is_s3:
+        try:
+            check_regular_file(loc.path, "file")
+        except (InvalidInput, OSError):
+            return None
+
+    def read() -> dict[bytes, bytes] | None:
+        try:
+            with loc.fs.open_input_file(loc.path) as f:
+                return dict(pq.ParquetFile(f).schema_arrow.metadata or {})
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, FileNotFoundError):
+            return None
+
+    return with_retries(read, what=f"reading the footer of {loc.uri}")
+
+
+def os_reason(exc: OSError) -> str:
+    """The OS's reason for a failed file operation, in lower case for a one-line message.
+
+    >>> os_reason(OSError(errno.ENOSPC, "No space left on device"))
+    'no space left on device'
+    """
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
 
 
 def _glob_match(path: str, pattern: str) -> bool:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from cluster import corpus as corpus_mod
 from cluster import metrics as job_metrics
-from cluster import storage
+from cluster import paths, storage
 from cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from cluster.models import ModelSource
 from cluster.pipeline import decode_rows, decode_task_args, plan_resources
@@ -65,6 +65,11 @@ class AuditConfig:
     progress: bool | None = None
     # Roots that image paths in corpus rows must lie in (cluster.paths); () means no limit.
     allowed_roots: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # OUTPUT a folder apart from the eval set: refused when the config is built, which
+        # the CLI does before Ray starts.
+        paths.check_output(self.input, self.output, input_name="eval set INPUT")
 
 
 @dataclass
@@ -226,6 +231,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     baseline = _load_baseline(cfg.baseline) if cfg.baseline else None
     model = cfg.source.validate()
     shards, limits = _select(plan, cfg.max_images)
+    _prepare_output(cfg.output)  # a read-only or unwritable OUTPUT fails now, not after the audit
     res = plan_resources(cfg.actors, cfg.device)
     items = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
     variants = items.map_batches(
@@ -389,8 +395,41 @@ def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.
     return out
 
 
+def _prepare_output(output: str) -> None:
+    """Create a local OUTPUT folder and check that it takes files, or say in one line why not.
+
+    Nothing is written but a probe file, removed at once; the reports overwrite only the
+    files the audit writes (``report.json``, ``report.md``, ``report.html``,
+    ``predictions.parquet``), and nothing in OUTPUT is ever deleted.
+    """
+    out = storage.resolve(output)
+    if out.is_s3:
+        return
+    if os.path.exists(out.path) and not os.path.isdir(out.path):
+        raise InvalidInput(f"OUTPUT {output} is a file, not a folder: the audit writes its reports into a folder")
+    try:
+        os.makedirs(out.path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ironsight-probe-", dir=out.path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write to OUTPUT {output}: {storage.os_reason(exc)}") from None
+
+
 def _write_outputs(output: str, report: dict, table: pa.Table, examples) -> dict[str, str]:
-    """Reports and predictions.parquet into a local dir, or uploaded to an s3:// prefix."""
+    """Reports and predictions.parquet into a local dir, or uploaded to an s3:// prefix.
+
+    A failed write (disk full, read-only, no permission) is a one-line :class:`JobFailed`
+    naming OUTPUT and the OS reason.
+    """
+    try:
+        return _write_outputs_to(output, report, table, examples)
+    except OSError as exc:
+        where = getattr(exc, "filename", None) or output
+        raise JobFailed(f"writing the audit's results to {where} failed: {storage.os_reason(exc)}") from exc
+
+
+def _write_outputs_to(output: str, report: dict, table: pa.Table, examples) -> dict[str, str]:
     from robustness.report import write_reports
 
     out = storage.resolve(output)
