@@ -575,7 +575,8 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
             parquet = pq.ParquetFile(source)
             claimed = [parquet.metadata.row_group(rg).num_rows for rg in shard.row_groups]
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise JobFailed(f"reading the footer of {shard.file} failed: {exc}") from exc
+            why = " ".join(str(exc).split())
+            raise JobFailed(f"reading the footer of {shard.file} failed: {why}") from exc
         if sum(claimed) != shard.num_rows:
             raise JobFailed(
                 f"{shard.file} changed since the job was planned: row groups "
@@ -617,7 +618,8 @@ def _checked_batches(parquet: pq.ParquetFile, shard: Shard, claimed: list[int],
             except StopIteration:
                 break
             except (pa.ArrowException, OSError, ValueError) as exc:
-                raise JobFailed(f"reading {shard.file} row group {rg} failed: {exc}") from exc
+                why = " ".join(str(exc).split())  # pyarrow's messages span lines
+                raise JobFailed(f"reading {shard.file} row group {rg} failed: {why}") from exc
             got += batch.num_rows
             if got > expected:
                 break

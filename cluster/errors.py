@@ -58,34 +58,42 @@ def ray_error_message(exc: BaseException) -> str:
     """What went wrong in a Ray task, in one plain line (more when the original said more).
 
     A ``RayTaskError``'s text starts with ``ray::Task()`` frames, colour codes and the whole
-    remote traceback; the message worth showing is the original exception's, the first
-    ``Name: message`` line that is not Ray's own wrapper (a Python traceback prints the root
-    cause first). An Ironsight error raised in a task (``JobFailed: reading f.parquet row
-    group 3 ...``) comes back as its message alone, other exceptions as ``Name: message``.
+    remote traceback. An Ironsight error raised in the task (``JobFailed: reading f.parquet
+    row group 3 failed: ...``) comes back as its message alone, even when it wraps another
+    exception (the outermost of ours wins); otherwise the root cause, the first
+    ``Name: message`` line that is not Ray's own wrapper, as ``Name: message``.
 
     >>> text = ("\\x1b[36mray::MapBatches(f)()\\x1b[39m (pid=9)\\n  File \\"x.py\\", line 1\\n"
+    ...         "OSError: Couldn't deserialize thrift\\n\\n"
+    ...         "The above exception was the direct cause of the following exception:\\n\\n"
     ...         "cluster.errors.JobFailed: reading a.parquet row group 2 failed: bad\\n\\n"
     ...         "The above exception was the direct cause of the following exception:\\n\\n"
     ...         "ray.exceptions.UserCodeException: UDF failed to process a data block.")
     >>> ray_error_message(RuntimeError(text))
     'reading a.parquet row group 2 failed: bad'
+    >>> ray_error_message(RuntimeError(text.replace("cluster.errors.JobFailed", "ValueError")))
+    "OSError: Couldn't deserialize thrift"
     >>> ray_error_message(RuntimeError("\\x1b[31mboom\\x1b[0m"))
     'boom'
     """
     lines = [line.rstrip() for line in strip_ansi(str(exc)).splitlines()]
+    found: list[tuple[str, str]] = []  # (exception name, message), root cause first
     for i, line in enumerate(lines):
-        found = _EXCEPTION_LINE.match(line)
-        if found is None or found["name"].startswith("ray."):
+        match = _EXCEPTION_LINE.match(line)
+        if match is None or match["name"].startswith("ray."):
             continue
-        message = [found["message"] or ""]
+        message = [match["message"] or ""]
         for more in lines[i + 1:]:  # a multi-line message runs to the next blank line
             if not more.strip():
                 break
             message.append(more)
-        text = "\n".join(message).strip()
-        name = found["name"].rsplit(".", 1)[-1]
-        if found["name"].startswith("cluster.errors.") and text:
-            return text
+        found.append((match["name"], "\n".join(message).strip()))
+    ours = [text for name, text in found if name.startswith("cluster.errors.") and text]
+    if ours:
+        return ours[-1]
+    if found:
+        name, text = found[0]
+        name = name.rsplit(".", 1)[-1]
         return f"{name}: {text}" if text else name
     meaningful = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("ray::")]
     return meaningful[0] if meaningful else type(exc).__name__
