@@ -4,7 +4,11 @@ The driver validates a :class:`ModelSource` once (``validate()``, on CPU, before
 each Ray actor receives the same small recipe and calls ``load(device)`` once. Nothing
 downloads: weights come from a local path or an ``s3://`` URI through :mod:`cluster.storage`.
 
-Weights formats, recognized by content first and extension second:
+Weights formats. The format is what the model card's ``format`` says, else what the file's
+extension says (:data:`EXTENSION_FORMATS`: ``.safetensors``, ``.pt2``, ``.ts``; ``.pt`` and
+``.pth`` may be a state dict or TorchScript); the content is sniffed only to catch a file
+that disagrees (refused: ``x.safetensors`` holding a torch.export archive) and to decide for
+other names (``weights.bin``, no extension):
 
 | format         | recognized by                                | loaded with                         | holds      |
 |----------------|----------------------------------------------|-------------------------------------|------------|
@@ -12,6 +16,23 @@ Weights formats, recognized by content first and extension second:
 | ``state_dict`` | zip with ``data.pkl`` (or a legacy pickle)   | ``torch.load(weights_only=True)``   | tensors    |
 | ``torch_export``| zip with ``archive_format`` (``.pt2``)      | ``torch.export.load(...).module()`` | a network  |
 | ``torchscript``| zip with ``code/`` and ``constants.pkl``     | ``torch.jit.load``                  | a network  |
+
+No weights file runs code in Ironsight. Tensor formats never unpickle beyond
+``weights_only=True``. The two network formats are inspected before torch sees them, without
+executing anything, and refused with :class:`InvalidInput` naming the file and the member:
+
+| archive                 | refused when                                                      |
+|-------------------------|-------------------------------------------------------------------|
+| any zip                 | duplicate or non-ASCII names, entries outside one root folder     |
+| ``.pt2`` pickles        | a ``*.pt`` member (sample inputs, legacy weights) is not a zip whose ``data.pkl`` uses only protocol-2 opcodes and torch's tensor rebuilders (read with ``pickletools.genops``) |
+| ``.pt2`` configs        | a weight or constant is marked ``use_pickle``, or a constant is an ``opaque_obj_``/``custom_obj_`` pickle |
+| ``.pt2`` layout         | ``data/aotinductor/`` (a shared library) or any unknown member      |
+| ``.pt2`` program JSON   | a shape expression (sympy ``eval``s it) or guard (``.module()`` ``exec``s it) that is not plain arithmetic; a string input; a call that is not an aten/prims operator, or is ``from_file``/``save`` |
+| TorchScript ``code/``   | calls to ``save``, ``from_file``, ``load_tensor`` or torch.distributed classes (TorchScript's own C++ unpickler resolves only tensor rebuilders and TorchScript classes, so its pickles need no check) |
+
+Files are read whole through :func:`cluster.storage.read_bytes`: FIFOs, sockets, devices and
+``/proc``, ``/sys``, ``/dev`` paths are refused, and so is a file larger than 8 GiB, or than
+``$IRONSIGHT_MAX_WEIGHTS_BYTES`` bytes when that is set.
 
 A state dict may be wrapped as ``{"state_dict": ...}`` or ``{"model": ...}`` (training
 checkpoints) and may carry DataParallel's ``module.`` prefix. Tensor formats need an

@@ -29,7 +29,13 @@ from cluster import synthetic
 from cluster.errors import InvalidInput
 from cluster.models import ModelSource
 from cluster.models.demo_cnn import demo_cnn
-from cluster.models.weights import MAX_BYTES_ENV, inspect_torch_export
+from cluster.models.weights import (
+    _GUARD_NAMES,
+    _SYMPY_NAMES,
+    MAX_BYTES_ENV,
+    _safe_expr,
+    inspect_torch_export,
+)
 from tests.reliability.conftest import cli
 
 
@@ -313,6 +319,37 @@ def test_graph_calling_file_ops_is_refused(op, pt2, tmp_path):
     path.write_bytes(_rewrite(pt2, edit_json={"models/model.json": retarget}))
     with pytest.raises(InvalidInput, match=rf"calls {op}, which is not an operator"):
         inspect_torch_export(path.read_bytes(), str(path))
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("Symbol('s77', positive=True, integer=True)", True),
+    ("FloorDiv(Symbol('s77', positive=True, integer=True), Integer(2))", True),
+    ("Add(Pow(Symbol('s0', integer=True), Integer(2)), Integer(3))", True),
+    ("Mul(Rational(1, 2), Max(Integer(2), Symbol('s1')))", True),
+    ("__import__('os').system('true')", False),
+    ("Symbol('s0').__class__", False),
+    ("Symbol('__class__')", False),
+    ("Pow(Integer(10), Integer(1000000000))", False),  # sympy would compute it: a hang
+    ("lambdify(Symbol('x'), Symbol('x'))", False),
+    ("exec('1')", False),
+])
+def test_shape_expression_checker(text, ok):
+    assert _safe_expr(text, _SYMPY_NAMES, guard=False) is ok
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("L['x'].size()[0] >= 2", True),
+    ("L['x'].size()[0] == 3 and L['x'].stride()[1] == 4096", True),
+    ("math.floor(L['x'].size()[0] / 2) > 1", True),
+    ("torch.sym_max(L['x'].size()[0], 2) == 4", True),
+    ("__import__('os').system('true')", False),
+    ("L['x'].size.__globals__", False),
+    ("L['x'].size()[0] ** 99999999 > 0", False),
+    ("torch.save(L['x'], 'f')", False),
+    ("(lambda: 1)() == 1", False),
+])
+def test_guard_checker(text, ok):
+    assert _safe_expr(text, _GUARD_NAMES, guard=True) is ok
 
 
 # --- TorchScript -------------------------------------------------------------------------
