@@ -2,7 +2,7 @@
 
 | ``address``            | what happens                                                    |
 |------------------------|-----------------------------------------------------------------|
-| ``None``               | reuse a Ray already initialised in this process, else start an embedded one |
+| ``None``               | reuse a Ray already initialised in this process, else start an embedded one (but, as ``ray.init()`` does, join the cluster in ``RAY_ADDRESS`` or the one ``ray start`` ran here when there is one) |
 | ``"auto"``             | join the cluster this machine belongs to (``ray start`` ran here) |
 | ``"HOST:PORT"``        | join that cluster's GCS                                         |
 | ``"ray://HOST:10001"`` | Ray Client                                                      |
@@ -73,6 +73,20 @@ def forwarded_env() -> dict[str, str]:
             return {}  # an unreadable job config: add nothing that could conflict with it
         env = {k: v for k, v in env.items() if k not in job_env}
     return env
+
+
+def _starts_a_new_ray() -> bool:
+    """Whether ``ray.init()`` without an address will start a Ray (True) or join one: it joins
+    the cluster in ``RAY_ADDRESS`` (set in every Ray job's driver) or the one ``ray start`` ran
+    on this machine. Only a Ray that is started here is pinned to loopback: a driver joining a
+    cluster must keep the routable node IP Ray resolves for it, or the cluster cannot reach it.
+    """
+    from ray._private import services
+
+    try:
+        return services.canonicalize_bootstrap_address(None) is None
+    except Exception:  # a malformed RAY_ADDRESS: ray.init reports it in its own words
+        return False
 
 
 @contextmanager
@@ -149,7 +163,7 @@ def connect(
         env = forwarded_env()
         if env:
             kwargs["runtime_env"] = {"env_vars": env}
-    with _loopback_node_ip() if address is None else nullcontext():
+    with _loopback_node_ip() if address is None and _starts_a_new_ray() else nullcontext():
         ray.init(**kwargs)
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)

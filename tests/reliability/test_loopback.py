@@ -118,13 +118,24 @@ def test_the_loopback_check_sees_a_wildcard_socket():
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("::ffff:127.0.0.1")
 
 
+@pytest.mark.parametrize(("ray_address", "starts"), [("local", True), ("127.0.0.1:6379", False)])
+def test_only_a_ray_started_here_is_pinned_to_loopback(monkeypatch, ray_address, starts):
+    """With RAY_ADDRESS set (a Ray job's driver has it) ``ray.init()`` joins that cluster, whose
+    node IP must stay routable; "local" makes it start one."""
+    from cluster.raycluster import _starts_a_new_ray
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    assert _starts_a_new_ray() is starts
+
+
 @pytest.mark.cluster
-def test_every_socket_of_the_embedded_ray_listens_on_loopback_only():
+def test_every_socket_of_the_embedded_ray_listens_on_loopback_only(monkeypatch):
     import ray
     from ray._private import ray_constants
 
     from cluster.raycluster import connect
 
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # else ray.init() joins that cluster
     if ray.is_initialized():
         ray.shutdown()
     cluster_flag = ray_constants.ENABLE_RAY_CLUSTER
