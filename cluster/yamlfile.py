@@ -36,6 +36,7 @@ cluster.errors.InvalidInput: gate file g.yaml is not valid YAML: line 2, column 
 
 from __future__ import annotations
 
+import os
 import reprlib
 from typing import Any
 
@@ -282,6 +283,35 @@ def parse_yaml(text: str, *, source: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def check_config_file(uri_or_path: str, *, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> None:
+    """Refuse, without opening it, a local file that :func:`load_yaml` would refuse for its
+    kind or size: a FIFO, socket, device, ``/proc``/``/sys``/``/dev`` file, a directory, or
+    one larger than ``max_bytes``.
+
+    For early checks (a job spec naming a card, suite or gate is refused before Ray starts).
+    A path that does not exist here, or an ``s3://`` URI, passes: it may exist only where the
+    job runs, and :func:`load_yaml` checks it again when it is read.
+
+    Raises:
+        InvalidInput: naming ``what``, the path and the reason.
+    """
+    name = str(uri_or_path)
+    if "://" in name and not name.startswith("file://"):
+        return
+    path = name.removeprefix("file://")
+    if not os.path.lexists(path):
+        return
+    try:
+        st = storage.check_regular_file(path, what)
+    except (FileNotFoundError, PermissionError):  # a dangling link, an unreadable folder
+        return
+    if st.st_size > max_bytes:
+        raise InvalidInput(
+            f"{what} {name} is larger than {max_bytes:,} bytes, the most Ironsight reads for "
+            f"a {what}; is it the right file?"
+        )
 
 
 def load_yaml(uri_or_path: str, *, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> Any:

@@ -30,7 +30,14 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cluster import paths
 from cluster.errors import InvalidInput
-from cluster.yamlfile import MAX_MESSAGE_CHARS, clip, first_problems, load_yaml, short_repr
+from cluster.yamlfile import (
+    MAX_MESSAGE_CHARS,
+    check_config_file,
+    clip,
+    first_problems,
+    load_yaml,
+    short_repr,
+)
 
 
 def _cli(*, positional: bool = False, metavar: str | None = None, short: str | None = None,
@@ -132,6 +139,18 @@ def _is_builtin_suite(field: str, value: str) -> bool:
     return not looks_like_a_file
 
 
+def _config_file(value: Any, what: str) -> Any:
+    """A YAML file field (card, suite, gate) that exists here must be a regular file of at most
+    1 MiB (:func:`cluster.yamlfile.check_config_file`): a FIFO, ``/dev/zero`` or a 10 MB file
+    is refused when the spec is validated, before Ray starts; it is checked again when read."""
+    if isinstance(value, str):
+        try:
+            check_config_file(value, what=what)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 def _raise(model: type[BaseModel], problems: list[tuple[tuple[str | int, ...], Any, str]]) -> None:
     """Raise one ValidationError with an error per field path (a plain ValueError raised in a
     model validator has no location; pydantic-core passes a ValidationError through as is,
@@ -169,6 +188,11 @@ class ModelChoice(BaseModel):
     random_weights: bool = Field(
         False, description="random weights, for tests and benchmarks only: labels are meaningless"
     )
+
+    @field_validator("model_card")
+    @classmethod
+    def _card_is_a_file(cls, value: str | None) -> str | None:
+        return _config_file(value, "model card")
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> ModelChoice:
@@ -305,6 +329,16 @@ class AuditJob(ModelChoice, RunOptions, _WithinRoots):
         json_schema_extra=_cli(metavar="GATE.yaml", path=True),
     )
     allowed_roots: list[str] | None = _allowed_roots_field()
+
+    @field_validator("gate")
+    @classmethod
+    def _gate_is_a_file(cls, value: str | None) -> str | None:
+        return _config_file(value, "gate file")
+
+    @field_validator("suite")
+    @classmethod
+    def _suite_is_a_file(cls, value: str) -> str:
+        return value if _is_builtin_suite("suite", value) else _config_file(value, "suite file")
 
     @field_validator("severities", mode="before")
     @classmethod
