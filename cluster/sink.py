@@ -289,7 +289,7 @@ class LabelSink:
         except OSError as exc:
             raise JobFailed(
                 f"could not commit shard {shard_id}: writing {self.out.join(name).uri} failed: "
-                f"{storage.os_reason(exc)}. The {len(self.committed)} shards committed before it "
+                f"{storage.os_reason(exc)}. The shards committed before it ({len(self.committed)}) "
                 "stay; fix OUTPUT and rerun the same command to resume."
             ) from exc
         rec = ShardRecord(
