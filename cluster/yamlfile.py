@@ -16,15 +16,19 @@ opened) and never more than ``max_bytes``; :func:`parse_yaml` parses text with a
 | one validation message | 300 characters (``MAX_MESSAGE_CHARS``) | cut the same way (a validator may quote a value) |
 | validation problems    | 20 per file (``MAX_PROBLEMS``) | "... and N more problems" |
 
-The last two rows are for the callers, which validate the loaded data with pydantic: they
-format ``ValidationError.errors(include_input=False)`` themselves, one line per problem, and
-cut it with :func:`clip` and :func:`first_problems`.
+The last two rows are for the callers, which validate the loaded data with pydantic and
+format each problem themselves: the field path and message cut with :func:`clip`, a value
+(if any) through :func:`short_repr` (:mod:`reprlib`: 6 items, 3 levels), the list cut with
+:func:`first_problems`.
 
-Every problem is an :class:`~cluster.errors.InvalidInput` (exit 2) whose message starts with
-the caller's ``source`` (``gate file g.yaml``) and gives the line and column; a message never
-quotes more than ``SNIPPET_CHARS`` of the input and never the ``repr`` of a loaded value (the
-repr of a small aliased document can be gigabytes). Only the first document of a stream is
-read, as ``yaml.safe_load`` does; a second one is an error.
+Every problem is an :class:`~cluster.errors.InvalidInput` (exit 2; :class:`YamlRefused` for
+the limits) whose message starts with the caller's ``source`` (``gate file g.yaml``) and
+gives the line and column; a message never quotes more than ``SNIPPET_CHARS`` of the input
+and never a full ``repr`` of a loaded value (that of a small aliased document can be
+gigabytes). A stream holds one document, as for ``yaml.safe_load``.
+
+:func:`check_config_file` applies the file rules alone, without reading: a job spec uses it
+to refuse a card, suite or gate that is a FIFO, a device or too large before Ray starts.
 
 >>> parse_yaml("a: 1\\nb: [x, y]\\n", source="example")
 {'a': 1, 'b': ['x', 'y']}
@@ -47,7 +51,7 @@ from yaml.nodes import MappingNode, ScalarNode
 from cluster import storage
 from cluster.errors import InvalidInput
 
-MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: the largest card seen in practice (21k class names) is ~400 KB
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: room for a card listing some 20,000 class names
 MAX_DEPTH = 100
 MAX_NODES = 100_000
 SNIPPET_CHARS = 80

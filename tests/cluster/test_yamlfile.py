@@ -59,7 +59,7 @@ def test_ordinary_documents_load_as_safe_load_does(text):
 
 def test_a_document_at_the_limits_loads():
     assert parse_yaml(nested_flow(MAX_DEPTH), source="t") is not None
-    # 9 * 9 * ... aliases expanding to just under MAX_NODES values are fine
+    # aliases expanding to just under MAX_NODES values (99 + 990 * 100 nodes) are fine
     text = "a: &a [" + ", ".join(["1"] * 99) + "]\nb: [" + ", ".join(["*a"] * 990) + "]\n"
     data = parse_yaml(text, source="t")
     assert len(data["b"]) == 990 and data["b"][0] is data["b"][1]
