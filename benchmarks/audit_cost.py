@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> dict:
     import pyarrow.dataset as pads
     import torch
 
-    from cluster import synthetic
-    from cluster.decode import decode_batch
-    from cluster.models import ModelSource
-    from cluster.raycluster import connect
-    from jobs.audit import AuditConfig, run_audit
-    from robustness.attacks import run_attack
-    from robustness.conditions import apply_condition
-    from robustness.suites import Suite, get_suite
+    from ironsight.cluster import synthetic
+    from ironsight.cluster.decode import decode_batch
+    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.raycluster import connect
+    from ironsight.jobs.audit import AuditConfig, run_audit
+    from ironsight.robustness.attacks import run_attack
+    from ironsight.robustness.conditions import apply_condition
+    from ironsight.robustness.suites import Suite, get_suite
 
     eval_dir = os.path.join(args.workdir, f"eval-{args.images}")
     if not os.path.isdir(eval_dir):

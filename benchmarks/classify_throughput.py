@@ -15,7 +15,7 @@ Runs, in this order, on the same synthetic Parquet corpus and the same model:
             (``Predictor.logits``), with all cores as torch threads; also with 1 thread,
             and the faster of the two is the ceiling (on a busy machine torch's spinning
             threads often lose to one thread; an upper bound must not be the slower one).
-  ironsight `cluster.pipeline.run_classify` (what `ironsight classify` runs) into a fresh OUTPUT.
+  ironsight `ironsight.cluster.pipeline.run_classify` (what `ironsight classify` runs) into a fresh OUTPUT.
 
 and prints images/s for each and the ratios. The ceiling leaves decoding out; the script also
 times Ironsight's decode per image on one core and prints the most any job that decodes on the
@@ -50,14 +50,14 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def make_corpus(path: str, n: int, size: int) -> None:
-    from cluster import synthetic
+    from ironsight.cluster import synthetic
 
     if not os.path.isdir(path):
         synthetic.write_corpus(path, n, seed=99, rows_per_file=1000, row_group_size=250, size=size)
 
 
 def load(model: str):
-    from cluster.models import ModelSource
+    from ironsight.cluster.models import ModelSource
 
     return ModelSource(name=model, random_weights=True).load("cpu")
 
@@ -129,7 +129,7 @@ def decoded_batches(corpus: str, model_name: str, batch_size: int) -> tuple[list
     and the CPU seconds that decoding took per image (Ironsight's decode, on one core)."""
     import pyarrow.dataset as pads
 
-    from cluster.decode import decode_batch
+    from ironsight.cluster.decode import decode_batch
 
     pre = load(model_name).info.preprocess
     table = pads.dataset(corpus, format="parquet").to_table(columns=["image"])
@@ -143,8 +143,8 @@ def run_ceiling(batches: list[np.ndarray], model_name: str, threads: int) -> flo
     """Seconds for the model alone over ``batches``, in this process, on ``threads`` threads."""
     import torch
 
-    from cluster.models import ModelSource
-    from cluster.predictor import Predictor
+    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.predictor import Predictor
 
     before = torch.get_num_threads()
     try:
@@ -159,8 +159,8 @@ def run_ceiling(batches: list[np.ndarray], model_name: str, threads: int) -> flo
 
 
 def run_ironsight(corpus: str, out: str, model_name: str, batch_size: int, actors: int | None) -> float:
-    from cluster.models import ModelSource
-    from cluster.pipeline import ClassifyConfig, run_classify
+    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.pipeline import ClassifyConfig, run_classify
 
     start = time.perf_counter()
     run_classify(
@@ -173,9 +173,9 @@ def run_ironsight(corpus: str, out: str, model_name: str, batch_size: int, actor
 RSS_SNIPPET = """
 import resource, sys, json
 sys.path.insert(0, {root!r})
-from cluster.models import ModelSource
-from cluster.pipeline import ClassifyConfig, run_classify
-from cluster.raycluster import connect
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import ClassifyConfig, run_classify
+from ironsight.cluster.raycluster import connect
 with connect(None):
     run_classify(ClassifyConfig(input={corpus!r}, output={out!r}, progress=False,
                  source=ModelSource(name={model!r}, random_weights=True), batch_size={bs}))
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     from ray import cloudpickle
 
-    from cluster.raycluster import connect
+    from ironsight.cluster.raycluster import connect
 
     if __name__ != "__main__":
         # Imported (run_all, the tests): Ray's workers cannot import this file by name, so the

@@ -73,8 +73,8 @@ def model_alone(model_name: str, batch: int, seconds: float) -> float:
     """Images/s of the model on pre-decoded tensors on the GPU, as the predictor runs it."""
     import torch
 
-    from cluster.models import ModelSource
-    from cluster.predictor import autocast_dtype
+    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.predictor import autocast_dtype
 
     loaded = ModelSource(name=model_name, random_weights=True).load("cuda")
     net = loaded.module.to("cuda").eval().to(memory_format=torch.channels_last)
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
         print("\nGPU row: not measured: no GPU (torch.cuda.is_available() is False)")
         return {"measured": False, "why": "no GPU"}
 
-    from cluster import synthetic
-    from cluster.models import ModelSource
-    from cluster.pipeline import ClassifyConfig, run_classify
-    from cluster.raycluster import connect
+    from ironsight.cluster import synthetic
+    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.pipeline import ClassifyConfig, run_classify
+    from ironsight.cluster.raycluster import connect
 
     corpus = os.path.join(args.workdir, f"corpus-{args.images}-{args.image_size}")
     if not os.path.isdir(corpus):

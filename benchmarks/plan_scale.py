@@ -9,7 +9,7 @@ under ``--workdir`` so reruns skip generation.
 
 Measured in a fresh subprocess per store (so nothing is warm in the interpreter):
 
-  plan_s         ``cluster.corpus.plan_corpus(INPUT)``: list the files, read every footer,
+  plan_s         ``ironsight.cluster.corpus.plan_corpus(INPUT)``: list the files, read every footer,
                  detect columns, cut shards (the OS page cache holds the local files)
   fingerprint_s  ``CorpusPlan.fingerprint()``: what a run hashes to match a resume
   peak_mb        peak resident memory while planning minus the resident memory just before
@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 PLAN_SNIPPET = """
 import json, sys, time, tracemalloc
 sys.path.insert(0, {root!r})
-from cluster.corpus import plan_corpus
+from ironsight.cluster.corpus import plan_corpus
 
 def status_mb(field):
     with open("/proc/self/status") as f:
@@ -70,7 +70,7 @@ print(json.dumps({{"plan_s": plan_s, "fingerprint_s": fingerprint_s, "files": le
 
 def tiny_jpeg(size: int = 32) -> bytes:
     """One small synthetic image, JPEG q90: a real decodable image, reused by every row."""
-    from cluster import synthetic
+    from ironsight.cluster import synthetic
 
     img, _ = synthetic.render_image(seed=0, index=0, size=size)
     return synthetic.encode(img, "jpeg", 90)

@@ -7,8 +7,8 @@ one recording covers them), then folds the raw stacks into a text report:
   1. samples by activity x process role, where an activity is decided by the stack:
        start-up: imports      any frame under importlib (torch, torchvision, Ray Data load)
        start-up: model        building/loading the model (Predictor.__init__, ModelSource.load)
-       read parquet           cluster.corpus.iter_shard and pyarrow below it, in decode tasks
-       decode                 cluster.decode (PIL open, draft, resize, crop) in decode tasks
+       read parquet           ironsight.cluster.corpus.iter_shard and pyarrow below it, in decode tasks
+       decode                 ironsight.cluster.decode (PIL open, draft, resize, crop) in decode tasks
        inference              the model's forward pass inside Predictor.__call__
        predictor glue         the rest of Predictor.__call__ (batch to tensor, softmax, top-k)
        driver: plan           plan_corpus, validate_model, job_spec_hash, LabelSink.open
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     if not os.path.exists(pyspy):
         raise SystemExit("py-spy not found: pip install py-spy (it is in the `test` extra)")
-    from cluster import synthetic
+    from ironsight.cluster import synthetic
 
     corpus = os.path.join(args.workdir, f"corpus-{args.images}-{args.image_size}")
     if not os.path.isdir(corpus):
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = os.path.join(args.workdir, "out")
     shutil.rmtree(out, ignore_errors=True)
     raw = os.path.join(args.workdir, "pyspy-raw.txt")
-    cli = [sys.executable, "-m", "jobs.cli", "classify", corpus, out, "--model", args.model, "--random-weights",
+    cli = [sys.executable, "-m", "ironsight.jobs.cli", "classify", corpus, out, "--model", args.model, "--random-weights",
            "--batch-size", str(args.batch_size), "--no-progress"]
     cmd = [pyspy, "record", "--subprocesses", "--rate", str(args.rate), "--format", "raw", "-o", raw, "--", *cli]
     env = {**os.environ, "IRONSIGHT_HOME": os.path.join(args.workdir, "home"), "PYTHONPATH": ROOT}
@@ -230,10 +230,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"made by: python benchmarks/profile_classify.py --images {args.images} --image-size {args.image_size} "
         f"--model {args.model} --batch-size {args.batch_size} --rate {args.rate}",
         f"which runs: py-spy record --subprocesses --rate {args.rate} --format raw -- "
-        f"python -m jobs.cli classify CORPUS OUT --model {args.model} --random-weights "
+        f"python -m ironsight.jobs.cli classify CORPUS OUT --model {args.model} --random-weights "
         f"--batch-size {args.batch_size} --no-progress",
         f"corpus: {args.images} synthetic {args.image_size}px JPEGs (q90) in Parquet, 1000 rows a file, "
-        f"row groups of 250 (cluster.synthetic, seed 99)",
+        f"row groups of 250 (ironsight.cluster.synthetic, seed 99)",
         f"machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, no GPU; "
         f"load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
         f"wall time under py-spy: {wall:.1f}s; the CLI said: " + " | ".join(said),

@@ -1,6 +1,6 @@
 """What a crash costs: SIGKILL `ironsight classify` at ~50% of shards committed, then resume.
 
-Three runs of the real CLI (`python -m jobs.cli classify ... --no-progress`), each a fresh
+Three runs of the real CLI (`python -m ironsight.jobs.cli classify ... --no-progress`), each a fresh
 process with its own embedded Ray, on one synthetic corpus and one model:
 
   full      the whole corpus into a fresh OUTPUT (the baseline)
@@ -40,7 +40,7 @@ KILL_ATTEMPTS = 3
 
 
 def _cli_args(corpus: str, out: str, args: argparse.Namespace) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "classify", corpus, out, "--model", args.model,
+    return [sys.executable, "-m", "ironsight.jobs.cli", "classify", corpus, out, "--model", args.model,
             "--random-weights", "--max-rows-per-shard", str(args.max_rows_per_shard),
             "--batch-size", str(args.batch_size), "--no-progress"]
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 < args.kill_at < 1:
         ap.error(f"--kill-at must be between 0 and 1, got {args.kill_at}")
 
-    from cluster import synthetic
+    from ironsight.cluster import synthetic
 
     corpus = os.path.join(args.workdir, f"corpus-{args.images}")
     if not os.path.isdir(corpus):

@@ -1,6 +1,6 @@
 """Sizing a bulk-labeling run: CPU decode rate per core, hence cores per GPU, hours and GPUs.
 
-Decode is measured here, for real, with ``cluster.decode.decode_batch`` (what the decode tasks
+Decode is measured here, for real, with ``ironsight.cluster.decode.decode_batch`` (what the decode tasks
 run) on one core: typical archive JPEGs (q90, textured so they weigh what photos weigh) to the
 224 px crop of a ``resize=256, crop=224`` model, with and without the JPEG draft mode (libjpeg's
 DCT-domain downscale, used when the image is at least twice the target). The rate per core is
@@ -40,7 +40,7 @@ def archive_jpeg(width: int, height: int, seed: int) -> bytes:
 
     from PIL import Image
 
-    from cluster import synthetic
+    from ironsight.cluster import synthetic
 
     img, _ = synthetic.render_image(seed=seed, index=0, size=256)
     img = img.resize((width, height), Image.Resampling.BICUBIC)
@@ -53,8 +53,8 @@ def archive_jpeg(width: int, height: int, seed: int) -> bytes:
 
 def decode_rate(blobs: list[bytes], draft: bool, repeat: int) -> tuple[float, float]:
     """(images per CPU-second, images per wall-second) of decode_batch on one core."""
-    from cluster import decode
-    from cluster.preprocess import Preprocess
+    from ironsight.cluster import decode
+    from ironsight.cluster.preprocess import Preprocess
 
     pre = Preprocess(resize=256, crop=224)
     saved = decode._JPEG_DRAFT
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     if measured is not None:
         gpu_rates.insert(0, (measured, f"measured, {args.model} alone, batch {args.batch_size}"))
 
-    print("\nCPU decode, one core, JPEG q90 -> 224 px (resize 256, crop 224), cluster.decode.decode_batch")
+    print("\nCPU decode, one core, JPEG q90 -> 224 px (resize 256, crop 224), ironsight.cluster.decode.decode_batch")
     print(f"{'source':<11} {'KB':>6} {'draft':>6} {'img/s/core':>11} {'img/s wall':>11}")
     for r in decode_rows:
         print(f"{r['size']:<11} {r['kb']:>6.0f} {'on' if r['draft'] else 'off':>6} {r['per_core']:>11.0f} "

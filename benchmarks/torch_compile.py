@@ -1,6 +1,6 @@
 """Does `torch.compile` speed up the predictor? Eager and compiled side by side, per model.
 
-For each model: a :class:`cluster.predictor.Predictor` on this machine's device (all cores as
+For each model: a :class:`ironsight.cluster.predictor.Predictor` on this machine's device (all cores as
 torch threads on CPU), fed uint8 batches of the model's input size exactly as the actor feeds
 it (``Predictor.logits``). Times eager inference, then compiles the module (``torch.compile``,
 default mode), reports the compile time (first call), and times the compiled module on the
@@ -38,8 +38,8 @@ def rate(predictor, batch: np.ndarray, seconds: float) -> float:
 def measure(model: str, batch_size: int, seconds: float) -> dict:
     import torch
 
-    from cluster.models import ModelSource
-    from cluster.predictor import Predictor
+    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.predictor import Predictor
 
     predictor = Predictor(ModelSource(name=model, random_weights=True), device="auto",
                           cpu_threads=os.cpu_count())

@@ -17,7 +17,7 @@ The image column can be laid out four ways (auto-detected when not given):
 
 Fetched paths are absolute local paths, ``file:`` URIs, ``s3://`` URIs, or paths relative to
 the Parquet file's directory. With allowed roots (``plan_corpus(allowed_roots=...)``, see
-:mod:`cluster.paths`) a fetched path outside every root is never read: its row gets the error
+:mod:`ironsight.cluster.paths`) a fetched path outside every root is never read: its row gets the error
 ``path_outside_allowed_roots: ...``; the input and every planned file must lie inside too.
 A fetched path never fails the job, whatever it names; its row gets an error instead:
 
@@ -42,7 +42,7 @@ its file ("inconsistent footer": a column chunk past the end of the data, a nega
 row groups that do not add up to the file's rows, a flat column with more or fewer values
 than its row group has rows). Every file under an input directory counts:
 keep images referenced by path outside it. All bad files are reported together in one
-:class:`~cluster.errors.InvalidInput`, or, with ``skip_bad_files``, listed in
+:class:`~ironsight.cluster.errors.InvalidInput`, or, with ``skip_bad_files``, listed in
 ``CorpusPlan.skipped`` and left out of the plan.
 """
 
@@ -65,8 +65,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cluster import paths, storage
-from cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster import paths, storage
+from ironsight.cluster.errors import InvalidInput, JobFailed
 
 IMAGE_NAMES = ("image", "img", "bytes", "content")  # preferred when several columns qualify
 PATH_NAMES = ("image", "img", "image_path", "image_uri", "filepath", "file_path", "path", "uri")
@@ -196,7 +196,7 @@ def plan_corpus(
         label_column: the integer label column; ``label`` when None and present.
         max_rows_per_shard: consecutive row groups of a file are grouped up to this many rows.
         skip_bad_files: leave bad files out (listed in ``skipped``) instead of failing.
-        allowed_roots: local directories and ``s3://`` prefixes (:mod:`cluster.paths`); when
+        allowed_roots: local directories and ``s3://`` prefixes (:mod:`ironsight.cluster.paths`); when
             given, ``uri`` and every file must lie inside one (a file outside, e.g. through a
             symlink, is a bad file), and images fetched by path outside them become error rows.
 
@@ -550,7 +550,7 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
 
     Row groups are read one at a time. A row group that cannot be read, or that yields
     another number of rows than its footer claims (a footer that lies in a way
-    :func:`plan_corpus` cannot see), raises :class:`~cluster.errors.JobFailed` naming the file
+    :func:`plan_corpus` cannot see), raises :class:`~ironsight.cluster.errors.JobFailed` naming the file
     and row group; rows already yielded are lost with the shard, which is never committed.
 
     >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -606,7 +606,7 @@ def _checked_batches(parquet: pq.ParquetFile, shard: Shard, claimed: list[int],
     """The shard's row groups, one at a time, each yielding exactly the rows its footer claims.
 
     A read or decode error, or a row group holding more or fewer rows than its footer says,
-    raises :class:`~cluster.errors.JobFailed` naming the file and the row group.
+    raises :class:`~ironsight.cluster.errors.JobFailed` naming the file and the row group.
     """
     for rg, expected in zip(shard.row_groups, claimed, strict=True):
         batches = parquet.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=columns,
@@ -691,7 +691,7 @@ def _images(plan: CorpusPlan, col: pa.Array, rows: np.ndarray, name: str, fetche
 def _read_local(local: str, path: str) -> tuple[bytes | None, str | None]:
     """A local image file's bytes, or why it cannot be read (``path`` as the row wrote it).
 
-    Only a regular file on a real filesystem is opened (:func:`cluster.storage.check_regular_file`):
+    Only a regular file on a real filesystem is opened (:func:`ironsight.cluster.storage.check_regular_file`):
     a FIFO would block, ``/dev/zero`` never ends, ``/proc/kmsg`` hangs and ``/proc/self/mem``
     fails with EIO. It is opened non-blocking and checked again on the open descriptor, so
     a file swapped for a FIFO in between cannot hang the task either, and at most
@@ -738,7 +738,7 @@ def _too_large(path: str) -> str:
 class _Fetcher:
     """Reads images referenced by path, relative to one Parquet file's directory.
 
-    With ``roots`` (normalised, :func:`cluster.paths.parse_roots`), a path that resolves outside
+    With ``roots`` (normalised, :func:`ironsight.cluster.paths.parse_roots`), a path that resolves outside
     every root is refused before anything is opened or even looked up.
     """
 

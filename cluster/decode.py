@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cluster import corpus as corpus_mod
-from cluster.preprocess import Preprocess
+from ironsight.cluster import corpus as corpus_mod
+from ironsight.cluster.preprocess import Preprocess
 
 # Pillow's own warning threshold (1 GiB / 4 bytes / 3 channels, ~89.5 MP, ~256 MiB as RGB):
 # larger images are decompression bombs or outside what an image classifier is fed.
@@ -194,8 +194,8 @@ def read_and_decode(
     Yields ``{"shard", "row", "id", "image" (N, H, W, 3) uint8, "error"}`` (+ ``label_true``).
     A corrupt image becomes an error row; nothing here raises for bad image bytes.
 
-    It lives here, not in :mod:`cluster.pipeline`, so that a decode worker imports only this
-    module, :mod:`cluster.corpus` and Pillow (0.4 s) and never torch, torchvision or Ray Data's
+    It lives here, not in :mod:`ironsight.cluster.pipeline`, so that a decode worker imports only this
+    module, :mod:`ironsight.cluster.corpus` and Pillow (0.4 s) and never torch, torchvision or Ray Data's
     driver side (10-20 s of CPU on a busy 2-core machine, taken from the predictor actor
     starting beside it).
     """

@@ -66,12 +66,12 @@ def ray_error_message(exc: BaseException) -> str:
     >>> text = ("\\x1b[36mray::MapBatches(f)()\\x1b[39m (pid=9)\\n  File \\"x.py\\", line 1\\n"
     ...         "OSError: Couldn't deserialize thrift\\n\\n"
     ...         "The above exception was the direct cause of the following exception:\\n\\n"
-    ...         "cluster.errors.JobFailed: reading a.parquet row group 2 failed: bad\\n\\n"
+    ...         "ironsight.cluster.errors.JobFailed: reading a.parquet row group 2 failed: bad\\n\\n"
     ...         "The above exception was the direct cause of the following exception:\\n\\n"
     ...         "ray.exceptions.UserCodeException: UDF failed to process a data block.")
     >>> ray_error_message(RuntimeError(text))
     'reading a.parquet row group 2 failed: bad'
-    >>> ray_error_message(RuntimeError(text.replace("cluster.errors.JobFailed", "ValueError")))
+    >>> ray_error_message(RuntimeError(text.replace("ironsight.cluster.errors.JobFailed", "ValueError")))
     "OSError: Couldn't deserialize thrift"
     >>> ray_error_message(RuntimeError("\\x1b[31mboom\\x1b[0m"))
     'boom'
@@ -88,7 +88,7 @@ def ray_error_message(exc: BaseException) -> str:
                 break
             message.append(more)
         found.append((match["name"], "\n".join(message).strip()))
-    ours = [text for name, text in found if name.startswith("cluster.errors.") and text]
+    ours = [text for name, text in found if name.startswith("ironsight.cluster.errors.") and text]
     if ours:
         return ours[-1]
     if found:

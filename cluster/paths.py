@@ -42,7 +42,7 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlparse
 
-from cluster.errors import InvalidInput
+from ironsight.cluster.errors import InvalidInput
 
 ENV_ALLOWED_ROOTS = "IRONSIGHT_ALLOWED_ROOTS"
 # "," or ":" separate roots; the ":" of "s3://" and "file://" does not.
@@ -167,7 +167,7 @@ def check_output(input_uri: str, output_uri: str, *, input_name: str = "INPUT") 
     >>> check_output("s3://b/in", "s3://b/in/labels")
     Traceback (most recent call last):
     ...
-    cluster.errors.InvalidInput: OUTPUT s3://b/in/labels lies inside INPUT s3://b/in: every rerun would read the labels back as input; choose an OUTPUT outside s3://b/in
+    ironsight.cluster.errors.InvalidInput: OUTPUT s3://b/in/labels lies inside INPUT s3://b/in: every rerun would read the labels back as input; choose an OUTPUT outside s3://b/in
     """
     try:
         out = normalize(output_uri)

@@ -6,7 +6,7 @@
 
 The driver is the only committer. Results are small (ids and top-k), so it assembles each
 shard in memory until all of its rows have arrived, then publishes it through
-:class:`cluster.sink.LabelSink`. Rows are keyed by ``(shard, row)``: if Ray re-delivers output
+:class:`ironsight.cluster.sink.LabelSink`. Rows are keyed by ``(shard, row)``: if Ray re-delivers output
 after retrying a task or restarting an actor, the duplicate is dropped, so each input row is
 written exactly once. In-flight shards are bounded by the decode concurrency, so driver
 memory does not grow with the corpus.
@@ -26,20 +26,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster import corpus as corpus_mod
-from cluster import metrics as job_metrics
-from cluster import paths
-from cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK_ROWS: jobs.audit imports them from here)
+from ironsight.cluster import corpus as corpus_mod
+from ironsight.cluster import metrics as job_metrics
+from ironsight.cluster import paths
+from ironsight.cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK_ROWS: ironsight.jobs.audit imports them from here)
     DECODE_BLOCK_ROWS,
     DEFAULT_MAX_PIXELS,
     as_error,
     decode_rows,
     read_and_decode,
 )
-from cluster.errors import InvalidInput, JobFailed, ray_error_message
-from cluster.models import LoadedModel, ModelSource
-from cluster.predictor import Predictor
-from cluster.sink import LabelSink, spec_hash
+from ironsight.cluster.errors import InvalidInput, JobFailed, ray_error_message
+from ironsight.cluster.models import LoadedModel, ModelSource
+from ironsight.cluster.predictor import Predictor
+from ironsight.cluster.sink import LabelSink, spec_hash
 
 log = logging.getLogger("ironsight")
 
@@ -66,12 +66,12 @@ class ClassifyConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     torch_compile: bool = False  # torch.compile in each actor; outputs agree with eager to ~1e-6
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
-    # Roots that image paths in corpus rows must lie in (cluster.paths); () means no limit.
+    # Roots that image paths in corpus rows must lie in (ironsight.cluster.paths); () means no limit.
     allowed_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # OUTPUT a folder apart from INPUT: refused when the config is built, which the CLI
-        # does before Ray starts (cluster.paths.check_output).
+        # does before Ray starts (ironsight.cluster.paths.check_output).
         paths.check_output(self.input, self.output)
 
 
@@ -252,7 +252,7 @@ def plan_classify(cfg: ClassifyConfig) -> corpus_mod.CorpusPlan:
 def run_classify(cfg: ClassifyConfig, *, plan: corpus_mod.CorpusPlan | None = None) -> ClassifySummary:
     """Label every row of ``cfg.input`` into ``cfg.output`` exactly once; resumable.
 
-    Ray must already be initialised (:func:`cluster.raycluster.connect`).
+    Ray must already be initialised (:func:`ironsight.cluster.raycluster.connect`).
 
     Args:
         cfg: the job.
@@ -458,7 +458,7 @@ class _Progress:
     """A tqdm bar (rows, images/s, ETA) on a terminal; a log line every 10 s otherwise.
 
     ``update`` is called once per committed shard; each call also records the job's metrics
-    (:mod:`cluster.metrics`). With JSON logs on (``ironsight --log-format json``) the line is a
+    (:mod:`ironsight.cluster.metrics`). With JSON logs on (``ironsight --log-format json``) the line is a
     log record with the fields rows_done, rows_total, images_per_s, error_rows, eta_s.
     """
 
@@ -516,7 +516,7 @@ def _versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    from cluster import __version__
+    from ironsight.cluster import __version__
 
     return {
         "ironsight": __version__,

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cluster.decode import as_error
+from ironsight.cluster.decode import as_error
 
 if TYPE_CHECKING:
-    from cluster.models import ModelSource
+    from ironsight.cluster.models import ModelSource
 
 __all__ = ["Predictor", "as_error", "autocast_dtype", "pick_device"]
 

@@ -9,7 +9,7 @@ Layout of ``OUTPUT/``:
 | ``_SUCCESS``                  | once, when every shard is committed | the run summary (JSON)          |
 | ``_lock.json``                | while a run holds OUTPUT      | owner, host, pid, heartbeat           |
 
-Exactly once: a shard's file appears whole or not at all (:func:`cluster.storage.publish_bytes`),
+Exactly once: a shard's file appears whole or not at all (:func:`ironsight.cluster.storage.publish_bytes`),
 and the set of published part files *is* the commit log. The manifest is an index over it that
 may lag by a few seconds; on resume :meth:`LabelSink.open` reconciles it with the files (a part
 file missing from the manifest is read back: its footer gives the rows, its bytes the checksum).
@@ -17,7 +17,7 @@ Shards whose file exists are skipped; all others are (re)processed, so a row is 
 never written twice.
 
 Only OUTPUT's top level is Ironsight's: it is listed without descending
-(:func:`cluster.storage.list_dir`), sub-folders (a backup, a dated sub-run) are never read,
+(:func:`ironsight.cluster.storage.list_dir`), sub-folders (a backup, a dated sub-run) are never read,
 counted or deleted, and Ironsight deletes or replaces only files it wrote. A top-level
 ``part-*.parquet`` is judged by its manifest entry or, failing that, by its footer:
 
@@ -66,8 +66,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster import storage
-from cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster import storage
+from ironsight.cluster.errors import InvalidInput, JobFailed
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -392,7 +392,7 @@ def _prepare_folder(out: storage.Location) -> None:
 def _remove_stale_temps(out: storage.Location) -> None:
     """Delete the temp files of our own files that a killed local publish left at the top level.
 
-    Only names :func:`cluster.storage.publish_bytes` gives them (``.part-<id>.parquet.tmp-<8
+    Only names :func:`ironsight.cluster.storage.publish_bytes` gives them (``.part-<id>.parquet.tmp-<8
     hex>``, ``._manifest.json.tmp-…``, ``._SUCCESS.tmp-…``, ``._lock.json.tmp-…``); a user's
     other dot-files and every sub-folder are left alone.
     """

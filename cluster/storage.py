@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.errors import InvalidInput, JobFailed
 
 T = TypeVar("T")
 

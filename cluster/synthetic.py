@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from cluster import storage
+from ironsight.cluster import storage
 
 CLASS_NAMES: tuple[str, ...] = (
     "circle",

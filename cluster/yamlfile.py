@@ -1,6 +1,6 @@
 """One YAML loader for every configuration file: model cards, job specs, suites, gates.
 
-:func:`load_yaml` reads a file (local path or ``s3://``) through :func:`cluster.storage.read_bytes`,
+:func:`load_yaml` reads a file (local path or ``s3://``) through :func:`ironsight.cluster.storage.read_bytes`,
 so only regular files are read (a FIFO, ``/dev/zero`` or ``/proc/...`` is refused before it is
 opened) and never more than ``max_bytes``; :func:`parse_yaml` parses text with a
 ``yaml.SafeLoader`` that bounds what a hostile document can cost:
@@ -21,7 +21,7 @@ format each problem themselves: the field path and message cut with :func:`clip`
 (if any) through :func:`short_repr` (:mod:`reprlib`: 6 items, 3 levels), the list cut with
 :func:`first_problems`.
 
-Every problem is an :class:`~cluster.errors.InvalidInput` (exit 2; :class:`YamlRefused` for
+Every problem is an :class:`~ironsight.cluster.errors.InvalidInput` (exit 2; :class:`YamlRefused` for
 the limits) whose message starts with the caller's ``source`` (``gate file g.yaml``) and
 gives the line and column; a message never quotes more than ``SNIPPET_CHARS`` of the input
 and never a full ``repr`` of a loaded value (that of a small aliased document can be
@@ -35,7 +35,7 @@ to refuse a card, suite or gate that is a FIFO, a device or too large before Ray
 >>> parse_yaml("a: 1\\na: 2\\n", source="gate file g.yaml")
 Traceback (most recent call last):
 ...
-cluster.errors.InvalidInput: gate file g.yaml is not valid YAML: line 2, column 1: key 'a' appears twice (first on line 1); give each key once
+ironsight.cluster.errors.InvalidInput: gate file g.yaml is not valid YAML: line 2, column 1: key 'a' appears twice (first on line 1); give each key once
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode
 
-from cluster import storage
-from cluster.errors import InvalidInput
+from ironsight.cluster import storage
+from ironsight.cluster.errors import InvalidInput
 
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: room for a card listing some 20,000 class names
 MAX_DEPTH = 100
@@ -330,7 +330,7 @@ def load_yaml(uri_or_path: str, *, what: str, max_bytes: int = MAX_CONFIG_BYTES)
     Raises:
         InvalidInput: missing, unreadable, not a regular file, too large, not UTF-8, or any
             :func:`parse_yaml` problem.
-        JobFailed: S3 stayed unreachable (from :func:`cluster.storage.with_retries`).
+        JobFailed: S3 stayed unreachable (from :func:`ironsight.cluster.storage.with_retries`).
     """
     name = str(uri_or_path)  # as the user wrote it
     loc = storage.resolve(name)

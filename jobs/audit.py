@@ -24,18 +24,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster import corpus as corpus_mod
-from cluster import metrics as job_metrics
-from cluster import paths, storage
-from cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
-from cluster.models import ModelSource
-from cluster.pipeline import decode_rows, decode_task_args, plan_resources
-from cluster.predictor import Predictor, as_error
-from cluster.preprocess import Preprocess
-from robustness.attacks import run_attack
-from robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
-from robustness.schema import PREDICTIONS_SCHEMA, Example
-from robustness.suites import AttackSpec, Suite, get_suite
+from ironsight.cluster import corpus as corpus_mod
+from ironsight.cluster import metrics as job_metrics
+from ironsight.cluster import paths, storage
+from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import decode_rows, decode_task_args, plan_resources
+from ironsight.cluster.predictor import Predictor, as_error
+from ironsight.cluster.preprocess import Preprocess
+from ironsight.robustness.attacks import run_attack
+from ironsight.robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
+from ironsight.robustness.schema import PREDICTIONS_SCHEMA, Example
+from ironsight.robustness.suites import AttackSpec, Suite, get_suite
 
 log = logging.getLogger("ironsight")
 
@@ -63,7 +63,7 @@ class AuditConfig:
     actors: int | None = None
     device: str = "auto"
     progress: bool | None = None
-    # Roots that image paths in corpus rows must lie in (cluster.paths); () means no limit.
+    # Roots that image paths in corpus rows must lie in (ironsight.cluster.paths); () means no limit.
     allowed_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -213,8 +213,8 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from robustness.gate import evaluate_gate, load_gate
-    from robustness.report import build_report
+    from ironsight.robustness.gate import evaluate_gate, load_gate
+    from ironsight.robustness.report import build_report
 
     started = time.monotonic()
     plan = corpus_mod.plan_corpus(
@@ -430,7 +430,7 @@ def _write_outputs(output: str, report: dict, table: pa.Table, examples) -> dict
 
 
 def _write_outputs_to(output: str, report: dict, table: pa.Table, examples) -> dict[str, str]:
-    from robustness.report import write_reports
+    from ironsight.robustness.report import write_reports
 
     out = storage.resolve(output)
     if out.is_s3:  # write_reports writes local files: render them aside, then upload each

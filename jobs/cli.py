@@ -29,9 +29,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from cluster.errors import InvalidInput, IronsightError
-from jobs.observability import LOG_FORMATS, configure_logging, console, job_context, resolve_format
-from jobs.spec import AuditJob, ClassifyJob, add_spec_arguments, load_spec, spec_from_args
+from ironsight.cluster.errors import InvalidInput, IronsightError
+from ironsight.jobs.observability import (
+    LOG_FORMATS,
+    configure_logging,
+    console,
+    job_context,
+    resolve_format,
+)
+from ironsight.jobs.spec import AuditJob, ClassifyJob, add_spec_arguments, load_spec, spec_from_args
 
 EPILOG_CLASSIFY = textwrap.dedent(
     """\
@@ -59,7 +65,7 @@ EPILOG_AUDIT = textwrap.dedent(
 
 # Modules that contribute subcommands: each has ``add_commands(subparsers, formatter)``, and
 # each parser it adds sets ``handler=fn(args) -> exit code`` with ``set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ("jobs.history", "jobs.submit", "jobs.deploy_cli", "jobs.schedule")
+COMMAND_MODULES: tuple[str, ...] = ("ironsight.jobs.history", "ironsight.jobs.submit", "ironsight.jobs.deploy_cli", "ironsight.jobs.schedule")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -242,7 +248,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "models":
         return _models(args)
     if args.command == "demo":
-        from jobs.demo import run_demo
+        from ironsight.jobs.demo import run_demo
 
         return run_demo(
             workdir=args.workdir,
@@ -258,9 +264,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = False) -> int:
-    from cluster.pipeline import ClassifyConfig, plan_classify, run_classify
-    from cluster.raycluster import connect
-    from jobs.history import RunRecorder
+    from ironsight.cluster.pipeline import ClassifyConfig, plan_classify, run_classify
+    from ironsight.cluster.raycluster import connect
+    from ironsight.jobs.history import RunRecorder
 
     cfg = ClassifyConfig(
         input=spec.input,
@@ -290,10 +296,10 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
 
 
 def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) -> int:
-    from cluster.raycluster import connect
-    from jobs.audit import AuditConfig, resolve_suite, run_audit
-    from jobs.history import EXIT_REGRESSED, RunRecorder
-    from robustness.report import text_summary
+    from ironsight.cluster.raycluster import connect
+    from ironsight.jobs.audit import AuditConfig, resolve_suite, run_audit
+    from ironsight.jobs.history import EXIT_REGRESSED, RunRecorder
+    from ironsight.robustness.report import text_summary
 
     cfg = AuditConfig(
         input=spec.input,
@@ -327,9 +333,9 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
 
 
 def _conditions() -> int:
-    from robustness.attacks import list_attacks
-    from robustness.conditions import SEVERITIES, get_condition, list_conditions
-    from robustness.suites import list_suites
+    from ironsight.robustness.attacks import list_attacks
+    from ironsight.robustness.conditions import SEVERITIES, get_condition, list_conditions
+    from ironsight.robustness.suites import list_suites
 
     names = list_conditions()
     width = max(len(n) for n in names)
@@ -344,7 +350,7 @@ def _conditions() -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from cluster import models
+    from ironsight.cluster import models
 
     if args.models_command == "list":
         rows = models.summary_rows()

@@ -1,6 +1,6 @@
 """``ironsight demo``: the whole bulk-labeling path on one machine, with data it makes itself.
 
-1. Generate labeled shape images (:mod:`cluster.synthetic`): an eval split and a corpus split,
+1. Generate labeled shape images (:mod:`ironsight.cluster.synthetic`): an eval split and a corpus split,
    as Parquet, under ``WORKDIR/data``. Existing splits of the same size are reused.
 2. Train the demo CNN on CPU (about a minute) unless a trained one is cached under
    ``$IRONSIGHT_CACHE`` (default ``~/.cache/ironsight``); it is saved as safetensors with its
@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from cluster import synthetic
+from ironsight.cluster import synthetic
 
 TRAIN_SEED, EVAL_SEED, CORPUS_SEED = 1, 2, 3
 _ROWS_PER_FILE = 2_500
@@ -55,7 +55,7 @@ def ensure_split(path: Path, n: int, seed: int, prefix: str, progress: bool) -> 
 
 def ensure_demo_model(*, retrain: bool, train_size: int | None, progress: bool) -> Path:
     """Path of the demo model card, training the model first when none is cached."""
-    from cluster.models.demo_cnn import train_demo_model
+    from ironsight.cluster.models.demo_cnn import train_demo_model
 
     out = cache_dir() / "demo_cnn"
     card = out / "demo_cnn.card.yaml"
@@ -91,10 +91,10 @@ def run_demo(
     audit_images: int = 1_000,
     progress: bool | None = None,
 ) -> int:
-    from cluster.errors import InvalidInput
-    from cluster.models import ModelSource
-    from cluster.pipeline import ClassifyConfig, run_classify
-    from cluster.raycluster import connect
+    from ironsight.cluster.errors import InvalidInput
+    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.pipeline import ClassifyConfig, run_classify
+    from ironsight.cluster.raycluster import connect
 
     for flag, value in (("--corpus-size", corpus_size), ("--eval-size", eval_size)):
         if value < 1:
@@ -118,8 +118,8 @@ def run_demo(
         progress=progress,
     )
     print(f"bulk-labeling {corpus_size} images on an embedded Ray...")
-    from jobs.audit import AuditConfig, resolve_suite, run_audit
-    from robustness.report import text_summary
+    from ironsight.jobs.audit import AuditConfig, resolve_suite, run_audit
+    from ironsight.robustness.report import text_summary
 
     audit_dir = root / "audit"
     with connect(None):

@@ -1,8 +1,8 @@
 """`ironsight deploy render`: KubeRay manifests for one job spec, once or on a schedule.
 
-The spec is validated first (`jobs.spec.load_spec`), then stored verbatim in a ConfigMap
+The spec is validated first (`ironsight.jobs.spec.load_spec`), then stored verbatim in a ConfigMap
 that the RayJob's entrypoint (`ironsight run /etc/ironsight/spec.yaml`) reads; see
-`jobs.k8s.render_manifests` for the files and the security properties they keep.
+`ironsight.jobs.k8s.render_manifests` for the files and the security properties they keep.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import InvalidInput
-from jobs.k8s import DEFAULT_IMAGE, render_manifests, write_manifests
-from jobs.spec import load_spec
+from ironsight.cluster.errors import InvalidInput
+from ironsight.jobs.k8s import DEFAULT_IMAGE, render_manifests, write_manifests
+from ironsight.jobs.spec import load_spec
 
 __all__ = ["add_commands", "k8s_name"]
 

@@ -10,7 +10,7 @@ is tested). The schema is created on first use and its version kept in `ironsigh
 |------------------------|------------------------------------------------------------------|
 | `id`                   | run id, increasing                                               |
 | `job`, `kind`          | the spec's `name` and `kind` (classify / audit)                  |
-| `spec_hash`            | hash of the validated spec (every field, `cluster.sink.spec_hash`) |
+| `spec_hash`            | hash of the validated spec (every field, `ironsight.cluster.sink.spec_hash`) |
 | `model`, `weights_hash`| model name; sha256 of its weights when the run got that far      |
 | `scheduled_for`        | the schedule tick that started it (`ironsight schedule`), or null |
 | `started_at`, `ended_at` | UTC                                                            |
@@ -53,8 +53,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cluster.errors import GateFailed, InvalidInput, IronsightError
-from jobs.observability import console
+from ironsight.cluster.errors import GateFailed, InvalidInput, IronsightError
+from ironsight.jobs.observability import console
 
 __all__ = [
     "DEFAULT_MAX_DROP",
@@ -614,7 +614,7 @@ def max_drop_for(spec: Any) -> float:
     """The spec's gate `max_drop_vs_baseline`, else `DEFAULT_MAX_DROP`."""
     gate_path = getattr(spec, "gate", None)
     if gate_path:
-        from robustness.gate import load_gate
+        from ironsight.robustness.gate import load_gate
 
         value = load_gate(gate_path).max_drop_vs_baseline
         if value is not None:
@@ -626,7 +626,7 @@ def max_drop_for(spec: Any) -> float:
 
 
 def _spec_hash(spec: Any) -> str:
-    from cluster.sink import spec_hash
+    from ironsight.cluster.sink import spec_hash
 
     return spec_hash(spec.model_dump(mode="json"))
 
@@ -650,7 +650,7 @@ def _read_json(uri: str) -> dict[str, Any] | None:
     """A small JSON file from a local path or s3:// URI, or None when it cannot be read."""
     import json
 
-    from cluster import storage
+    from ironsight.cluster import storage
 
     try:
         return json.loads(storage.read_bytes(storage.resolve(uri)))

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any
 
-from cluster import metrics
+from ironsight.cluster import metrics
 
 __all__ = [
     "LOG_FORMATS",
@@ -58,7 +58,7 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, context and ``extra`` fields."""
 
-    structured = True  # cluster.pipeline's progress checks this to log records, not lines
+    structured = True  # ironsight.cluster.pipeline's progress checks this to log records, not lines
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -95,7 +95,7 @@ def resolve_format(value: str | None) -> str:
     """
     fmt = (value or os.environ.get(LOG_FORMAT_ENV) or "text").strip().lower()
     if fmt not in LOG_FORMATS:
-        from cluster.errors import InvalidInput
+        from ironsight.cluster.errors import InvalidInput
 
         raise InvalidInput(f"log format {fmt!r} (from --log-format or {LOG_FORMAT_ENV}); expected one of {', '.join(LOG_FORMATS)}")
     return fmt
@@ -148,7 +148,7 @@ def job_name(spec: Any) -> str:
     """The ``job`` tag of a run: the spec's ``name``, or ``KIND:OUTPUT-BASENAME`` when the
     name was not given (a plain ``ironsight classify``), so that two ad-hoc runs differ.
 
-    >>> from jobs.spec import ClassifyJob
+    >>> from ironsight.jobs.spec import ClassifyJob
     >>> job_name(ClassifyJob(input="in/", output="s3://b/labels/2026-11/", model="demo_cnn",
     ...                      random_weights=True))
     'classify:2026-11'

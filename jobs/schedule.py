@@ -2,7 +2,7 @@
 
 A long-running local scheduler (for Kubernetes use `ironsight deploy render --cron`). Each tick
 runs `ironsight run SPEC` as a child process (a crashing run cannot take the scheduler down),
-or, with `--address`, submits the spec to a Ray cluster through `jobs.submit` with the
+or, with `--address`, submits the spec to a Ray cluster through `ironsight.jobs.submit` with the
 deterministic submission id `scheduled_submission_id(job, spec hash, tick)`.
 
 Rules (each one tested in tests/jobs/test_schedule.py):
@@ -60,8 +60,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
-from cluster.errors import InvalidInput
-from jobs.history import SCHEDULED_FOR_ENV, history_url
+from ironsight.cluster.errors import InvalidInput
+from ironsight.jobs.history import SCHEDULED_FOR_ENV, history_url
 
 __all__ = ["MAX_JOB_NAME", "CronSchedule", "LocalRun", "Scheduler", "TickState", "add_commands",
            "check_job_name", "local_launcher"]
@@ -321,8 +321,8 @@ class RemoteRun:
 
 def remote_launcher(spec_path: str, address: str) -> Callable[[dt.datetime], RemoteRun]:
     """Submit `spec_path` to the cluster per tick, at most once per tick (deterministic id)."""
-    from jobs import submit
-    from jobs.spec import load_spec
+    from ironsight.jobs import submit
+    from ironsight.jobs.spec import load_spec
 
     client = submit.job_client(address)
 
@@ -489,7 +489,7 @@ def _default_state_dir() -> Path:
 
 
 def _schedule_command(args: Any) -> int:
-    from jobs.spec import load_spec
+    from ironsight.jobs.spec import load_spec
 
     spec = load_spec(args.spec)  # a bad spec fails now, not at 2 am
     check_job_name(spec.name)
@@ -500,7 +500,7 @@ def _schedule_command(args: Any) -> int:
         env = {}
         if args.history_db:
             env["IRONSIGHT_HISTORY_URL"] = history_url(args.history_db)
-        command = [sys.executable, "-m", "jobs.cli", "run", os.path.abspath(args.spec),
+        command = [sys.executable, "-m", "ironsight.jobs.cli", "run", os.path.abspath(args.spec),
                    "--no-progress"]
         launch = local_launcher(command, env)
     scheduler = Scheduler(

@@ -28,9 +28,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from cluster import paths
-from cluster.errors import InvalidInput
-from cluster.yamlfile import (
+from ironsight.cluster import paths
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.yamlfile import (
     MAX_MESSAGE_CHARS,
     check_config_file,
     clip,
@@ -63,7 +63,7 @@ def _allowed_roots_field() -> Any:
 
 
 class _WithinRoots(BaseModel):
-    """Every path field of a job lies inside the allowed roots (:mod:`cluster.paths`).
+    """Every path field of a job lies inside the allowed roots (:mod:`ironsight.cluster.paths`).
 
     The roots are the spec's ``allowed_roots`` when given, else the operator's
     ``IRONSIGHT_ALLOWED_ROOTS``; the spec's must themselves lie inside the operator's.
@@ -141,7 +141,7 @@ def _is_builtin_suite(field: str, value: str) -> bool:
 
 def _config_file(value: Any, what: str) -> Any:
     """A YAML file field (card, suite, gate) that exists here must be a regular file of at most
-    1 MiB (:func:`cluster.yamlfile.check_config_file`): a FIFO, ``/dev/zero`` or a 10 MB file
+    1 MiB (:func:`ironsight.cluster.yamlfile.check_config_file`): a FIFO, ``/dev/zero`` or a 10 MB file
     is refused when the spec is validated, before Ray starts; it is checked again when read."""
     if isinstance(value, str):
         try:
@@ -208,7 +208,7 @@ class ModelChoice(BaseModel):
         return self
 
     def source(self):
-        from cluster.models import ModelSource
+        from ironsight.cluster.models import ModelSource
 
         roots = self.effective_roots() if isinstance(self, _WithinRoots) else ()
         return ModelSource(
@@ -353,7 +353,7 @@ class AuditJob(ModelChoice, RunOptions, _WithinRoots):
     @field_validator("severities")
     @classmethod
     def _in_range(cls, value: list[int] | None) -> list[int] | None:
-        from robustness.conditions import SEVERITIES
+        from ironsight.robustness.conditions import SEVERITIES
 
         if value is not None:
             bad = [v for v in value if v not in SEVERITIES]
@@ -369,7 +369,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem, each naming the field path: ``spec.yaml: top_k: must be >= 1``.
 
     Values are never echoed (``include_input=False``); a message a validator built from a
-    value is clipped, and past :data:`cluster.yamlfile.MAX_PROBLEMS` the rest are counted.
+    value is clipped, and past :data:`ironsight.cluster.yamlfile.MAX_PROBLEMS` the rest are counted.
     """
     lines = []
     for err in exc.errors(include_url=False, include_input=False):
@@ -384,7 +384,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 def load_spec(path: str) -> ClassifyJob | AuditJob:
     """Read and validate a YAML job spec; errors name the file and the field path.
 
-    The file is read by :func:`cluster.yamlfile.load_yaml`: a regular file (local or
+    The file is read by :func:`ironsight.cluster.yamlfile.load_yaml`: a regular file (local or
     ``s3://``) of at most 1 MiB, without duplicate keys, alias bombs or deep nesting.
     """
     data = load_yaml(path, what="spec file")

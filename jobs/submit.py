@@ -26,7 +26,7 @@ byte (no shell quoting, no size limit of an env var) and the entrypoint stays re
 - the non-secret object-store settings of this shell (``AWS_ENDPOINT_URL``, region, ...) are
   passed as ``env_vars``; credentials never are (the dashboard shows a runtime env). The job's
   driver, joining the cluster, does not pass them to ``ray.init`` again (Ray refuses a driver
-  runtime env that repeats a variable of the job's: :func:`cluster.raycluster.forwarded_env`).
+  runtime env that repeats a variable of the job's: :func:`ironsight.cluster.raycluster.forwarded_env`).
 
 **Token authentication.** Ray 2.60's ``JobSubmissionClient`` adds ``Authorization: Bearer``
 itself only when ``RAY_AUTH_MODE=token`` is set in *this* process. Ironsight sends the header
@@ -61,9 +61,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from cluster.errors import InvalidInput, JobFailed
-from cluster.raycluster import object_store_env  # non-secret object-store settings
-from jobs.spec import AuditJob, ClassifyJob, load_spec
+from ironsight.cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.raycluster import object_store_env  # non-secret object-store settings
+from ironsight.jobs.spec import AuditJob, ClassifyJob, load_spec
 
 if TYPE_CHECKING:  # ray is imported lazily: importing the CLI must not pay for it
     from ray.job_submission import JobSubmissionClient
@@ -130,7 +130,7 @@ def job_spec_hash(spec: ClassifyJob | AuditJob) -> str:
     >>> job_spec_hash(a) == job_spec_hash(a.model_copy(update={"seed": 1}))
     False
     """
-    from cluster.sink import spec_hash
+    from ironsight.cluster.sink import spec_hash
 
     return spec_hash(spec.model_dump(mode="json"))
 
@@ -311,7 +311,7 @@ def _check_cluster_paths(spec: ClassifyJob | AuditJob, source: str) -> None:
 
 
 def _shipped_spec(path: str) -> str:
-    from cluster.yamlfile import load_yaml  # the bounded loader load_spec used
+    from ironsight.cluster.yamlfile import load_yaml  # the bounded loader load_spec used
 
     data = load_yaml(path, what="spec file")
     if not data.get("address"):

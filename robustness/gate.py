@@ -27,8 +27,14 @@ from dataclasses import asdict, dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cluster.errors import InvalidInput
-from cluster.yamlfile import MAX_MESSAGE_CHARS, clip, first_problems, load_yaml, short_repr
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.yamlfile import (
+    MAX_MESSAGE_CHARS,
+    clip,
+    first_problems,
+    load_yaml,
+    short_repr,
+)
 
 EPS_TOLERANCE = 1e-4  # "0.0078" in a gate file means 2/255 = 0.00784; budgets differ by >= 1/255
 
@@ -140,7 +146,7 @@ def parse_gate(data: object, *, source: str = "gate") -> Gate:
     >>> parse_gate({"clean_acc": 0.8}, source="g.yaml")
     Traceback (most recent call last):
     ...
-    cluster.errors.InvalidInput: invalid gate in g.yaml: clean_acc: Extra inputs are not permitted (got 0.8)
+    ironsight.cluster.errors.InvalidInput: invalid gate in g.yaml: clean_acc: Extra inputs are not permitted (got 0.8)
     """
     if not isinstance(data, dict):
         raise InvalidInput(
@@ -160,7 +166,7 @@ def parse_gate(data: object, *, source: str = "gate") -> Gate:
 def load_gate(path: str | os.PathLike) -> Gate:
     """Read and validate a gate YAML file (local path or ``s3://``).
 
-    The file is read by :func:`cluster.yamlfile.load_yaml`: a regular file of at most 1 MiB,
+    The file is read by :func:`ironsight.cluster.yamlfile.load_yaml`: a regular file of at most 1 MiB,
     without duplicate keys, alias bombs or deep nesting.
 
     Raises:
@@ -320,7 +326,7 @@ def evaluate_gate(report: dict, gate: Gate, baseline: dict | None = None) -> Gat
     """Check a report against a gate.
 
     Args:
-        report: The dict from :func:`robustness.report.build_report`.
+        report: The dict from :func:`ironsight.robustness.report.build_report`.
         gate: Thresholds from :func:`load_gate`.
         baseline: A previous ``report.json`` dict, for ``max_drop_vs_baseline``. When None,
             the comparison stored by ``build_report(..., baseline=...)`` in

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from robustness.schema import Example
+from ironsight.robustness.schema import Example
 
 MAX_EXAMPLES = 120  # ~10 KB each as PNG: keeps the page a few MB at most
 _DPI = 110
@@ -306,7 +306,7 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     """Render the report as one self-contained HTML page.
 
     Args:
-        report: The dict from :func:`robustness.report.build_report`.
+        report: The dict from :func:`ironsight.robustness.report.build_report`.
         examples: Images with their predictions, shown in a grid (at most
             :data:`MAX_EXAMPLES`).
 
@@ -367,7 +367,7 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(plots) + "</div>")
     parts.append(_examples(report, examples))
-    from robustness.report import result_tables  # report imports this module at call time
+    from ironsight.robustness.report import result_tables  # report imports this module at call time
 
     section = None
     for title, header, rows in result_tables(report):

@@ -1,4 +1,4 @@
-"""Robustness metrics computed from the predictions table (:mod:`robustness.schema`).
+"""Robustness metrics computed from the predictions table (:mod:`ironsight.robustness.schema`).
 
 Plain numpy on small arrays; every function is pure. Conventions:
 

@@ -1,6 +1,6 @@
 """Build the audit report from the predictions table and write it as JSON, Markdown and HTML.
 
-``report.json`` layout (``schema_version`` :data:`~robustness.schema.REPORT_SCHEMA_VERSION`):
+``report.json`` layout (``schema_version`` :data:`~ironsight.robustness.schema.REPORT_SCHEMA_VERSION`):
 
 | key              | content                                                                 |
 |------------------|-------------------------------------------------------------------------|
@@ -19,7 +19,7 @@
 | ``summary``      | ``clean_accuracy``, ``mean_corruption_accuracy``, ``per_condition``,    |
 |                  | ``baseline`` (CE, relative CE, mCE, changes; null without baseline),    |
 |                  | ``alexnet`` (mCE vs AlexNet; null unless an ImageNet model), ``warnings`` |
-| ``gate``         | null until :func:`robustness.gate.evaluate_gate` fills it               |
+| ``gate``         | null until :func:`ironsight.robustness.gate.evaluate_gate` fills it               |
 
 Every float is finite or null: the JSON is strict (``allow_nan=False``).
 """
@@ -36,8 +36,8 @@ from importlib import metadata
 
 import pyarrow as pa
 
-from robustness import metrics
-from robustness.schema import REPORT_SCHEMA_VERSION, Example, validate_predictions
+from ironsight.robustness import metrics
+from ironsight.robustness.schema import REPORT_SCHEMA_VERSION, Example, validate_predictions
 
 
 def _version(dist: str) -> str | None:
@@ -84,7 +84,7 @@ def build_report(
     """Compute every metric and return the ``report.json`` content.
 
     Args:
-        predictions: The audit's table (:data:`~robustness.schema.PREDICTIONS_SCHEMA`).
+        predictions: The audit's table (:data:`~ironsight.robustness.schema.PREDICTIONS_SCHEMA`).
         class_names: Class index -> name; its length is the number of classes.
         model: Model description (name, weights hash, ...), copied into the report.
         data: Eval set description (path, size, ...), copied into the report.
@@ -94,14 +94,14 @@ def build_report(
         imagenet_model: The model predicts ImageNet-1k classes, so mCE against AlexNet's
             published ImageNet-C errors is meaningful.
         imagenet_c_conditions: Which condition names are ImageNet-C's
-            (``robustness.conditions.IMAGENET_C_CONDITIONS``).
+            (``ironsight.robustness.conditions.IMAGENET_C_CONDITIONS``).
 
     Returns:
         The report as a JSON-ready dict with ``"gate": None``.
 
     Raises:
         InvalidInput: The table does not match the schema (see
-            :func:`~robustness.schema.validate_predictions`).
+            :func:`~ironsight.robustness.schema.validate_predictions`).
 
     >>> t = pa.table({"id": ["a", "a"], "kind": ["clean", "corruption"],
     ...     "condition": ["clean", "fog"], "severity": [0, 1], "eps": [0.0, 0.0],
@@ -411,7 +411,7 @@ def write_reports(report: dict, out_dir: str, examples: Sequence[Example] = ()) 
     Returns:
         ``{"json": path, "markdown": path, "html": path}``.
     """
-    from robustness.html import render_html  # matplotlib is only needed here
+    from ironsight.robustness.html import render_html  # matplotlib is only needed here
 
     os.makedirs(out_dir, exist_ok=True)
     contents = {

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from cluster.errors import InvalidInput
+from ironsight.cluster.errors import InvalidInput
 
 PREDICTIONS_SCHEMA = pa.schema(
     [
@@ -97,7 +97,7 @@ def validate_predictions(
         if field.name not in table.column_names:
             raise InvalidInput(
                 f"column '{field.name}' is missing in {source}; expected columns "
-                f"{', '.join(PREDICTIONS_SCHEMA.names)} (see robustness.schema.PREDICTIONS_SCHEMA)"
+                f"{', '.join(PREDICTIONS_SCHEMA.names)} (see ironsight.robustness.schema.PREDICTIONS_SCHEMA)"
             )
         col = table.column(field.name)
         if col.type != field.type:

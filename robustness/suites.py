@@ -29,10 +29,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cluster.errors import InvalidInput
-from cluster.yamlfile import MAX_MESSAGE_CHARS, clip, first_problems, load_yaml, short_repr
-from robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
-from robustness.conditions import SEVERITIES, list_conditions
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.yamlfile import (
+    MAX_MESSAGE_CHARS,
+    clip,
+    first_problems,
+    load_yaml,
+    short_repr,
+)
+from ironsight.robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
+from ironsight.robustness.conditions import SEVERITIES, list_conditions
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ def list_suites() -> list[str]:
 
 
 class SuiteError(InvalidInput, ValueError):
-    """A suite name or file is wrong: :class:`~cluster.errors.InvalidInput` (exit 2), and still a
+    """A suite name or file is wrong: :class:`~ironsight.cluster.errors.InvalidInput` (exit 2), and still a
     ``ValueError`` for callers written when this module raised that."""
 
 
@@ -200,7 +206,7 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
     >>> parse_suite({"name": "x", "severity": [2]}, source="file nightly.yaml")
     Traceback (most recent call last):
     ...
-    robustness.suites.SuiteError: suite file nightly.yaml is invalid: severity: Extra inputs are not permitted (got [2])
+    ironsight.robustness.suites.SuiteError: suite file nightly.yaml is invalid: severity: Extra inputs are not permitted (got [2])
     """
     if data is None:
         raise SuiteError(f"suite {source} is empty; expected keys name, conditions, "
@@ -230,7 +236,7 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
 def load_suite(path: str) -> Suite:
     """Read and validate a suite YAML file (see the module docstring for the format).
 
-    The file is read by :func:`cluster.yamlfile.load_yaml`: a regular file (local or
+    The file is read by :func:`ironsight.cluster.yamlfile.load_yaml`: a regular file (local or
     ``s3://``) of at most 1 MiB, without duplicate keys, alias bombs or deep nesting.
     """
     try:

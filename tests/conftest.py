@@ -65,11 +65,11 @@ def s3_bucket(s3_server):
 def synthetic_corpus(tmp_path):
     """Factory: ``make(n, rows_per_file=..., row_group_size=..., layout=..., fmt=...)``.
 
-    Writes a small labeled corpus with :func:`cluster.synthetic.write_corpus` under a new
+    Writes a small labeled corpus with :func:`ironsight.cluster.synthetic.write_corpus` under a new
     directory of ``tmp_path`` and returns its path (str). Extra keywords (``seed``, ``size``,
     ``prefix``) pass through.
     """
-    from cluster.synthetic import write_corpus
+    from ironsight.cluster.synthetic import write_corpus
 
     made = []
 

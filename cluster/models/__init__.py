@@ -1,19 +1,19 @@
 """The model registry and weight loading.
 
-Importing this package registers the torchvision classifiers (:mod:`cluster.models.zoo`)
+Importing this package registers the torchvision classifiers (:mod:`ironsight.cluster.models.zoo`)
 and the demo CNN; it builds no network and reads no file.
 
->>> from cluster.models import ModelSource
+>>> from ironsight.cluster.models import ModelSource
 >>> loaded = ModelSource("demo_cnn", random_weights=True).validate()
 >>> loaded.info.class_names[:3]
 ('circle', 'square', 'triangle')
 """
 
-from cluster.models import demo_cnn as _demo_cnn  # noqa: F401  (registers demo_cnn)
-from cluster.models import zoo as _zoo  # noqa: F401  (registers the torchvision models)
-from cluster.models.card import ModelCard, load_card
-from cluster.models.demo_cnn import train_demo_model
-from cluster.models.registry import (
+from ironsight.cluster.models import demo_cnn as _demo_cnn  # noqa: F401  (registers demo_cnn)
+from ironsight.cluster.models import zoo as _zoo  # noqa: F401  (registers the torchvision models)
+from ironsight.cluster.models.card import ModelCard, load_card
+from ironsight.cluster.models.demo_cnn import train_demo_model
+from ironsight.cluster.models.registry import (
     ModelInfo,
     Normalize,
     describe,
@@ -22,7 +22,7 @@ from cluster.models.registry import (
     register_model,
     summary_rows,
 )
-from cluster.models.weights import FORMATS, LoadedModel, ModelSource
+from ironsight.cluster.models.weights import FORMATS, LoadedModel, ModelSource
 
 __all__ = [
     "FORMATS",

@@ -41,11 +41,17 @@ from pydantic import (
     model_validator,
 )
 
-from cluster import storage
-from cluster.errors import InvalidInput
-from cluster.models.registry import ModelInfo, get_model_info, list_models
-from cluster.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from cluster.yamlfile import MAX_MESSAGE_CHARS, clip, first_problems, load_yaml, parse_yaml
+from ironsight.cluster import storage
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models.registry import ModelInfo, get_model_info, list_models
+from ironsight.cluster.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ironsight.cluster.yamlfile import (
+    MAX_MESSAGE_CHARS,
+    clip,
+    first_problems,
+    load_yaml,
+    parse_yaml,
+)
 
 CardFormat = Literal["safetensors", "state_dict", "torch_export", "torchscript"]
 Triple = tuple[float, float, float]
@@ -206,14 +212,14 @@ def _field_path(loc: tuple) -> str:
 def parse_card(text: str, uri: str = "<string>") -> ModelCard:
     """Validate card YAML ``text``; errors name ``uri`` and each bad field's path.
 
-    The YAML is read by :func:`cluster.yamlfile.parse_yaml` (duplicate keys, alias bombs and
+    The YAML is read by :func:`ironsight.cluster.yamlfile.parse_yaml` (duplicate keys, alias bombs and
     deep nesting are refused), and a message quotes at most a clipped part of any value.
 
     >>> text = "name: x\\nformat: torchscript\\nweights: x.ts\\nwidth: 3\\n"
     >>> parse_card(text)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    cluster.errors.InvalidInput: model card <string> is invalid:
+    ironsight.cluster.errors.InvalidInput: model card <string> is invalid:
       width: unknown field; allowed: name, format, arch, weights, ...
     """
     data = parse_yaml(text, source=f"model card {uri}")
@@ -245,7 +251,7 @@ def _validate_card(data: object, uri: str) -> ModelCard:
 def load_card(uri: str) -> ModelCard:
     """Read and validate the model card at ``uri`` (local path or ``s3://``).
 
-    Only a regular file of at most :data:`cluster.yamlfile.MAX_CONFIG_BYTES` is read: a FIFO,
+    Only a regular file of at most :data:`ironsight.cluster.yamlfile.MAX_CONFIG_BYTES` is read: a FIFO,
     a device (``/dev/zero``) or a 10 MB file is refused before parsing (:func:`load_yaml`).
     """
     loc = storage.resolve(uri)

@@ -1,7 +1,7 @@
 """A small CNN for the 64x64 synthetic shapes, and the one-minute CPU recipe that trains it.
 
 The demo, the tests and the benchmarks need a model with real, non-trivial accuracy and
-nothing may be downloaded, so we train one on :mod:`cluster.synthetic` images. Training
+nothing may be downloaded, so we train one on :mod:`ironsight.cluster.synthetic` images. Training
 uses split seed 1; the held-out accuracy uses split seed 2, which never shares an image.
 
 Architecture (``width=16``; about 0.4M parameters, 20M multiply-adds per image):
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cluster import storage, synthetic
-from cluster.models.registry import Normalize, register_model
-from cluster.preprocess import Preprocess
+from ironsight.cluster import storage, synthetic
+from ironsight.cluster.models.registry import Normalize, register_model
+from ironsight.cluster.preprocess import Preprocess
 
 DEMO_PREPROCESS = Preprocess(
     resize=64, crop=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bilinear"
@@ -205,7 +205,7 @@ def train_demo_model(
     Returns:
         ``(weights_uri, card_uri, eval_accuracy)``.
     """
-    from cluster.models.card import ModelCard
+    from ironsight.cluster.models.card import ModelCard
 
     if n_train < batch_size:
         raise ValueError(f"n_train={n_train} must be at least batch_size={batch_size}")

@@ -1,11 +1,11 @@
 """Named image classifiers and the metadata that travels with them.
 
 A registered model is a *builder* (``num_classes -> bare network``, random init, no
-normalization) plus its :class:`~cluster.preprocess.Preprocess` and class names, the way
+normalization) plus its :class:`~ironsight.cluster.preprocess.Preprocess` and class names, the way
 torchvision's ``Weights.meta`` and timm's ``PretrainedCfg`` keep preprocessing next to the
 network. Job code asks the registry for mean/std and input size; it never retypes them.
 
->>> from cluster.models import get_model_info, list_models
+>>> from ironsight.cluster.models import get_model_info, list_models
 >>> "resnet50" in list_models("resnet*")
 True
 >>> get_model_info("demo_cnn").preprocess.crop
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cluster.errors import InvalidInput
-from cluster.preprocess import Preprocess
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.preprocess import Preprocess
 
 Builder = Callable[[int], nn.Module]
 

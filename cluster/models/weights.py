@@ -2,7 +2,7 @@
 
 The driver validates a :class:`ModelSource` once (``validate()``, on CPU, before any work);
 each Ray actor receives the same small recipe and calls ``load(device)`` once. Nothing
-downloads: weights come from a local path or an ``s3://`` URI through :mod:`cluster.storage`.
+downloads: weights come from a local path or an ``s3://`` URI through :mod:`ironsight.cluster.storage`.
 
 Weights formats. The format is what the model card's ``format`` says, else what the file's
 extension says (:data:`EXTENSION_FORMATS`: ``.safetensors``, ``.pt2``, ``.ts``; ``.pt`` and
@@ -30,7 +30,7 @@ executing anything, and refused with :class:`InvalidInput` naming the file and t
 | ``.pt2`` program JSON   | a shape expression (sympy ``eval``s it) or guard (``.module()`` ``exec``s it) that is not plain arithmetic; a string input; a call that is not an aten/prims operator, or is ``from_file``/``save`` |
 | TorchScript ``code/``   | calls to ``save``, ``from_file``, ``load_tensor`` or torch.distributed classes (TorchScript's own C++ unpickler resolves only tensor rebuilders and TorchScript classes, so its pickles need no check) |
 
-Files are read whole through :func:`cluster.storage.read_bytes`: FIFOs, sockets, devices and
+Files are read whole through :func:`ironsight.cluster.storage.read_bytes`: FIFOs, sockets, devices and
 ``/proc``, ``/sys``, ``/dev`` paths are refused, and so is a file larger than 8 GiB, or than
 ``$IRONSIGHT_MAX_WEIGHTS_BYTES`` bytes when that is set.
 
@@ -62,11 +62,11 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from cluster import storage
-from cluster.errors import InvalidInput
-from cluster.models.card import ModelCard, load_card
-from cluster.models.registry import ModelInfo, Normalize, get_model_info
-from cluster.paths import check_within
+from ironsight.cluster import storage
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models.card import ModelCard, load_card
+from ironsight.cluster.models.registry import ModelInfo, Normalize, get_model_info
+from ironsight.cluster.paths import check_within
 
 FORMATS = ("safetensors", "state_dict", "torch_export", "torchscript")
 RANDOM_INIT = "random-init"
@@ -701,7 +701,7 @@ class ModelSource:
         card: model card YAML path or URI.
         random_weights: build with deterministic random weights; only for tests and
             benchmarks.
-        allowed_roots: normalised roots (:mod:`cluster.paths`) the weights a card names must
+        allowed_roots: normalised roots (:mod:`ironsight.cluster.paths`) the weights a card names must
             lie in; the spec checks ``weights`` and ``card`` themselves. Empty: no limit.
 
     >>> loaded = ModelSource("demo_cnn", random_weights=True).load()

@@ -23,8 +23,8 @@ import functools
 import torchvision
 from torch import nn
 
-from cluster.models.registry import register_model
-from cluster.preprocess import Preprocess
+from ironsight.cluster.models.registry import register_model
+from ironsight.cluster.preprocess import Preprocess
 
 # name -> (extra get_model kwargs, description)
 _ZOO: dict[str, tuple[dict, str]] = {

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cluster import storage
-from cluster.corpus import CorpusPlan, ImageLayout, iter_shard, plan_corpus
-from cluster.decode import decode_batch
-from cluster.errors import InvalidInput, JobFailed
-from cluster.preprocess import Preprocess
+from ironsight.cluster import storage
+from ironsight.cluster.corpus import CorpusPlan, ImageLayout, iter_shard, plan_corpus
+from ironsight.cluster.decode import decode_batch
+from ironsight.cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.preprocess import Preprocess
 
 PRE = Preprocess(resize=32, crop=32)
 
@@ -364,7 +364,7 @@ def test_iter_shard_reads_only_its_row_groups_and_columns(tmp_path):
 # ---- S3 ----------------------------------------------------------------------------------
 
 def test_s3_corpus_plans_and_reads(s3_bucket):
-    from cluster.synthetic import write_corpus
+    from ironsight.cluster.synthetic import write_corpus
 
     write_corpus(f"{s3_bucket}/corpus", 30, rows_per_file=10, row_group_size=5, size=32)
     plan = plan_corpus(f"{s3_bucket}/corpus/", max_rows_per_shard=5)

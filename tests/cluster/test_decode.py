@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cluster.decode import REASONS, DecodeError, decode_batch, decode_image
-from cluster.preprocess import Preprocess
+from ironsight.cluster.decode import REASONS, DecodeError, decode_batch, decode_image
+from ironsight.cluster.preprocess import Preprocess
 
 PRE = Preprocess(resize=32, crop=24)
 
@@ -276,13 +276,13 @@ def test_the_decode_stage_imports_neither_torch_nor_ray_data():
 
     from ray import cloudpickle
 
-    import cluster.pipeline
-    from cluster.decode import read_and_decode
+    import ironsight.cluster.pipeline
+    from ironsight.cluster.decode import read_and_decode
 
-    assert cluster.pipeline.read_and_decode is read_and_decode
-    assert b"cluster.decode" in cloudpickle.dumps(read_and_decode)  # by reference
+    assert ironsight.cluster.pipeline.read_and_decode is read_and_decode
+    assert b"ironsight.cluster.decode" in cloudpickle.dumps(read_and_decode)  # by reference
     fresh = (
-        "import sys; from cluster.decode import read_and_decode;"
+        "import sys; from ironsight.cluster.decode import read_and_decode;"
         "print([m for m in ('torch', 'torchvision', 'ray') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", fresh], check=True, capture_output=True, text=True)
@@ -293,8 +293,8 @@ def test_read_and_decode_streams_a_shard_as_uint8_blocks_with_error_rows(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cluster.corpus import plan_corpus
-    from cluster.decode import read_and_decode
+    from ironsight.cluster.corpus import plan_corpus
+    from ironsight.cluster.decode import read_and_decode
 
     good = encode(Image.fromarray(smooth(40, 30)), "JPEG")
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(5)], "image": [good, b"", None, good, good]}),

@@ -10,11 +10,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import synthetic
-from cluster.errors import InvalidInput
-from cluster.models import ModelSource
-from cluster.pipeline import ClassifyConfig, run_classify
-from cluster.sink import LABELS_SCHEMA
+from ironsight.cluster import synthetic
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import ClassifyConfig, run_classify
+from ironsight.cluster.sink import LABELS_SCHEMA
 
 N_ROWS = 600
 
@@ -27,7 +27,7 @@ def ray_two_gpus(s3_server):
     """
     import ray
 
-    from cluster.raycluster import connect
+    from ironsight.cluster.raycluster import connect
 
     if ray.is_initialized():
         ray.shutdown()
@@ -142,7 +142,7 @@ def test_labels_from_s3_to_s3(ray_two_gpus, s3_bucket, tmp_path):
     synthetic.write_corpus(f"{s3_bucket}/corpus", 120, seed=3, rows_per_file=60, row_group_size=30)
     summary = run_classify(cfg(f"{s3_bucket}/corpus", f"{s3_bucket}/labels"))
     assert summary.rows == 120
-    from cluster import storage
+    from ironsight.cluster import storage
 
     out = storage.resolve(f"{s3_bucket}/labels")
     names = sorted(i.base_name for i in storage.list_files(out))

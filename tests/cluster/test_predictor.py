@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.models import ModelSource
-from cluster.predictor import Predictor
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.predictor import Predictor
 
 SOURCE = ModelSource(name="demo_cnn", random_weights=True)
 

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import sink as sink_mod
-from cluster.errors import InvalidInput
-from cluster.sink import LABELS_SCHEMA, LabelSink
+from ironsight.cluster import sink as sink_mod
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.sink import LABELS_SCHEMA, LabelSink
 
 
 def rows(ids: list[str], error_at: int | None = None) -> pa.Table:

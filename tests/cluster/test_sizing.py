@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cluster import synthetic
-from cluster.models import ModelSource
-from cluster.pipeline import ClassifyConfig, decode_task_args, plan_resources, run_classify
+from ironsight.cluster import synthetic
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import (
+    ClassifyConfig,
+    decode_task_args,
+    plan_resources,
+    run_classify,
+)
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 4, 6, 8, 16, 64])
@@ -37,7 +42,7 @@ def test_a_four_cpu_cluster_without_gpus_finishes(tmp_path):
     # and the job waited forever.
     import ray
 
-    from cluster.raycluster import connect
+    from ironsight.cluster.raycluster import connect
 
     synthetic.write_corpus(str(tmp_path / "in"), 120, seed=3, rows_per_file=60, row_group_size=30)
     if ray.is_initialized():

@@ -1,4 +1,4 @@
-"""cluster.storage: URIs, listing, atomic publish and retries, locally and on a real S3 server."""
+"""ironsight.cluster.storage: URIs, listing, atomic publish and retries, locally and on a real S3 server."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import pyarrow as pa
 import pytest
 
-from cluster import storage
-from cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster import storage
+from ironsight.cluster.errors import InvalidInput, JobFailed
 
 
 @pytest.mark.parametrize("uri, path, is_s3", [

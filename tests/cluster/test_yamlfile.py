@@ -1,4 +1,4 @@
-"""cluster.yamlfile: the one bounded YAML loader (limits, messages, local and S3 reads)."""
+"""ironsight.cluster.yamlfile: the one bounded YAML loader (limits, messages, local and S3 reads)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import tracemalloc
 import pytest
 import yaml
 
-from cluster import yamlfile
-from cluster.errors import InvalidInput
-from cluster.yamlfile import (
+from ironsight.cluster import yamlfile
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.yamlfile import (
     MAX_CONFIG_BYTES,
     MAX_DEPTH,
     MAX_NODES,
@@ -288,7 +288,7 @@ def test_load_yaml_refuses_devices_and_kernel_files(device):
 
 
 def test_load_yaml_on_s3(s3_bucket):
-    from cluster import storage
+    from ironsight.cluster import storage
 
     storage.publish_bytes(storage.resolve(f"{s3_bucket}/g.yaml"), b"ece_max: 0.1\n")
     assert load_yaml(f"{s3_bucket}/g.yaml", what="gate file") == {"ece_max": 0.1}

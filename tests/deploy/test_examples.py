@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.spec import load_spec
-from robustness.gate import load_gate
-from robustness.suites import get_suite
+from ironsight.jobs.spec import load_spec
+from ironsight.robustness.gate import load_gate
+from ironsight.robustness.suites import get_suite
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 SPECS = sorted(p for p in EXAMPLES.glob("*.yaml") if p.stem not in ("gate", "suite-nightly"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.k8s import (
+from ironsight.jobs.k8s import (
     DASHBOARD_PORT,
     METRICS_PORT,
     METRICS_PORTS,
@@ -95,7 +95,7 @@ def test_every_yaml_under_deploy_parses(path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(static_manifests()))
 def test_static_manifests_match_their_builders(name: str) -> None:
     assert (KUBERAY / name).read_text() == static_manifests()[name], (
-        f"deploy/kuberay/{name} drifted from jobs/k8s.py; run `python -m jobs.k8s deploy/kuberay`"
+        f"deploy/kuberay/{name} drifted from jobs/k8s.py; run `python -m ironsight.jobs.k8s deploy/kuberay`"
     )
 
 

@@ -1,12 +1,12 @@
-"""Behaviour of `jobs.k8s.render_manifests` that `ironsight deploy render` relies on."""
+"""Behaviour of `ironsight.jobs.k8s.render_manifests` that `ironsight deploy render` relies on."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from cluster.errors import InvalidInput
-from jobs.k8s import ClusterShape, render_manifests, write_manifests
+from ironsight.cluster.errors import InvalidInput
+from ironsight.jobs.k8s import ClusterShape, render_manifests, write_manifests
 
 SPEC = "kind: audit\nmodel: demo_cnn  # keep comments\nsuite: smoke\n"
 IMAGE = "registry.example.com/ironsight:0.1.0"

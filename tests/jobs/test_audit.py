@@ -9,10 +9,10 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import synthetic
-from cluster.errors import GateFailed
-from cluster.models import ModelSource
-from jobs.audit import AuditConfig, resolve_suite, run_audit
+from ironsight.cluster import synthetic
+from ironsight.cluster.errors import GateFailed
+from ironsight.cluster.models import ModelSource
+from ironsight.jobs.audit import AuditConfig, resolve_suite, run_audit
 
 N_IMAGES = 24
 SUITE_YAML = """\
@@ -29,7 +29,7 @@ def ray_local(s3_server):
     """Started after the S3 endpoint so its workers inherit AWS_ENDPOINT_URL."""
     import ray
 
-    from cluster.raycluster import connect
+    from ironsight.cluster.raycluster import connect
 
     if ray.is_initialized():
         ray.shutdown()
@@ -120,7 +120,7 @@ def test_a_failed_gate_raises_after_writing_the_reports(ray_local, eval_set, sui
 
 
 def test_reports_and_predictions_go_to_s3(ray_local, eval_set, suite_file, s3_bucket):
-    from cluster import storage
+    from ironsight.cluster import storage
 
     cfg = AuditConfig(
         input=eval_set, output=f"{s3_bucket}/audit", source=ModelSource(name="demo_cnn", random_weights=True),
@@ -135,7 +135,7 @@ def test_reports_and_predictions_go_to_s3(ray_local, eval_set, suite_file, s3_bu
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "ironsight.jobs.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_exit_3_when_the_gate_fails(eval_set, suite_file, tmp_path):
@@ -166,8 +166,8 @@ def test_cli_bad_audit_options_exit_2(eval_set, tmp_path, extra, message):
 def test_conditions_list_names_every_condition_and_attack():
     result = run_cli("conditions", "list")
     assert result.returncode == 0
-    from robustness.attacks import list_attacks
-    from robustness.conditions import list_conditions
+    from ironsight.robustness.attacks import list_attacks
+    from ironsight.robustness.conditions import list_conditions
 
     for name in [*list_conditions(), *list_attacks(), "quick", "standard"]:
         assert name in result.stdout

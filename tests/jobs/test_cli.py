@@ -11,9 +11,9 @@ import time
 import pyarrow.dataset as pads
 import pytest
 
-from cluster import synthetic
+from ironsight.cluster import synthetic
 
-IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 
 
 def run(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
@@ -129,7 +129,7 @@ def test_sigkill_mid_run_then_rerun_resumes_exactly_once(tmp_path):
 def test_torch_compile_is_a_flag_and_a_spec_key():
     import argparse
 
-    from jobs.spec import ClassifyJob, add_spec_arguments, spec_from_args
+    from ironsight.jobs.spec import ClassifyJob, add_spec_arguments, spec_from_args
 
     parser = argparse.ArgumentParser()
     add_spec_arguments(parser, ClassifyJob)

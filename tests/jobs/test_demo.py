@@ -13,7 +13,7 @@ import pytest
 def test_demo_generates_trains_labels_and_audits(tmp_path):
     env = {**os.environ, "IRONSIGHT_CACHE": str(tmp_path / "cache")}
     work = tmp_path / "demo"
-    args = [sys.executable, "-m", "jobs.cli", "demo", "--workdir", str(work), "--corpus-size", "300",
+    args = [sys.executable, "-m", "ironsight.jobs.cli", "demo", "--workdir", str(work), "--corpus-size", "300",
             "--eval-size", "120", "--train-size", "512", "--audit-images", "40", "--no-progress"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

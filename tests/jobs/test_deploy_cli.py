@@ -11,10 +11,10 @@ import jsonschema
 import pytest
 import yaml
 
-from jobs.k8s import security_findings
+from ironsight.jobs.k8s import security_findings
 
 REPO = Path(__file__).resolve().parents[2]
-IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 SPEC = (
     "kind: audit\nname: Nightly_Audit\ninput: s3://evals/shapes/\noutput: s3://reports/nightly/\n"
     "model: demo_cnn\nrandom_weights: true  # comments are kept\nsuite: quick\n"

@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from cluster import synthetic
-from cluster.errors import GateFailed, InvalidInput, JobFailed
-from jobs import history as jobs_history
-from jobs.history import (
+from ironsight.cluster import synthetic
+from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed
+from ironsight.jobs import history as jobs_history
+from ironsight.jobs.history import (
     DEFAULT_MAX_DROP,
     EXIT_REGRESSED,
     SCHEMA_VERSION,
@@ -27,9 +27,9 @@ from jobs.history import (
     detect_regressions,
     history_url,
 )
-from jobs.spec import AuditJob, ClassifyJob
+from ironsight.jobs.spec import AuditJob, ClassifyJob
 
-IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 UTC = dt.timezone.utc
 
 
@@ -220,12 +220,12 @@ def test_audit_regression_through_the_cli_exits_4(tmp_path) -> None:
     last = store.runs()[-1]
     assert (last.job, last.kind, last.status) == ("nightly", "audit", "regressed")
     assert last.metrics["compared_with_run"] == good
-    assert last.weights_hash == "random-init"  # what cluster.models reports for random weights
+    assert last.weights_hash == "random-init"  # what ironsight.cluster.models reports for random weights
     assert last.model == "demo_cnn" and last.output == str(tmp_path / "out")
 
 
 def _open_history(url: str, barrier) -> None:
-    from jobs.history import HistoryStore
+    from ironsight.jobs.history import HistoryStore
 
     barrier.wait()
     HistoryStore(url)
@@ -304,8 +304,8 @@ def test_processes_upgrading_a_schema_1_database_at_once_all_succeed(schema_1_db
 # A process that records a run start, says its run id, and waits to be killed.
 VICTIM = """
 import sys, time
-from jobs.history import HistoryStore, RunRecorder
-from jobs.spec import ClassifyJob
+from ironsight.jobs.history import HistoryStore, RunRecorder
+from ironsight.jobs.spec import ClassifyJob
 spec = ClassifyJob(name="victim", input="i/", output="o/", model="demo_cnn", random_weights=True)
 with RunRecorder(spec, HistoryStore(sys.argv[1])) as rec:
     print(rec.run_id, flush=True)

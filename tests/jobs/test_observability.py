@@ -16,13 +16,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import metrics, synthetic
-from cluster.errors import GateFailed
-from cluster.models import ModelSource
-from cluster.pipeline import ClassifyConfig, run_classify
-from jobs.audit import AuditConfig, resolve_suite, run_audit
+from ironsight.cluster import metrics, synthetic
+from ironsight.cluster.errors import GateFailed
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import ClassifyConfig, run_classify
+from ironsight.jobs.audit import AuditConfig, resolve_suite, run_audit
 
-IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 SCRAPE_TIMEOUT_S = 60  # Ray's agent exports every second here (metrics_report_interval_ms)
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from cluster import synthetic
-from cluster.errors import InvalidInput
-from jobs.history import HistoryStore
-from jobs.schedule import CronSchedule, Scheduler, TickState, local_launcher
+from ironsight.cluster import synthetic
+from ironsight.cluster.errors import InvalidInput
+from ironsight.jobs.history import HistoryStore
+from ironsight.jobs.schedule import CronSchedule, Scheduler, TickState, local_launcher
 
 UTC = dt.timezone.utc
-IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 
 
 def utc(*args: int) -> dt.datetime:
@@ -263,9 +263,9 @@ authed = _submit.authed
 def test_remote_ticks_submit_once_per_tick_even_from_two_schedulers(authed, tmp_path) -> None:
     """--address: each tick is a job with a deterministic id; a second scheduler (another host,
     or a lost state dir) firing the same tick attaches to that job instead of running it again."""
-    from jobs.schedule import remote_launcher
-    from jobs.spec import load_spec
-    from jobs.submit import job_client, job_spec_hash, scheduled_submission_id
+    from ironsight.jobs.schedule import remote_launcher
+    from ironsight.jobs.spec import load_spec
+    from ironsight.jobs.submit import job_client, job_spec_hash, scheduled_submission_id
 
     synthetic.write_corpus(str(tmp_path / "corpus"), 8, seed=1, rows_per_file=8, row_group_size=8)
     spec = tmp_path / "spec.yaml"

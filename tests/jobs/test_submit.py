@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import synthetic
-from jobs.cli import main
-from jobs.submit import job_client, scheduled_submission_id
+from ironsight.cluster import synthetic
+from ironsight.jobs.cli import main
+from ironsight.jobs.submit import job_client, scheduled_submission_id
 
 RAY = str(Path(sys.executable).with_name("ray"))
-IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -311,7 +311,7 @@ def test_a_nightly_audit_that_regressed_exits_4_from_submit_status_and_history(a
     """The issue's whole story: declare, validate, submit to the token-protected head, wait,
     and get exit 4 plus the reason when the run is worse than the previous successful night;
     `status` and `history` (the real SQLite file the cluster's run wrote) say the same."""
-    from jobs.history import HistoryStore
+    from ironsight.jobs.history import HistoryStore
 
     base_spec, _ = audit_spec
     spec_data = yaml.safe_load(base_spec.read_text())

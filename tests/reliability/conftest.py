@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from cluster.models import ModelSource
-from cluster.pipeline import ClassifyConfig
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import ClassifyConfig
 
-IRONSIGHT = [sys.executable, "-m", "jobs.cli"]
+IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,7 +29,7 @@ def ray_cpu(s3_server):
     """
     import ray
 
-    from cluster.raycluster import connect
+    from ironsight.cluster.raycluster import connect
 
     if ray.is_initialized():
         ray.shutdown()

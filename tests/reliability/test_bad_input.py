@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cluster import synthetic
-from cluster.errors import InvalidInput
-from cluster.models import ModelSource
-from cluster.pipeline import run_classify
+from ironsight.cluster import synthetic
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import run_classify
 from tests.reliability.conftest import cli, config, part_files, predictor_actors, read_output
 
 pytestmark = pytest.mark.cluster
@@ -305,7 +305,7 @@ def test_cli_exits_2_on_a_corrupted_footer_and_writes_nothing(tmp_path):
 def _weights(tmp_path: Path, case: str) -> tuple[ModelSource, str]:
     from safetensors.torch import save_file
 
-    from cluster.models import ModelSource as Src
+    from ironsight.cluster.models import ModelSource as Src
 
     net = Src(name="demo_cnn", random_weights=True).load("cpu").module[1]
     path = tmp_path / "w.safetensors"

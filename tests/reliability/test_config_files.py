@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.errors import InvalidInput
-from cluster.models.card import load_card
-from cluster.yamlfile import MAX_NODES
-from jobs.spec import load_spec
-from robustness.gate import load_gate
-from robustness.suites import get_suite
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models.card import load_card
+from ironsight.cluster.yamlfile import MAX_NODES
+from ironsight.jobs.spec import load_spec
+from ironsight.robustness.gate import load_gate
+from ironsight.robustness.suites import get_suite
 from tests.reliability.conftest import IRONSIGHT, REPO
 
 _SCRIPT = Path(sys.executable).parent / "ironsight"

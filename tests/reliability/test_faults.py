@@ -21,11 +21,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import synthetic
-from cluster.errors import InvalidInput, JobFailed
-from cluster.models import ModelSource
-from cluster.pipeline import run_classify
-from cluster.sink import LOCK, SUCCESS
+from ironsight.cluster import synthetic
+from ironsight.cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import run_classify
+from ironsight.cluster.sink import LOCK, SUCCESS
 from tests.reliability.conftest import (
     IRONSIGHT,
     REPO,
@@ -154,7 +154,7 @@ def ray_cpu(proxy):
     """The module's Ray starts after the proxy, so its workers reach S3 through it too."""
     import ray
 
-    from cluster.raycluster import connect
+    from ironsight.cluster.raycluster import connect
 
     if ray.is_initialized():
         ray.shutdown()
@@ -175,7 +175,7 @@ def bucket(proxy):
 
 def _s3_parts(uri: str) -> dict[str, int]:
     """Row count of each committed part file under an s3:// OUTPUT."""
-    from cluster import storage
+    from ironsight.cluster import storage
 
     out = storage.resolve(uri)
     return {
@@ -205,7 +205,7 @@ def _when(predicate, action, timeout: float = 120.0) -> threading.Thread:
 def test_s3_outage_mid_job_is_ridden_out(ray_cpu, proxy, bucket):
     synthetic.write_corpus(f"{bucket}/in", 400, seed=2, rows_per_file=100, row_group_size=25, size=32)
     out = f"{bucket}/out"
-    from cluster import storage
+    from ironsight.cluster import storage
 
     loc = storage.resolve(out)
 
@@ -232,7 +232,7 @@ def test_s3_outage_mid_job_is_ridden_out(ray_cpu, proxy, bucket):
 def test_s3_staying_down_fails_clearly_and_keeps_only_whole_shards(ray_cpu, proxy, bucket):
     synthetic.write_corpus(f"{bucket}/in", 800, seed=4, rows_per_file=200, row_group_size=25, size=32)
     out = f"{bucket}/out"
-    from cluster import storage
+    from ironsight.cluster import storage
 
     loc = storage.resolve(out)
 
@@ -278,8 +278,8 @@ def test_a_lock_that_cannot_be_deleted_does_not_turn_a_finished_run_into_a_failu
     import pyarrow.fs as pafs
     from fsspec.implementations.local import LocalFileSystem
 
-    from cluster import storage
-    from cluster.sink import LABELS_SCHEMA, LabelSink, OutputLock
+    from ironsight.cluster import storage
+    from ironsight.cluster.sink import LABELS_SCHEMA, LabelSink, OutputLock
 
     class RefusesDeletes(LocalFileSystem):
         def rm_file(self, path):
@@ -410,8 +410,8 @@ def test_sigkill_during_a_shard_publish_then_rerun_is_exactly_once(kill_corpus, 
 
 HOLD_LOCK = """
 import sys, time
-from cluster import storage
-from cluster.sink import OutputLock
+from ironsight.cluster import storage
+from ironsight.cluster.sink import OutputLock
 out = storage.resolve(sys.argv[1])
 storage.makedirs(out)
 lock = OutputLock.acquire(out)
@@ -442,7 +442,7 @@ def test_a_second_run_on_a_locked_output_is_refused_and_a_crashed_lock_is_taken_
 
 
 def test_a_lock_from_another_host_expires_when_its_heartbeat_stops(ray_cpu, tmp_path):
-    from cluster.sink import LOCK_STALE_AFTER_S
+    from ironsight.cluster.sink import LOCK_STALE_AFTER_S
 
     corpus = tmp_path / "in"
     synthetic.write_corpus(str(corpus), 60, seed=1, rows_per_file=60, row_group_size=30, size=32)
@@ -460,9 +460,9 @@ def test_a_lock_from_another_host_expires_when_its_heartbeat_stops(ray_cpu, tmp_
 
 MEASURE = """
 import resource, sys
-from cluster.models import ModelSource
-from cluster.pipeline import ClassifyConfig, run_classify
-from cluster.raycluster import connect
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import ClassifyConfig, run_classify
+from ironsight.cluster.raycluster import connect
 with connect(None, num_cpus=2):
     s = run_classify(ClassifyConfig(input=sys.argv[1], output=sys.argv[2], progress=False,
                                     source=ModelSource(name="demo_cnn", random_weights=True),
@@ -496,8 +496,8 @@ STORE_MB = 80  # Ray's floor is 75 MB
 SPILL = """
 import sys, ray
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-from cluster.models import ModelSource
-from cluster.pipeline import ClassifyConfig, run_classify
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.pipeline import ClassifyConfig, run_classify
 ray.init(num_cpus=2, object_store_memory={store} * 2**20, include_dashboard=False,
          _node_ip_address="127.0.0.1", log_to_driver=False)
 s = run_classify(ClassifyConfig(input=sys.argv[1], output=sys.argv[2], progress=False,

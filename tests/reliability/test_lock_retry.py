@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from cluster import storage
-from cluster.errors import InvalidInput
-from cluster.sink import LOCK, OutputLock
+from ironsight.cluster import storage
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.sink import LOCK, OutputLock
 from tests.reliability.test_faults import FlakyProxy
 
 

@@ -4,7 +4,7 @@ Hole: ``ray.init(_node_ip_address="127.0.0.1")`` is not enough in Ray 2.60: ``ra
 replaces a loopback node IP with the host's IP on Linux, and then the GCS, the raylet and every
 worker listen on all interfaces and the dashboard and runtime-env agents on the host's IP.
 
-The test starts the embedded Ray exactly as the CLI does (``cluster.raycluster.connect(None)``),
+The test starts the embedded Ray exactly as the CLI does (``ironsight.cluster.raycluster.connect(None)``),
 makes it start workers, an actor and a Ray Data pipeline (which starts Ray Data's own actors),
 then reads the kernel's table of listening TCP sockets (``/proc/net/tcp``, ``/proc/net/tcp6``)
 and maps each socket's inode to the process holding it through ``/proc/PID/fd``: every socket of
@@ -122,7 +122,7 @@ def test_the_loopback_check_sees_a_wildcard_socket():
 def test_only_a_ray_started_here_is_pinned_to_loopback(monkeypatch, ray_address, starts):
     """With RAY_ADDRESS set (a Ray job's driver has it) ``ray.init()`` joins that cluster, whose
     node IP must stay routable; "local" makes it start one."""
-    from cluster.raycluster import _starts_a_new_ray
+    from ironsight.cluster.raycluster import _starts_a_new_ray
 
     monkeypatch.setenv("RAY_ADDRESS", ray_address)
     assert _starts_a_new_ray() is starts
@@ -133,7 +133,7 @@ def test_every_socket_of_the_embedded_ray_listens_on_loopback_only(monkeypatch):
     import ray
     from ray._private import ray_constants
 
-    from cluster.raycluster import connect
+    from ironsight.cluster.raycluster import connect
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # else ray.init() joins that cluster
     if ray.is_initialized():

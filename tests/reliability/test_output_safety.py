@@ -32,11 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import paths, storage, synthetic
-from cluster import sink as sink_mod
-from cluster.errors import InvalidInput, JobFailed
-from cluster.pipeline import run_classify
-from cluster.sink import LabelSink
+from ironsight.cluster import paths, storage, synthetic
+from ironsight.cluster import sink as sink_mod
+from ironsight.cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.pipeline import run_classify
+from ironsight.cluster.sink import LabelSink
 from tests.cluster.test_sink import rows
 from tests.reliability.conftest import REPO, cli, config, part_files, read_output
 
@@ -180,7 +180,7 @@ _TRAP = (
     "    open(sys.argv[1], 'w').write('ray.init was called')\n"
     "    sys.exit(99)\n"
     "ray.init = trap\n"
-    "from jobs.cli import main\n"
+    "from ironsight.jobs.cli import main\n"
     "sys.exit(main(sys.argv[2:]))\n"
 )
 
@@ -204,7 +204,7 @@ def import_cpu() -> float:
     On the shared 2-core test box the imports alone take 3-5 s of CPU and 8-14 s of wall
     time, so the refusal is timed against them: what it adds must be small.
     """
-    done, cpu = _cpu_of([sys.executable, "-c", "import ray, jobs.cli, jobs.audit, cluster.pipeline"])
+    done, cpu = _cpu_of([sys.executable, "-c", "import ray, ironsight.jobs.cli, ironsight.jobs.audit, ironsight.cluster.pipeline"])
     assert done.returncode == 0, done.stderr[-2000:]
     return cpu
 
@@ -422,7 +422,7 @@ def test_a_read_only_output_is_refused_in_one_line(tmp_path):
 
 
 def test_the_audit_refuses_a_read_only_output_before_running(tmp_path):
-    from jobs.audit import _prepare_output
+    from ironsight.jobs.audit import _prepare_output
 
     with tmpfs(tmp_path / "ro", "64k") as fs:
         remount_read_only(fs)

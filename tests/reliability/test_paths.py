@@ -16,11 +16,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from cluster import corpus, storage, synthetic
-from cluster.errors import InvalidInput
-from cluster.paths import ENV_ALLOWED_ROOTS
-from cluster.pipeline import run_classify
-from jobs.spec import AuditJob, ClassifyJob, load_spec
+from ironsight.cluster import corpus, storage, synthetic
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.paths import ENV_ALLOWED_ROOTS
+from ironsight.cluster.pipeline import run_classify
+from ironsight.jobs.spec import AuditJob, ClassifyJob, load_spec
 from tests.reliability.conftest import cli, config, read_output
 
 GOOD = synthetic.encode(synthetic.render_image(1, 0, 48)[0])
@@ -143,7 +143,7 @@ def test_the_cli_exits_2_naming_the_field_and_creates_nothing(area):
 def _demo_weights(path: Path) -> None:
     from safetensors.torch import save_file
 
-    from cluster.models import ModelSource
+    from ironsight.cluster.models import ModelSource
 
     save_file(ModelSource("demo_cnn", random_weights=True).load().module[1].state_dict(), path)
 

@@ -9,8 +9,8 @@ import datetime as dt
 import pytest
 import yaml
 
-from cluster.errors import InvalidInput
-from jobs.schedule import MAX_JOB_NAME, CronSchedule, TickState
+from ironsight.cluster.errors import InvalidInput
+from ironsight.jobs.schedule import MAX_JOB_NAME, CronSchedule, TickState
 from tests.reliability.conftest import cli
 
 UTC = dt.timezone.utc

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import synthetic
+from ironsight.cluster import synthetic
 from tests.reliability.conftest import REPO, cli
 
 SOURCE_DIRS = ("cluster", "jobs", "robustness", "benchmarks")
@@ -190,7 +190,7 @@ def test_a_corpus_path_to_a_secret_file_never_copies_its_bytes_into_output(ray_c
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cluster.pipeline import run_classify
+    from ironsight.cluster.pipeline import run_classify
     from tests.reliability.conftest import config, read_output
 
     secret = tmp_path / "elsewhere" / "token"

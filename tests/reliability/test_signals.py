@@ -15,9 +15,9 @@ import time
 import pyarrow.dataset as pads
 import pytest
 
-from cluster import synthetic
-from cluster.sink import SUCCESS
-from jobs import cli
+from ironsight.cluster import synthetic
+from ironsight.cluster.sink import SUCCESS
+from ironsight.jobs import cli
 from tests.reliability.conftest import IRONSIGHT, REPO, part_files
 
 MESSAGE = ("ironsight: interrupted by SIGTERM; committed shards are kept, rerun the same command "

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cluster import corpus
-from cluster.corpus import iter_shard, plan_corpus
-from cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster import corpus
+from ironsight.cluster.corpus import iter_shard, plan_corpus
+from ironsight.cluster.errors import InvalidInput, JobFailed
 from tests.reliability.conftest import cli, part_files
 
 MODEL = ("--model", "demo_cnn", "--random-weights", "--no-progress")

@@ -25,11 +25,11 @@ import torch
 import yaml
 from torch import nn
 
-from cluster import synthetic
-from cluster.errors import InvalidInput
-from cluster.models import ModelSource
-from cluster.models.demo_cnn import demo_cnn
-from cluster.models.weights import (
+from ironsight.cluster import synthetic
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.models.demo_cnn import demo_cnn
+from ironsight.cluster.models.weights import (
     _GUARD_NAMES,
     _SYMPY_NAMES,
     MAX_BYTES_ENV,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cluster.synthetic import render_arrays
-from robustness.attacks import (
+from ironsight.cluster.synthetic import render_arrays
+from ironsight.robustness.attacks import (
     DEFAULT_EPSILONS,
     attack_norm,
     default_epsilons,

@@ -7,8 +7,8 @@ import functools
 import numpy as np
 import pytest
 
-from cluster.synthetic import render_image
-from robustness.conditions import (
+from ironsight.cluster.synthetic import render_image
+from ironsight.robustness.conditions import (
     IMAGENET_C_CONDITIONS,
     SEVERITIES,
     apply_condition,

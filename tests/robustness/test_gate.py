@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.errors import InvalidInput
-from robustness.gate import GateResult, evaluate_gate, load_gate, parse_gate
+from ironsight.cluster.errors import InvalidInput
+from ironsight.robustness.gate import GateResult, evaluate_gate, load_gate, parse_gate
 
 GATE_YAML = """\
 clean_accuracy_min: 0.80

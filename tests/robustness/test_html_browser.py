@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from robustness.gate import evaluate_gate, parse_gate
-from robustness.report import build_report, write_reports
-from robustness.schema import Example
+from ironsight.robustness.gate import evaluate_gate, parse_gate
+from ironsight.robustness.report import build_report, write_reports
+from ironsight.robustness.schema import Example
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

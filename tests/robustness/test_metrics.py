@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.errors import InvalidInput
-from robustness import metrics
-from robustness.schema import PREDICTIONS_SCHEMA, validate_predictions
+from ironsight.cluster.errors import InvalidInput
+from ironsight.robustness import metrics
+from ironsight.robustness.schema import PREDICTIONS_SCHEMA, validate_predictions
 
 CLASS_NAMES = ["a", "b", "c"]
 LABELS = {"i0": 0, "i1": 1, "i2": 2, "i3": 0}

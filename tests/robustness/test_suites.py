@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
-from robustness.conditions import SEVERITIES, list_conditions
-from robustness.suites import AttackSpec, Suite, get_suite, list_suites, load_suite
+from ironsight.robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
+from ironsight.robustness.conditions import SEVERITIES, list_conditions
+from ironsight.robustness.suites import AttackSpec, Suite, get_suite, list_suites, load_suite
 
 EXAMPLE = """\
 name: nightly

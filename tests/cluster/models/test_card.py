@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cluster.errors import InvalidInput
-from cluster.models import ModelCard, ModelSource, Normalize, load_card
-from cluster.models.demo_cnn import demo_cnn
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models import ModelCard, ModelSource, Normalize, load_card
+from ironsight.cluster.models.demo_cnn import demo_cnn
 
 GOOD = {
     "name": "shapes-v2",

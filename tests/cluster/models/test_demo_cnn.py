@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from cluster import synthetic
-from cluster.models import ModelSource, load_card, train_demo_model
-from cluster.models.demo_cnn import EVAL_SEED, _render, evaluate
+from ironsight.cluster import synthetic
+from ironsight.cluster.models import ModelSource, load_card, train_demo_model
+from ironsight.cluster.models.demo_cnn import EVAL_SEED, _render, evaluate
 
 CHANCE = 1 / len(synthetic.CLASS_NAMES)
 

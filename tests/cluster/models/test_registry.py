@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from cluster.errors import InvalidInput
-from cluster.models import (
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models import (
     LoadedModel,
     ModelSource,
     Normalize,
@@ -22,9 +22,9 @@ from cluster.models import (
     register_model,
     summary_rows,
 )
-from cluster.models import registry as registry_module
-from cluster.preprocess import Preprocess
-from cluster.synthetic import CLASS_NAMES
+from ironsight.cluster.models import registry as registry_module
+from ironsight.cluster.preprocess import Preprocess
+from ironsight.cluster.synthetic import CLASS_NAMES
 
 ZOO = (
     "alexnet", "convnext_tiny", "efficientnet_b0", "inception_v3", "mobilenet_v3_large",

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cluster.errors import InvalidInput
-from cluster.models import FORMATS, ModelSource, Normalize
-from cluster.models.demo_cnn import demo_cnn
-from cluster.models.weights import sniff_format
+from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.models import FORMATS, ModelSource, Normalize
+from ironsight.cluster.models.demo_cnn import demo_cnn
+from ironsight.cluster.models.weights import sniff_format
 
 
 class _NotATensor:
