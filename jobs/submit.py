@@ -63,7 +63,7 @@ import yaml
 
 from ironsight.cluster.errors import InvalidInput, JobFailed
 from ironsight.cluster.raycluster import object_store_env  # non-secret object-store settings
-from ironsight.jobs.spec import AuditJob, ClassifyJob, load_spec
+from ironsight.jobs.spec import AuditJob, ClassifyJob, load_spec, relative_paths_as_written
 
 if TYPE_CHECKING:  # ray is imported lazily: importing the CLI must not pay for it
     from ray.job_submission import JobSubmissionClient
@@ -297,8 +297,9 @@ _PATH_FIELDS = ("input", "output", "weights", "model_card", "baseline", "gate", 
 
 
 def _check_cluster_paths(spec: ClassifyJob | AuditJob, source: str) -> None:
+    written = relative_paths_as_written(spec)  # load_spec resolved them against the spec's folder
     for name in _PATH_FIELDS:
-        value = getattr(spec, name, None)
+        value = written.get(name) or getattr(spec, name, None)
         if not value or "://" in value or os.path.isabs(value):
             continue
         if name == "suite" and not value.endswith((".yaml", ".yml")):
@@ -479,7 +480,7 @@ def _finish(client: JobSubmissionClient, submission_id: str, status: str) -> int
 # spec was invalid on the cluster (2), the release gate failed (3), the run regressed (4).
 PASSED_THROUGH_EXIT_CODES = (2, 3, 4)
 RUN_EXIT_MEANINGS = {0: "succeeded", 1: "failed", 2: "invalid input or spec", 3: "release gate failed",
-                     4: "regressed against the previous successful run", 130: "interrupted"}
+                     4: "regressed against the previous successful run", 130: "interrupted", 143: "stopped by SIGTERM"}
 
 
 def exit_code_of(status: str, driver_exit_code: int | None) -> int:
