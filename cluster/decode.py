@@ -2,7 +2,8 @@
 
 :func:`decode_image` turns one encoded image into a ``(crop, crop, 3)`` uint8 RGB array with
 the geometry of torchvision's official transforms (``Resize(resize)`` on the shorter side,
-then ``CenterCrop(crop)``), in one resampling pass: the crop box is mapped back onto the
+then ``CenterCrop(crop)``; ``Resize((crop, crop))`` of the whole frame when
+``Preprocess.resize`` is None), in one resampling pass: the crop box is mapped back onto the
 source and only that region is resized (``Image.resize(box=...)``), which is the same
 arithmetic as resizing everything and cropping, without the large intermediate image.
 
@@ -105,7 +106,8 @@ def _formats() -> tuple[str, ...]:
 def decode_image(
     data: bytes | None, pre: Preprocess, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """Decode, orient, resize the shorter side to ``pre.resize``, center-crop ``pre.crop``.
+    """Decode, orient, resize the shorter side to ``pre.resize``, center-crop ``pre.crop``
+    (or, when ``pre.resize`` is None, resize the whole frame to ``pre.crop`` x ``pre.crop``).
 
     Args:
         data: the encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF, ...).
@@ -289,11 +291,15 @@ def _process(img: Image.Image, pre: Preprocess) -> Image.Image:
     if _JPEG_DRAFT and img.format in ("JPEG", "MPO"):
         w, h = img.size
         short = min(w, h)
-        if short >= 2 * pre.resize:
+        target = pre.crop if pre.resize is None else pre.resize
+        if short >= 2 * target:
             # libjpeg decodes at 1/2, 1/4 or 1/8 scale straight from DCT coefficients; the
             # result is never smaller than the resize target, so the final resize still
             # does the last (< 2x) step with the requested filter.
-            img.draft("RGB", (-(-w * pre.resize // short), -(-h * pre.resize // short)))
+            if pre.resize is None:  # whole frame: each side at least crop
+                img.draft("RGB", (pre.crop, pre.crop))
+            else:
+                img.draft("RGB", (-(-w * pre.resize // short), -(-h * pre.resize // short)))
     img.load()
     try:
         orientation = img.getexif().get(0x0112, 1)
@@ -306,14 +312,18 @@ def _process(img: Image.Image, pre: Preprocess) -> Image.Image:
     # Geometry in upright coordinates, as torchvision computes it.
     sw, sh = img.size  # stored
     uw, uh = (sh, sw) if method in _SWAPS else (sw, sh)
-    short, long = (uw, uh) if uw <= uh else (uh, uw)
-    new_short, new_long = pre.resize, int(pre.resize * long / short)
-    nw, nh = (new_short, new_long) if uw <= uh else (new_long, new_short)
-    top = int(round((nh - pre.crop) / 2.0))
-    left = int(round((nw - pre.crop) / 2.0))
-    sx, sy = uw / nw, uh / nh
-    box = (left * sx, top * sy, (left + pre.crop) * sx, (top + pre.crop) * sy)
-    box = _to_stored(box, method, sw, sh)
+    if pre.resize is None:  # whole frame to crop x crop, nothing cut (Resize((crop, crop)))
+        nw = nh = pre.crop
+        box = (0.0, 0.0, float(sw), float(sh))
+    else:
+        short, long = (uw, uh) if uw <= uh else (uh, uw)
+        new_short, new_long = pre.resize, int(pre.resize * long / short)
+        nw, nh = (new_short, new_long) if uw <= uh else (new_long, new_short)
+        top = int(round((nh - pre.crop) / 2.0))
+        left = int(round((nw - pre.crop) / 2.0))
+        sx, sy = uw / nw, uh / nh
+        box = (left * sx, top * sy, (left + pre.crop) * sx, (top + pre.crop) * sy)
+        box = _to_stored(box, method, sw, sh)
 
     if (nw, nh) == (uw, uh):  # already at the target scale: crop only, no resampling
         if (sw, sh) != (pre.crop, pre.crop):

@@ -208,6 +208,20 @@ def validate_model(source: ModelSource) -> LoadedModel:
     return source.validate()
 
 
+def announce_preprocessing(model: LoadedModel) -> str:
+    """Say at job start, in one line on stderr, how images become the model's input.
+
+    The same record goes into the outputs (``report.json``'s ``preprocessing``, the Parquet
+    metadata key ``ironsight.preprocessing``); a JSON log handler gets it as a log record.
+    """
+    line = f"model {model.info.name}: {model.info.preprocess.summary()}"
+    if _Progress._structured_logs():
+        log.info("preprocessing: %s", line, extra={"preprocessing": model.info.preprocess.to_dict()})
+    else:
+        print(f"[ironsight] {line}", file=sys.stderr, flush=True)
+    return line
+
+
 def job_spec_hash(cfg: ClassifyConfig, plan: corpus_mod.CorpusPlan, model: LoadedModel) -> str:
     """Hash of what decides the output rows (not of batch size, actors or other tuning)."""
     return spec_hash(
@@ -272,10 +286,12 @@ def run_classify(cfg: ClassifyConfig, *, plan: corpus_mod.CorpusPlan | None = No
     model = validate_model(cfg.source)
     if model.info.num_classes < cfg.top_k:
         log.warning("top-k %d > %d classes; returning %d", cfg.top_k, model.info.num_classes, model.info.num_classes)
+    announce_preprocessing(model)
     digest = job_spec_hash(cfg, plan, model)
     header = {
         "input": cfg.input,
         "model": {"name": model.info.name, "weights_sha256": model.weights_sha256},
+        "preprocessing": model.info.preprocess.to_dict(),
         "top_k": cfg.top_k,
         "num_shards": len(plan.shards),
         "num_rows": plan.num_rows,

@@ -45,6 +45,15 @@ Labels schema (:data:`LABELS_SCHEMA`):
 | ``topk_labels`` | list<int64>      | top-k class indices, best first                       |
 | ``topk_scores`` | list<float32>    | their softmax probabilities                           |
 | ``error``     | string             | null when fine, else ``reason: detail``               |
+
+Schema metadata of every part file:
+
+| key                        | value                                                        |
+|----------------------------|--------------------------------------------------------------|
+| ``ironsight.spec_hash``    | the job's :func:`spec_hash` (who wrote this file)            |
+| ``ironsight.header``       | JSON: input, model name and weights sha256, top-k, versions  |
+| ``ironsight.preprocessing``| JSON: the model's resolved preprocessing (mode, resize, crop, interpolation, mean, std, weights_version), when the header has it |
+| ``ironsight.shard_id``     | the input shard this file labels                             |
 """
 
 from __future__ import annotations
@@ -101,6 +110,8 @@ MANIFEST_FLUSH_S = 5.0
 _OWN_TEMP = re.compile(r"\.(part-.+\.parquet|_manifest\.json|_SUCCESS|_lock\.json)\.tmp-[0-9a-f]{8}")
 _PART = re.compile(r"part-(.+)\.parquet")
 SPEC_HASH_KEY = b"ironsight.spec_hash"
+# JSON of the model's resolved preprocessing (ironsight.cluster.preprocess.Preprocess.to_dict)
+PREPROCESSING_KEY = b"ironsight.preprocessing"
 
 
 def part_name(shard_id: str) -> str:
@@ -160,7 +171,8 @@ class LabelSink:
         Args:
             output_uri: local directory or ``s3://`` prefix.
             spec_hash: :func:`spec_hash` of the job; an OUTPUT written by another spec is refused.
-            header: manifest fields describing the run (model, weights hash, input...).
+            header: manifest fields describing the run (model, weights hash, input...); its
+                ``preprocessing`` also becomes the Parquet metadata key ``ironsight.preprocessing``.
             expected_shards: shard ids of the planned corpus; part files of other shards in
                 OUTPUT mean it holds another corpus's labels and are refused like a spec change.
             overwrite: delete the part files, manifest and ``_SUCCESS`` another job wrote here
@@ -251,6 +263,8 @@ class LabelSink:
             SPEC_HASH_KEY: spec_hash_.encode(),
             b"ironsight.header": json.dumps(header, sort_keys=True, default=str).encode(),
         }
+        if header.get("preprocessing") is not None:
+            metadata[PREPROCESSING_KEY] = json.dumps(header["preprocessing"], sort_keys=True).encode()
         sink = cls(out=out, spec_hash=spec_hash_, header=header, metadata=metadata)
         for shard_id, rec in sorted(ours.items()):
             name = part_name(shard_id)

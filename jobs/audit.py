@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,12 @@ from ironsight.cluster import metrics as job_metrics
 from ironsight.cluster import paths, storage
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import ModelSource
-from ironsight.cluster.pipeline import decode_rows, decode_task_args, plan_resources
+from ironsight.cluster.pipeline import (
+    announce_preprocessing,
+    decode_rows,
+    decode_task_args,
+    plan_resources,
+)
 from ironsight.cluster.predictor import Predictor, as_error
 from ironsight.cluster.preprocess import Preprocess
 from ironsight.robustness.attacks import run_attack
@@ -59,12 +65,17 @@ class AuditConfig:
     seed: int = 0
     baseline: str | None = None
     gate: str | None = None
+    overwrite: bool = False  # replace another audit's reports in OUTPUT instead of refusing
     batch_size: int = 64
     actors: int | None = None
     device: str = "auto"
     progress: bool | None = None
     # Roots that image paths in corpus rows must lie in (ironsight.cluster.paths); () means no limit.
     allowed_roots: tuple[str, ...] = ()
+    # Run history's judge (`ironsight.jobs.history.RunRecorder.judge_audit`): called with the
+    # report and the predictions table before the reports are written; what it returns is
+    # report.json's "history" section.
+    history: Callable[[dict, pa.Table], dict | None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # OUTPUT a folder apart from the eval set: refused when the config is built, which
@@ -230,7 +241,9 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     gate = load_gate(cfg.gate) if cfg.gate else None
     baseline = _load_baseline(cfg.baseline) if cfg.baseline else None
     model = cfg.source.validate()
+    announce_preprocessing(model)
     shards, limits = _select(plan, cfg.max_images)
+    _refuse_other_audit(cfg, model.info.name, model.weights_sha256)  # before any work
     _prepare_output(cfg.output)  # a read-only or unwritable OUTPUT fails now, not after the audit
     res = plan_resources(cfg.actors, cfg.device)
     items = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
@@ -319,9 +332,12 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
         imagenet_model=imagenet,
         imagenet_c_conditions=IMAGENET_C_CONDITIONS,
     )
+    report["preprocessing"] = info.preprocess.to_dict()  # the pixels these numbers come from
     result_gate = evaluate_gate(report, gate, baseline) if gate is not None else None
     if result_gate is not None:
         report["gate"] = result_gate.to_dict()
+    if cfg.history is not None:
+        report["history"] = cfg.history(report, table)
     examples = _examples(plan, shards, info.preprocess, cfg, table)
     paths = _write_outputs(cfg.output, report, table, examples)
     result = AuditResult(
@@ -393,6 +409,52 @@ def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.
             img = apply_condition(name, images[i], worst, seed=cfg.seed, key=key)
             out.append(Example(name, worst, img, int(labels[i]), lookup.get((key, name, worst), -1)))
     return out
+
+
+AUDIT_FILES = ("report.json", "report.md", "report.html", "predictions.parquet")
+MAX_REPORT_BYTES = 256 * 1024 * 1024  # a report.json larger than this is not one of ours
+
+
+def _refuse_other_audit(cfg: AuditConfig, model_name: str, weights_sha256: str) -> None:
+    """Refuse an OUTPUT whose ``report.json`` is another audit's, unless ``cfg.overwrite``.
+
+    Identity is (model name, weights sha256, eval set INPUT, suite): the same audit rerun
+    into its own OUTPUT replaces its reports; another model's, eval set's or suite's is
+    refused with :class:`InvalidInput` (exit 2), as ``classify`` refuses another job's
+    OUTPUT. A ``report.json`` that is not an Ironsight report is refused the same way.
+    With ``--overwrite`` only :data:`AUDIT_FILES` are replaced; nothing else is touched.
+    """
+    out = storage.resolve(cfg.output)
+    target = out.join("report.json")
+    if cfg.overwrite or not storage.exists(target):
+        return
+    ours = {"model": model_name, "weights_sha256": weights_sha256, "input": cfg.input, "suite": cfg.suite.name}
+    try:
+        data = json.loads(storage.read_bytes(target, max_bytes=MAX_REPORT_BYTES, what="report.json"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if not (isinstance(data, dict) and isinstance(data.get("model"), dict)):
+        raise InvalidInput(
+            f"OUTPUT {cfg.output} holds a report.json that is not an Ironsight audit report; "
+            "choose another OUTPUT, or pass --overwrite to replace it (only report.json/.md/.html "
+            "and predictions.parquet are written)"
+        )
+    their_data = data.get("data") if isinstance(data.get("data"), dict) else {}
+    theirs = {
+        "model": data["model"].get("name"),
+        "weights_sha256": data["model"].get("weights_sha256"),
+        "input": their_data.get("input"),
+        "suite": data.get("suite"),
+    }
+    differs = [k for k in ours if theirs[k] != ours[k]]
+    if differs:
+        show = lambda k, v: repr(v[:12] + "…") if k == "weights_sha256" and isinstance(v, str) else repr(v)  # noqa: E731
+        what = ", ".join(f"{k} {show(k, theirs[k])} (this audit: {show(k, ours[k])})" for k in differs)
+        raise InvalidInput(
+            f"OUTPUT {cfg.output} already holds the audit of another model, eval set or suite: "
+            f"{what}. Choose another OUTPUT, or pass --overwrite to replace its reports "
+            "(only report.json/.md/.html and predictions.parquet are replaced)"
+        )
 
 
 def _prepare_output(output: str) -> None:

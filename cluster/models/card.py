@@ -9,14 +9,27 @@ classes, a ``torch.export`` program) without writing Python. Fields:
 | ``format``             | ``safetensors``, ``state_dict``, ``torch_export``, ``torchscript`` | required |
 | ``arch``               | registered model name        | required for ``safetensors`` and ``state_dict`` |
 | ``weights``            | path or ``s3://`` URI        | required; relative paths start at the card's directory |
-| ``input_size``         | int (center-crop side)       | the arch's; required without ``arch``            |
-| ``resize``             | int (shorter side)           | the arch's, else ``round(input_size * 256 / 224)`` |
+| ``input_size``         | int (side the model sees)    | the arch's; required without ``arch``            |
+| ``resize``             | int (shorter side, then center crop ``input_size``) | see below          |
+| ``weights_version``    | torchvision weight version   | the arch's DEFAULT (``IMAGENET1K_V2`` for resnet50); only with ``arch`` |
 | ``mean`` / ``std``     | 3 floats                     | the arch's; required without ``arch`` unless ``normalization_inside`` |
 | ``interpolation``      | ``bilinear`` or ``bicubic``  | the arch's, else ``bilinear``                    |
 | ``class_names``        | list of str                  | or ``num_classes`` (names ``"0"``, ``"1"``, ...); else the arch's |
 | ``num_classes``        | int                          | must equal ``len(class_names)`` if both are given |
 | ``normalization_inside`` | bool                       | ``false``; ``true`` when an exported file already normalizes |
 | ``description``        | str                          | optional, one line                               |
+
+How an image becomes ``input_size`` x ``input_size`` (:class:`~ironsight.cluster.preprocess.Preprocess`):
+
+| card                                   | geometry                                                   |
+|----------------------------------------|------------------------------------------------------------|
+| no ``arch``, no ``resize``             | the whole frame resized to ``input_size`` x ``input_size``, nothing cropped |
+| ``resize: R`` (any card)               | shorter side resized to ``R``, then the center ``input_size`` crop (``R >= input_size``) |
+| ``arch``, no ``input_size``/``resize`` | the arch's official transforms for ``weights_version`` (resnet50 V2: 232, crop 224) |
+| ``arch`` and another ``input_size``    | the arch's resize/crop ratio kept: ``round(input_size * resize / crop)`` |
+
+A card never crops unless it asks to (``resize:``) or names an ``arch`` whose official
+transforms crop: a 32-px model trained on whole 32-px images sees whole 32-px images.
 
 >>> card = ModelCard(name="shapes", format="safetensors", arch="demo_cnn",
 ...                  weights="demo_cnn.safetensors")
@@ -28,6 +41,7 @@ from __future__ import annotations
 
 import difflib
 import posixpath
+from dataclasses import replace
 from typing import Literal
 
 import yaml
@@ -68,6 +82,7 @@ class ModelCard(BaseModel):
     weights: str = Field(min_length=1)
     input_size: int | None = Field(default=None, gt=0)
     resize: int | None = Field(default=None, gt=0)
+    weights_version: str | None = Field(default=None, min_length=1)
     mean: Triple | None = None
     std: Triple | None = None
     interpolation: Literal["bilinear", "bicubic"] | None = None
@@ -110,9 +125,14 @@ class ModelCard(BaseModel):
                 f"format {self.format!r} holds only tensors: set `arch` to the registered "
                 "model they belong to (`ironsight models list`)"
             )
+        if self.weights_version is not None and self.arch is None:
+            raise ValueError(
+                "`weights_version` picks the preprocessing of a registered `arch`'s torchvision "
+                "weights; set `arch`, or drop it and give `input_size`/`resize`/`mean`/`std`"
+            )
         if self.arch is None:
             if self.input_size is None:
-                raise ValueError("set `input_size` (the center-crop side in pixels) or `arch`")
+                raise ValueError("set `input_size` (the side in pixels the model sees) or `arch`")
             if not self.normalization_inside and (self.mean is None or self.std is None):
                 raise ValueError(
                     "set `mean` and `std` (or `arch`), or `normalization_inside: true` if the "
@@ -130,6 +150,10 @@ class ModelCard(BaseModel):
                 f"{len(self.class_names)} names; drop one of the two"
             )
         try:
+            self._arch_info()
+        except InvalidInput as exc:
+            raise ValueError(f"weights_version: {exc}") from None
+        try:
             self.preprocess()
         except ValueError as exc:
             raise ValueError(f"input_size/resize: {exc}") from None
@@ -141,19 +165,22 @@ class ModelCard(BaseModel):
         return self._uri
 
     def _arch_info(self) -> ModelInfo | None:
-        return get_model_info(self.arch) if self.arch else None
+        return get_model_info(self.arch, self.weights_version) if self.arch else None
 
     def preprocess(self) -> Preprocess:
-        """The card's preprocessing, filling gaps from ``arch``."""
+        """The card's preprocessing, filling gaps from ``arch`` (module docstring's table)."""
         base = self._arch_info()
         crop = self.input_size or (base.preprocess.crop if base else None)
         assert crop is not None  # checked by the validator
+        resize: int | None
         if self.resize is not None:
-            resize = self.resize
-        elif base is not None and self.input_size in (None, base.preprocess.crop):
+            resize = self.resize  # asked for: shorter side, then the center crop
+        elif base is None:
+            resize = None  # the whole frame: never a crop the card did not ask for
+        elif self.input_size in (None, base.preprocess.crop) or base.preprocess.resize is None:
             resize = base.preprocess.resize
-        else:
-            resize = round(crop * 256 / 224)  # torchvision's usual resize/crop ratio
+        else:  # the arch's official resize/crop ratio at the card's size
+            resize = round(crop * base.preprocess.resize / base.preprocess.crop)
         if self.normalization_inside:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # identity: the file normalizes
         else:
@@ -162,10 +189,15 @@ class ModelCard(BaseModel):
         interpolation = self.interpolation or (
             base.preprocess.interpolation if base else "bilinear"
         )
-        return Preprocess(
+        resolved = Preprocess(
             resize=resize, crop=crop, mean=tuple(mean), std=tuple(std),
             interpolation=interpolation,
         )
+        if base is not None and base.preprocess.weights_version is not None:
+            official = replace(base.preprocess, weights_version=None)
+            if resolved == official:  # exactly those weights' transforms: say which
+                return base.preprocess
+        return resolved
 
     def resolved_class_names(self) -> tuple[str, ...]:
         """``class_names``, else ``"0"``..``"n-1"`` for ``num_classes``, else the arch's."""

@@ -5,19 +5,28 @@ normalization) plus its :class:`~ironsight.cluster.preprocess.Preprocess` and cl
 torchvision's ``Weights.meta`` and timm's ``PretrainedCfg`` keep preprocessing next to the
 network. Job code asks the registry for mean/std and input size; it never retypes them.
 
+A torchvision model may have several weight versions whose official preprocessing differs
+(ResNet-50's ``IMAGENET1K_V1`` resizes to 256, ``IMAGENET1K_V2`` to 232, both crop 224). An
+entry holds each version's :class:`~ironsight.cluster.preprocess.Preprocess` and uses
+torchvision's ``DEFAULT`` unless asked for another (``get_model_info(name,
+weights_version=...)``, ``--weights-version``, a card's ``weights_version``); the version is
+recorded in ``Preprocess.weights_version``.
+
 >>> from ironsight.cluster.models import get_model_info, list_models
 >>> "resnet50" in list_models("resnet*")
 True
 >>> get_model_info("demo_cnn").preprocess.crop
 64
+>>> get_model_info("resnet50").preprocess.resize, get_model_info("resnet50", "IMAGENET1K_V1").preprocess.resize
+(232, 256)
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -39,6 +48,9 @@ class ModelInfo:
         description: one line for ``ironsight models list``.
         builder: ``num_classes -> nn.Module``: the bare network, random init, expecting
             normalized input.
+        weights_versions: torchvision weight version (``"IMAGENET1K_V1"``) -> its
+            preprocessing, for every version the builder's network accepts; empty when the
+            model has no torchvision weights. The first is the registered default.
     """
 
     name: str
@@ -46,6 +58,28 @@ class ModelInfo:
     class_names: tuple[str, ...]
     description: str
     builder: Builder
+    weights_versions: Mapping[str, Preprocess] = field(default_factory=dict)
+
+    def with_weights_version(self, version: str | None) -> ModelInfo:
+        """This model with ``version``'s preprocessing (``None``: unchanged).
+
+        Raises:
+            InvalidInput: the model has no such version; the message lists those it has.
+        """
+        if version is None or version == self.preprocess.weights_version:
+            return self
+        if version not in self.weights_versions:
+            if not self.weights_versions:
+                raise InvalidInput(
+                    f"model {self.name!r} has no torchvision weight versions; "
+                    f"weights version {version!r} does not apply to it"
+                )
+            known = ", ".join(self.weights_versions)
+            raise InvalidInput(
+                f"model {self.name!r} has no weights version {version!r} that Ironsight can "
+                f"build; choose one of {known} (`ironsight models show {self.name}`)"
+            )
+        return replace(self, preprocess=self.weights_versions[version])
 
     @property
     def num_classes(self) -> int:
@@ -56,9 +90,17 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, *, preprocess: Preprocess, class_names: tuple[str, ...] | list[str], description: str
+    name: str,
+    *,
+    preprocess: Preprocess,
+    class_names: tuple[str, ...] | list[str],
+    description: str,
+    weights_versions: Mapping[str, Preprocess] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(num_classes) -> nn.Module`` under ``name``.
+
+    ``weights_versions`` maps each torchvision weight version to its preprocessing;
+    ``preprocess`` (the default) must be one of them when it is given.
 
     Raises:
         ValueError: ``name`` is already registered (as torchvision does; timm only warns).
@@ -77,12 +119,19 @@ def register_model(
             raise ValueError(f"model {name!r} is already registered")
         if not class_names:
             raise ValueError(f"model {name!r} needs at least one class name")
+        versions = dict(weights_versions or {})
+        if versions:
+            if versions.get(preprocess.weights_version) != preprocess:
+                raise ValueError(f"model {name!r}: the default preprocessing is none of its weight versions")
+            # the default first: describe() and error messages list it first
+            versions = {preprocess.weights_version: preprocess, **versions}
         _REGISTRY[name] = ModelInfo(
             name=name,
             preprocess=preprocess,
             class_names=tuple(class_names),
             description=description,
             builder=builder,
+            weights_versions=versions,
         )
         return builder
 
@@ -101,14 +150,20 @@ def list_models(filter: str | None = None) -> list[str]:
     return names
 
 
-def get_model_info(name: str) -> ModelInfo:
+def get_model_info(name: str, weights_version: str | None = None) -> ModelInfo:
     """The registered :class:`ModelInfo` for ``name``.
 
+    Args:
+        name: a registered model name.
+        weights_version: a torchvision weight version (``"IMAGENET1K_V1"``) whose
+            preprocessing to use; ``None``: the registered default (torchvision's DEFAULT).
+
     Raises:
-        InvalidInput: ``name`` is not registered; the message lists close matches.
+        InvalidInput: ``name`` is not registered (the message lists close matches), or it
+            has no such weights version (the message lists its versions).
     """
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[name].with_weights_version(weights_version)
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
@@ -165,10 +220,26 @@ def describe(info: ModelInfo) -> str:
     if info.num_classes > shown:
         names += f", ... ({info.num_classes - shown} more)"
     fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
-    lines = [
-        f"{info.name}: {info.description}",
-        f"  input size:    {p.crop}x{p.crop} (center crop)",
-        f"  resize:        shorter side to {p.resize}",
+    lines = [f"{info.name}: {info.description}"]
+    if p.weights_version is not None:
+        default = next(iter(info.weights_versions), None)
+        tag = lambda v: f"{v} (DEFAULT)" if v == default else v  # noqa: E731
+        others = [tag(v) for v in info.weights_versions if v != p.weights_version]
+        line = f"  weights:       torchvision {tag(p.weights_version)}"
+        if others:
+            line += f"; other versions (--weights-version): {', '.join(others)}"
+        lines.append(line)
+    if p.resize is None:
+        lines += [
+            f"  input size:    {p.crop}x{p.crop} (whole frame, no crop)",
+            f"  resize:        whole frame to {p.crop}x{p.crop}",
+        ]
+    else:
+        lines += [
+            f"  input size:    {p.crop}x{p.crop} (center crop)",
+            f"  resize:        shorter side to {p.resize}",
+        ]
+    lines += [
         f"  interpolation: {p.interpolation}",
         f"  mean:          {fmt(p.mean)}",
         f"  std:           {fmt(p.std)}",

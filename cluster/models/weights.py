@@ -703,6 +703,9 @@ class ModelSource:
             benchmarks.
         allowed_roots: normalised roots (:mod:`ironsight.cluster.paths`) the weights a card names must
             lie in; the spec checks ``weights`` and ``card`` themselves. Empty: no limit.
+        weights_version: torchvision weight version of a registered ``name`` whose
+            preprocessing to use (``"IMAGENET1K_V1"``); ``None``: the registry's default.
+            A card names its own (``weights_version:``).
 
     >>> loaded = ModelSource("demo_cnn", random_weights=True).load()
     >>> loaded.module(torch.rand(2, 3, 64, 64)).shape, loaded.weights_sha256
@@ -714,10 +717,16 @@ class ModelSource:
     card: str | None = None
     random_weights: bool = False
     allowed_roots: tuple[str, ...] = ()
+    weights_version: str | None = None
 
     def _resolve(self) -> tuple[ModelInfo, ModelCard | None, str | None]:
         """The model's info, its card if any, and the weights URI to read (or ``None``)."""
         if self.card is not None:
+            if self.weights_version is not None:
+                raise InvalidInput(
+                    f"--weights-version {self.weights_version} with a model card: set "
+                    f"`weights_version: {self.weights_version}` in the card {self.card} instead"
+                )
             card = load_card(self.card)
             if self.name is not None and self.name not in (card.name, card.arch):
                 raise InvalidInput(
@@ -732,7 +741,7 @@ class ModelSource:
                 "no model given: pass a registered model name (`ironsight models list`) "
                 "or --model-card"
             )
-        return get_model_info(self.name), None, self.weights
+        return get_model_info(self.name, self.weights_version), None, self.weights
 
     def load(self, device: str | torch.device = "cpu") -> LoadedModel:
         """Build the model and move it to ``device``.

@@ -2,18 +2,29 @@
 
 Networks are built with ``torchvision.models.get_model(name, weights=None, ...)``: nothing
 downloads. Preprocessing and the 1000 ImageNet class names are read from the metadata of
-the ``IMAGENET1K_V1`` weight enum, which torchvision ships in its source (no network):
+the weight enum (``torchvision.models.get_model_weights(name)``), which torchvision ships in
+its source (no network):
 
 | enum attribute                      | becomes                      |
 |-------------------------------------|------------------------------|
-| ``.meta["categories"]``             | ``ModelInfo.class_names``    |
+| ``.DEFAULT.meta["categories"]``     | ``ModelInfo.class_names``    |
 | ``.transforms().crop_size[0]``      | ``Preprocess.crop``          |
 | ``.transforms().resize_size[0]``    | ``Preprocess.resize``        |
 | ``.transforms().interpolation``     | ``Preprocess.interpolation`` |
 | ``.transforms().mean`` / ``.std``   | the normalization layer      |
+| the member's name                   | ``Preprocess.weights_version`` |
 
-so an official state dict (``resnet50-0676ba61.pth`` or its safetensors conversion) loads
-into the registered architecture as is.
+An entry uses torchvision's ``DEFAULT`` member, which is what
+``get_model(name, weights="DEFAULT")`` fetches today (``IMAGENET1K_V2`` where it exists:
+ResNet-50 and MobileNetV3-Large resize to 232, not V1's 256). Every other member with the
+1000 ImageNet classes and the same crop (the same network) is kept in
+``ModelInfo.weights_versions`` and chosen with ``--weights-version`` or a card's
+``weights_version``; members that need another network (ViT's 384-px ``SWAG_E2E``) or have
+no classifier (VGG's ``FEATURES``) are not offered.
+
+An official state dict (``resnet50-0676ba61.pth``, ``resnet50-11ad3fa6.pth`` or their
+safetensors conversions) loads into the registered architecture as is; which version it is
+decides only the preprocessing, so name it when it is not the DEFAULT.
 """
 
 from __future__ import annotations
@@ -50,17 +61,30 @@ _ZOO: dict[str, tuple[dict, str]] = {
 }
 
 
-def _imagenet_metadata(name: str) -> tuple[Preprocess, tuple[str, ...]]:
-    weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+def _preprocess(weights) -> Preprocess:
     t = weights.transforms()  # ImageClassification; constructing it reads no files
-    preprocess = Preprocess(
+    return Preprocess(
         resize=int(t.resize_size[0]),
         crop=int(t.crop_size[0]),
         mean=tuple(float(v) for v in t.mean),
         std=tuple(float(v) for v in t.std),
         interpolation=t.interpolation.value,  # InterpolationMode.BILINEAR.value == "bilinear"
+        weights_version=weights.name,
     )
-    return preprocess, tuple(weights.meta["categories"])
+
+
+def _imagenet_metadata(name: str) -> tuple[Preprocess, dict[str, Preprocess], tuple[str, ...]]:
+    """(DEFAULT's preprocessing, every usable version's, the class names) of ``name``."""
+    enum = torchvision.models.get_model_weights(name)
+    default = enum.DEFAULT
+    categories = tuple(default.meta["categories"])
+    preprocess = _preprocess(default)
+    versions = {}
+    for member in enum:
+        p = _preprocess(member)
+        if tuple(member.meta.get("categories") or ()) == categories and p.crop == preprocess.crop:
+            versions[member.name] = p
+    return preprocess, versions, categories
 
 
 def _build(name: str, kwargs: dict, num_classes: int) -> nn.Module:
@@ -69,9 +93,10 @@ def _build(name: str, kwargs: dict, num_classes: int) -> nn.Module:
 
 def _register_all() -> None:
     for name, (kwargs, description) in _ZOO.items():
-        preprocess, categories = _imagenet_metadata(name)
+        preprocess, versions, categories = _imagenet_metadata(name)
         register_model(
-            name, preprocess=preprocess, class_names=categories, description=description
+            name, preprocess=preprocess, class_names=categories, description=description,
+            weights_versions=versions,
         )(functools.partial(_build, name, kwargs))
 
 

@@ -108,9 +108,15 @@ def test_to_yaml_round_trips(tmp_path):
     ("fields", "crop", "resize", "interpolation"),
     [
         ({"arch": "demo_cnn"}, 64, 64, "bilinear"),  # all from the arch
-        ({"arch": "resnet50", "input_size": 160}, 160, 183, "bilinear"),  # 160 * 256 / 224
+        # resnet50's DEFAULT (IMAGENET1K_V2) ratio: 160 * 232 / 224
+        ({"arch": "resnet50", "input_size": 160}, 160, 166, "bilinear"),
+        ({"arch": "resnet50", "input_size": 160, "weights_version": "IMAGENET1K_V1"}, 160, 183,
+         "bilinear"),  # 160 * 256 / 224
         ({"arch": "efficientnet_b0", "resize": 300}, 224, 300, "bicubic"),
+        # no arch, no resize: the whole frame, never a crop the card did not ask for
         ({"format": "torchscript", "arch": None, "input_size": 96, "num_classes": 3,
+          "mean": [0.5] * 3, "std": [0.5] * 3}, 96, None, "bilinear"),
+        ({"format": "torchscript", "arch": None, "input_size": 96, "resize": 110, "num_classes": 3,
           "mean": [0.5] * 3, "std": [0.5] * 3}, 96, 110, "bilinear"),
     ],
 )

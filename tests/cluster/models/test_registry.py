@@ -91,7 +91,7 @@ def test_register_model_adds_a_loadable_model():
 @pytest.mark.parametrize(
     ("name", "crop", "resize", "interpolation"),
     [
-        ("resnet50", 224, 256, "bilinear"),
+        ("resnet50", 224, 232, "bilinear"),  # torchvision's DEFAULT, IMAGENET1K_V2
         ("inception_v3", 299, 342, "bilinear"),
         ("efficientnet_b0", 224, 256, "bicubic"),
         ("convnext_tiny", 224, 236, "bilinear"),
