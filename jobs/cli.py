@@ -1,9 +1,10 @@
 """The ``ironsight`` command line.
 
 Exit codes: 0 the job finished (error rows included), 2 bad usage or invalid input (nothing
-ran), 1 the job failed, 3 an audit's release gate failed, 4 an audit regressed against the
-previous successful run of the same job, 130 interrupted by Ctrl-C (SIGINT), 143 stopped by
-SIGTERM (128 + the signal's number, as a shell reports it).
+ran), 1 the job failed, 3 an audit's release gate failed, 4 a named audit regressed against
+the previous successful run of the same identity (``ironsight.jobs.history``), 130
+interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (128 + the signal's number, as a shell
+reports it).
 
 SIGTERM (``kill``, ``docker stop``, Kubernetes deleting the pod) stops a ``classify`` or
 ``audit`` the way Ctrl-C does: the run unwinds, Ray is shut down, the run is recorded as
@@ -19,6 +20,7 @@ cleanup is not cut short; SIGKILL still ends everything at once (committed shard
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -124,15 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC.yaml")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
 
-    p = sub.add_parser("validate", help="check a job spec; errors name the field", formatter_class=_formatter)
-    p.add_argument("spec", metavar="SPEC.yaml")
+    p = sub.add_parser(
+        "validate",
+        help="check a job spec (and the card, suite and gate it names), or one of those files",
+        description="Check a file as `ironsight run` would read it, without starting Ray: a job "
+        "spec with the local model card, suite and gate it names, or a gate, suite or model card "
+        "on its own (the kind is told from the keys, or --kind). Relative paths in a spec start "
+        "at the spec's folder. Exit 0 valid, 2 invalid; errors name the file and the field.",
+        formatter_class=_formatter,
+    )
+    p.add_argument("spec", metavar="FILE.yaml")
+    p.add_argument("--kind", choices=("spec", "gate", "suite", "card"), default=None,
+                   help="what FILE.yaml is (default: told from its keys)")
 
     p = sub.add_parser("models", help="list the registered models or show one", formatter_class=_formatter)
     msub = p.add_subparsers(dest="models_command", metavar="{list,show}", required=True)
     pl = msub.add_parser("list", help="registered models, their input sizes and classes")
     pl.add_argument("filter", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*'")
-    ps = msub.add_parser("show", help="one model's preprocessing, classes and size")
+    ps = msub.add_parser("show", help="one model's weights version, preprocessing, classes and size")
     ps.add_argument("name")
+    ps.add_argument("--weights-version", default=None, metavar="IMAGENET1K_V1",
+                    help="a torchvision weight version other than the DEFAULT (listed by `show NAME`)")
 
     p = sub.add_parser(
         "demo",
@@ -233,11 +247,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         spec = spec_from_args(ClassifyJob, args)
         return _run_classify(spec, _progress(args), verbose=args.verbose)
     if args.command == "validate":
-        spec = load_spec(args.spec)
-        print(f"{args.spec}: valid {spec.kind} job {spec.name!r}")
+        from ironsight.jobs.spec import validate_file
+
+        print(validate_file(args.spec, args.kind))
         return 0
     if args.command == "run":
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, check_files=True)  # a bad card, suite or gate: before Ray
         if isinstance(spec, AuditJob):
             return _run_audit(spec, _progress(args), verbose=args.verbose)
         return _run_classify(spec, _progress(args), verbose=args.verbose)
@@ -313,6 +328,7 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
         seed=spec.seed,
         baseline=spec.baseline,
         gate=spec.gate,
+        overwrite=spec.overwrite,
         batch_size=spec.batch_size,
         actors=spec.actors,
         device=spec.device,
@@ -322,7 +338,8 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
         with connect(spec.address, quiet=not verbose):
             reinstall()  # ray.init replaced it
-            result = run_audit(cfg)
+            # the run history judges the audit before report.json is written (its "history")
+            result = run_audit(dataclasses.replace(cfg, history=record.judge_audit))
         regressions = record.audit_finished(result.report)
     print(text_summary(result.report))
     print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")
@@ -364,7 +381,7 @@ def _models(args: argparse.Namespace) -> int:
         for name, size, classes, desc in rows:
             print(f"{name:<{widths[0]}}  {size!s:<{widths[1]}}  {classes!s:>{widths[2]}}  {desc}")
         return 0
-    print(models.describe(models.get_model_info(args.name)))
+    print(models.describe(models.get_model_info(args.name, args.weights_version)))
     return 0
 
 

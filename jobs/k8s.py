@@ -6,13 +6,29 @@ KubeRay operator (v1.7) installed; the static files under `deploy/kuberay/` are 
 
 | file (rendered)              | objects                                         | when          |
 |------------------------------|-------------------------------------------------|---------------|
-| `configmap-spec.yaml`        | ConfigMap `<job>-spec` holding `spec.yaml`      | always        |
+| `configmap-spec.yaml`        | ConfigMap `<job>-spec` holding `spec.yaml` and  | always        |
+|                              | every local file the spec names (gate, suite,   |               |
+|                              | model card), mounted where the spec's paths     |               |
+|                              | resolve in the pod                              |               |
 | `networkpolicy.yaml`         | NetworkPolicy guarding every Ray pod            | always        |
 | `rayjob.yaml`                | RayJob: one run on an ephemeral RayCluster      | `cron` is None |
-| `raycronjob.yaml`            | RayCronJob: the same RayJob on a schedule       | `cron` given  |
-| `cronjob-submit-rayjob.yaml` | ServiceAccount, Role, RoleBinding, ConfigMap,   | `cron` given  |
+| `raycronjob.yaml`            | RayCronJob: the same RayJob on a schedule       | `cron`, variant `raycronjob` |
+| `cronjob-submit-rayjob.yaml` | ServiceAccount, Role, RoleBinding, ConfigMap,   | `cron`, variant `cronjob` |
 |                              | CronJob: plain-Kubernetes alternative that      |               |
 |                              | creates the RayJob with `kubectl create`        |               |
+
+One call renders one workload: a scheduled job is either a RayCronJob or the plain CronJob,
+never both (applying both would run every audit twice).
+
+Files the spec names (`files=`): the spec sits at `/etc/ironsight/spec.yaml` in every Ray pod,
+so `gate: gate.yaml` resolves to `/etc/ironsight/gate.yaml` there; each file becomes a key of
+the spec's ConfigMap, projected at that path (`items`) when it lies under `/etc/ironsight`, or
+mounted with `subPath` at its absolute path otherwise. Head and workers both mount them (the
+predictor actors read the model card).
+
+Run history: the head (where `ironsight run` records the run) gets `IRONSIGHT_HISTORY_URL` from
+key `url` of Secret `history_secret` (default `ironsight-history`), so that every run of a
+schedule compares with the previous night's instead of an empty SQLite file in a fresh pod.
 
 Security properties every builder keeps (checked by `security_findings`):
 
@@ -26,9 +42,10 @@ Security properties every builder keeps (checked by `security_findings`):
 
 from __future__ import annotations
 
+import posixpath
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +58,12 @@ from ironsight.cluster.yamlfile import YamlRefused, parse_yaml
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "DEFAULT_HISTORY_SECRET",
+    "VARIANTS",
     "ClusterShape",
+    "MountedFile",
+    "mounted_files",
+    "pod_path",
     "render_manifests",
     "security_findings",
     "static_manifests",
@@ -57,6 +79,17 @@ RAY_VERSION = "2.60.0"
 
 SPEC_DIR = "/etc/ironsight"
 SPEC_KEY = "spec.yaml"
+# Secret holding the run-history database URL (key `url`), e.g.
+# postgresql+psycopg://user:password@host:5432/ironsight (deploy/README.md).
+DEFAULT_HISTORY_SECRET = "ironsight-history"
+HISTORY_SECRET_KEY = "url"
+HISTORY_ENV = "IRONSIGHT_HISTORY_URL"
+# Scheduled workloads: the KubeRay RayCronJob, or the plain CronJob that creates a RayJob.
+VARIANTS = ("raycronjob", "cronjob")
+# A ConfigMap holds at most 1 MiB (etcd's object limit); leave room for its metadata.
+MAX_CONFIGMAP_BYTES = 1_000_000
+# Where a mounted file may not go: the pod's own mounts and kernel filesystems.
+_RESERVED_POD_DIRS = ("/dev", "/proc", "/sys", "/tmp")
 RAY_UID = 1000  # the `ray` user of the rayproject/ray images (gid 100)
 KUBECTL_UID = 65532  # the "nonroot" uid of distroless images
 
@@ -118,6 +151,78 @@ class ClusterShape:
                 f"GPU workers min={self.min_gpu_workers} max={self.max_gpu_workers}; "
                 "expected 0 <= min <= max and max >= 1"
             )
+
+
+@dataclass(frozen=True)
+class MountedFile:
+    """A file the spec names, as it will be seen inside the Ray pods.
+
+    Attributes:
+        key: its key in the spec's ConfigMap.
+        pod_path: the absolute path it is mounted at.
+        text: its content.
+    """
+
+    key: str
+    pod_path: str
+    text: str
+
+    @property
+    def under_spec_dir(self) -> bool:
+        return self.pod_path.startswith(SPEC_DIR + "/")
+
+
+def pod_path(spec_path: str) -> str:
+    """Where a path the spec names points inside the pod, where the spec is
+    `/etc/ironsight/spec.yaml` and relative paths start at its folder.
+
+    >>> pod_path("gate.yaml"), pod_path("../suites/n.yaml"), pod_path("/opt/cards/m.yaml")
+    ('/etc/ironsight/gate.yaml', '/etc/suites/n.yaml', '/opt/cards/m.yaml')
+    """
+    return posixpath.normpath(posixpath.join(SPEC_DIR, spec_path))
+
+
+def _config_key(path: str, taken: set[str]) -> str:
+    base = re.sub(r"[^-._a-zA-Z0-9]", "_", path.lstrip("/"))[-200:].lstrip(".") or "file"
+    key, n = base, 2
+    while key in taken:
+        key, n = f"{n}-{base}", n + 1
+    taken.add(key)
+    return key
+
+
+def mounted_files(files: Mapping[str, str]) -> list[MountedFile]:
+    """The ConfigMap keys and pod paths of `files` (path as the spec names it -> text).
+
+    Raises:
+        InvalidInput: a path that would land on the spec itself, on `/etc/ironsight`, under
+            `/dev`, `/proc`, `/sys` or `/tmp`, two names for one pod path, or more than
+            `MAX_CONFIGMAP_BYTES` in all.
+
+    >>> [(m.key, m.pod_path) for m in mounted_files({"gates/g.yaml": "a: 1\\n"})]
+    [('gates_g.yaml', '/etc/ironsight/gates/g.yaml')]
+    """
+    taken = {SPEC_KEY}
+    seen: dict[str, str] = {}
+    out = []
+    for name, text in files.items():
+        where = pod_path(name)
+        if where in (SPEC_DIR, f"{SPEC_DIR}/{SPEC_KEY}") or any(
+            where == d or where.startswith(d + "/") for d in _RESERVED_POD_DIRS
+        ):
+            raise InvalidInput(
+                f"{name!r} would be mounted at {where} in the pod, which is taken (the spec is "
+                f"{SPEC_DIR}/{SPEC_KEY}; {', '.join(_RESERVED_POD_DIRS)} belong to the pod); "
+                "name the file differently, relative to the spec's folder"
+            )
+        if where in seen:
+            if seen[where] != name:
+                raise InvalidInput(f"{name!r} and {seen[where]!r} are the same file in the pod ({where})")
+            continue
+        seen[where] = name
+        rel = posixpath.relpath(where, SPEC_DIR) if where.startswith(SPEC_DIR + "/") else where
+        out.append(MountedFile(_config_key(rel, taken), where, text))
+    return out
 
 
 # --------------------------------------------------------------------------- validation
@@ -203,6 +308,8 @@ def _ray_container(
     ports: list[dict[str, Any]],
     storage_secret: str,
     mount_spec: bool,
+    files: tuple[MountedFile, ...] = (),
+    history_secret: str | None = None,
 ) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
@@ -210,11 +317,23 @@ def _ray_container(
     mounts = [{"name": "shm", "mountPath": "/dev/shm"}]
     if mount_spec:
         mounts.append({"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True})
+        # A file outside /etc/ironsight is mounted alone at its path (a mount inside the
+        # read-only ConfigMap volume could not be created, hence not for files under it).
+        mounts += [
+            {"name": "job-files", "mountPath": f.pod_path, "subPath": f.key, "readOnly": True}
+            for f in files if not f.under_spec_dir
+        ]
+    env = _ray_env()
+    if history_secret:
+        env.append({
+            "name": HISTORY_ENV,
+            "valueFrom": {"secretKeyRef": {"name": history_secret, "key": HISTORY_SECRET_KEY}},
+        })
     return {
         "name": name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "env": _ray_env(),
+        "env": env,
         "envFrom": _storage_env_from(storage_secret),
         "ports": ports,
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
@@ -223,12 +342,25 @@ def _ray_container(
     }
 
 
-def _volumes(shape: ClusterShape, spec_configmap: str | None) -> list[dict[str, Any]]:
+def _volumes(
+    shape: ClusterShape, spec_configmap: str | None, files: tuple[MountedFile, ...] = ()
+) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shape.shm_size}}
     ]
     if spec_configmap:
-        volumes.append({"name": "job-spec", "configMap": {"name": spec_configmap}})
+        source: dict[str, Any] = {"name": spec_configmap}
+        inside = [f for f in files if f.under_spec_dir]
+        if inside:  # the spec, and each file at its path under /etc/ironsight
+            source["items"] = [{"key": SPEC_KEY, "path": SPEC_KEY}] + [
+                {"key": f.key, "path": posixpath.relpath(f.pod_path, SPEC_DIR)} for f in inside
+            ]
+        volumes.append({"name": "job-spec", "configMap": source})
+        outside = [f for f in files if not f.under_spec_dir]
+        if outside:
+            volumes.append({"name": "job-files", "configMap": {
+                "name": spec_configmap, "items": [{"key": f.key, "path": f.key} for f in outside],
+            }})
     return volumes
 
 
@@ -240,6 +372,8 @@ def ray_cluster_spec(
     token_secret: str | None,
     spec_configmap: str | None = None,
     sidecar_submitter: bool = False,
+    files: tuple[MountedFile, ...] = (),
+    history_secret: str | None = None,
 ) -> dict[str, Any]:
     """Build a RayCluster `spec`: CPU head, autoscaling GPU worker group, token auth on.
 
@@ -249,9 +383,11 @@ def ray_cluster_spec(
         storage_secret: Secret whose keys become the object-store environment.
         token_secret: Secret with key `auth_token`; None lets KubeRay generate one per cluster.
         spec_configmap: ConfigMap mounted read-only at /etc/ironsight on the head, where the
-            job entrypoint runs.
+            job entrypoint runs, and on the workers.
         sidecar_submitter: the head pod hosts KubeRay's SidecarMode submitter, which needs the
             head pod's `restartPolicy: Never`.
+        files: the files the spec names, mounted from `spec_configmap` at their pod paths.
+        history_secret: Secret whose key `url` becomes `IRONSIGHT_HISTORY_URL` on the head.
 
     Returns:
         The `spec` mapping of a `ray.io/v1` RayCluster (also a RayJob's `rayClusterSpec`).
@@ -281,9 +417,11 @@ def ray_cluster_spec(
                 ports=head_ports,
                 storage_secret=storage_secret,
                 mount_spec=spec_configmap is not None,
+                files=files,
+                history_secret=history_secret,
             )
         ],
-        "volumes": _volumes(shape, spec_configmap),
+        "volumes": _volumes(shape, spec_configmap, files),
     }
     if sidecar_submitter:
         head_pod["restartPolicy"] = "Never"
@@ -299,10 +437,12 @@ def ray_cluster_spec(
                 gpus=shape.gpus_per_worker,
                 ports=[{"name": "metrics", "containerPort": METRICS_PORT}],
                 storage_secret=storage_secret,
-                mount_spec=False,
+                # The predictor actors read the model card the spec names.
+                mount_spec=spec_configmap is not None,
+                files=files,
             )
         ],
-        "volumes": _volumes(shape, None),
+        "volumes": _volumes(shape, spec_configmap, files),
     }
     return {
         "rayVersion": RAY_VERSION,
@@ -362,13 +502,23 @@ def ray_cluster(
     }
 
 
-def spec_configmap(name: str, namespace: str, spec_text: str) -> dict[str, Any]:
-    """The ConfigMap holding a job spec as `spec.yaml`."""
+def spec_configmap(
+    name: str, namespace: str, spec_text: str, files: tuple[MountedFile, ...] = ()
+) -> dict[str, Any]:
+    """The ConfigMap holding a job spec as `spec.yaml`, and the files it names."""
+    data = {SPEC_KEY: _check_spec(spec_text), **{f.key: f.text for f in files}}
+    size = sum(len(k) + len(v.encode()) for k, v in data.items())
+    if size > MAX_CONFIGMAP_BYTES:
+        raise InvalidInput(
+            f"the spec and the files it names ({', '.join(f.pod_path for f in files)}) come to "
+            f"{size:,} bytes; a ConfigMap holds at most {MAX_CONFIGMAP_BYTES:,}: put the large "
+            "ones on s3:// and name them by URI"
+        )
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(name, namespace, **{"app.kubernetes.io/component": "job-spec"}),
-        "data": {SPEC_KEY: _check_spec(spec_text)},
+        "data": data,
     }
 
 
@@ -380,6 +530,8 @@ def ray_job_spec(
     storage_secret: str,
     active_deadline_seconds: int,
     backoff_limit: int,
+    files: tuple[MountedFile, ...] = (),
+    history_secret: str | None = DEFAULT_HISTORY_SECRET,
 ) -> dict[str, Any]:
     """A RayJob `spec`: run `ironsight run` on a fresh RayCluster, then delete the cluster."""
     return {
@@ -400,6 +552,8 @@ def ray_job_spec(
             token_secret=None,
             spec_configmap=spec_configmap_name,
             sidecar_submitter=True,
+            files=files,
+            history_secret=history_secret,
         ),
     }
 
@@ -647,6 +801,9 @@ def render_manifests(
     kubectl_image: str = DEFAULT_KUBECTL_IMAGE,
     operator_namespace: str = "kuberay-system",
     prometheus_namespace: str = "monitoring",
+    variant: str = "raycronjob",
+    files: Mapping[str, str] | None = None,
+    history_secret: str | None = DEFAULT_HISTORY_SECRET,
 ) -> dict[str, str]:
     """Render the manifests that run one job spec on KubeRay, once or on a schedule.
 
@@ -656,6 +813,12 @@ def render_manifests(
         job_name: DNS-1123 name (at most 40 characters) of the RayJob / RayCronJob.
         cron: 5-field cron schedule; None renders a single RayJob.
         timezone: IANA time zone of `cron`.
+        variant: with `cron`, `raycronjob` (KubeRay RayCronJob) or `cronjob` (a plain CronJob
+            that creates the RayJob); exactly one is rendered.
+        files: the files the spec names, as it names them (relative to its folder, or
+            absolute) -> their text; each is mounted where that path resolves in the pod.
+        history_secret: Secret whose key `url` the head reads as `IRONSIGHT_HISTORY_URL`;
+            None leaves each run's history in the pod (an empty SQLite file every time).
         image: the Ironsight image built from deploy/Dockerfile.
         namespace: namespace of every object.
         shape: head/worker resources and GPU autoscaling bounds; default `ClusterShape()`.
@@ -679,7 +842,10 @@ def render_manifests(
     'ironsight run /etc/ironsight/spec.yaml'
     >>> sorted(render_manifests("model: demo_cnn\\n", job_name="nightly", cron="0 2 * * *",
     ...                         image="ironsight:0.1.0"))
-    ['configmap-spec.yaml', 'cronjob-submit-rayjob.yaml', 'networkpolicy.yaml', 'raycronjob.yaml']
+    ['configmap-spec.yaml', 'networkpolicy.yaml', 'raycronjob.yaml']
+    >>> sorted(render_manifests("model: demo_cnn\\n", job_name="nightly", cron="0 2 * * *",
+    ...                         image="ironsight:0.1.0", variant="cronjob"))
+    ['configmap-spec.yaml', 'cronjob-submit-rayjob.yaml', 'networkpolicy.yaml']
     """
     _check_name("job_name", job_name)
     _check_name("namespace", namespace)
@@ -690,8 +856,13 @@ def render_manifests(
             f"active_deadline_seconds={active_deadline_seconds}, backoff_limit={backoff_limit}; "
             "expected a positive deadline and a non-negative retry count"
         )
+    if variant not in VARIANTS:
+        raise InvalidInput(f"variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if history_secret is not None:
+        _check_name("history secret", history_secret)
     shape = shape or ClusterShape()
     cm_name = f"{job_name}-spec"
+    mounted = tuple(mounted_files(files or {}))
     job_spec = ray_job_spec(
         image=image,
         spec_configmap_name=cm_name,
@@ -699,9 +870,11 @@ def render_manifests(
         storage_secret=storage_secret,
         active_deadline_seconds=active_deadline_seconds,
         backoff_limit=backoff_limit,
+        files=mounted,
+        history_secret=history_secret,
     )
-    files = {
-        "configmap-spec.yaml": _dump([spec_configmap(cm_name, namespace, spec_text)]),
+    out = {
+        "configmap-spec.yaml": _dump([spec_configmap(cm_name, namespace, spec_text, mounted)]),
         "networkpolicy.yaml": _dump(
             [
                 network_policy(
@@ -713,22 +886,23 @@ def render_manifests(
         ),
     }
     if cron is None:
-        files["rayjob.yaml"] = _dump([ray_job(job_name, namespace, job_spec)])
-        return files
-    files["raycronjob.yaml"] = _dump(
-        [ray_cron_job(job_name, namespace, job_spec, cron=cron, timezone=timezone)]
-    )
-    files["cronjob-submit-rayjob.yaml"] = _dump(
-        submit_cronjob(
-            job_name,
-            namespace,
-            ray_job(job_name, namespace, job_spec, generate_name=True),
-            cron=cron,
-            timezone=timezone,
-            kubectl_image=kubectl_image,
+        out["rayjob.yaml"] = _dump([ray_job(job_name, namespace, job_spec)])
+    elif variant == "raycronjob":
+        out["raycronjob.yaml"] = _dump(
+            [ray_cron_job(job_name, namespace, job_spec, cron=cron, timezone=timezone)]
         )
-    )
-    return files
+    else:
+        out["cronjob-submit-rayjob.yaml"] = _dump(
+            submit_cronjob(
+                job_name,
+                namespace,
+                ray_job(job_name, namespace, job_spec, generate_name=True),
+                cron=cron,
+                timezone=timezone,
+                kubectl_image=kubectl_image,
+            )
+        )
+    return out
 
 
 _STATIC_HEADER = (

@@ -12,15 +12,19 @@ both are validated into the same pydantic model, so a flag and a spec key are th
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import posixpath
 import types
 import typing
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_serializer,
@@ -68,6 +72,9 @@ class _WithinRoots(BaseModel):
     The roots are the spec's ``allowed_roots`` when given, else the operator's
     ``IRONSIGHT_ALLOWED_ROOTS``; the spec's must themselves lie inside the operator's.
     """
+
+    # Set by load_spec: the path fields it resolved against the spec's folder, as written.
+    _written_paths: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("allowed_roots", mode="before", check_fields=False)
     @classmethod
@@ -188,6 +195,13 @@ class ModelChoice(BaseModel):
     random_weights: bool = Field(
         False, description="random weights, for tests and benchmarks only: labels are meaningless"
     )
+    weights_version: str | None = Field(
+        None,
+        description="torchvision weight version whose preprocessing --model uses (default: "
+        "torchvision's DEFAULT, e.g. IMAGENET1K_V2 for resnet50; `ironsight models show NAME` "
+        "lists them); a model card sets `weights_version` itself",
+        json_schema_extra=_cli(metavar="IMAGENET1K_V1"),
+    )
 
     @field_validator("model_card")
     @classmethod
@@ -200,6 +214,8 @@ class ModelChoice(BaseModel):
             raise ValueError("name a model with --model NAME, or describe one with --model-card CARD.yaml")
         if self.random_weights and (self.weights or self.model_card):
             raise ValueError("--random-weights cannot be combined with --weights or --model-card")
+        if self.weights_version and self.model_card:
+            raise ValueError("--weights-version goes with --model; a model card sets `weights_version` itself")
         if not (self.weights or self.model_card or self.random_weights):
             raise ValueError(
                 f"model {self.model!r} needs weights: pass --weights PATH_OR_URI or --model-card "
@@ -213,7 +229,7 @@ class ModelChoice(BaseModel):
         roots = self.effective_roots() if isinstance(self, _WithinRoots) else ()
         return ModelSource(
             name=self.model, weights=self.weights, card=self.model_card, random_weights=self.random_weights,
-            allowed_roots=roots,
+            allowed_roots=roots, weights_version=self.weights_version,
         )
 
 
@@ -328,6 +344,10 @@ class AuditJob(ModelChoice, RunOptions, _WithinRoots):
         None, description="release gate YAML; a failed gate exits 3",
         json_schema_extra=_cli(metavar="GATE.yaml", path=True),
     )
+    overwrite: bool = Field(
+        False, description="replace the reports of another model, eval set or suite in OUTPUT "
+        "instead of refusing (only report.json/.md/.html and predictions.parquet are replaced)"
+    )
     allowed_roots: list[str] | None = _allowed_roots_field()
 
     @field_validator("gate")
@@ -365,27 +385,51 @@ class AuditJob(ModelChoice, RunOptions, _WithinRoots):
 JobSpec = Annotated[Union[ClassifyJob, AuditJob], Field(discriminator="kind")]  # noqa: UP007
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def unknown_key_message(key: str, valid: Iterable[str]) -> str:
+    """What to say about a key a file may not have: a did-you-mean and every valid key.
+
+    >>> unknown_key_message("gaet", ["gate", "seed"])
+    "unknown key; did you mean 'gate'? valid keys: gate, seed"
+    """
+    valid = list(valid)
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}valid keys: {', '.join(valid)}"
+
+
+def format_validation_error(exc: ValidationError, source: str,
+                            model: type[BaseModel] | None = None) -> str:
     """One line per problem, each naming the field path: ``spec.yaml: top_k: must be >= 1``.
 
     Values are never echoed (``include_input=False``); a message a validator built from a
     value is clipped, and past :data:`ironsight.cluster.yamlfile.MAX_PROBLEMS` the rest are counted.
+    An unknown key gets a did-you-mean and the valid keys of ``model``.
     """
     lines = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = clip(".".join(str(p) for p in err["loc"]) or "(spec)")
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = clip(err["msg"].removeprefix("Value error, "), MAX_MESSAGE_CHARS)
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `ironsight validate --help` lists the keys)"
-        lines.append(f"{source}: {loc}: {clip(msg, MAX_MESSAGE_CHARS)}")
+            msg = (unknown_key_message(err["loc"][-1], model.model_fields) if model is not None
+                   else "unknown key (check the spelling; `ironsight validate --help` lists the keys)")
+        lines.append(f"{source}: {loc}: {msg}")
     return "\n".join(first_problems(lines))
 
 
-def load_spec(path: str) -> ClassifyJob | AuditJob:
+def load_spec(path: str, *, check_files: bool = False) -> ClassifyJob | AuditJob:
     """Read and validate a YAML job spec; errors name the file and the field path.
 
     The file is read by :func:`ironsight.cluster.yamlfile.load_yaml`: a regular file (local or
     ``s3://``) of at most 1 MiB, without duplicate keys, alias bombs or deep nesting.
+
+    Relative paths in the spec (``input``, ``output``, ``weights``, ``model_card``,
+    ``baseline``, ``gate``, a suite file, ``allowed_roots``) start at the spec file's folder,
+    not at the current directory: :func:`resolve_relative_paths`, the one place this happens
+    for ``run``, ``validate``, ``submit``, ``schedule`` and ``deploy render``. What they were
+    as written stays available through :func:`relative_paths_as_written`.
+
+    With ``check_files`` the local model card, suite and gate are loaded as ``run`` would load
+    them (:func:`referenced_file_problems`), and every problem is reported at once.
     """
     data = load_yaml(path, what="spec file")
     if not isinstance(data, dict):
@@ -393,16 +437,254 @@ def load_spec(path: str) -> ClassifyJob | AuditJob:
     kind = data.get("kind", "classify")
     model = SPEC_KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
+        close = difflib.get_close_matches(str(kind), SPEC_KINDS, n=1) if isinstance(kind, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise InvalidInput(
-            f"{path}: kind: {short_repr(kind)} is not a job kind; expected one of {sorted(SPEC_KINDS)}"
+            f"{path}: kind: {short_repr(kind)} is not a job kind; expected one of "
+            f"{sorted(SPEC_KINDS)}{hint}"
         )
+    data, written = resolve_relative_paths(data, model, spec_dir(path))
     try:
-        return model.model_validate(data)
+        spec = model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(format_validation_error(exc, path)) from None
+        raise InvalidInput(format_validation_error(exc, path, model)) from None
+    spec._written_paths = written
+    if check_files:
+        problems = referenced_file_problems(spec, path)
+        if problems:
+            raise InvalidInput("\n".join(first_problems(problems)))
+    return spec
+
+
+def spec_dir(spec_path: str) -> str:
+    """The folder relative paths in the spec at ``spec_path`` start from (absolute).
+
+    >>> spec_dir("s3://bucket/specs/nightly.yaml")
+    's3://bucket/specs'
+    >>> spec_dir("/etc/ironsight/spec.yaml")
+    '/etc/ironsight'
+    """
+    if "://" in spec_path and not spec_path.startswith("file://"):
+        return spec_path.rsplit("/", 1)[0]
+    local = spec_path.removeprefix("file://")
+    return os.path.dirname(os.path.abspath(os.path.expanduser(local)))
+
+
+def _is_relative_local(value: Any) -> bool:
+    return (isinstance(value, str) and bool(value) and "://" not in value
+            and not value.startswith("~") and not os.path.isabs(value))
+
+
+def _join(base: str, relative: str) -> str:
+    if "://" in base:
+        return posixpath.join(base, relative)
+    return os.path.normpath(os.path.join(base, relative))
+
+
+def resolve_relative_paths(data: dict[str, Any], model: type[BaseModel], base: str
+                           ) -> tuple[dict[str, Any], dict[str, str]]:
+    """``data`` with every relative local path field joined to ``base`` (the spec's folder).
+
+    Returns the new mapping and, per field that was relative, its value as written. A suite
+    that names a built-in (``quick``: no ``/``, no YAML suffix, no such file in ``base``) is
+    left alone; absolute paths, ``~/...`` and URIs are left as they are.
+
+    >>> resolve_relative_paths({"gate": "g.yaml", "input": "s3://b/in", "suite": "quick"},
+    ...                        AuditJob, "/specs")
+    ({'gate': '/specs/g.yaml', 'input': 's3://b/in', 'suite': 'quick'}, {'gate': 'g.yaml'})
+    """
+    out = dict(data)
+    written: dict[str, str] = {}
+    for name, f in model.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        value = out.get(name)
+        if not extra.get("path") or not _is_relative_local(value):
+            continue
+        if name == "suite" and not ("/" in value or value.endswith((".yaml", ".yml"))
+                                    or os.path.lexists(_join(base, value))):
+            continue  # a built-in suite name
+        out[name] = _join(base, value)
+        written[name] = value
+    roots = out.get("allowed_roots")
+    if "allowed_roots" in model.model_fields and isinstance(roots, (str, list)):
+        items = [r.strip() for r in roots.split(",") if r.strip()] if isinstance(roots, str) else roots
+        if any(_is_relative_local(r) for r in items):
+            written["allowed_roots"] = roots if isinstance(roots, str) else ",".join(map(str, roots))
+            out["allowed_roots"] = [_join(base, r) if _is_relative_local(r) else r for r in items]
+    return out, written
+
+
+def relative_paths_as_written(spec: BaseModel) -> dict[str, str]:
+    """The fields :func:`load_spec` resolved against the spec's folder, as the file wrote them
+    (``submit`` refuses them: the cluster does not have the spec's folder)."""
+    return dict(getattr(spec, "_written_paths", None) or {})
+
+
+def _local(value: str | None) -> bool:
+    return bool(value) and ("://" not in value or value.startswith("file://"))
+
+
+def referenced_file_problems(spec: ClassifyJob | AuditJob, source: str) -> list[str]:
+    """Load the local files the spec names, as ``run`` would, and list what is wrong.
+
+    | field        | read by                                   | also checked                    |
+    |--------------|-------------------------------------------|---------------------------------|
+    | `model_card` | `ironsight.cluster.models.card.load_card` | its local weights file exists   |
+    | `suite`      | `ironsight.robustness.suites.get_suite`   | built-in names too (`quik`)     |
+    | `gate`       | `ironsight.robustness.gate.load_gate`     |                                 |
+    | `weights`    | (not loaded: it may be large)             | a local file exists             |
+
+    ``s3://`` files are not fetched here; ``run`` reads them. Each problem names ``source``,
+    the field and the path as resolved (against the spec's folder, with the value as written
+    when it was relative).
+    """
+    written = relative_paths_as_written(spec)
+    problems: list[str] = []
+
+    def where(field: str) -> str:
+        rel = written.get(field)
+        return f" ({rel!r} is relative to the spec's folder)" if rel else ""
+
+    def check(field: str, load: Any) -> Any:
+        value = getattr(spec, field, None)
+        if value is None or (field != "suite" and not _local(value)):
+            return None
+        if field == "suite" and "://" in value and not value.startswith("file://"):
+            return None
+        try:
+            return load(value)
+        except InvalidInput as exc:
+            problems.append(f"{source}: {field}: {clip(str(exc), MAX_MESSAGE_CHARS)}{where(field)}"
+                            f"{_did_you_mean_file(value)}")
+        return None
+
+    card = check("model_card", lambda v: _load_card(v))
+    if isinstance(spec, AuditJob):
+        check("suite", lambda v: _load_suite(v))
+        check("gate", lambda v: _load_gate(v))
+    weights = [("weights", spec.weights, where("weights"))] if spec.weights else []
+    if card is not None:
+        weights.append(("model_card", card.weights_uri(), f" (weights named by model card {spec.model_card})"))
+    for field, uri, note in weights:
+        if _local(uri) and not os.path.lexists(uri.removeprefix("file://")):
+            problems.append(f"{source}: {field}: weights file {uri} does not exist{note}"
+                            f"{_did_you_mean_file(uri)}")
+    return problems
+
+
+def _load_card(value: str) -> Any:
+    from ironsight.cluster.models.card import load_card
+
+    return load_card(value)
+
+
+def _load_suite(value: str) -> Any:
+    from ironsight.robustness.suites import get_suite
+
+    return get_suite(value)
+
+
+def _load_gate(value: str) -> Any:
+    from ironsight.robustness.gate import load_gate
+
+    return load_gate(value)
+
+
+def _did_you_mean_file(path: str) -> str:
+    """``; did you mean gate.yaml?`` when a missing local file has a close sibling."""
+    local = path.removeprefix("file://")
+    if "://" in local or os.path.lexists(local):
+        return ""
+    folder, name = os.path.split(local)
+    try:
+        siblings = os.listdir(folder or ".")
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.7)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 SPEC_KINDS: dict[str, type[BaseModel]] = {"classify": ClassifyJob, "audit": AuditJob}
+
+
+# --- `ironsight validate`: a spec, gate, suite or model card --------------------------------
+
+FILE_KINDS = ("spec", "gate", "suite", "card")
+
+
+def _file_kind_keys() -> dict[str, set[str]]:
+    from ironsight.cluster.models.card import ModelCard
+    from ironsight.robustness.gate import Gate
+    from ironsight.robustness.suites import _SuiteModel
+
+    spec_keys = {k for m in SPEC_KINDS.values() for k in m.model_fields}
+    return {"spec": spec_keys, "gate": set(Gate.model_fields),
+            "suite": set(_SuiteModel.model_fields), "card": set(ModelCard.model_fields)}
+
+
+def detect_file_kind(data: Any, path: str) -> str:
+    """Which kind of file ``data`` (parsed YAML) is: the kind whose keys it uses most.
+
+    A ``kind:`` key means a spec. Ties and files that use no known key are refused with a
+    hint to pass ``--kind``.
+    """
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: a spec, gate, suite or model card is a YAML mapping "
+                           f"(key: value), got {type(data).__name__}")
+    if "kind" in data:
+        return "spec"
+    keys = {str(k) for k in data}
+    scores = {kind: len(keys & names) for kind, names in _file_kind_keys().items()}
+    best = max(scores.values())
+    winners = [k for k, v in scores.items() if v == best]
+    if best == 0 or len(winners) > 1:
+        raise InvalidInput(
+            f"{path}: cannot tell whether this is a job spec, gate, suite or model card from its "
+            f"keys ({', '.join(sorted(keys)[:8]) or 'none'}); pass --kind spec|gate|suite|card"
+        )
+    return winners[0]
+
+
+def validate_file(path: str, kind: str | None = None) -> str:
+    """Check a job spec, gate, suite or model card as ``run`` would read it; return a one-line
+    summary. ``kind`` is one of :data:`FILE_KINDS`, or None to detect it from the keys.
+
+    Raises:
+        InvalidInput: every problem, then the line ``PATH: invalid KIND``.
+    """
+    if kind not in (None, *FILE_KINDS):
+        raise InvalidInput(f"--kind {kind!r}; expected one of {', '.join(FILE_KINDS)}")
+    if kind is None:
+        kind = detect_file_kind(load_yaml(path, what="file"), path)
+    try:
+        return _validate_as(path, kind)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc}\n{path}: invalid {kind}") from None
+
+
+def _validate_as(path: str, kind: str) -> str:
+    if kind == "spec":
+        spec = load_spec(path, check_files=True)
+        read = [f"{f} {getattr(spec, f)}" for f in ("model_card", "suite", "gate")
+                if getattr(spec, f, None)]
+        tail = f" ({'; '.join(read)})" if read else ""
+        return f"{path}: valid {spec.kind} job {spec.name!r}{tail}"
+    if kind == "gate":
+        gate = _load_gate(path)
+        checks = [k for k, v in gate.model_dump().items() if v is not None]
+        return f"{path}: valid gate ({', '.join(checks) or 'no thresholds'})"
+    if kind == "suite":
+        from ironsight.robustness.suites import load_suite
+
+        suite = load_suite(path)
+        return (f"{path}: valid suite {suite.name!r} ({len(suite.conditions)} conditions, "
+                f"severities {list(suite.severities)}, {len(suite.attacks)} attacks)")
+    card = _load_card(path)
+    weights = card.weights_uri()
+    if _local(weights) and not os.path.lexists(weights.removeprefix("file://")):
+        raise InvalidInput(f"model card {path}: weights: weights file {weights} does not exist "
+                           f"(relative to the card's folder){_did_you_mean_file(weights)}")
+    return f"{path}: valid model card {card.name!r} ({card.format}, weights {weights})"
 
 
 # --- the CLI, generated from the spec models ------------------------------------------------

@@ -112,3 +112,31 @@ def schema_errors(crd_validators) -> Callable[[dict], list[str]]:
         return _core_errors(doc)
 
     return check
+
+
+def _seen_in_pod(pod: dict, configmap: dict, path: str) -> str | None:
+    """The text a container of `pod` reads at `path`, following its volumeMounts and the
+    ConfigMap volumes' `items` the way the kubelet projects them; None when nothing is there."""
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        cm = volumes[mount["name"]].get("configMap")
+        if cm is None or cm["name"] != configmap["metadata"]["name"]:
+            continue
+        # Without `items` every key is a file of its own name; with them, only those listed.
+        items = {i["path"]: i["key"] for i in cm.get("items", [])} or {
+            k: k for k in configmap["data"]}
+        if "subPath" in mount:
+            if mount["mountPath"] == path and mount["subPath"] in items:
+                return configmap["data"][items[mount["subPath"]]]
+        elif path.startswith(mount["mountPath"] + "/"):
+            rel = path[len(mount["mountPath"]) + 1:]
+            if rel in items:
+                return configmap["data"][items[rel]]
+    return None
+
+
+@pytest.fixture(scope="session")
+def seen_in_pod() -> Callable[[dict, dict, str], str | None]:
+    """`seen_in_pod(pod_spec, configmap, path)`: what a Ray container reads at `path`."""
+    return _seen_in_pod

@@ -24,11 +24,16 @@ KUBERAY = DEPLOY / "kuberay"
 SPEC = "kind: audit\nmodel: demo_cnn\nsuite: smoke\n"
 IMAGE = "registry.example.com/ironsight:0.1.0"
 
+FILES = {"gate.yaml": "clean_accuracy_min: 0.8\n", "../suites/s.yaml": "name: s\n"}
 RENDERED = {
     "once": render_manifests(SPEC, job_name="audit-smoke", image=IMAGE),
-    "cron": render_manifests(
-        SPEC, job_name="nightly", cron="30 1 * * 1-5", timezone="Europe/Paris", image=IMAGE
-    ),
+    **{
+        variant: render_manifests(
+            SPEC, job_name="nightly", cron="30 1 * * 1-5", timezone="Europe/Paris", image=IMAGE,
+            variant=variant, files=FILES,
+        )
+        for variant in ("raycronjob", "cronjob")
+    },
 }
 
 

@@ -27,18 +27,21 @@ def _images(node) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("cron", "files"),
+    ("cron", "variant", "files"),
     [
-        (None, {"configmap-spec.yaml", "networkpolicy.yaml", "rayjob.yaml"}),
-        (
-            "0 2 * * *",
-            {"configmap-spec.yaml", "networkpolicy.yaml", "raycronjob.yaml",
-             "cronjob-submit-rayjob.yaml"},
-        ),
+        (None, "raycronjob", {"configmap-spec.yaml", "networkpolicy.yaml", "rayjob.yaml"}),
+        ("0 2 * * *", "raycronjob",
+         {"configmap-spec.yaml", "networkpolicy.yaml", "raycronjob.yaml"}),
+        ("0 2 * * *", "cronjob",
+         {"configmap-spec.yaml", "networkpolicy.yaml", "cronjob-submit-rayjob.yaml"}),
     ],
 )
-def test_files_depend_on_cron(cron, files) -> None:
-    assert set(render_manifests(SPEC, job_name="audit", cron=cron, image=IMAGE)) == files
+def test_one_workload_per_render(cron, variant, files) -> None:
+    rendered = render_manifests(SPEC, job_name="audit", cron=cron, image=IMAGE, variant=variant)
+    assert set(rendered) == files
+    workloads = [d for text in rendered.values() for d in _docs(text)
+                 if d["kind"] in ("RayJob", "RayCronJob", "CronJob")]
+    assert len(workloads) == 1
 
 
 @pytest.mark.parametrize("cron", [None, "0 2 * * *"])
@@ -65,19 +68,22 @@ def test_every_object_lands_in_the_namespace_and_every_ray_pod_uses_the_image(cr
 
 
 def test_cron_schedule_and_timezone_reach_both_schedulers() -> None:
-    files = render_manifests(
-        SPEC, job_name="nightly", cron="15 3 * * 1-5", timezone="Europe/Paris", image=IMAGE
-    )
-    (raycron,) = _docs(files["raycronjob.yaml"])
-    cronjob = next(d for d in _docs(files["cronjob-submit-rayjob.yaml"]) if d["kind"] == "CronJob")
+    files = {v: render_manifests(SPEC, job_name="nightly", cron="15 3 * * 1-5",
+                                 timezone="Europe/Paris", image=IMAGE, variant=v)
+             for v in ("raycronjob", "cronjob")}
+    (raycron,) = _docs(files["raycronjob"]["raycronjob.yaml"])
+    cronjob = next(d for d in _docs(files["cronjob"]["cronjob-submit-rayjob.yaml"])
+                   if d["kind"] == "CronJob")
     for spec in (raycron["spec"], cronjob["spec"]):
         assert (spec["schedule"], spec["timeZone"]) == ("15 3 * * 1-5", "Europe/Paris")
     assert raycron["spec"]["jobTemplate"]["entrypoint"] == "ironsight run /etc/ironsight/spec.yaml"
 
 
 def test_both_schedulers_run_the_same_rayjob() -> None:
-    files = render_manifests(SPEC, job_name="nightly", cron="0 2 * * *", image=IMAGE)
-    (raycron,) = _docs(files["raycronjob.yaml"])
+    (raycron,) = _docs(render_manifests(SPEC, job_name="nightly", cron="0 2 * * *",
+                                        image=IMAGE)["raycronjob.yaml"])
+    files = render_manifests(SPEC, job_name="nightly", cron="0 2 * * *", image=IMAGE,
+                             variant="cronjob")
     template_cm = next(
         d for d in _docs(files["cronjob-submit-rayjob.yaml"])
         if d["kind"] == "ConfigMap"
@@ -115,6 +121,11 @@ def test_shape_and_limits_are_applied() -> None:
         ({"active_deadline_seconds": 0}, "expected a positive deadline"),
         ({"spec_text": "- a\n- b\n"}, "job spec is a YAML list; expected a mapping"),
         ({"spec_text": "model: [unclosed\n"}, "job spec is not valid YAML"),
+        ({"cron": "0 2 * * *", "variant": "both"}, "variant 'both'; expected one of"),
+        ({"history_secret": "Bad_Name"}, "history secret 'Bad_Name' is not a valid"),
+        ({"files": {"spec.yaml": "a: 1\n"}}, "/etc/ironsight/spec.yaml in the pod, which is taken"),
+        ({"files": {"../../dev/x.yaml": "a: 1\n"}}, "/dev/x.yaml in the pod, which is taken"),
+        ({"files": {"big.yaml": "x" * 1_000_001}}, "a ConfigMap holds at most 1,000,000"),
     ],
 )
 def test_bad_input_is_rejected_with_a_fix(kwargs, message) -> None:
@@ -149,3 +160,58 @@ def test_write_manifests_refuses_paths_outside_the_directory(tmp_path) -> None:
     with pytest.raises(InvalidInput, match="must not contain a directory"):
         write_manifests({"../escape.yaml": "a: 1\n"}, tmp_path)
     assert not (tmp_path.parent / "escape.yaml").exists()
+
+
+def _head_and_worker_pods(job: dict) -> list[dict]:
+    cluster = job["spec"]["rayClusterSpec"]
+    return [cluster["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in cluster["workerGroupSpecs"]
+    ]
+
+
+@pytest.mark.parametrize("cron", [None, "0 2 * * *"])
+def test_files_the_spec_names_are_mounted_where_its_paths_resolve(cron, seen_in_pod) -> None:
+    files = {"gate.yaml": "clean_accuracy_min: 0.8\n", "suites/nightly.yaml": "name: n\n",
+             "../cards/m.yaml": "name: m\n", "/opt/ironsight/card.yaml": "name: c\n"}
+    rendered = render_manifests(SPEC, job_name="audit", cron=cron, image=IMAGE, files=files)
+    (cm,) = _docs(rendered["configmap-spec.yaml"])
+    (job,) = _docs(rendered["rayjob.yaml" if cron is None else "raycronjob.yaml"])
+    if cron:
+        job = {"spec": job["spec"]["jobTemplate"]}
+    expected = {"/etc/ironsight/spec.yaml": SPEC,
+                "/etc/ironsight/gate.yaml": files["gate.yaml"],
+                "/etc/ironsight/suites/nightly.yaml": files["suites/nightly.yaml"],
+                "/etc/cards/m.yaml": files["../cards/m.yaml"],
+                "/opt/ironsight/card.yaml": files["/opt/ironsight/card.yaml"]}
+    for pod in _head_and_worker_pods(job):  # actors on the workers read the model card
+        assert {p: seen_in_pod(pod, cm, p) for p in expected} == expected
+    assert seen_in_pod(_head_and_worker_pods(job)[0], cm, "/etc/ironsight/other.yaml") is None
+
+
+def test_the_pod_path_check_fails_on_an_unmounted_file(seen_in_pod) -> None:
+    files = {"gates/g.yaml": "a: 1\n"}  # key gates_g.yaml: only `items` puts it at gates/g.yaml
+    rendered = render_manifests(SPEC, job_name="audit", image=IMAGE, files=files)
+    (cm,) = _docs(rendered["configmap-spec.yaml"])
+    (job,) = _docs(rendered["rayjob.yaml"])
+    head = _head_and_worker_pods(job)[0]
+    head["volumes"] = [v for v in head["volumes"] if v["name"] != "job-spec"] + [
+        {"name": "job-spec", "configMap": {"name": cm["metadata"]["name"]}}]  # items dropped
+    assert seen_in_pod(head, cm, "/etc/ironsight/gates_g.yaml") == "a: 1\n"
+    assert seen_in_pod(head, cm, "/etc/ironsight/gates/g.yaml") is None
+
+
+@pytest.mark.parametrize("cron", [None, "0 2 * * *"])
+def test_history_url_comes_from_a_secret_on_the_head(cron) -> None:
+    rendered = render_manifests(SPEC, job_name="audit", cron=cron, image=IMAGE,
+                                history_secret="team-history")
+    (job,) = _docs(rendered["rayjob.yaml" if cron is None else "raycronjob.yaml"])
+    job = {"spec": job["spec"]["jobTemplate"]} if cron else job
+    head, worker = _head_and_worker_pods(job)
+    env = {e["name"]: e for e in head["containers"][0]["env"]}
+    assert env["IRONSIGHT_HISTORY_URL"] == {
+        "name": "IRONSIGHT_HISTORY_URL",
+        "valueFrom": {"secretKeyRef": {"name": "team-history", "key": "url"}},
+    }
+    assert "IRONSIGHT_HISTORY_URL" not in {e["name"] for e in worker["containers"][0]["env"]}
+    without = render_manifests(SPEC, job_name="audit", image=IMAGE, history_secret=None)
+    assert "IRONSIGHT_HISTORY_URL" not in without["rayjob.yaml"]
