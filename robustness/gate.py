@@ -10,6 +10,8 @@ Gate file (every key optional; unknown keys are rejected)::
       - {attack: fgsm, eps: 2/255, min: 0.2}    # eps as a number or "k/255"
     max_drop_vs_baseline: 0.05          # absolute drop of clean accuracy and of each
                                         #   condition's mean accuracy; needs a baseline
+    significance: 0.05                  # with max_drop_vs_baseline: fail only drops that
+                                        #   are also statistically significant at this level
     worst_class_accuracy_min: 0.5       # the worst class on clean data
     ece_max: 0.15                       # clean expected calibration error (15 bins)
 
@@ -18,14 +20,42 @@ severity that broke ("gaussian_noise severity 5: accuracy 0.12 is below the floo
 A floor named for a condition the report does not contain fails (a gate that cannot be
 checked must not pass). A check that needs a baseline when none is given is *skipped*, and
 listed as such; the gate passes when no check failed.
+
+**Drops and noise.** Each ``max_drop_vs_baseline`` check compares one cell of the two runs
+with :func:`ironsight.robustness.metrics.compare_runs` (clean accuracy; each condition pooled
+over the severities both runs have): exact McNemar on the same image ids when the report
+was built with the baseline's predictions (paired), else Wilson-interval overlap (unpaired).
+Its message says "significant" or "within noise" whenever the image counts are known.
+
+| gate                                   | a drop fails when                                     |
+|----------------------------------------|-------------------------------------------------------|
+| ``max_drop_vs_baseline`` alone         | it is larger than the allowed drop                    |
+| ... with ``significance: a``           | it is larger AND significant at level ``a`` (paired p-value < ``a``; unpaired: the 95% intervals do not overlap, whatever ``a``) -- :func:`ironsight.robustness.stats.is_regression` |
+
+The trade-off: on a small eval set (a few hundred images) accuracy wobbles by several points
+from run to run, so a plain ``max_drop_vs_baseline`` of 2 points raises false alarms that
+train people to ignore the gate; ``significance`` stops those, but at the same n it also
+lets a *real* drop through when it is too small to tell from noise (see the report header's
+"smallest drop this n can call significant"), and an unpaired comparison, being conservative,
+lets more through. Use it with enough images, or keep the plain rule where any drop beyond the
+threshold must block a release. A drop that cannot be tested (a report without image counts)
+is judged by its size alone, and the message says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.yamlfile import (
@@ -35,6 +65,7 @@ from ironsight.cluster.yamlfile import (
     load_yaml,
     short_repr,
 )
+from ironsight.robustness import metrics, stats
 
 EPS_TOLERANCE = 1e-4  # "0.0078" in a gate file means 2/255 = 0.00784; budgets differ by >= 1/255
 
@@ -84,8 +115,17 @@ class Gate(BaseModel):
     condition_accuracy_min: dict[str, float] | None = None
     attack_accuracy_min: list[AttackFloor] | None = None
     max_drop_vs_baseline: float | None = Fraction
+    significance: float | None = Field(default=None, gt=0.0, lt=1.0)
     worst_class_accuracy_min: float | None = Fraction
     ece_max: float | None = Fraction
+
+    @model_validator(mode="after")
+    def _significance_needs_a_drop(self):
+        if self.significance is not None and self.max_drop_vs_baseline is None:
+            raise ValueError(
+                "significance only applies to max_drop_vs_baseline; set that too or drop it"
+            )
+        return self
 
     @field_validator("condition_accuracy_min")
     @classmethod
@@ -157,7 +197,8 @@ def parse_gate(data: object, *, source: str = "gate") -> Gate:
         return Gate.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(first_problems([
-            f"{clip(_loc(e['loc']))}: {clip(e['msg'], MAX_MESSAGE_CHARS)} (got {short_repr(e['input'])})"
+            (f"{clip(_loc(e['loc']))}: " if e["loc"] else "")
+            + f"{clip(e['msg'], MAX_MESSAGE_CHARS)} (got {short_repr(e['input'])})"
             for e in exc.errors(include_url=False)
         ]))
         raise InvalidInput(f"invalid gate in {source}: {problems}") from None
@@ -264,7 +305,43 @@ def _baseline_means(report: dict, baseline: dict | None) -> tuple[float | None, 
     return None
 
 
-def _baseline_checks(report: dict, baseline: dict | None, max_drop: float) -> list[Check]:
+def _baseline_changes(report: dict, baseline: dict | None) -> dict[str, metrics.CellChange]:
+    """Per-cell changes (:func:`ironsight.robustness.metrics.compare_runs`) by cell key: the
+    ones ``build_report`` stored (paired when it had the baseline's predictions) when they
+    were made against this baseline, else computed now from the two reports (unpaired).
+    Cells whose image counts are unknown are absent."""
+    stored = (report.get("summary") or {}).get("baseline") or {}
+    same = baseline is None or (
+        stored.get("created_at") == baseline.get("created_at")
+        and stored.get("model") == baseline.get("model")
+    )
+    if stored.get("cells") and same:
+        return {c["key"]: metrics.CellChange.from_json(c) for c in stored["cells"]}
+    if baseline is None:
+        return {}
+    return {c.key: c for c in metrics.compare_runs(baseline, report)}
+
+
+def _at_level(change: stats.Change, alpha: float) -> stats.Change:
+    """The change judged at ``alpha``: a paired p-value is compared with it; an unpaired
+    change keeps its 95% interval-overlap verdict."""
+    if change.p_value is None:
+        return change
+    return dataclasses.replace(change, significant=change.p_value < alpha)
+
+
+def _noise_words(change: stats.Change, paired: bool) -> str:
+    if paired:
+        return (
+            f"{change.verdict}: paired McNemar p={change.p_value:.2g}, {change.worse} worse / "
+            f"{change.better} better of {change.n} images"
+        )
+    return f"{change.verdict}: unpaired, 95% Wilson intervals {'apart' if change.significant else 'overlap'}"
+
+
+def _baseline_checks(
+    report: dict, baseline: dict | None, max_drop: float, significance: float | None = None
+) -> list[Check]:
     means = _baseline_means(report, baseline)
     if means is None:
         return [
@@ -277,8 +354,9 @@ def _baseline_checks(report: dict, baseline: dict | None, max_drop: float) -> li
             )
         ]
     base_clean, base_by_name = means
+    changes = _baseline_changes(report, baseline)
     checks = []
-    pairs = [("clean", "clean accuracy", report["clean"]["accuracy"], base_clean)]
+    pairs = [("clean", "clean accuracy", report["clean"]["accuracy"], base_clean, metrics.cell_key("clean"))]
     for p in report["summary"]["per_condition"]:
         pairs.append(
             (
@@ -286,9 +364,10 @@ def _baseline_checks(report: dict, baseline: dict | None, max_drop: float) -> li
                 f"{p['name']} mean accuracy",
                 p["mean_accuracy"],
                 base_by_name.get(p["name"]),
+                metrics.cell_key("condition_mean", p["name"]),
             )
         )
-    for key, what, mine, theirs in pairs:
+    for key, what, mine, theirs, cell_key in pairs:
         name = f"max_drop_vs_baseline.{key}"
         if mine is None or theirs is None:
             checks.append(
@@ -300,23 +379,44 @@ def _baseline_checks(report: dict, baseline: dict | None, max_drop: float) -> li
                 )
             )
             continue
+        cell = changes.get(cell_key)
+        change = None if cell is None else _at_level(cell.change, significance or stats.ALPHA)
+        noise = "" if change is None else f" ({_noise_words(change, cell.paired)})"
         drop = theirs - mine
         if drop > max_drop + 1e-12:
-            checks.append(
-                Check(
-                    name,
-                    False,
-                    f"{what}: dropped {_f(drop, max_drop)} from {_f(theirs, mine)} to "
-                    f"{_f(mine, theirs)}, more than the allowed {_f(max_drop, drop)}",
-                )
+            dropped = (
+                f"{what}: dropped {_f(drop, max_drop)} from {_f(theirs, mine)} to "
+                f"{_f(mine, theirs)}, more than the allowed {_f(max_drop, drop)}"
             )
+            if significance is None:
+                checks.append(Check(name, False, dropped + noise))
+            elif change is None:
+                checks.append(
+                    Check(
+                        name,
+                        False,
+                        dropped + " (no image counts to test significance: judged by the "
+                        "drop alone)",
+                    )
+                )
+            elif stats.is_regression(change, max_drop):
+                checks.append(Check(name, False, dropped + noise))
+            else:
+                checks.append(
+                    Check(
+                        name,
+                        True,
+                        dropped + f", but the drop is {_noise_words(change, cell.paired)} at "
+                        f"significance {significance:g}: not failed",
+                    )
+                )
         else:
             checks.append(
                 Check(
                     name,
                     True,
                     f"{what}: {_f(mine)} vs baseline {_f(theirs)}, "
-                    f"within the allowed drop {_f(max_drop)}",
+                    f"within the allowed drop {_f(max_drop)}" + noise,
                 )
             )
     return checks
@@ -352,7 +452,7 @@ def evaluate_gate(report: dict, gate: Gate, baseline: dict | None = None) -> Gat
     if gate.attack_accuracy_min:
         checks += _attack_checks(report, gate.attack_accuracy_min)
     if gate.max_drop_vs_baseline is not None:
-        checks += _baseline_checks(report, baseline, gate.max_drop_vs_baseline)
+        checks += _baseline_checks(report, baseline, gate.max_drop_vs_baseline, gate.significance)
     if gate.worst_class_accuracy_min is not None:
         worst = clean.get("worst_class")
         checks.append(

@@ -4,6 +4,12 @@ Everything is inline: CSS in a ``<style>`` block, plots and example images as ba
 ``data:`` URIs, no scripts and no external URL, so the file can be mailed, attached to a CI
 run or opened offline. Plots are drawn with matplotlib's object API (``Figure`` rendered by
 the Agg canvas): no ``pyplot``, no change to the global backend or rcParams.
+
+Uncertainty is drawn, not only printed: the severity and attack curves carry a shaded band
+per line, the 95% Wilson score interval of each point (``ci95`` in report.json), and the clean
+accuracy a grey band; tables show ``accuracy [low, high] (n=...)``. The header states the
+number of images and the smallest drop they can detect, the preprocessing when the report
+has it, and why mCE against AlexNet is absent when it is.
 """
 
 from __future__ import annotations
@@ -103,6 +109,7 @@ def _severity_plot(report: dict) -> str | None:
     fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
     ax = fig.add_subplot()
     clean = report["clean"]["accuracy"]
+    clean_ci = report["clean"].get("ci95")
     names = sorted({c["name"] for c in conds})
     cmap = _colors(len(names))
     for color, name in zip(cmap, names, strict=True):
@@ -112,17 +119,22 @@ def _severity_plot(report: dict) -> str | None:
         )
         xs = [c["severity"] for c in cells]
         ys = [100 * c["accuracy"] for c in cells]
+        bands = [c.get("ci95") for c in cells]
         if clean is not None:
             xs, ys = [0, *xs], [100 * clean, *ys]
+            bands = [clean_ci, *bands]
         ax.plot(xs, ys, marker="o", ms=4, lw=1.6, color=color, label=name)
+        _band(ax, xs, bands, color)
     if clean is not None:
         ax.axhline(100 * clean, color="#444", ls="--", lw=1, label="clean")
+        if clean_ci:
+            ax.axhspan(100 * clean_ci[0], 100 * clean_ci[1], color="#444", alpha=0.08, lw=0)
     ax.set_xlabel("severity (0 = clean)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_xticks(range(0, max(c["severity"] for c in conds) + 1))
     ax.grid(alpha=0.3)
-    ax.set_title("Accuracy vs corruption severity")
+    ax.set_title("Accuracy vs corruption severity (bands: 95% Wilson score interval)", fontsize=10)
     ax.legend(
         fontsize=7,
         ncol=2 if len(names) > 8 else 1,
@@ -132,6 +144,26 @@ def _severity_plot(report: dict) -> str | None:
     )
     fig.tight_layout()
     return _png_data_uri(fig)
+
+
+def _band(ax, xs: list, bands: list, color) -> None:
+    """Shade the 95% intervals around one curve (points without an interval are skipped)."""
+    pts = [(x, b) for x, b in zip(xs, bands, strict=True) if b]
+    if len(pts) >= 2:
+        ax.fill_between(
+            [x for x, _ in pts],
+            [100 * b[0] for _, b in pts],
+            [100 * b[1] for _, b in pts],
+            color=color,
+            alpha=0.15,
+            lw=0,
+        )
+    elif pts:
+        x, b = pts[0]
+        ax.errorbar(
+            [x], [50 * (b[0] + b[1])], yerr=[[50 * (b[1] - b[0])]], color=color, lw=1,
+            capsize=3, fmt="none",
+        )
 
 
 def _colors(n: int) -> list:
@@ -153,8 +185,9 @@ def _attack_plot(report: dict) -> str | None:
             (a for a in attacks if a["name"] == name and a["accuracy"] is not None),
             key=lambda a: a["eps"],
         )
+        xs = [255 * a["eps"] for a in rows]
         ax.plot(
-            [255 * a["eps"] for a in rows],
+            xs,
             [100 * a["accuracy"] for a in rows],
             marker="o",
             ms=4,
@@ -162,13 +195,14 @@ def _attack_plot(report: dict) -> str | None:
             color=color,
             label=name,
         )
+        _band(ax, xs, [a.get("ci95") for a in rows], color)
     chance = 100 / len(report["class_names"])
     ax.axhline(chance, color="#a40e26", ls=":", lw=1, label=f"chance ({chance:.0f}%)")
     ax.set_xlabel("eps × 255 (pixel units)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title("Robust accuracy vs attack budget")
+    ax.set_title("Robust accuracy vs attack budget (bands: 95% Wilson score interval)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return _png_data_uri(fig)
@@ -323,8 +357,22 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
         ["created", report["created_at"]],
         ["versions", ", ".join(f"{k} {v}" for k, v in report["versions"].items())],
     ]
+    if report.get("preprocessing"):
+        meta_rows.insert(2, ["preprocessing", json.dumps(report["preprocessing"], sort_keys=True)])
+    from ironsight.robustness.report import (  # report imports this module at call time
+        ci_text,
+        header_lines,
+        result_tables,
+        summary_rows,
+    )
+
+    ci = clean.get("ci95")
     cards = [
-        _card("clean accuracy", _pct(s["clean_accuracy"])),
+        _card(
+            "clean accuracy"
+            + (f" · 95% CI [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}], n={clean.get('n_labeled')}" if ci else ""),
+            _pct(s["clean_accuracy"]),
+        ),
         _card("mean corruption accuracy", _pct(s["mean_corruption_accuracy"])),
         _card("clean ECE (15 bins)", _num(clean["ece"])),
         _card("clean macro F1", _num(clean["macro_f1"])),
@@ -337,9 +385,16 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
 
     plots = []
     for uri, caption in (
-        (_severity_plot(report), "Accuracy per condition as severity grows; dashed: clean."),
+        (
+            _severity_plot(report),
+            "Accuracy per condition as severity grows; dashed: clean; shaded bands: 95% Wilson "
+            "score interval of each point.",
+        ),
         (_heatmap(report), "Accuracy (%) of each condition x severity cell."),
-        (_attack_plot(report), "Robust accuracy per attack as the budget eps grows."),
+        (
+            _attack_plot(report),
+            "Robust accuracy per attack as the budget eps grows; bands: 95% Wilson score interval.",
+        ),
         (_confusion_plot(report), "Clean confusion matrix, rows normalized; numbers are counts."),
     ):
         if uri:
@@ -355,9 +410,17 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{_e(title)}</h1>",
         f"<div class='meta' id='run-info'>{_e(_run_line(report))}</div>",
+        "<ul class='meta' id='report-header'>"
+        + "".join(f"<li>{_e(line)}</li>" for line in header_lines(report))
+        + "</ul>",
         _banner(report),
         "<div class='cards'>" + "".join(cards) + "</div>",
     ]
+    if s.get("alexnet") is None and s.get("mce_reason"):
+        parts.append(
+            f"<p class='meta' id='mce-reason'>mCE vs AlexNet not computed: {_e(s['mce_reason'])}</p>"
+        )
+    parts.append("<h2>Summary</h2>" + _table(["metric", "value"], summary_rows(report)))
     if s["warnings"]:
         parts.append(
             "<h2>Warnings</h2><div class='warn'><ul>"
@@ -367,7 +430,6 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(plots) + "</div>")
     parts.append(_examples(report, examples))
-    from ironsight.robustness.report import result_tables  # report imports this module at call time
 
     section = None
     for title, header, rows in result_tables(report):
@@ -379,11 +441,13 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     parts.append("<h2>Clean data per class</h2>")
     parts.append(
         _table(
-            ["class", "accuracy", "precision", "recall", "F1", "support"],
+            ["class", "accuracy [95% CI]", "precision", "recall", "F1", "support"],
             [
                 [
                     names[i],
-                    _pct(clean["per_class_accuracy"][i]),
+                    ci_text(clean["per_class"][i])
+                    if clean.get("per_class")
+                    else _pct(clean["per_class_accuracy"][i]),
                     _num(clean["precision"][i]),
                     _num(clean["recall"][i]),
                     _num(clean["f1"][i]),

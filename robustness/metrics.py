@@ -11,15 +11,26 @@ Plain numpy on small arrays; every function is pure. Conventions:
   E^base_{s,c}; relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^base_{s,c} -
   E^base_clean); mCE is the mean over conditions. Reported as ratios (1.0 = as good as the
   baseline), not percentages.
+* Every accuracy cell (clean, per class, condition x severity, attack x eps, worst class)
+  carries ``correct`` (k), ``n_labeled`` (n) and ``ci95``: the 95% Wilson score interval of
+  k / n (:func:`ironsight.robustness.stats.wilson_interval`), null when n is 0.
+* :func:`compare_runs` is the ONE per-cell comparison of two runs (``--baseline``, the release
+  gate, run history): exact McNemar on the same images when both runs have per-image rows,
+  else the unpaired Wilson-overlap rule; a cell regressed by :func:`~ironsight.robustness.stats.is_regression`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ironsight.robustness import stats
 
 ECE_BINS = 15  # Guo et al. 2017 ("On Calibration of Modern Neural Networks") use 15 bins.
 
@@ -51,6 +62,27 @@ def _mean(values: Sequence[float | None]) -> float | None:
     """Mean of the defined values; None when none is defined."""
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def interval(k: int, n: int) -> dict:
+    """An accuracy cell: ``accuracy`` k / n, its 95% Wilson score interval ``ci95`` [lo, hi],
+    ``n_labeled`` n and ``correct`` k; accuracy and interval are None when n is 0.
+
+    >>> c = interval(3, 4)
+    >>> c["accuracy"], [round(x, 3) for x in c["ci95"]], c["n_labeled"]
+    (0.75, [0.301, 0.954], 4)
+    >>> interval(0, 0)["ci95"] is None
+    True
+    """
+    if n == 0:
+        return {"accuracy": None, "ci95": None, "n_labeled": 0, "correct": 0}
+    lo, hi = stats.wilson_interval(int(k), int(n))
+    return {"accuracy": k / n, "ci95": [lo, hi], "n_labeled": int(n), "correct": int(k)}
+
+
+def _labeled_interval(labels: np.ndarray, correct: np.ndarray) -> dict:
+    labeled = labels >= 0
+    return interval(int(np.asarray(correct, dtype=bool)[labeled].sum()), int(labeled.sum()))
 
 
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float | None:
@@ -167,17 +199,53 @@ def per_class_accuracy(
     return out
 
 
-def worst_class(per_class: Sequence[float | None], class_names: Sequence[str]) -> dict | None:
+def per_class_counts(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int
+) -> list[tuple[int, int]]:
+    """``(correct, n)`` of each class over its labeled rows.
+
+    >>> per_class_counts(np.array([0, 0, 1]), np.array([0, 1, 1]), 3)
+    [(1, 2), (1, 1), (0, 0)]
+    """
+    mask = labels >= 0
+    n = np.bincount(labels[mask], minlength=num_classes)
+    hit = mask & (labels == predictions)
+    k = np.bincount(labels[hit], minlength=num_classes)
+    return [(int(k[c]), int(n[c])) for c in range(num_classes)]
+
+
+def per_class_intervals(counts: Sequence[tuple[int, int]], class_names: Sequence[str]) -> list[dict]:
+    """One cell per class: ``index``, ``name``, ``n`` (its labeled rows) and :func:`interval`."""
+    return [
+        {"index": i, "name": class_names[i], "n": n, **interval(k, n)}
+        for i, (k, n) in enumerate(counts)
+    ]
+
+
+def worst_class(
+    per_class: Sequence[float | None],
+    class_names: Sequence[str],
+    counts: Sequence[tuple[int, int]] | None = None,
+) -> dict | None:
     """The class with the lowest accuracy (first on ties), or None when no class has rows.
+
+    With ``counts`` (``(correct, n)`` per class) the entry also carries ``n`` and the
+    :func:`interval` keys, so "worst class" can be read against its noise.
 
     >>> worst_class([0.5, 0.25, None], ["a", "b", "c"])
     {'index': 1, 'name': 'b', 'accuracy': 0.25}
+    >>> worst_class([0.5, 0.25], ["a", "b"], [(1, 2), (1, 4)])["n"]
+    4
     """
     defined = [(acc, i) for i, acc in enumerate(per_class) if acc is not None]
     if not defined:
         return None
     acc, i = min(defined)
-    return {"index": i, "name": class_names[i], "accuracy": acc}
+    out = {"index": i, "name": class_names[i], "accuracy": acc}
+    if counts is not None:
+        k, n = counts[i]
+        out.update({"n": n, **interval(k, n), "accuracy": acc})
+    return out
 
 
 def flip_rate(
@@ -275,16 +343,18 @@ def clean_metrics(table: pa.Table, class_names: Sequence[str]) -> dict:
     labeled = labels >= 0
     cm = confusion_matrix(labels, preds, num_classes)
     per_class = per_class_accuracy(labels, preds, num_classes)
+    counts = per_class_counts(labels, preds, num_classes)
     prf = precision_recall_f1(cm)
     return {
         "n": rows.num_rows,
-        "n_labeled": int(labeled.sum()),
+        **_labeled_interval(labels, _np(rows, "correct")),
         "accuracy": accuracy(labels, preds),
         "ece": expected_calibration_error(
             _np(rows, "confidence")[labeled], _np(rows, "correct")[labeled]
         ),
         "per_class_accuracy": per_class,
-        "worst_class": worst_class(per_class, class_names),
+        "per_class": per_class_intervals(counts, class_names),
+        "worst_class": worst_class(per_class, class_names, counts),
         "precision": prf["precision"],
         "recall": prf["recall"],
         "f1": prf["f1"],
@@ -299,8 +369,9 @@ def clean_metrics(table: pa.Table, class_names: Sequence[str]) -> dict:
 def condition_metrics(table: pa.Table, class_names: Sequence[str]) -> list[dict]:
     """One entry per (condition, severity) of the corruption rows, sorted by name then severity.
 
-    Each entry: ``name``, ``severity``, ``n``, ``accuracy``, ``ece``, ``flip_rate`` (against
-    the clean prediction of the same id), ``per_class_accuracy``, ``worst_class``.
+    Each entry: ``name``, ``severity``, ``n``, ``accuracy`` with ``ci95``, ``n_labeled`` and
+    ``correct`` (:func:`interval`), ``ece``, ``flip_rate`` (against the clean prediction of the
+    same id), ``per_class_accuracy``, ``per_class`` (cells with intervals), ``worst_class``.
     """
     num_classes = len(class_names)
     clean = table.filter(pc.equal(table.column("kind"), "clean"))
@@ -311,18 +382,21 @@ def condition_metrics(table: pa.Table, class_names: Sequence[str]) -> list[dict]
         labels, preds = _np(cell, "label"), _np(cell, "prediction")
         labeled = labels >= 0
         per_class = per_class_accuracy(labels, preds, num_classes)
+        counts = per_class_counts(labels, preds, num_classes)
         out.append(
             {
                 "name": name,
                 "severity": int(sev),
                 "n": cell.num_rows,
+                **_labeled_interval(labels, _np(cell, "correct")),
                 "accuracy": accuracy(labels, preds),
                 "ece": expected_calibration_error(
                     _np(cell, "confidence")[labeled], _np(cell, "correct")[labeled]
                 ),
                 "flip_rate": flip_rate(clean_ids, clean_preds, cell.column("id"), preds),
                 "per_class_accuracy": per_class,
-                "worst_class": worst_class(per_class, class_names),
+                "per_class": per_class_intervals(counts, class_names),
+                "worst_class": worst_class(per_class, class_names, counts),
             }
         )
     return out
@@ -337,13 +411,16 @@ def per_condition_summary(
     for name in sorted({c["name"] for c in conditions}):
         cells = [c for c in conditions if c["name"] == name]
         sub = rows.filter(pc.equal(rows.column("condition"), name))
-        per_class = per_class_accuracy(_np(sub, "label"), _np(sub, "prediction"), len(class_names))
+        labels, preds = _np(sub, "label"), _np(sub, "prediction")
+        per_class = per_class_accuracy(labels, preds, len(class_names))
+        counts = per_class_counts(labels, preds, len(class_names))
         out.append(
             {
                 "name": name,
                 "mean_accuracy": _mean([c["accuracy"] for c in cells]),
                 "severities": [c["severity"] for c in cells],
-                "worst_class": worst_class(per_class, class_names),
+                # pooled over severities: n counts each (image, severity) once
+                "worst_class": worst_class(per_class, class_names, counts),
             }
         )
     return out
@@ -388,6 +465,7 @@ def attack_metrics(table: pa.Table) -> list[dict]:
                 "name": name,
                 "eps": float(eps),
                 "n": cell.num_rows,
+                **interval(int((correct & (labels >= 0)).sum()), int((labels >= 0).sum())),
                 "accuracy": accuracy(labels, preds),
                 "n_initially_correct": int(initially.sum()),
                 "success_rate": float(np.mean(~correct[initially])) if initially.any() else None,
@@ -420,17 +498,77 @@ def gradient_masking_warnings(attacks: list[dict], num_classes: int) -> list[str
     return warnings
 
 
-def alexnet_mce(conditions: list[dict], imagenet_c_conditions: Sequence[str]) -> dict | None:
+# sha256 of the 1000 ImageNet-1k class names joined by "\n", in logit order, as torchvision's
+# weights carry them (``Weights.meta["categories"]``, the registry's zoo models); a test checks
+# it against torchvision. A hash keeps torchvision out of report building.
+IMAGENET_1K_NAMES_SHA256 = "0b0f9fee7c952f257418d62aa701f023a9da13b443a14f5c4291e5724d92967c"
+IMAGENET_1K_CLASSES = 1000
+
+
+def imagenet_mce_reason(class_names: Sequence[str]) -> str | None:
+    """Why mCE against AlexNet does not apply to a model with these classes; None when it does.
+
+    AlexNet's ImageNet-C errors normalize an error on the same 1000 ImageNet-1k labels: the
+    ratio means nothing for another label set, even one with 1000 classes.
+
+    >>> imagenet_mce_reason(["circle", "square"])[:60]
+    'the model has 2 classes, not the 1000 ImageNet-1k classes: m'
+    """
+    n = len(class_names)
+    if n != IMAGENET_1K_CLASSES:
+        return (
+            f"the model has {n} classes, not the {IMAGENET_1K_CLASSES} ImageNet-1k classes: "
+            f"mCE against AlexNet's published ImageNet-C errors only means something for "
+            f"ImageNet-1k labels"
+        )
+    digest = hashlib.sha256("\n".join(map(str, class_names)).encode("utf-8")).hexdigest()
+    if digest != IMAGENET_1K_NAMES_SHA256:
+        return (
+            f"the model has {n} classes but its class names are not ImageNet-1k's (in "
+            f"torchvision's order; first: {', '.join(map(str, class_names[:3]))}): mCE against "
+            f"AlexNet's published ImageNet-C errors only means something for ImageNet-1k labels"
+        )
+    return None
+
+
+def _registry_imagenet_c(names: Sequence[str]) -> set[str]:
+    """The names whose registry tag says ImageNet-C (``Condition.imagenet_c``); names that are
+    not registered (a caller's own condition) are not ImageNet-C."""
+    from ironsight.robustness import conditions as registry  # albumentations: imported on use
+
+    out = set()
+    for name in names:
+        try:
+            if registry.get_condition(name).imagenet_c:
+                out.add(name)
+        except ValueError:
+            continue
+    return out
+
+
+def alexnet_mce(conditions: list[dict], imagenet_c_conditions: Sequence[str] | None = None) -> dict | None:
     """mCE against AlexNet's published ImageNet-C errors, over ImageNet-C conditions only.
 
-    Only conditions that are both listed in ``imagenet_c_conditions`` and in
-    :data:`ALEXNET_IMAGENET_C_ERRORS`, at severities 1..5, count.
+    Args:
+        conditions: The report's condition x severity entries.
+        imagenet_c_conditions: Which names are ImageNet-C's. None (what reports use): the
+            conditions whose registry tag says ImageNet-C
+            (:attr:`ironsight.robustness.conditions.Condition.imagenet_c`), so the mCE covers
+            exactly what ``ironsight conditions list`` tags.
+
+    Only those conditions, at severities 1..5, count; one without a published AlexNet error
+    is listed in ``excluded``.
 
     Returns:
         ``{"mce": float, "ce": {condition: float}, "conditions": [...], "excluded": [...]}``
         or None when no audited condition is an ImageNet-C one.
     """
-    allowed = set(imagenet_c_conditions) & set(ALEXNET_IMAGENET_C_ERRORS)
+    audited = {c["name"] for c in conditions}
+    if imagenet_c_conditions is None:
+        tagged = _registry_imagenet_c(sorted(audited))
+    else:
+        tagged = set(imagenet_c_conditions)
+    allowed = tagged & set(ALEXNET_IMAGENET_C_ERRORS)
     errors: dict[str, dict[int, float]] = {}
     for c in conditions:
         if c["name"] in allowed and 1 <= c["severity"] <= 5 and c["accuracy"] is not None:
@@ -439,14 +577,12 @@ def alexnet_mce(conditions: list[dict], imagenet_c_conditions: Sequence[str]) ->
         return None
     base = {k: dict(enumerate(v, start=1)) for k, v in ALEXNET_IMAGENET_C_ERRORS.items()}
     ces = {k: v["ce"] for k, v in corruption_errors(errors, base).items()}
-    audited = {c["name"] for c in conditions}
     return {
         "mce": _mean(list(ces.values())),
         "ce": ces,
         "conditions": sorted(ces),
-        # ImageNet-C-like conditions with no published AlexNet error (gaussian_blur is one of
-        # ImageNet-C's held-out extras; renamed variants such as overexposure do not match).
-        "excluded": sorted((audited & set(imagenet_c_conditions)) - set(ces)),
+        # tagged ImageNet-C but no published AlexNet error for the name
+        "excluded": sorted((audited & tagged) - set(ces)),
     }
 
 
@@ -503,3 +639,258 @@ def compare_to_baseline(
         "relative_mce": _mean([v["relative_ce"] for v in ces.values()]),
         "missing_in_baseline": sorted(set(errors) - set(ces)),
     }
+
+
+# ------------------------------------------------------------------------ run comparison
+
+
+def cell_key(kind: str, name: str = "clean", severity: int | None = None, eps: float | None = None) -> str:
+    """Stable key of a cell across runs: ``clean``, ``condition/fog/3`` (one severity),
+    ``condition/fog`` (mean over severities), ``attack/pgd/0.00784313725490196``.
+
+    >>> cell_key("condition", "fog", 3), cell_key("attack", "pgd", eps=0.5)
+    ('condition/fog/3', 'attack/pgd/0.5')
+    """
+    if kind == "clean":
+        return "clean"
+    if kind == "condition":
+        return f"condition/{name}/{int(severity)}"
+    if kind == "condition_mean":
+        return f"condition/{name}"
+    if kind == "attack":
+        return f"attack/{name}/{float(eps)!r}"
+    raise ValueError(f"unknown cell kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class CellChange:
+    """How one cell moved between two runs (:func:`compare_runs`).
+
+    Attributes:
+        key: :func:`cell_key`.
+        label: The cell in words (``"fog severity 3"``).
+        kind: ``clean``, ``condition`` (one severity), ``condition_mean`` (pooled over the
+            severities both runs have) or ``attack`` (one eps).
+        name: ``"clean"``, the condition or the attack.
+        severity: Condition severity, else None.
+        eps: Attack budget, else None.
+        change: :class:`~ironsight.robustness.stats.Change` (new minus reference).
+        regression: :func:`~ironsight.robustness.stats.is_regression` with ``max_drop``.
+        paired: True when judged by exact McNemar on the same image ids.
+    """
+
+    key: str
+    label: str
+    kind: str
+    name: str
+    severity: int | None
+    eps: float | None
+    change: stats.Change
+    regression: bool
+    paired: bool
+
+    def to_json(self) -> dict:
+        return {
+            "key": self.key,
+            "label": self.label,
+            "kind": self.kind,
+            "name": self.name,
+            "severity": self.severity,
+            "eps": self.eps,
+            **self.change.to_json(),
+            "paired": self.paired,
+            "regression": self.regression,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> CellChange:
+        """Inverse of :meth:`to_json` (a cell stored in ``report.json``)."""
+        fields = {f.name for f in dataclasses.fields(stats.Change)}
+        change = stats.Change(**{k: v for k, v in data.items() if k in fields})
+        return cls(
+            data["key"], data["label"], data["kind"], data["name"], data.get("severity"),
+            data.get("eps"), change, bool(data.get("regression")), bool(data.get("paired")),
+        )
+
+
+def _eps_words(eps: float) -> str:
+    return f"{eps * 255:.1f}/255"
+
+
+def _cell_label(kind: str, name: str, severity, eps, severities=()) -> str:
+    if kind == "clean":
+        return "clean"
+    if kind == "condition":
+        return f"{name} severity {severity}"
+    if kind == "condition_mean":
+        return f"{name} (severities {', '.join(map(str, severities))} pooled)"
+    return f"{name} at eps {_eps_words(eps)}"
+
+
+def _report_counts(report: dict) -> dict[tuple, tuple[int, int]]:
+    """``{(kind, name, severity, eps): (correct, n labeled)}`` from a report.json; cells of
+    reports older than the intervals (no ``correct``) get ``round(accuracy * n)``; a cell
+    without an accuracy or an n is left out."""
+
+    def counts(entry: dict | None) -> tuple[int, int] | None:
+        if not entry or entry.get("accuracy") is None:
+            return None
+        n = entry.get("n_labeled", entry.get("n"))
+        if not isinstance(n, int) or n <= 0:
+            return None
+        k = entry.get("correct")
+        if not isinstance(k, int):
+            k = int(round(entry["accuracy"] * n))
+        return k, n
+
+    out: dict[tuple, tuple[int, int]] = {}
+    c = counts(report.get("clean"))
+    if c:
+        out[("clean", "clean", None, None)] = c
+    for entry in report.get("conditions") or []:
+        c = counts(entry)
+        if c:
+            out[("condition", entry["name"], int(entry["severity"]), None)] = c
+    for entry in report.get("attacks") or []:
+        c = counts(entry)
+        if c:
+            out[("attack", entry["name"], None, float(entry["eps"]))] = c
+    return out
+
+
+def _table_cells(table: pa.Table) -> dict[tuple, pa.Table]:
+    """``{(kind, name, severity, eps): labeled rows}`` of a predictions table."""
+    table = table.filter(pc.greater_equal(table.column("label"), 0))
+    out: dict[tuple, pa.Table] = {}
+    clean = table.filter(pc.equal(table.column("kind"), "clean"))
+    if clean.num_rows:
+        out[("clean", "clean", None, None)] = clean
+    for kind, level in (("corruption", "severity"), ("attack", "eps")):
+        rows = table.filter(pc.equal(table.column("kind"), kind))
+        for name, value, cell in _cells(rows, level):
+            if kind == "corruption":
+                out[("condition", name, int(value), None)] = cell
+            else:
+                out[("attack", name, None, float(value))] = cell
+    return out
+
+
+def _occurrence(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """For each row, how many earlier rows have the same id (0 for the first): a repeated id
+    pairs its k-th row in one run with its k-th row in the other."""
+    codes = pc.dictionary_encode(_arrow(ids)).indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    first = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]] if len(codes) else np.array([], bool)
+    starts = np.maximum.accumulate(np.where(first, np.arange(len(codes)), 0)) if len(codes) else first
+    occ = np.empty(len(codes), dtype=np.int64)
+    occ[order] = np.arange(len(codes)) - starts
+    return occ
+
+
+def _aligned(ref: pa.Table, new: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of the images present in both cells, aligned by id."""
+
+    def keyed(t: pa.Table) -> pa.Table:
+        return pa.table({"id": t.column("id"), "occ": _occurrence(t.column("id")), "correct": t.column("correct")})
+
+    joined = keyed(ref).join(keyed(new), keys=["id", "occ"], join_type="inner",
+                             left_suffix="_ref", right_suffix="_new")
+    return _np(joined, "correct_ref").astype(bool), _np(joined, "correct_new").astype(bool)
+
+
+def compare_runs(
+    reference: dict | pa.Table,
+    new: dict | pa.Table,
+    max_drop: float = 0.0,
+    *,
+    alpha: float = stats.ALPHA,
+) -> list[CellChange]:
+    """Compare two runs cell by cell: the ONE comparison behind ``--baseline``, the release
+    gate's ``max_drop_vs_baseline`` and run history.
+
+    Args:
+        reference: The earlier run: a predictions table
+            (:data:`~ironsight.robustness.schema.PREDICTIONS_SCHEMA`, one row per image and
+            cell) or a ``report.json`` dict.
+        new: The run under review, the same way.
+        max_drop: Absolute accuracy drop allowed before a significant drop is a regression.
+        alpha: Significance level of the paired test.
+
+    Returns:
+        One :class:`CellChange` per cell both runs have (clean; each condition x severity and
+        each condition pooled over the severities both have; each attack x eps), in that
+        order. When both are tables, a cell is *paired*: its images are matched by id and
+        judged by exact McNemar (:func:`~ironsight.robustness.stats.paired_change`). A report
+        carries counts, not per-image correctness, so a cell with a report on either side (or
+        with no id in common) is *unpaired*
+        (:func:`~ironsight.robustness.stats.unpaired_change`, Wilson-interval overlap). Only
+        labeled rows count.
+
+    >>> import pyarrow as pa
+    >>> def run(correct):
+    ...     return pa.table({"id": [str(i) for i in range(len(correct))], "kind": ["clean"] * len(correct),
+    ...         "condition": ["clean"] * len(correct), "severity": [0] * len(correct),
+    ...         "eps": [0.0] * len(correct), "label": [1] * len(correct),
+    ...         "prediction": [1 if c else 0 for c in correct], "confidence": [0.9] * len(correct),
+    ...         "correct": correct})
+    >>> (cell,) = compare_runs(run([True] * 100), run([True] * 88 + [False] * 12), 0.05)
+    >>> cell.label, round(cell.change.delta, 2), cell.change.verdict, cell.paired, cell.regression
+    ('clean', -0.12, 'significant', True, True)
+    """
+    paired_sides = isinstance(reference, pa.Table) and isinstance(new, pa.Table)
+    ref_cells = _table_cells(reference) if isinstance(reference, pa.Table) else None
+    new_cells = _table_cells(new) if isinstance(new, pa.Table) else None
+
+    def counts_of(cells, report) -> dict[tuple, tuple[int, int]]:
+        if cells is None:
+            return _report_counts(report)
+        return {k: (int(np.sum(_np(t, "correct"))), t.num_rows) for k, t in cells.items()}
+
+    ref_counts, new_counts = counts_of(ref_cells, reference), counts_of(new_cells, new)
+    common = sorted(
+        set(ref_counts) & set(new_counts),
+        key=lambda k: (("clean", "condition", "attack").index(k[0]), k[1], k[2] or 0, k[3] or 0.0),
+    )
+    out: list[CellChange] = []
+    vectors: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def judge(kind, name, severity, eps, k_ref, n_ref, k_new, n_new, vec, severities=()):
+        if vec is not None and len(vec[0]):
+            change = stats.paired_change(vec[0].tolist(), vec[1].tolist(), alpha=alpha)
+            paired = True
+        else:
+            change = stats.unpaired_change(k_ref, n_ref, k_new, n_new)
+            paired = False
+        out.append(
+            CellChange(
+                cell_key(kind, name, severity, eps),
+                _cell_label(kind, name, severity, eps, severities),
+                kind, name, severity, eps, change, stats.is_regression(change, max_drop), paired,
+            )
+        )
+
+    for key in common:
+        kind, name, severity, eps = key
+        vec = _aligned(ref_cells[key], new_cells[key]) if paired_sides else None
+        vectors[key] = vec
+        (k_r, n_r), (k_n, n_n) = ref_counts[key], new_counts[key]
+        judge(kind, name, severity, eps, k_r, n_r, k_n, n_n, vec)
+        last_of_condition = kind == "condition" and not any(
+            c[0] == "condition" and c[1] == name and c[2] > severity for c in common
+        )
+        if last_of_condition:
+            keys = [c for c in common if c[0] == "condition" and c[1] == name]
+            sevs = [c[2] for c in keys]
+            k_r = sum(ref_counts[c][0] for c in keys)
+            n_r = sum(ref_counts[c][1] for c in keys)
+            k_n = sum(new_counts[c][0] for c in keys)
+            n_n = sum(new_counts[c][1] for c in keys)
+            pooled = None
+            if paired_sides and all(vectors[c] is not None and len(vectors[c][0]) for c in keys):
+                pooled = (
+                    np.concatenate([vectors[c][0] for c in keys]),
+                    np.concatenate([vectors[c][1] for c in keys]),
+                )
+            judge("condition_mean", name, None, None, k_r, n_r, k_n, n_n, pooled, sevs)
+    return out

@@ -10,16 +10,32 @@
 | ``seed``, ``suite`` | seed of the conditions/attacks, suite name or file                   |
 | ``versions``     | python, torch, torchvision, numpy, ironsight                            |
 | ``class_names``  | class index -> name                                                     |
+| ``preprocessing`` | (optional, from the audit job) resize, crop, interpolation, mean/std,  |
+|                  | weights version the model saw the pixels with                           |
 | ``clean``        | ``n``, ``accuracy``, ``ece``, precision/recall/F1 per class and macro,  |
-|                  | ``confusion_matrix`` [true][predicted], ``per_class_accuracy``, ``worst_class`` |
+|                  | ``confusion_matrix`` [true][predicted], ``per_class_accuracy``,         |
+|                  | ``per_class`` (cells with intervals), ``worst_class``                   |
 | ``conditions``   | per condition x severity: ``name``, ``severity``, ``n``, ``accuracy``,  |
-|                  | ``ece``, ``flip_rate``, ``per_class_accuracy``, ``worst_class``         |
+|                  | ``ece``, ``flip_rate``, ``per_class_accuracy``, ``per_class``, ``worst_class`` |
 | ``attacks``      | per attack x eps: ``name``, ``eps``, ``n``, ``accuracy``,               |
 |                  | ``success_rate``, ``n_initially_correct``                               |
 | ``summary``      | ``clean_accuracy``, ``mean_corruption_accuracy``, ``per_condition``,    |
-|                  | ``baseline`` (CE, relative CE, mCE, changes; null without baseline),    |
-|                  | ``alexnet`` (mCE vs AlexNet; null unless an ImageNet model), ``warnings`` |
+|                  | ``images``/``labeled_images`` and ``min_detectable_drop`` at that n,    |
+|                  | ``baseline`` (CE, relative CE, mCE, per-cell paired changes; null       |
+|                  | without baseline), ``alexnet`` (mCE vs AlexNet; null unless the classes |
+|                  | are ImageNet-1k's) and ``mce_reason`` (why it is null), ``warnings``    |
 | ``gate``         | null until :func:`ironsight.robustness.gate.evaluate_gate` fills it               |
+
+Intervals: every accuracy cell (clean, per class, condition x severity, attack x eps, worst
+class) also carries ``ci95`` [low, high], the 95% Wilson score interval of ``correct`` out of
+``n_labeled`` (:func:`ironsight.robustness.stats.wilson_interval`); the Markdown and HTML show
+it as ``75.0% [30.1, 95.4] (n=4)`` and the HTML severity curves as shaded bands.
+
+Baseline: with ``baseline`` (a previous report.json) and ``baseline_predictions`` (its
+predictions.parquet) every cell is compared on the same image ids by exact McNemar
+(:func:`ironsight.robustness.metrics.compare_runs`); with the report alone the comparison is
+*unpaired* (Wilson-interval overlap, weaker), and the report says so. Each change reads
+"significant" or "within noise".
 
 Every float is finite or null: the JSON is strict (``allow_nan=False``).
 """
@@ -36,7 +52,8 @@ from importlib import metadata
 
 import pyarrow as pa
 
-from ironsight.robustness import metrics
+from ironsight.cluster.errors import InvalidInput
+from ironsight.robustness import metrics, stats
 from ironsight.robustness.schema import REPORT_SCHEMA_VERSION, Example, validate_predictions
 
 
@@ -78,8 +95,9 @@ def build_report(
     seed: int,
     suite: str,
     baseline: dict | None = None,
-    imagenet_model: bool = False,
-    imagenet_c_conditions: Sequence[str] = (),
+    imagenet_model: bool | None = None,
+    imagenet_c_conditions: Sequence[str] | None = None,
+    baseline_predictions: pa.Table | None = None,
 ) -> dict:
     """Compute every metric and return the ``report.json`` content.
 
@@ -91,10 +109,15 @@ def build_report(
         seed: Seed the conditions and attacks used.
         suite: Suite name or file.
         baseline: A previous ``report.json`` (as a dict) to compute CE/mCE and changes against.
-        imagenet_model: The model predicts ImageNet-1k classes, so mCE against AlexNet's
-            published ImageNet-C errors is meaningful.
-        imagenet_c_conditions: Which condition names are ImageNet-C's
-            (``ironsight.robustness.conditions.IMAGENET_C_CONDITIONS``).
+        imagenet_model: Ignored, kept so older callers work: mCE against AlexNet is computed
+            exactly when ``class_names`` are ImageNet-1k's
+            (:func:`~ironsight.robustness.metrics.imagenet_mce_reason`), else
+            ``summary.alexnet`` is null and ``summary.mce_reason`` says why.
+        imagenet_c_conditions: Ignored, kept so older callers work: the mCE counts the
+            conditions whose registry tag says ImageNet-C, so it always agrees with
+            ``ironsight conditions list``.
+        baseline_predictions: The baseline's predictions table (its ``predictions.parquet``):
+            with it, changes are paired by image id (exact McNemar); without, unpaired.
 
     Returns:
         The report as a JSON-ready dict with ``"gate": None``.
@@ -131,20 +154,53 @@ def build_report(
     if baseline is not None:
         comparison = metrics.compare_to_baseline(clean["accuracy"], conditions, baseline)
         comparison["model"] = baseline.get("model")
+        comparison["created_at"] = baseline.get("created_at")
+        if baseline_predictions is not None:
+            try:
+                baseline_predictions = validate_predictions(
+                    baseline_predictions, num_classes=len(class_names), source="baseline predictions"
+                )
+            except InvalidInput as exc:
+                warnings.append(f"the baseline's predictions cannot be paired with this run ({exc})")
+                baseline_predictions = None
+        cells = metrics.compare_runs(
+            baseline_predictions if baseline_predictions is not None else baseline, table
+        )
+        comparison["max_drop"] = 0.0
+        comparison["cells"] = [c.to_json() for c in cells]
+        comparison["paired"] = bool(cells) and all(c.paired for c in cells)
+        comparison["test"] = (
+            "paired: exact McNemar test on the images both runs share (by id)"
+            if comparison["paired"]
+            else "unpaired: the baseline has no per-image predictions (only its report.json), "
+            "so a change is significant only when the 95% Wilson score intervals do not overlap"
+        )
+        by_key = {c.key: c for c in cells}
+        clean_cell = by_key.get(metrics.cell_key("clean"))
+        comparison["clean_change"] = clean_cell.to_json() if clean_cell else None
         for entry in per_condition:
             extra = comparison["per_condition"].get(entry["name"], {})
             entry["ce"] = extra.get("ce")
             entry["relative_ce"] = extra.get("relative_ce")
             entry["accuracy_change"] = extra.get("accuracy_change")
+            cell = by_key.get(metrics.cell_key("condition_mean", entry["name"]))
+            entry["change"] = cell.to_json() if cell else None
         if comparison["missing_in_baseline"]:
             warnings.append(
                 "conditions missing in the baseline, left out of mCE: "
                 + ", ".join(comparison["missing_in_baseline"])
             )
+        if cells and not comparison["paired"]:
+            warnings.append(
+                "baseline comparison is unpaired: the baseline's per-image predictions "
+                "(predictions.parquet next to its report.json) were not available, so changes "
+                "are judged by Wilson interval overlap, which misses drops a paired test finds"
+            )
 
     alexnet = None
-    if imagenet_model:
-        alexnet = metrics.alexnet_mce(conditions, imagenet_c_conditions)
+    mce_reason = metrics.imagenet_mce_reason(class_names)
+    if mce_reason is None:
+        alexnet = metrics.alexnet_mce(conditions)
         if alexnet is not None:
             warnings.append(
                 f"mCE vs AlexNet covers {len(alexnet['conditions'])} of the 15 ImageNet-C "
@@ -157,10 +213,11 @@ def build_report(
                 )
             )
         else:
-            warnings.append(
-                "imagenet_model is set but no audited condition is an ImageNet-C one: "
-                "no mCE against AlexNet"
+            mce_reason = (
+                "no audited condition is tagged ImageNet-C in the condition registry "
+                "(`ironsight conditions list`), so there is nothing to compare with AlexNet"
             )
+    n_labeled = clean["n_labeled"]
 
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -182,6 +239,14 @@ def build_report(
             "relative_mce": None if comparison is None else comparison["relative_mce"],
             "baseline": comparison,
             "alexnet": alexnet,
+            "mce_reason": mce_reason,
+            "images": clean["n"],
+            "labeled_images": n_labeled,
+            "interval": "95% Wilson score interval",
+            # best case for a paired test (every changed image got worse), from the clean accuracy
+            "min_detectable_drop": stats.min_detectable_drop(
+                n_labeled, clean["accuracy"] if clean["accuracy"] is not None else 0.9
+            ),
             "warnings": warnings,
         },
         "gate": None,
@@ -212,8 +277,109 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     return lines + [""]
 
 
+def ci_text(cell: dict | None, key: str = "accuracy") -> str:
+    """An accuracy with its 95% Wilson score interval and n: ``75.0% [30.1, 95.4] (n=4)``;
+    the bare percentage for a cell without an interval (a report from before intervals).
+
+    >>> ci_text({"accuracy": 0.75, "ci95": [0.3006, 0.9544], "n_labeled": 4})
+    '75.0% [30.1, 95.4] (n=4)'
+    """
+    if not cell or cell.get(key) is None:
+        return "—"
+    ci = cell.get("ci95")
+    n = cell.get("n_labeled", cell.get("n"))
+    if not ci:
+        return _pct(cell[key])
+    return f"{_pct(cell[key])} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] (n={n})"
+
+
 def _worst(entry: dict | None) -> str:
-    return "—" if not entry else f"{entry['name']} ({_pct(entry['accuracy'])})"
+    if not entry:
+        return "—"
+    return f"{entry['name']} {ci_text(entry)}" if entry.get("ci95") else f"{entry['name']} ({_pct(entry['accuracy'])})"
+
+
+def change_text(cell: dict | None) -> str:
+    """A change against the baseline: points, verdict and the test behind it.
+
+    >>> change_text({"delta": -0.12, "significant": True, "verdict": "significant",
+    ...     "test": "mcnemar_exact", "p_value": 0.00049, "worse": 12, "better": 0, "n": 100,
+    ...     "paired": True})
+    '-12.0 pts, significant (paired McNemar p=0.00049; 12 worse, 0 better of 100)'
+    """
+    if not cell or cell.get("delta") is None:
+        return "—"
+    head = f"{100 * cell['delta']:+.1f} pts, {cell['verdict']}"
+    if cell.get("paired"):
+        return (
+            f"{head} (paired McNemar p={cell['p_value']:.2g}; {cell['worse']} worse, "
+            f"{cell['better']} better of {cell['n']})"
+        )
+    return f"{head} (unpaired: 95% Wilson intervals {'apart' if cell['significant'] else 'overlap'})"
+
+
+def _changes(report: dict) -> dict[str, dict]:
+    base = (report.get("summary") or {}).get("baseline") or {}
+    return {c["key"]: c for c in base.get("cells") or []}
+
+
+def header_lines(report: dict) -> list[str]:
+    """Plain sentences for the report header: images, the smallest drop they can detect, what
+    the intervals are, the preprocessing and the baseline test. Shared by Markdown and HTML."""
+    s = report["summary"]
+    lines = []
+    if s.get("labeled_images") is not None:
+        mdd = s.get("min_detectable_drop")
+        lines.append(
+            f"images: {s.get('images')} clean, {s['labeled_images']} labeled; the smallest drop "
+            f"this n can call significant is "
+            + (
+                f"{100 * mdd:.1f} points"
+                if mdd is not None
+                else "none: too few labeled images for any drop to be significant"
+            )
+            + " (paired exact McNemar, α = 0.05, best case: every changed image got worse)"
+        )
+        lines.append(
+            "intervals: 95% Wilson score interval of each accuracy, shown as "
+            "accuracy [low, high] (n = labeled images in the cell)"
+        )
+    pre = report.get("preprocessing")
+    if pre:
+        lines.append("preprocessing: " + preprocessing_text(pre))
+    base = s.get("baseline")
+    if base and base.get("test"):
+        lines.append(f"baseline comparison: {base['test']}")
+    return lines
+
+
+def preprocessing_text(pre: dict) -> str:
+    """``report["preprocessing"]`` in words.
+
+    >>> preprocessing_text({"resize": 232, "crop": 224, "interpolation": "bilinear",
+    ...     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+    ...     "weights_version": "IMAGENET1K_V2"})
+    'resize 232, center crop 224, bilinear, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), weights IMAGENET1K_V2'
+    """
+    def vec(v) -> str:
+        return "(" + ", ".join(f"{x:g}" for x in v) + ")" if isinstance(v, list | tuple) else str(v)
+
+    parts = []
+    if "resize" in pre or "crop" in pre:
+        if pre.get("resize") is None:
+            parts.append(f"whole frame resized to {pre.get('crop')}x{pre.get('crop')} (no crop)")
+        else:
+            parts.append(f"resize {pre['resize']}, center crop {pre.get('crop')}")
+    if pre.get("interpolation"):
+        parts.append(str(pre["interpolation"]))
+    for key in ("mean", "std"):
+        if pre.get(key) is not None:
+            parts.append(f"{key} {vec(pre[key])}")
+    if pre.get("weights_version"):
+        parts.append(f"weights {pre['weights_version']}")
+    known = {"mode", "resize", "crop", "interpolation", "mean", "std", "weights_version"}
+    parts += [f"{k} {vec(v)}" for k, v in pre.items() if k not in known]
+    return ", ".join(parts)
 
 
 def result_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
@@ -223,6 +389,7 @@ def result_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
     severity cell, and per attack x epsilon; cells are display strings.
     """
     s = report["summary"]
+    changes = _changes(report)
     tables: list[tuple[str, list[str], list[list]]] = []
     if report["conditions"]:
         header = ["condition", "mean accuracy", "worst class (all severities)"]
@@ -232,33 +399,63 @@ def result_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
         for p in s["per_condition"]:
             row = [p["name"], _pct(p["mean_accuracy"]), _worst(p["worst_class"])]
             if s.get("baseline"):
-                row += [_num(p.get("ce")), _num(p.get("relative_ce")), _pct(p.get("accuracy_change"))]
+                change = p.get("change")
+                row += [
+                    _num(p.get("ce")),
+                    _num(p.get("relative_ce")),
+                    change_text(change) if change else _pct(p.get("accuracy_change")),
+                ]
             rows.append(row)
         tables.append(("Corruptions", header, rows))
-        tables.append(
-            (
-                "Corruptions",
-                ["condition", "severity", "n", "accuracy", "ECE", "flip rate", "worst class"],
-                [
-                    [c["name"], c["severity"], c["n"], _pct(c["accuracy"]), _num(c["ece"]),
-                     _pct(c["flip_rate"]), _worst(c["worst_class"])]
-                    for c in report["conditions"]
-                ],
-            )
-        )
+        header = ["condition", "severity", "n", "accuracy [95% CI]", "ECE", "flip rate", "worst class"]
+        if changes:
+            header.append("change vs baseline")
+        rows = []
+        for c in report["conditions"]:
+            row = [c["name"], c["severity"], c["n"], ci_text(c), _num(c["ece"]),
+                   _pct(c["flip_rate"]), _worst(c["worst_class"])]
+            if changes:
+                row.append(change_text(changes.get(metrics.cell_key("condition", c["name"], c["severity"]))))
+            rows.append(row)
+        tables.append(("Corruptions", header, rows))
     if report["attacks"]:
-        tables.append(
-            (
-                "Adversarial attacks",
-                ["attack", "eps", "eps × 255", "n", "robust accuracy", "success rate"],
-                [
-                    [a["name"], f"{a['eps']:.5f}", f"{a['eps'] * 255:.1f}", a["n"],
-                     _pct(a["accuracy"]), _pct(a["success_rate"])]
-                    for a in report["attacks"]
-                ],
-            )
-        )
+        header = ["attack", "eps", "eps × 255", "n", "robust accuracy [95% CI]", "success rate"]
+        if changes:
+            header.append("change vs baseline")
+        rows = []
+        for a in report["attacks"]:
+            row = [a["name"], f"{a['eps']:.5f}", f"{a['eps'] * 255:.1f}", a["n"],
+                   ci_text(a), _pct(a["success_rate"])]
+            if changes:
+                row.append(change_text(changes.get(metrics.cell_key("attack", a["name"], eps=a["eps"]))))
+            rows.append(row)
+        tables.append(("Adversarial attacks", header, rows))
     return tables
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    """(metric, value) rows of the summary, shared by the Markdown and HTML reports."""
+    s, clean = report["summary"], report["clean"]
+    rows = [
+        ["clean accuracy", ci_text(clean) if clean.get("ci95") else _pct(s["clean_accuracy"])],
+        ["clean ECE (15 bins)", _num(clean["ece"])],
+        ["mean corruption accuracy", _pct(s["mean_corruption_accuracy"])],
+    ]
+    if s.get("baseline"):
+        base = s["baseline"]
+        rows += [
+            ["mCE vs baseline", _num(s["mce"])],
+            ["relative mCE vs baseline", _num(s["relative_mce"])],
+            [
+                "clean accuracy change vs baseline",
+                change_text(base["clean_change"]) if base.get("clean_change") else _pct(base["clean_accuracy_change"]),
+            ],
+        ]
+    if s.get("alexnet"):
+        rows.append(["mCE vs AlexNet (ImageNet-C conditions)", _num(s["alexnet"]["mce"])])
+    elif s.get("mce_reason"):
+        rows.append(["mCE vs AlexNet", f"not computed: {s['mce_reason']}"])
+    return rows
 
 
 def gate_lines(report: dict) -> list[str]:
@@ -286,35 +483,25 @@ def to_markdown(report: dict) -> str:
         f"- created: {report['created_at']}  ",
         f"- suite: `{report['suite']}`, seed {report['seed']}  ",
         f"- data: {_md_escape(json.dumps(report.get('data'), sort_keys=True))}  ",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
-        "",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "  ",
     ]
+    out += [f"- {_md_escape(line)}  " for line in header_lines(report)]
+    out[-1] = out[-1].rstrip()
+    out.append("")
     if report.get("gate"):
         out += ["## Release gate", ""]
         out += [f"- {line}" for line in gate_lines(report)] + [""]
     out += ["## Summary", ""]
-    rows = [
-        ["clean accuracy", _pct(s["clean_accuracy"])],
-        ["clean ECE (15 bins)", _num(clean["ece"])],
-        ["mean corruption accuracy", _pct(s["mean_corruption_accuracy"])],
-    ]
-    if s.get("baseline"):
-        rows += [
-            ["mCE vs baseline", _num(s["mce"])],
-            ["relative mCE vs baseline", _num(s["relative_mce"])],
-            ["clean accuracy change vs baseline", _pct(s["baseline"]["clean_accuracy_change"])],
-        ]
-    if s.get("alexnet"):
-        rows.append(["mCE vs AlexNet (ImageNet-C conditions)", _num(s["alexnet"]["mce"])])
-    out += _md_table(["metric", "value"], rows)
+    out += _md_table(["metric", "value"], summary_rows(report))
 
     out += ["## Clean data", ""]
+    per_class = clean.get("per_class")
     out += _md_table(
-        ["class", "accuracy", "precision", "recall", "F1", "support"],
+        ["class", "accuracy [95% CI]", "precision", "recall", "F1", "support"],
         [
             [
                 names[i],
-                _pct(clean["per_class_accuracy"][i]),
+                ci_text(per_class[i]) if per_class else _pct(clean["per_class_accuracy"][i]),
                 _num(clean["precision"][i]),
                 _num(clean["recall"][i]),
                 _num(clean["f1"][i]),
@@ -363,10 +550,16 @@ def text_summary(report: dict) -> str:
       mean corruption accuracy   60.0%
     """
     s = report["summary"]
+    ci = report["clean"].get("ci95")
+    ci_part = (
+        f"  95% CI [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}], n={report['clean'].get('n_labeled')}"
+        if ci
+        else ""
+    )
     lines = [
         f"Robustness audit of {(report.get('model') or {}).get('name', 'model')} "
         f"(suite {report['suite']})",
-        f"  clean accuracy            {_pct(s['clean_accuracy']):>6}   (ECE {_num(report['clean']['ece'])})",
+        f"  clean accuracy            {_pct(s['clean_accuracy']):>6}   (ECE {_num(report['clean']['ece'])}){ci_part}",
         f"  mean corruption accuracy  {_pct(s['mean_corruption_accuracy']):>6}",
     ]
     if s.get("mce") is not None:
@@ -375,6 +568,8 @@ def text_summary(report: dict) -> str:
         )
     if s.get("alexnet"):
         lines.append(f"  mCE vs AlexNet            {_num(s['alexnet']['mce'])}")
+    elif s.get("mce_reason") and report.get("conditions"):
+        lines.append(f"  mCE vs AlexNet            not computed: {s['mce_reason']}")
     worst = sorted(
         (p for p in s["per_condition"] if p["mean_accuracy"] is not None),
         key=lambda p: p["mean_accuracy"],

@@ -42,7 +42,9 @@ PREDICTIONS_SCHEMA = pa.schema(
     ]
 )
 
-REPORT_SCHEMA_VERSION = "1.0"
+# 1.1: accuracy cells carry ci95 / n_labeled / correct; summary.mce_reason, images,
+# labeled_images, min_detectable_drop; per-cell baseline changes; optional preprocessing.
+REPORT_SCHEMA_VERSION = "1.1"
 
 KINDS = ("clean", "corruption", "attack")
 
@@ -137,15 +139,52 @@ def validate_predictions(
     return out
 
 
-def _obj(required: dict, **extra) -> dict:
-    return {"type": "object", "required": sorted(required), "properties": required, **extra}
+def _obj(required: dict, optional: dict | None = None, **extra) -> dict:
+    return {
+        "type": "object",
+        "required": sorted(required),
+        "properties": {**required, **(optional or {})},
+        **extra,
+    }
 
 
 _NUM = {"type": ["number", "null"]}
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
-_WORST = {"type": ["object", "null"]}
+# 95% Wilson score interval [low, high] of an accuracy; null when no row is labeled
+_CI = {
+    "oneOf": [
+        {"type": "null"},
+        {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
+         "minItems": 2, "maxItems": 2},
+    ]
+}
+# an accuracy cell: accuracy, its interval and the counts behind it
+_CELL = {"accuracy": _NUM, "ci95": _CI, "n_labeled": _INT, "correct": _INT}
+_WORST = {
+    "oneOf": [
+        {"type": "null"},
+        _obj({"index": _INT, "name": _STR, "n": _INT, **_CELL}),
+    ]
+}
+_PER_CLASS = {"type": "array", "items": _obj({"index": _INT, "name": _STR, "n": _INT, **_CELL})}
 _CHECK = _obj({"name": _STR, "passed": {"type": "boolean"}, "message": _STR})
+# one cell of ironsight.robustness.metrics.compare_runs (CellChange.to_json)
+_CHANGE = {
+    "key": _STR,
+    "label": _STR,
+    "kind": {"enum": ["clean", "condition", "condition_mean", "attack"]},
+    "reference": {"type": "number"},
+    "new": {"type": "number"},
+    "delta": {"type": "number"},
+    "n": _INT,
+    "significant": {"type": "boolean"},
+    "verdict": {"enum": ["significant", "within noise"]},
+    "test": _STR,
+    "p_value": _NUM,
+    "paired": {"type": "boolean"},
+    "regression": {"type": "boolean"},
+}
 
 # JSON Schema (draft 2020-12) of report.json: the keys consumers may rely on. Extra keys are
 # allowed (minor versions add keys); a key listed here never disappears within a major version.
@@ -167,7 +206,7 @@ REPORT_JSON_SCHEMA: dict = _obj(
         "clean": _obj(
             {
                 "n": _INT,
-                "accuracy": _NUM,
+                **_CELL,
                 "ece": _NUM,
                 "macro_precision": _NUM,
                 "macro_recall": _NUM,
@@ -177,6 +216,7 @@ REPORT_JSON_SCHEMA: dict = _obj(
                 "recall": {"type": "array"},
                 "f1": {"type": "array"},
                 "per_class_accuracy": {"type": "array"},
+                "per_class": _PER_CLASS,
                 "confusion_matrix": {"type": "array", "items": {"type": "array"}},
             }
         ),
@@ -187,7 +227,8 @@ REPORT_JSON_SCHEMA: dict = _obj(
                     "name": _STR,
                     "severity": _INT,
                     "n": _INT,
-                    "accuracy": _NUM,
+                    **_CELL,
+                    "per_class": _PER_CLASS,
                     "ece": _NUM,
                     "flip_rate": _NUM,
                     "worst_class": _WORST,
@@ -201,7 +242,7 @@ REPORT_JSON_SCHEMA: dict = _obj(
                     "name": _STR,
                     "eps": {"type": "number"},
                     "n": _INT,
-                    "accuracy": _NUM,
+                    **_CELL,
                     "success_rate": _NUM,
                 }
             ),
@@ -213,8 +254,24 @@ REPORT_JSON_SCHEMA: dict = _obj(
                 "mce": _NUM,
                 "relative_mce": _NUM,
                 "per_condition": {"type": "array"},
-                "baseline": {"type": ["object", "null"]},
+                "baseline": {
+                    "oneOf": [
+                        {"type": "null"},
+                        _obj(
+                            {
+                                "paired": {"type": "boolean"},
+                                "test": _STR,
+                                "cells": {"type": "array", "items": _obj(_CHANGE)},
+                            }
+                        ),
+                    ]
+                },
                 "alexnet": {"type": ["object", "null"]},
+                "mce_reason": {"type": ["string", "null"]},
+                "images": _INT,
+                "labeled_images": _INT,
+                "interval": _STR,
+                "min_detectable_drop": _NUM,
                 "warnings": {"type": "array", "items": _STR},
             }
         ),
@@ -230,6 +287,22 @@ REPORT_JSON_SCHEMA: dict = _obj(
                 ),
             ]
         },
+    },
+    {
+        # written by the audit job (ironsight.cluster.preprocess.Preprocess.to_dict): the
+        # pixels the numbers come from; absent in reports built without it
+        "preprocessing": _obj(
+            {},
+            {
+                "mode": _STR,
+                "resize": {"type": ["integer", "null"]},
+                "crop": _INT,
+                "interpolation": _STR,
+                "mean": {"type": "array", "items": {"type": "number"}},
+                "std": {"type": "array", "items": {"type": "number"}},
+                "weights_version": {"type": ["string", "null"]},
+            },
+        ),
     },
     **{"$schema": "https://json-schema.org/draft/2020-12/schema"},
 )

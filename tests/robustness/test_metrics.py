@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from ironsight.cluster.errors import InvalidInput
-from ironsight.robustness import metrics
+from ironsight.robustness import metrics, stats
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA, validate_predictions
 
 CLASS_NAMES = ["a", "b", "c"]
@@ -84,8 +84,15 @@ def test_clean_macro(table, key, expected):
     assert metrics.clean_metrics(table, CLASS_NAMES)[key] == pytest.approx(expected)
 
 
+def _core(worst: dict) -> dict:
+    """The worst-class keys reports had before intervals; the interval is checked apart."""
+    assert worst["ci95"] == list(stats.wilson_interval(worst["correct"], worst["n"]))
+    assert worst["n_labeled"] == worst["n"]
+    return {k: worst[k] for k in ("index", "name", "accuracy")}
+
+
 def test_clean_worst_class(table):
-    assert metrics.clean_metrics(table, CLASS_NAMES)["worst_class"] == {
+    assert _core(metrics.clean_metrics(table, CLASS_NAMES)["worst_class"]) == {
         "index": 2,
         "name": "c",
         "accuracy": 0.0,
@@ -131,7 +138,7 @@ def test_ece_uses_15_bins():
 def test_condition_cells(table, name, severity, accuracy, flip_rate, worst):
     cells = metrics.condition_metrics(table, CLASS_NAMES)
     (cell,) = [c for c in cells if c["name"] == name and c["severity"] == severity]
-    assert (cell["n"], cell["accuracy"], cell["flip_rate"], cell["worst_class"]) == (
+    assert (cell["n"], cell["accuracy"], cell["flip_rate"], _core(cell["worst_class"])) == (
         4,
         accuracy,
         flip_rate,
@@ -154,7 +161,8 @@ def test_per_condition_worst_class_pools_severities(table):
     cells = metrics.condition_metrics(table, CLASS_NAMES)
     per = {p["name"]: p for p in metrics.per_condition_summary(table, cells, CLASS_NAMES)}
     # fog pooled: class a 1/4, class b 1/2, class c 1/2
-    assert per["fog"]["worst_class"] == {"index": 0, "name": "a", "accuracy": 0.25}
+    assert _core(per["fog"]["worst_class"]) == {"index": 0, "name": "a", "accuracy": 0.25}
+    assert (per["fog"]["worst_class"]["correct"], per["fog"]["worst_class"]["n"]) == (1, 4)
     assert per["fog"]["mean_accuracy"] == pytest.approx(0.375)
 
 
