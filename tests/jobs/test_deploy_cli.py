@@ -73,7 +73,7 @@ def rendered(request, tmp_path_factory) -> tuple[str | None, Path, list[dict]]:
 def test_files_written_for_once_and_for_a_schedule(rendered) -> None:
     cron, out, _ = rendered
     expected = {"configmap-spec.yaml", "networkpolicy.yaml"} | (
-        {"raycronjob.yaml", "cronjob-submit-rayjob.yaml"} if cron else {"rayjob.yaml"})
+        {"raycronjob.yaml"} if cron else {"rayjob.yaml"})
     assert {p.name for p in out.iterdir()} == expected
 
 
@@ -101,6 +101,9 @@ def test_spec_name_schedule_and_namespace_reach_the_manifests(rendered) -> None:
 
 @pytest.mark.parametrize(("spec", "args", "message"), [
     ("kind: audit\nmodel: demo_cnn\n", [], "input: Field required"),
+    (SPEC.replace("suite: quick", "suite: quick\ngate: gaet.yaml"), [],
+     "gate: gate file {dir}/gaet.yaml does not exist"),
+    (SPEC, ["--variant", "cronjob"], "--variant chooses the scheduler of --cron"),
     (SPEC, ["--cron", "every night"], "not a 5-field cron expression"),
     (SPEC, ["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "not an IANA time zone"),
 ])
@@ -110,5 +113,51 @@ def test_bad_spec_or_schedule_exits_2_and_writes_nothing(tmp_path, spec, args, m
     proc = subprocess.run([*IRONSIGHT, "deploy", "render", str(path), "--out", str(tmp_path / "o"),
                            *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert message in proc.stderr
+    assert message.format(dir=tmp_path) in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _ran(tmp_path: Path, spec: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*IRONSIGHT, "deploy", "render", str(spec), *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+def test_variant_all_writes_one_folder_per_scheduler_each_with_its_hint(tmp_path) -> None:
+    spec = tmp_path / "nightly.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "k8s"
+    proc = _ran(tmp_path, spec, "--out", str(out), "--cron", "0 2 * * *", "--variant", "all")
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in out.iterdir()} == {"raycronjob", "cronjob"}
+    assert {p.name for p in (out / "raycronjob").iterdir()} == {
+        "configmap-spec.yaml", "networkpolicy.yaml", "raycronjob.yaml"}
+    assert {p.name for p in (out / "cronjob").iterdir()} == {
+        "configmap-spec.yaml", "networkpolicy.yaml", "cronjob-submit-rayjob.yaml"}
+    assert f"kubectl apply -f {out / 'raycronjob'}" in proc.stdout
+    assert f"kubectl apply -f {out / 'cronjob'}" in proc.stdout
+    assert f"kubectl apply -f {out}\n" not in proc.stdout
+    assert "not both" in proc.stdout
+
+
+def test_gate_next_to_the_spec_is_mounted_and_local_data_paths_are_named(tmp_path) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "gate.yaml").write_text("clean_accuracy_min: 0.5\n")
+    (specs / "w.safetensors").write_bytes(b"not really weights")
+    spec = specs / "nightly.yaml"
+    spec.write_text(SPEC.replace("random_weights: true  # comments are kept\n",
+                                 "weights: w.safetensors\n") + "gate: gate.yaml\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = _ran(tmp_path, Path("../specs/nightly.yaml"), "--out", "k8s", "--history-secret",
+                "team-db", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    (cm,) = yaml.safe_load_all((elsewhere / "k8s" / "configmap-spec.yaml").read_text())
+    assert cm["data"]["gate.yaml"] == "clean_accuracy_min: 0.5\n"
+    assert "mounted gate.yaml at /etc/ironsight/gate.yaml" in proc.stdout
+    assert "weights: w.safetensors is a local path" in proc.stderr
+    assert "s3://" in proc.stderr and "w.safetensors" not in "".join(cm["data"])
+    job = yaml.safe_load((elsewhere / "k8s" / "rayjob.yaml").read_text())
+    env = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "IRONSIGHT_HISTORY_URL",
+            "valueFrom": {"secretKeyRef": {"name": "team-db", "key": "url"}}} in env
