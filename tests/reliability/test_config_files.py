@@ -10,7 +10,6 @@ anything blocks or reads it whole. The in-process tests check the loaders Ray wo
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -71,17 +70,34 @@ class Run:
 def ironsight(*args: str, timeout: float = 120, as_limit: int | None = None, cwd=REPO) -> Run:
     """Run ``ironsight ARGS``; kill it (and its group) after ``timeout`` seconds."""
 
-    def limit() -> None:
-        os.setsid()
-        if as_limit is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
-
+    # Linux keeps ru_maxrss across execve, and a child forked (or vforked) from pytest starts
+    # with pytest's own high-water mark (2.5+ GiB late in the suite). So a small launcher forks
+    # the CLI from its own small address space, sets the limit there, waits, and reports the
+    # CLI's peak (RUSAGE_CHILDREN of the launcher: the CLI is its only child).
+    launcher = (
+        "import os, resource, sys\n"
+        "os.setsid()\n"
+        "limit, report = int(sys.argv[1]), sys.argv[2]\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    if limit:\n"
+        "        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        "    os.execv(sys.argv[3], sys.argv[3:])\n"
+        "status = os.waitpid(pid, 0)[1]\n"
+        "with open(report, 'w') as f:\n"
+        "    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+        "code = os.waitstatus_to_exitcode(status)\n"
+        "sys.exit(code if code >= 0 else 128 - code)\n"
+    )
     start = time.monotonic()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*COMMAND, *args], stdout=subprocess.DEVNULL, stderr=err,
-                                stdin=subprocess.DEVNULL, cwd=cwd, preexec_fn=limit)
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "maxrss")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", launcher, str(as_limit or 0), report, *COMMAND, *args],
+            stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
+        )
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() - start > timeout:
@@ -93,7 +109,9 @@ def ironsight(*args: str, timeout: float = 120, as_limit: int | None = None, cwd
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         stderr = err.read().decode(errors="replace")
-    return Run(proc.returncode, stderr, usage.ru_maxrss * 1024, time.monotonic() - start)
+        with open(report) as f:
+            max_rss = int(f.read()) * 1024
+    return Run(proc.returncode, stderr, max_rss, time.monotonic() - start)
 
 
 def assert_refused(run: Run, *fragments: str) -> str:
