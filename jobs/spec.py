@@ -655,7 +655,14 @@ def validate_file(path: str, kind: str | None = None) -> str:
     if kind not in (None, *FILE_KINDS):
         raise InvalidInput(f"--kind {kind!r}; expected one of {', '.join(FILE_KINDS)}")
     if kind is None:
-        kind = detect_file_kind(load_yaml(path, what="file"), path)
+        try:
+            data = load_yaml(path, what="file")
+        except InvalidInput:
+            # Unreadable as YAML, so its keys cannot tell: read it as what `validate` took
+            # first, a job spec, so the message names it as one (`--kind` says otherwise).
+            kind = "spec"
+        else:
+            kind = detect_file_kind(data, path)
     try:
         return _validate_as(path, kind)
     except InvalidInput as exc:
