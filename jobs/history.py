@@ -59,7 +59,7 @@ without `--name`, a spec without `name`) is recorded but never judged.
 | a regression is a metric (clean accuracy, a condition's accuracy over its severities) whose... |
 |-------------------------------------------------------------------------------------------------|
 | drop is larger than the gate's `max_drop_vs_baseline` (default `DEFAULT_MAX_DROP`, 0.02 absolute) |
-| AND is significant: exact McNemar on the images and cells both runs share (`Outcomes`), or, when they share under half their images, 95% Wilson intervals that do not overlap |
+| AND is significant: exact McNemar on the images and cells both runs share (`Outcomes`), or, when they share none, 95% Wilson intervals that do not overlap (`ironsight.robustness.metrics.compare_runs`) |
 
 (the one rule, `ironsight.robustness.stats.is_regression`). A 4-point drop on 100 images is
 within noise; 10 points on 1,000 is not. The run is then `regressed` and the CLI exits 4 (a
@@ -825,11 +825,6 @@ class Regression:
         )
 
 
-# Paired only when the runs share at least this fraction of the larger run's images; else the
-# runs are on different data and are compared by their intervals.
-_MIN_SHARED = 0.5
-
-
 def _id_keys(ids: list) -> np.ndarray:
     """64-bit keys of image ids (the first 8 bytes of blake2b): pairs images without their ids."""
     return np.array(
@@ -921,27 +916,29 @@ class Outcomes:
             raise ValueError("shapes or types do not match")
         return cls(keys, tuple(str(c) for c in cells), values)
 
-    def paired(self, new: Outcomes, metric: str) -> tuple[list[bool], list[bool]] | None:
-        """Correctness of `metric` in this run and in `new` on the images and cells both have,
-        or None when the runs share too few images to be paired."""
-        if min(len(self.keys), len(new.keys)) == 0:
-            return None
-        shared, mine, theirs = np.intersect1d(self.keys, new.keys, return_indices=True)
-        if len(shared) < _MIN_SHARED * max(len(self.keys), len(new.keys)):
-            return None
-        before: list[np.ndarray] = []
-        after: list[np.ndarray] = []
+    def to_table(self) -> Any:
+        """As a predictions table with the columns `ironsight.robustness.metrics.compare_runs`
+        reads (ids are the keys in hex; label 1, prediction 1 when right, else 0)."""
+        import pyarrow as pa
+
+        hex_ids = np.array([format(int(k), "016x") for k in self.keys], dtype=object)
+        parts = []
         for i, cell in enumerate(self.cells):
-            if _group(cell) != metric or cell not in new.cells:
-                continue
-            x = self.values[i][mine]
-            y = new.values[new.cells.index(cell)][theirs]
-            both = (x >= 0) & (y >= 0)
-            before.append(x[both] == 1)
-            after.append(y[both] == 1)
-        if not before or not sum(len(b) for b in before):
-            return None
-        return np.concatenate(before).tolist(), np.concatenate(after).tolist()
+            present = np.flatnonzero(self.values[i] >= 0)
+            right = self.values[i][present] == 1
+            condition, _, severity = cell.partition("@")
+            n = len(present)
+            parts.append(pa.table({
+                "id": pa.array(hex_ids[present].tolist(), pa.string()),
+                "kind": pa.array(["clean" if cell == "clean" else "corruption"] * n, pa.string()),
+                "condition": pa.array([condition] * n, pa.string()),
+                "severity": pa.array(np.full(n, int(severity or 0), np.int32)),
+                "eps": pa.array(np.zeros(n)),
+                "label": pa.array(np.ones(n, np.int64)),
+                "prediction": pa.array(right.astype(np.int64)),
+                "correct": pa.array(right),
+            }))
+        return pa.concat_tables(parts) if parts else None
 
 
 def compare_metrics(
@@ -954,9 +951,11 @@ def compare_metrics(
     """Clean accuracy and each condition's accuracy, compared with the one rule of
     `ironsight.robustness.stats.is_regression` (a drop > `max_drop` AND significant).
 
-    Paired (exact McNemar on the images and cells both runs have) when both runs' `Outcomes`
-    are given and share at least half the images; else unpaired (95% Wilson intervals apart)
-    from the `counts` each run's metrics carry; a metric with neither is not compared.
+    With both runs' `Outcomes` this is `ironsight.robustness.metrics.compare_runs` (the one
+    per-cell comparison of `--baseline` and the gate): exact McNemar on the images both runs
+    have, Wilson-interval overlap when they share none; a condition is its cell pooled over
+    the severities both runs have. Without them, unpaired from the `counts` each run's metrics
+    carry; a metric with neither is not compared.
     Conditions in only one of the two runs are not compared. Returns one dict a metric:
     `metric`, `regression`, `allowed` and `ironsight.robustness.stats.Change.to_json()`.
     """
@@ -969,12 +968,19 @@ def compare_metrics(
     before_counts = previous.get("counts") or {}
     after_counts = current.get("counts") or {}
     out = []
+    tables = (None if previous_outcomes is None or current_outcomes is None
+              else (previous_outcomes.to_table(), current_outcomes.to_table()))
+    if tables is not None and tables[0] is not None and tables[1] is not None:
+        from ironsight.robustness.metrics import compare_runs
+
+        wanted = dict(names)
+        for cell in compare_runs(*tables, max_drop):
+            if cell.kind in ("clean", "condition_mean") and cell.name in wanted:
+                out.append({"metric": wanted[cell.name], "regression": cell.regression,
+                            "allowed": max_drop, **cell.change.to_json()})
+        return out
     for key, metric in names:
-        pairs = (previous_outcomes.paired(current_outcomes, key)
-                 if previous_outcomes is not None and current_outcomes is not None else None)
-        if pairs is not None:
-            change = stats.paired_change(*pairs)
-        elif key in before_counts and key in after_counts and before_counts[key][1] and after_counts[key][1]:
+        if key in before_counts and key in after_counts and before_counts[key][1] and after_counts[key][1]:
             change = stats.unpaired_change(*before_counts[key], *after_counts[key])
         else:
             continue
