@@ -9,6 +9,20 @@ stay in [0, 1].
 | fgsm     | L-inf        | ``FGSM``     | max per-pixel change; one signed-gradient step |
 | pgd      | L-inf        | ``PGD``      | max per-pixel change; random start, ``steps``  |
 | pgd_l2   | L2           | ``PGDL2``    | L2 norm of the change over one whole image     |
+| autoattack | L-inf      | ``AutoAttack`` | max per-pixel change; RobustBench's standard |
+|          |              | (standard)   | ensemble, opt-in (in no built-in suite)        |
+
+**autoattack** (Croce & Hein 2020, torchattacks' port, ``version="standard"``) runs, on the
+images still classified correctly after the previous one: APGD-CE, APGD-T (one run per
+target class, ``n_classes - 1`` of them), FAB-T (same targets) and Square (5,000 queries, no
+gradients). ``steps`` and ``alpha`` are ignored (each attack sets its own), ``seed`` seeds
+them. Its cost depends on how robust the model is, because each stage only attacks what
+survived the last one; from the stages' settings in torchattacks 3.5.1, an image that survives
+every stage costs about 10 (APGD-CE) + 9 x 10 (APGD-T) + 9 x 10 (FAB-T, several passes per
+step) gradient steps plus 5,000 forward passes (Square). Measured here (2 shared CPU cores,
+10-class CNNs, per image): fgsm 1 forward + 1 backward, pgd (10 steps) 10 + 10; autoattack on
+2 images of 16 px had not finished after 8 minutes (it was in FAB-T), so budget it on a GPU
+and a few hundred images, as RobustBench does (its leaderboard uses 1,000-5,000).
 
 Step size: ``alpha = 2.5 * eps / steps`` unless given (Madry et al.'s rule: enough to cross
 the eps-ball and back once). The attack runs with the model in eval mode (batch-norm running
@@ -30,15 +44,16 @@ DEFAULT_EPSILONS: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 # change grows with sqrt(3 * H * W), so at our 64 px demo size 0.5 is mild and 2.0 strong.
 DEFAULT_L2_EPSILONS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
 
-_ATTACKS = {"fgsm": torchattacks.FGSM, "pgd": torchattacks.PGD, "pgd_l2": torchattacks.PGDL2}
-_NORM = {"fgsm": "linf", "pgd": "linf", "pgd_l2": "l2"}
+_ATTACKS = {"fgsm": torchattacks.FGSM, "pgd": torchattacks.PGD, "pgd_l2": torchattacks.PGDL2,
+            "autoattack": torchattacks.AutoAttack}
+_NORM = {"fgsm": "linf", "pgd": "linf", "pgd_l2": "l2", "autoattack": "linf"}
 
 
 def list_attacks() -> list[str]:
     """Attack names accepted by :func:`run_attack`.
 
     >>> list_attacks()
-    ['fgsm', 'pgd', 'pgd_l2']
+    ['autoattack', 'fgsm', 'pgd', 'pgd_l2']
     """
     return sorted(_ATTACKS)
 
@@ -119,15 +134,6 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         return images.detach().clone()
 
     step = default_alpha(eps, steps) if alpha is None else float(alpha)
-    if name == "fgsm":
-        atk = torchattacks.FGSM(model, eps=eps)
-    elif name == "pgd":
-        atk = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=True)
-    else:
-        atk = torchattacks.PGDL2(model, eps=eps, alpha=step, steps=steps, random_start=True)
-    # torchattacks takes the device from the first parameter (None for a parameter-free model)
-    atk.set_device(images.device)
-
     was_training = model.training
     grad_flags = [p.requires_grad for p in model.parameters()]
     # fork every CUDA device's generator: torch.manual_seed below seeds them all
@@ -136,6 +142,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)  # only the input gradient is needed
+        atk = _make_attack(model, images, name, eps=eps, steps=steps, alpha=step, seed=seed)
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             torch.manual_seed(seed)  # PGD's random start uses the global generator
             # PGDL2 reshapes with .view(): a permuted (channels-last) batch would raise
@@ -145,3 +152,24 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
             p.requires_grad_(flag)
         model.train(was_training)
     return adv.detach()
+
+
+def _make_attack(model: nn.Module, images: torch.Tensor, name: str, *, eps: float, steps: int,
+                 alpha: float, seed: int) -> torchattacks.attack.Attack:
+    """The torchattacks object for ``name`` (``model`` already in eval mode)."""
+    if name == "fgsm":
+        atk = torchattacks.FGSM(model, eps=eps)
+    elif name == "pgd":
+        atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    elif name == "pgd_l2":
+        atk = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    else:
+        with torch.no_grad():  # APGD-T and FAB-T target every other class: count them
+            n_classes = int(model(images[:1].contiguous()).shape[1])
+        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
+                                      n_classes=n_classes, seed=seed)
+        for sub in atk._autoattack.attacks:  # each stage took the device from the model too
+            sub.set_device(images.device)
+    # torchattacks takes the device from the first parameter (None for a parameter-free model)
+    atk.set_device(images.device)
+    return atk

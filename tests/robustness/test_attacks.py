@@ -15,7 +15,9 @@ from ironsight.robustness.attacks import (
     run_attack,
 )
 
-ATTACKS = list_attacks()
+# autoattack runs thousands of passes per robust image (minutes on 2 CPU cores): it is
+# checked by test_autoattack_is_registered_as_linf, not run here
+ATTACKS = [a for a in list_attacks() if a != "autoattack"]
 RANDOM_START = [a for a in ATTACKS if a != "fgsm"]
 # a budget that flips most of the fixed model's decisions, per threat model
 STRONG_EPS = {"linf": 8 / 255, "l2": 1.0}
@@ -164,7 +166,7 @@ def test_default_epsilons():
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"name": "cw"}, "attack 'cw' unknown; expected one of fgsm, pgd, pgd_l2"),
+    ({"name": "cw"}, "attack 'cw' unknown; expected one of autoattack, fgsm, pgd, pgd_l2"),
     ({"eps": -0.1}, "expected >= 0"),
     ({"steps": 0}, "steps .* expected >= 1"),
     ({"alpha": 0.0}, "alpha .* expected > 0"),
@@ -183,3 +185,9 @@ def test_bad_arguments_raise(batch, kwargs, match):
     args.update(images=images, labels=labels)
     with pytest.raises(ValueError, match=match):
         run_attack(model, args.pop("images"), args.pop("labels"), **args)
+
+
+def test_autoattack_is_registered_as_linf():
+    assert "autoattack" in list_attacks()
+    assert attack_norm("autoattack") == "linf"
+    assert default_epsilons("autoattack") == DEFAULT_EPSILONS

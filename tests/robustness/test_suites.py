@@ -52,6 +52,27 @@ def test_standard_suite_is_everything():
                                                          ("pgd", DEFAULT_EPSILONS)]
 
 
+def test_imagenet_c_suite_is_the_15_corruptions_at_5_severities():
+    suite = get_suite("imagenet-c")
+    assert set(suite.conditions) == {
+        "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
+        "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
+        "elastic_transform", "pixelate", "jpeg_compression"}
+    assert suite.severities == SEVERITIES
+    assert suite.attacks == ()
+
+
+@pytest.mark.parametrize("name", list_suites())
+def test_autoattack_is_opt_in(name):
+    assert "autoattack" not in [a.name for a in get_suite(name).attacks]
+
+
+def test_autoattack_in_a_suite_file(tmp_path):
+    suite = get_suite(_write(tmp_path, "name: aa\nconditions: [contrast]\n"
+                                       "attacks: [{name: autoattack, eps: [0.0314]}]\n"))
+    assert suite.attacks == (AttackSpec("autoattack", (0.0314,)),)
+
+
 def test_yaml_suite_loads(tmp_path):
     suite = get_suite(_write(tmp_path, EXAMPLE))
     assert suite == Suite("nightly", ("low_light", "gaussian_noise"), (1, 3, 5),
@@ -76,7 +97,7 @@ def test_to_dict_round_trips_through_yaml(tmp_path, name):
 @pytest.mark.parametrize(("text", "field", "detail"), [
     ("name: n\nseverity: [1]\n", "severity", "Extra inputs are not permitted"),
     ("conditions: all\n", "name", "Field required"),
-    ("name: n\nconditions: [low_light, fog]\n", "conditions", "'fog' unknown; expected any of"),
+    ("name: n\nconditions: [low_light, hail]\n", "conditions", "'hail' unknown; expected any of"),
     ("name: n\nconditions: most\n", "conditions", 'expected "all" or a list'),
     ("name: n\nconditions: []\n", "conditions", "no conditions"),
     ("name: n\nseverities: [0, 3]\n", "severities", r"\[0\] out of range"),
@@ -105,8 +126,8 @@ def test_malformed_yaml_names_file(tmp_path, text, match):
 
 
 def test_unknown_suite_lists_builtins():
-    with pytest.raises(ValueError, match="suite 'nightly' unknown; expected one of quick, "
-                                         "standard or the path"):
+    with pytest.raises(ValueError, match="suite 'nightly' unknown; expected one of imagenet-c, "
+                                         "quick, standard or the path"):
         get_suite("nightly")
 
 
