@@ -127,10 +127,10 @@ class Flaky:
 def test_with_retries(failures, exc, calls, outcome):
     fn = Flaky(failures, exc)
     if outcome == "ok":
-        assert storage.with_retries(fn, what="reading thing", base_delay=0) == "ok"
+        assert storage.with_retries(fn, what="reading thing", attempts=4, base_delay=0) == "ok"
     else:
         with pytest.raises(outcome) as info:
-            storage.with_retries(fn, what="reading thing", base_delay=0)
+            storage.with_retries(fn, what="reading thing", attempts=4, base_delay=0)
         if outcome is JobFailed:
             assert str(info.value) == ("reading thing failed after 4 attempts: "
                                        "connection reset")
