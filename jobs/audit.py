@@ -35,6 +35,7 @@ from ironsight.cluster.pipeline import (
     decode_rows,
     decode_task_args,
     plan_resources,
+    progress,
 )
 from ironsight.cluster.predictor import Predictor, as_error
 from ironsight.cluster.preprocess import Preprocess
@@ -214,8 +215,63 @@ class AuditPredictor(Predictor):
         return parts
 
 
-def run_audit(cfg: AuditConfig) -> AuditResult:
+@dataclass(frozen=True)
+class AuditPlan:
+    """What :func:`plan_audit` checked and loaded before Ray starts; :func:`run_audit` uses it."""
+
+    corpus: corpus_mod.CorpusPlan
+    shards: list
+    limits: dict[int, int]
+    model: Any  # ironsight.cluster.models.LoadedModel, validated on CPU
+    gate: Any = None
+    baseline: dict | None = None
+    baseline_predictions: pa.Table | None = None
+
+
+def plan_audit(cfg: AuditConfig) -> AuditPlan:
+    """Check everything an audit can check without Ray; the CLI calls it before Ray starts.
+
+    | checked                                   | refused with (exit 2)                      |
+    |-------------------------------------------|--------------------------------------------|
+    | the eval set: files, footers, columns     | :class:`InvalidInput` naming file/column   |
+    | ``--max-images``                          | "must be at least 1"                       |
+    | the gate and ``--baseline`` files         | their own messages                         |
+    | the model: name, card, weights (run once on CPU) | the model's message                 |
+    | OUTPUT: another audit's report.json, not writable | "already holds the audit of …" / "cannot write" |
+
+    Object-store errors (a bucket that does not exist, a host that does not resolve, refused
+    credentials) fail here too, at once (:mod:`ironsight.cluster.storage`). A missing eval set
+    takes well under a second instead of Ray's start-up first.
+    """
+    from ironsight.robustness.gate import load_gate
+
+    corpus = corpus_mod.plan_corpus(
+        cfg.input,
+        image_column=cfg.image_column,
+        id_column=cfg.id_column,
+        label_column=cfg.label_column,
+        max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
+        allowed_roots=cfg.allowed_roots,
+        can_skip=False,  # an audit has no skip_bad_files: the refusal must not suggest it
+    )
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise InvalidInput(f"--max-images must be at least 1, got {cfg.max_images}")
+    gate = load_gate(cfg.gate) if cfg.gate else None
+    baseline = _load_baseline(cfg.baseline) if cfg.baseline else None
+    baseline_predictions = _load_baseline_predictions(cfg.baseline) if cfg.baseline else None
+    model = cfg.source.validate()
+    shards, limits = _select(corpus, cfg.max_images)
+    _refuse_other_audit(cfg, model.info.name)  # before any work
+    _prepare_output(cfg.output)  # a read-only or unwritable OUTPUT fails now, not after the audit
+    return AuditPlan(corpus=corpus, shards=shards, limits=limits, model=model, gate=gate,
+                     baseline=baseline, baseline_predictions=baseline_predictions)
+
+
+def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditResult:
     """Run the audit on the connected Ray; write predictions and reports into ``cfg.output``.
+
+    ``prepared`` is :func:`plan_audit`'s result when the caller checked before starting Ray;
+    planned here when None.
 
     Raises:
         InvalidInput: bad eval set, suite, model, baseline or gate file; nothing ran.
@@ -224,27 +280,15 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from ironsight.robustness.gate import evaluate_gate, load_gate
+    from ironsight.robustness.gate import evaluate_gate
     from ironsight.robustness.report import build_report
 
     started = time.monotonic()
-    plan = corpus_mod.plan_corpus(
-        cfg.input,
-        image_column=cfg.image_column,
-        id_column=cfg.id_column,
-        label_column=cfg.label_column,
-        max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
-        allowed_roots=cfg.allowed_roots,
-    )
-    if cfg.max_images is not None and cfg.max_images < 1:
-        raise InvalidInput(f"--max-images must be at least 1, got {cfg.max_images}")
-    gate = load_gate(cfg.gate) if cfg.gate else None
-    baseline = _load_baseline(cfg.baseline) if cfg.baseline else None
-    model = cfg.source.validate()
+    if prepared is None:
+        prepared = plan_audit(cfg)
+    plan, shards, limits, model = prepared.corpus, prepared.shards, prepared.limits, prepared.model
+    gate, baseline, baseline_predictions = prepared.gate, prepared.baseline, prepared.baseline_predictions
     announce_preprocessing(model)
-    shards, limits = _select(plan, cfg.max_images)
-    _refuse_other_audit(cfg, model.info.name, model.weights_sha256)  # before any work
-    _prepare_output(cfg.output)  # a read-only or unwritable OUTPUT fails now, not after the audit
     res = plan_resources(cfg.actors, cfg.device)
     items = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
     variants = items.map_batches(
@@ -258,7 +302,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
             "seed": cfg.seed,
             "limits": limits,
         },
-        ray_remote_args_fn=decode_task_args,  # keeps corruption work in CPU tasks, unfused
+        **decode_task_args(),  # keeps corruption work in CPU tasks, unfused from the predictors
     )
     predicted = variants.map_batches(
         AuditPredictor,
@@ -274,7 +318,8 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     total_rows = sum(limits.get(s.index, s.num_rows) for s in shards)
     n_variants = 1 + len(cfg.suite.conditions) * len(cfg.suite.severities)
     n_attacks = sum(len(a.eps) for a in cfg.suite.attacks)
-    bar = _bar(total_rows * (n_variants + n_attacks), cfg.progress)
+    # A bar on a terminal, a line every 10 s in logs (ironsight.cluster.pipeline._Progress).
+    bar = progress(total_rows * (n_variants + n_attacks), cfg.progress, desc="auditing", noun="predictions")
     cols: dict[str, list] = {k: [] for k in ("id", "kind", "condition", "severity", "eps", "label", "prediction", "confidence", "error")}
     try:
         for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
@@ -287,13 +332,11 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
             cols["prediction"].append(batch["label"])
             cols["confidence"].append(batch["score"])
             cols["error"].append(batch["error"])
-            if bar is not None:
-                bar.update(len(batch["id"]))
+            bar.update(len(batch["id"]))
     except ray.exceptions.RayError as exc:
         raise JobFailed(f"the audit pipeline failed: {ray_error_message(exc)}") from exc
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     merged = {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
     errs = [as_error(e) for e in merged["error"]]
     ok = np.array([e is None for e in errs], bool)
@@ -329,6 +372,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
         seed=cfg.seed,
         suite=cfg.suite.name,
         baseline=baseline,
+        baseline_predictions=baseline_predictions,  # paired (McNemar) changes when present
         imagenet_model=imagenet,
         imagenet_c_conditions=IMAGENET_C_CONDITIONS,
     )
@@ -387,6 +431,23 @@ def _load_baseline(uri: str) -> dict:
     return data
 
 
+def _load_baseline_predictions(uri: str) -> pa.Table | None:
+    """The ``predictions.parquet`` next to a ``--baseline`` report.json, for per-image paired
+    comparisons; None (the report compares unpaired, and says so) when it is absent or
+    unreadable."""
+    import posixpath
+
+    loc = storage.resolve(posixpath.join(posixpath.dirname(uri), "predictions.parquet"))
+    try:
+        if not storage.exists(loc):
+            return None
+        data = storage.read_bytes(loc, max_bytes=4 * MAX_REPORT_BYTES, what="baseline predictions.parquet")
+        return pq.read_table(pa.BufferReader(data), columns=list(PREDICTIONS_SCHEMA.names))
+    except (InvalidInput, OSError, pa.ArrowException) as exc:
+        log.warning("baseline %s: its predictions.parquet cannot be read (%s); comparing unpaired", uri, exc)
+        return None
+
+
 def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.Table) -> list[Example]:
     """Recompute a few variants in the driver (conditions are deterministic) for the HTML."""
     if not shards:
@@ -415,10 +476,12 @@ AUDIT_FILES = ("report.json", "report.md", "report.html", "predictions.parquet")
 MAX_REPORT_BYTES = 256 * 1024 * 1024  # a report.json larger than this is not one of ours
 
 
-def _refuse_other_audit(cfg: AuditConfig, model_name: str, weights_sha256: str) -> None:
+def _refuse_other_audit(cfg: AuditConfig, model_name: str) -> None:
     """Refuse an OUTPUT whose ``report.json`` is another audit's, unless ``cfg.overwrite``.
 
-    Identity is (model name, weights sha256, eval set INPUT, suite): the same audit rerun
+    Identity is (model name, eval set INPUT, suite), without the weights: a nightly audit of
+    retrained weights into its fixed OUTPUT is the same audit (run history compares the two;
+    the old report stays in history, not in OUTPUT). The same audit rerun
     into its own OUTPUT replaces its reports; another model's, eval set's or suite's is
     refused with :class:`InvalidInput` (exit 2), as ``classify`` refuses another job's
     OUTPUT. A ``report.json`` that is not an Ironsight report is refused the same way.
@@ -428,7 +491,7 @@ def _refuse_other_audit(cfg: AuditConfig, model_name: str, weights_sha256: str) 
     target = out.join("report.json")
     if cfg.overwrite or not storage.exists(target):
         return
-    ours = {"model": model_name, "weights_sha256": weights_sha256, "input": cfg.input, "suite": cfg.suite.name}
+    ours = {"model": model_name, "input": cfg.input, "suite": cfg.suite.name}
     try:
         data = json.loads(storage.read_bytes(target, max_bytes=MAX_REPORT_BYTES, what="report.json"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -442,14 +505,12 @@ def _refuse_other_audit(cfg: AuditConfig, model_name: str, weights_sha256: str) 
     their_data = data.get("data") if isinstance(data.get("data"), dict) else {}
     theirs = {
         "model": data["model"].get("name"),
-        "weights_sha256": data["model"].get("weights_sha256"),
         "input": their_data.get("input"),
         "suite": data.get("suite"),
     }
     differs = [k for k in ours if theirs[k] != ours[k]]
     if differs:
-        show = lambda k, v: repr(v[:12] + "…") if k == "weights_sha256" and isinstance(v, str) else repr(v)  # noqa: E731
-        what = ", ".join(f"{k} {show(k, theirs[k])} (this audit: {show(k, ours[k])})" for k in differs)
+        what = ", ".join(f"{k} {theirs[k]!r} (this audit: {ours[k]!r})" for k in differs)
         raise InvalidInput(
             f"OUTPUT {cfg.output} already holds the audit of another model, eval set or suite: "
             f"{what}. Choose another OUTPUT, or pass --overwrite to replace its reports "
@@ -512,13 +573,3 @@ def _write_outputs_to(output: str, report: dict, table: pa.Table, examples) -> d
     storage.publish_bytes(target, sink.getvalue())
     paths["predictions"] = target.uri
     return paths
-
-
-def _bar(total: int, enabled: bool | None):
-    import sys
-
-    if not (sys.stderr.isatty() if enabled is None else enabled):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="pred", desc="auditing", dynamic_ncols=True)

@@ -99,6 +99,21 @@ def test_the_same_audit_rerun_replaces_its_own_reports(audited, files, capfd):
     assert (audited / "old" / "report.json").read_text() == '{"model": {"name": "kept"}}'
 
 
+def test_retrained_weights_of_the_same_model_are_the_same_audit(audited, files, tmp_path):
+    """A nightly audits new weights of one model into its fixed OUTPUT: not refused (history,
+    not OUTPUT, keeps the earlier run to compare with)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        net = get_model_info("demo_cnn").builder(8)
+    save_file(net.state_dict(), str(tmp_path / "retrained.safetensors"))
+    card = tmp_path / "demo.yaml"
+    card.write_text("name: demo_cnn\nformat: safetensors\narch: demo_cnn\nweights: retrained.safetensors\n")
+    before = json.loads((audited / "report.json").read_text())["model"]["weights_sha256"]
+    result = run_audit(_cfg(files, audited, source=ModelSource(card=str(card))))
+    after = json.loads((audited / "report.json").read_text())["model"]["weights_sha256"]
+    assert after == result.report["model"]["weights_sha256"] != before
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
