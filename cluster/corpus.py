@@ -28,6 +28,28 @@ A fetched path never fails the job, whatever it names; its row gets an error ins
 | a file over :data:`MAX_IMAGE_BYTES` (256 MiB)         | ``too_large: ...``                 |
 | a file the OS will not read (EIO, EACCES, ...)        | ``unreadable: EIO (...) reading PATH`` |
 
+A folder (or glob) of image files is a corpus too (layout ``files``): every file whose name
+ends in ``.jpg``, ``.jpeg``, ``.png`` or ``.webp`` (any case), under the folder recursively,
+sorted by path and cut into shards of ``max_rows_per_shard`` consecutive files. A row's id is
+the file's path relative to the folder (POSIX separators: ``cats/001.jpg``); its bytes are
+read like a ``path`` row's (same regular-file and size checks, same error rows). A folder
+mixing image files with Parquet files is refused; any other file among the images is a bad
+file (``skip_bad_files`` skips it). Local folders and ``s3://`` prefixes both work.
+
+| INPUT holds                                   | read as                                   |
+|-----------------------------------------------|-------------------------------------------|
+| Parquet files only (or other non-image files) | a Parquet corpus (non-Parquet files are bad files) |
+| image files only                              | an image folder, one row per file         |
+| image files and ``.parquet`` files            | refused: "INPUT mixes N image files with M Parquet files" |
+| image files and other files (``notes.txt``)   | an image folder; the other files are bad files |
+
+Kept columns (``keep_columns``, ``--keep-columns``): input columns copied to the output rows,
+typed as in the input. ``["*"]`` keeps every column except the image column (and the id
+column when it is named ``id``, which the output has already); the image column is kept only
+when named (with a warning: its bytes are copied into every output file). A name the input
+does not have is refused with a did-you-mean; a kept column must have the same type in every
+file. :func:`read_kept` reads them for one shard, in the driver, when the shard is committed.
+
 Ids: the given ``id_column``, else the first of ``id``/``key``/``path`` that is a string or
 integer column (integers become strings), else ``"{file relative to INPUT}#{row}"``; a null
 id falls back to that derived id. Labels (for audits): the given ``label_column`` or
@@ -48,13 +70,16 @@ keep images referenced by path outside it. All bad files are reported together i
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import errno
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -82,6 +107,10 @@ _MAX_LISTED_PROBLEMS = 20
 # decode.DEFAULT_MAX_PIXELS (3 x 89,478,485 bytes) just fits; anything larger cannot decode
 # within that limit anyway, and a runaway file must not fill a decode worker's memory.
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
+# An image folder's files, by extension (compared lower-cased).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+KEEP_ALL = "*"
+log = logging.getLogger("ironsight")
 
 
 class ImageLayout(str, Enum):
@@ -91,6 +120,7 @@ class ImageLayout(str, Enum):
     HF_STRUCT = "hf"
     SPARK = "spark"
     PATH = "path"
+    FILES = "files"  # a folder of image files: one row per file, no Parquet
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,10 @@ class CorpusPlan:
         file_sizes: bytes of each file, parallel to files (part of the fingerprint).
         allowed_roots: normalised roots that fetched image paths must lie in; empty: no limit.
             They travel with the plan to the Ray tasks that fetch.
+        keep_columns: input columns copied to the output rows (resolved: no ``*``).
+
+    For an image folder (layout ``files``), ``files`` and ``file_names`` list the images
+    (a row each), ``image_column`` is ``""`` and every shard's ``file`` is the folder.
     """
 
     uri: str
@@ -146,6 +180,7 @@ class CorpusPlan:
     file_names: tuple[str, ...] = ()
     file_sizes: tuple[int, ...] = ()
     allowed_roots: tuple[str, ...] = ()
+    keep_columns: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
         """sha256 hex over file names and sizes, shards and columns: what a resume must match.
@@ -161,6 +196,8 @@ class CorpusPlan:
         }
         if self.allowed_roots:
             doc["allowed_roots"] = list(self.allowed_roots)
+        if self.keep_columns:
+            doc["keep_columns"] = list(self.keep_columns)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -171,6 +208,7 @@ class _Columns:
     id: str | None
     label: str | None
     kinds: tuple[tuple[str, str], ...]  # (column, kind of type) in the reference file
+    keep: tuple[tuple[str, str], ...] = ()  # (kept column, exact type) in the reference file
 
 
 class _BadFile(Exception):
@@ -186,6 +224,8 @@ def plan_corpus(
     max_rows_per_shard: int = 4096,
     skip_bad_files: bool = False,
     allowed_roots: tuple[str, ...] | list[str] = (),
+    keep_columns: Sequence[str] | None = None,
+    can_skip: bool = True,
 ) -> CorpusPlan:
     """Plan a Parquet corpus into shards from the footers alone.
 
@@ -199,10 +239,16 @@ def plan_corpus(
         allowed_roots: local directories and ``s3://`` prefixes (:mod:`ironsight.cluster.paths`); when
             given, ``uri`` and every file must lie inside one (a file outside, e.g. through a
             symlink, is a bad file), and images fetched by path outside them become error rows.
+        keep_columns: input columns to copy to the output (``["*"]``: all but the image
+            column); see the module docstring.
+        can_skip: whether the caller offers ``skip_bad_files`` (``classify`` does, ``audit``
+            does not): a refusal suggests ``--skip-bad-files`` only then.
 
     Raises:
-        InvalidInput: no files match, some file is bad (all named) and not skipped, or ``uri``
-            is outside ``allowed_roots``.
+        InvalidInput: no files match, some file is bad (all named) and not skipped, ``uri``
+            is outside ``allowed_roots``, INPUT mixes image and Parquet files, or a named
+            column (image, id, label, kept) is not in the first readable file (with a
+            did-you-mean) or a kept column has the name of an output column.
 
     >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
     >>> d = tempfile.mkdtemp()
@@ -226,6 +272,11 @@ def plan_corpus(
         )
     root = _root(loc, infos)
     uris = [_uri(loc, i.path) for i in infos]
+    images = [k for k, i in enumerate(infos) if _is_image_name(i.path)]
+    if images:
+        return _plan_image_folder(uri, loc, root, infos, images, max_rows_per_shard,
+                                  skip_bad_files, roots, keep_columns, image_column, id_column,
+                                  label_column, can_skip=can_skip)
     footers = _read_footers(loc, infos)
 
     problems: list[tuple[str, str]] = []
@@ -242,7 +293,8 @@ def plan_corpus(
                 raise _BadFile("has 0 rows")
             schema = footer.schema.to_arrow_schema()
             if columns is None:
-                columns = _detect(schema, image_column, id_column, label_column)
+                columns = _detect(schema, image_column, id_column, label_column, where=file_uri)
+                columns = _with_kept(columns, schema, keep_columns, file_uri)
                 reference = file_uri
             else:
                 _check_same(schema, columns, reference)
@@ -257,7 +309,7 @@ def plan_corpus(
         raise InvalidInput(
             f"{len(problems)} of {len(uris)} file(s) in {uri!r} cannot be read as an image "
             f"corpus:\n{listed}" + (f"\n  ... and {more} more" if more > 0 else "")
-            + "\nfix or remove them, or pass --skip-bad-files (skip_bad_files: true in a spec) to leave them out"
+            + f"\nfix or remove them{_skip_advice(can_skip)}"
         )
     if columns is None:
         listed = "\n".join(f"  {f}: {r}" for f, r in problems[:_MAX_LISTED_PROBLEMS])
@@ -282,7 +334,169 @@ def plan_corpus(
         file_names=tuple(names),
         file_sizes=tuple(sizes),
         allowed_roots=roots,
+        keep_columns=tuple(c for c, _ in columns.keep),
     )
+
+
+def _is_image_name(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _plan_image_folder(uri: str, loc: storage.Location, root: str, infos: list[pafs.FileInfo],
+                       images: list[int], max_rows: int, skip_bad_files: bool,
+                       roots: tuple[str, ...], keep_columns: Sequence[str] | None,
+                       image_column: str | None, id_column: str | None,
+                       label_column: str | None, *, can_skip: bool = True) -> CorpusPlan:
+    """A folder (or glob) of image files: one row per file, in sorted path order."""
+    named = [n for n, v in (("image_column", image_column), ("id_column", id_column),
+                            ("label_column", label_column)) if v is not None]
+    if named:
+        raise InvalidInput(f"{uri!r} is a folder of image files, which has no columns: "
+                           f"{', '.join(named)} cannot be used with it")
+    if keep_columns and list(keep_columns) != [KEEP_ALL]:
+        raise InvalidInput(f"{uri!r} is a folder of image files: it has no columns to keep "
+                           f"(keep_columns {', '.join(keep_columns)}); each row is one file, "
+                           "its id the file's path relative to the folder")
+    wanted = set(images)
+    parquet = [infos[k].path for k in range(len(infos))
+               if k not in wanted and infos[k].path.lower().endswith(".parquet")]
+    if parquet:
+        raise InvalidInput(
+            f"{uri!r} mixes {len(images)} image file(s) ({_relative(root, infos[images[0]].path)}"
+            f"{', ...' if len(images) > 1 else ''}) with {len(parquet)} Parquet file(s) "
+            f"({_relative(root, parquet[0])}{', ...' if len(parquet) > 1 else ''}): an INPUT is "
+            "either a Parquet corpus or a folder of images. Point INPUT at one of them (a glob "
+            "like 'DIR/*.parquet' selects the Parquet files), or move the other out"
+        )
+    problems: list[tuple[str, str]] = []
+    files: list[str] = []
+    names: list[str] = []
+    sizes: list[int] = []
+    for k, info in enumerate(infos):
+        file_uri = _uri(loc, info.path)
+        if k not in wanted:
+            problems.append((file_uri, "not an image file (expected "
+                             f"{', '.join(IMAGE_EXTENSIONS)} in a folder of images)"))
+        elif outside := paths.check_within(file_uri, roots):
+            problems.append((file_uri, outside))
+        else:
+            files.append(file_uri)
+            names.append(_relative(root, info.path))
+            sizes.append(int(info.size or 0))
+    if problems and not skip_bad_files:
+        listed = "\n".join(f"  {f}: {r}" for f, r in problems[:_MAX_LISTED_PROBLEMS])
+        more = len(problems) - _MAX_LISTED_PROBLEMS
+        raise InvalidInput(
+            f"{len(problems)} of {len(infos)} file(s) in the image folder {uri!r} cannot be "
+            f"read:\n{listed}" + (f"\n  ... and {more} more" if more > 0 else "")
+            + f"\nremove them{_skip_advice(can_skip)}"
+        )
+    if not files:
+        raise InvalidInput(f"no usable image file in {uri!r}; all were skipped")
+    folder = _uri(loc, root)
+    shards = tuple(
+        Shard(i, folder, 0, (i,), start, min(max_rows, len(files) - start))
+        for i, start in enumerate(range(0, len(files), max_rows))
+    )
+    return CorpusPlan(
+        uri=str(uri),
+        files=tuple(files),
+        shards=shards,
+        image_column="",
+        layout=ImageLayout.FILES,
+        id_column=None,
+        label_column=None,
+        num_rows=len(files),
+        skipped=tuple(problems),
+        file_names=tuple(names),
+        file_sizes=tuple(sizes),
+        allowed_roots=roots,
+    )
+
+
+def _skip_advice(can_skip: bool) -> str:
+    """The end of a bad-files refusal. Written with the flag; the CLI rewrites it as the spec
+    key for ``run`` (``ironsight.jobs.cli.fit_hints``); a job without the option gets none."""
+    return ", or pass --skip-bad-files to leave them out" if can_skip else ""
+
+
+def _no_column(option: str, name: str, where: str, names: Sequence[str]) -> InvalidInput:
+    """``--label-column: column 'lable' not in FILE; did you mean 'label'? columns: ...``: a
+    column the job names is a wrong option, not a bad file (skipping would skip them all)."""
+    return InvalidInput(f"{option}: column {name!r} not in {where}; {_did_you_mean(name, names)}"
+                        f"columns: {', '.join(names)}")
+
+
+def _did_you_mean(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _with_kept(cols: _Columns, schema: pa.Schema, keep: Sequence[str] | None,
+               file_uri: str) -> _Columns:
+    """``cols`` with the kept columns resolved against the reference file's schema."""
+    if not keep:
+        return cols
+    from ironsight.cluster.sink import LABELS_SCHEMA  # the output's own columns
+
+    names = schema.names
+    if KEEP_ALL in keep:
+        if list(keep) != [KEEP_ALL]:
+            raise InvalidInput(f"keep_columns: '*' keeps every column; it cannot be combined "
+                               f"with names ({', '.join(keep)})")
+        chosen = [n for n in names if n != cols.image and not (n == "id" and n == cols.id)]
+        if cols.layout is ImageLayout.SPARK:
+            chosen = [n for n in chosen if n != "content"]
+    else:
+        chosen = list(dict.fromkeys(keep))
+        missing = [n for n in chosen if n not in names]
+        if missing:
+            n = missing[0]
+            raise InvalidInput(
+                f"keep_columns: {file_uri} has no column {n!r}; {_did_you_mean(n, names)}"
+                f"(columns: {', '.join(names)})"
+            )
+        if cols.image in chosen:
+            log.warning("keep_columns names the image column %r: its bytes are copied into "
+                        "every output file, which makes OUTPUT about as large as INPUT",
+                        cols.image)
+    clash = [n for n in chosen if n in LABELS_SCHEMA.names]
+    if clash:
+        why = " (the id column: the output's id holds its values already)" if (
+            clash[0] == "id" and cols.id == "id") else ""
+        raise InvalidInput(
+            f"keep_columns: input column {clash[0]!r} has the name of an output column{why}; "
+            f"output columns: {', '.join(LABELS_SCHEMA.names)}. Leave it out of keep_columns"
+        )
+    keep_kinds = tuple((n, str(schema.field(n).type)) for n in chosen)
+    return dataclasses.replace(cols, keep=keep_kinds)
+
+
+def read_kept(plan: CorpusPlan, shard: Shard) -> pa.Table:
+    """The kept columns of one shard's rows, in row order, typed as in the input.
+
+    Raises:
+        JobFailed: the file cannot be read, or its row groups hold another number of rows
+            than planned (it changed since).
+    """
+    loc = storage.resolve(shard.file)
+    source = storage.with_retries(lambda: loc.fs.open_input_file(loc.path),
+                                  what=f"opening {shard.file}")
+    try:
+        try:
+            table = pq.ParquetFile(source).read_row_groups(
+                list(shard.row_groups), columns=list(plan.keep_columns), use_threads=False)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            why = " ".join(str(exc).split())
+            raise JobFailed(f"reading the kept columns of {shard.file} row groups "
+                            f"{shard.row_groups[0]}-{shard.row_groups[-1]} failed: {why}") from exc
+    finally:
+        source.close()
+    if table.num_rows != shard.num_rows:
+        raise JobFailed(f"{shard.file} changed since the job was planned: row groups "
+                        f"{shard.row_groups[0]}-{shard.row_groups[-1]} hold {table.num_rows} "
+                        f"rows, not {shard.num_rows}; rerun to plan it again")
+    return table
 
 
 def _cut(footer: pq.FileMetaData, file: str, file_index: int, first_index: int,
@@ -448,11 +662,13 @@ _EXPECTED_IMAGE = "binary, struct<bytes: binary, path: string> or a string path/
 
 
 def _detect(schema: pa.Schema, image_column: str | None, id_column: str | None,
-            label_column: str | None) -> _Columns:
+            label_column: str | None, *, where: str) -> _Columns:
+    """The columns a plan reads, from the first readable file ``where``; a named column it
+    lacks raises :class:`InvalidInput` (:func:`_no_column`), any other problem ``_BadFile``."""
     names = schema.names
     if image_column is not None:
         if image_column not in names:
-            raise _BadFile(f"has no column {image_column!r} (columns: {', '.join(names)})")
+            raise _no_column("--image-column", image_column, where, names)
         t = schema.field(image_column).type
         if _is_binary(t):
             layout = ImageLayout.BYTES
@@ -473,7 +689,7 @@ def _detect(schema: pa.Schema, image_column: str | None, id_column: str | None,
             image = candidates[0]
         elif len(candidates) > 1:
             raise _BadFile(f"has several image-like columns ({', '.join(candidates)}); "
-                           "pass image_column to choose one")
+                           "pass --image-column to choose one")
         elif paths:
             image = paths[0]
         else:
@@ -481,7 +697,7 @@ def _detect(schema: pa.Schema, image_column: str | None, id_column: str | None,
                 "has no image column: expected a binary column, a struct<bytes: binary, "
                 f"path: string> or a path column named one of {', '.join(PATH_NAMES)} "
                 f"(columns: {', '.join(f'{f.name}: {f.type}' for f in schema)}); "
-                "pass image_column to name it"
+                "pass --image-column to name it"
             )
         t = schema.field(image).type
         layout = (ImageLayout.HF_STRUCT if _is_hf(t) else
@@ -492,7 +708,7 @@ def _detect(schema: pa.Schema, image_column: str | None, id_column: str | None,
 
     if id_column is not None:
         if id_column not in names:
-            raise _BadFile(f"has no id column {id_column!r} (columns: {', '.join(names)})")
+            raise _no_column("--id-column", id_column, where, names)
         t = schema.field(id_column).type
         if not (_is_string(t) or _is_int(t)):
             raise _BadFile(f"id column {id_column!r} is {t}; expected a string or integer")
@@ -504,7 +720,7 @@ def _detect(schema: pa.Schema, image_column: str | None, id_column: str | None,
 
     if label_column is not None:
         if label_column not in names:
-            raise _BadFile(f"has no label column {label_column!r} (columns: {', '.join(names)})")
+            raise _no_column("--label-column", label_column, where, names)
         t = schema.field(label_column).type
         if not _is_int(t):
             raise _BadFile(f"label column {label_column!r} is {t}; expected an integer "
@@ -531,7 +747,15 @@ def _kind(t: pa.DataType) -> str:
 
 
 def _check_same(schema: pa.Schema, cols: _Columns, reference: str) -> None:
-    """The columns the plan reads must exist here with the same kind of type."""
+    """The columns the plan reads must exist here with the same kind of type (kept columns:
+    the same type)."""
+    for name, expected in cols.keep:
+        if name not in schema.names:
+            raise _BadFile(f"schema differs from {reference}: it has no column {name!r} "
+                           "(in keep_columns)")
+        if str(schema.field(name).type) != expected:
+            raise _BadFile(f"schema differs from {reference}: kept column {name!r} is "
+                           f"{schema.field(name).type} here, {expected} there")
     for name, expected in cols.kinds:
         if name not in schema.names:
             raise _BadFile(f"schema differs from {reference}: it has no column {name!r}")
@@ -563,6 +787,9 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
     """
     if batch_rows < 1:
         raise InvalidInput(f"batch_rows must be >= 1, got {batch_rows}")
+    if plan.layout is ImageLayout.FILES:
+        yield from _iter_image_files(plan, shard, batch_rows)
+        return
     loc = storage.resolve(shard.file)
     name = plan.file_names[shard.file_index] if plan.file_names else posixpath.basename(loc.path)
     wanted = [plan.image_column, plan.id_column, plan.label_column]
@@ -598,6 +825,22 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
             row += n
     finally:
         source.close()
+        fetcher.close()
+
+
+def _iter_image_files(plan: CorpusPlan, shard: Shard, batch_rows: int) -> Iterator[dict]:
+    """An image folder's shard: ``num_rows`` files from ``row_start``, read like path rows."""
+    fetcher = _Fetcher(storage.resolve(shard.file), plan.allowed_roots)
+    try:
+        end = shard.row_start + shard.num_rows
+        for start in range(shard.row_start, end, batch_rows):
+            stop = min(start + batch_rows, end)
+            fetched = fetcher.fetch_many(list(plan.files[start:stop]))
+            yield {"id": list(plan.file_names[start:stop]),
+                   "image": [blob for blob, _ in fetched],
+                   "error": [err for _, err in fetched],
+                   "row": np.arange(start, stop, dtype=np.int64)}
+    finally:
         fetcher.close()
 
 

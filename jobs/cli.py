@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, NoReturn
 
 from ironsight.cluster.errors import InvalidInput, IronsightError
 from ironsight.jobs.observability import (
@@ -48,9 +51,11 @@ EPILOG_CLASSIFY = textwrap.dedent(
       ironsight classify s3://archive/images/ s3://archive/labels/ --model-card my-model.yaml
       AWS_ENDPOINT_URL=http://minio:9000 ironsight classify s3://b/in s3://b/out --model ...
 
-    OUTPUT gets one Parquet file per input shard (id, label, label_name, score, topk_labels,
-    topk_scores, error), _manifest.json, and _SUCCESS when complete. Rerunning the same
-    command resumes where a crashed run stopped; rerunning a finished job does nothing.
+    INPUT is a Parquet corpus or a folder of JPEG/PNG/WebP files (ids: their relative paths;
+    `ironsight pack` turns such a folder into Parquet). OUTPUT gets one Parquet file per input
+    shard (id, pred_label, pred_label_name, pred_score, pred_topk_labels, pred_topk_scores,
+    error, then any --keep-columns), _manifest.json, and _SUCCESS when complete. Rerunning the
+    same command resumes where a crashed run stopped; rerunning a finished job does nothing.
     """
 )
 
@@ -67,20 +72,118 @@ EPILOG_AUDIT = textwrap.dedent(
 
 # Modules that contribute subcommands: each has ``add_commands(subparsers, formatter)``, and
 # each parser it adds sets ``handler=fn(args) -> exit code`` with ``set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ("ironsight.jobs.history", "ironsight.jobs.submit", "ironsight.jobs.deploy_cli", "ironsight.jobs.schedule")
+COMMAND_MODULES: tuple[str, ...] = ("ironsight.jobs.history", "ironsight.jobs.submit", "ironsight.jobs.deploy_cli", "ironsight.jobs.schedule", "ironsight.jobs.pack")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32, width=100)
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` as every ``ironsight`` command uses it (subcommands inherit
+    it through ``add_subparsers``).
+
+    | what                       | plain argparse (3.11)          | here                            |
+    |----------------------------|--------------------------------|---------------------------------|
+    | ``--max-image 3``          | taken as ``--max-images``      | refused (``allow_abbrev=False``)|
+    | an unknown option          | ``unrecognized arguments``,    | that command's usage and a      |
+    |                            | with the root parser's usage   | did-you-mean among its options  |
+    | ``invalid choice: 'gaet'`` | the choices                    | and ``did you mean 'gate'?``    |
+    | ``epilog_factory``         |                                | builds the epilog for ``-h``    |
+    """
+
+    def __init__(self, *args: object, epilog_factory: Callable[[], str] | None = None, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.epilog_factory = epilog_factory
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        ns, extras = super().parse_known_args(args, namespace)
+        # The innermost (sub)command parser records itself; its namespace is copied upwards.
+        if not hasattr(ns, _PARSER_ATTR):
+            setattr(ns, _PARSER_ATTR, self)
+        return ns, extras
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        ns, extras = self.parse_known_args(args, namespace)
+        owner: Parser = getattr(ns, _PARSER_ATTR, self)
+        delattr(ns, _PARSER_ATTR)
+        self.command_parser = owner  # the (sub)command that parsed them: fit_hints
+        if extras:
+            owner.error(f"unrecognized arguments: {' '.join(extras)}{owner.suggest_options(extras)}")
+        return ns
+
+    def option_strings(self) -> list[str]:
+        """This parser's long options, ``--help`` included."""
+        return [o for o in self._option_string_actions if o.startswith("--")]
+
+    def suggest_options(self, words: Sequence[str]) -> str:
+        """``; did you mean --max-images?`` for the unknown options among ``words``."""
+        known = self.option_strings()
+        hints = []
+        for word in words:
+            if not word.startswith("-"):
+                continue
+            flag = word.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            if close and close[0] not in hints:
+                hints.append(close[0])
+        return f"; did you mean {' or '.join(hints)}?" if hints else ""
+
+    def error(self, message: str) -> NoReturn:
+        choice = _INVALID_CHOICE.search(message)
+        if choice:
+            options = re.findall(r"'([^']*)'", choice.group(2))
+            close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        super().error(message)
+
+    def format_help(self) -> str:
+        if self.epilog_factory is not None and self.epilog is None:
+            self.epilog = self.epilog_factory()
+        return super().format_help()
+
+
+_PARSER_ATTR = "_ironsight_parser"
+_INVALID_CHOICE = re.compile(r"invalid choice: '(.*?)' \(choose from (.*)\)")
+
+
+class _Version(argparse.Action):
+    """``--version``: ``ironsight 0.1.0 (python 3.11.9, torch 2.14.1, ray 2.60.0)``, from the
+    installed distributions' metadata (nothing is imported)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print Ironsight's version (and Python's, torch's and Ray's) and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    """``ironsight X.Y.Z (python …, torch …, ray …)``; a missing distribution reads ``not installed``."""
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"ironsight {version('ironsight')} (python {python}, torch {version('torch')}, ray {version('ray')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ironsight",
         description="Bulk-label image archives and audit classifier robustness, on Ray.",
         formatter_class=_formatter,
         epilog="Run `ironsight COMMAND --help` for a command's options. Start with `ironsight demo`.",
     )
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details and Ray's own output")
     parser.add_argument(
         "--log-format", choices=LOG_FORMATS, default=None,
@@ -134,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on its own (the kind is told from the keys, or --kind). Relative paths in a spec start "
         "at the spec's folder. Exit 0 valid, 2 invalid; errors name the file and the field.",
         formatter_class=_formatter,
+        epilog_factory=_validate_keys,
     )
     p.add_argument("spec", metavar="FILE.yaml")
     p.add_argument("--kind", choices=("spec", "gate", "suite", "card"), default=None,
@@ -171,7 +275,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _validate_keys() -> str:
+    """``validate --help``'s epilog: the keys of each kind of file, from the models that check them."""
+    from ironsight.cluster.models.card import ModelCard
+    from ironsight.jobs.spec import SPEC_KINDS
+    from ironsight.robustness.gate import Gate
+    from ironsight.robustness.suites import _SuiteModel
+
+    kinds: list[tuple[str, Iterable[str]]] = [
+        (f"spec (kind: {name})", model.model_fields) for name, model in SPEC_KINDS.items()
+    ]
+    kinds += [("gate", Gate.model_fields), ("suite", _SuiteModel.model_fields), ("card", ModelCard.model_fields)]
+    lines = ["keys of each kind (a spec's keys are the options of `ironsight classify` or",
+             "`ironsight audit` with underscores: `ironsight classify --top-k 3` is top_k: 3):"]
+    for label, keys in kinds:
+        body = textwrap.fill(", ".join(keys), width=96, initial_indent="    ", subsequent_indent="    ")
+        lines.append(f"  {label}:\n{body}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``ironsight`` command; returns its exit code (see the module docstring).
+
+    A closed stdout (``ironsight models list | head -2``) ends the command quietly with 141
+    (128 + SIGPIPE, as a shell reports a command SIGPIPE ended): stdout is pointed at
+    ``/dev/null``, as the Python docs recommend, so that the final flush raises nothing.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a broken pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (a test's capture)
+            pass
+        finally:
+            os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE; a shell reports 141 for a command a closed pipe ended
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -182,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except IronsightError as exc:
-        console(f"ironsight: error: {exc}", logging.ERROR)
+        console(f"ironsight: error: {fit_hints(str(exc), parser)}", logging.ERROR)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
@@ -194,6 +342,122 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+
+
+# --- hints that name options: only the ones the running command accepts ---------------------
+
+_FLAG = re.compile(r"(?<![\w/.\-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+# Where an option has a setting every command reads, that is what a command without the option
+# is told to set.
+FLAG_ENV = {"--history-db": "IRONSIGHT_HISTORY_URL"}
+
+
+def fit_hints(message: str, root: argparse.ArgumentParser) -> str:
+    """Rephrase the options an error message names so that each works for the command that
+    printed it (``root.command_parser``, set by :meth:`Parser.parse_args`).
+
+    Library code names an option the way ``classify``/``audit`` spell it (``--skip-bad-files``,
+    ``--overwrite``, ``--label-column``); a spec key is the same option with underscores.
+
+    | the option named is …                                 | becomes                            |
+    |-------------------------------------------------------|------------------------------------|
+    | accepted by the command (or before it: ``--verbose``) | left as it is                      |
+    | written with its command (``ironsight history --html``) | left as it is                    |
+    | a spec key, and the command reads a spec (``run``,    | ``overwrite: true``,               |
+    | ``validate``, ``submit``, ``schedule``, ``deploy``)   | ``weights: PATH_OR_URI``, ``name`` |
+    | also an environment variable (:data:`FLAG_ENV`)       | that variable                      |
+    | another command's option                              | ``ironsight CMD --flag``           |
+
+    Words that are no ``ironsight`` option (a path ``x--y``) are left alone.
+
+    >>> root = build_parser()
+    >>> _ = root.parse_args(["run", "spec.yaml"])
+    >>> fit_hints("fix them, or pass --skip-bad-files to leave them out", root)
+    'fix them, or pass `skip_bad_files: true` to leave them out'
+    >>> fit_hints("pass --weights PATH_OR_URI or --model-card CARD.yaml", root)
+    'pass `weights: PATH_OR_URI` or `model_card: CARD.yaml`'
+    >>> _ = root.parse_args(["models", "show", "x"])
+    >>> fit_hints("not registered (or pass --model-card for your own)", root)
+    'not registered (or pass `ironsight classify --model-card` for your own)'
+    """
+    owner = getattr(root, "command_parser", None)
+    if not isinstance(owner, Parser) or not isinstance(root, Parser):
+        return message
+    accepted = set(owner.option_strings()) | set(root.option_strings())
+    owners = _option_owners(root)
+    spec_actions = _spec_actions(root) if _reads_spec(owner) else {}
+    out: list[str] = []
+    pos = 0
+    for m in _FLAG.finditer(message):
+        flag, (start, end) = m.group(0), m.span()
+        if flag in accepted or flag not in owners or _named_with_command(message, start):
+            continue
+        quote = "" if message[start - 1:start] == "`" else "`"
+        action = spec_actions.get(flag)
+        if action is not None:
+            metavar = action.metavar if isinstance(action.metavar, str) else None
+            if action.nargs == 0:
+                text = f"{action.dest}: true"
+            elif metavar and message.startswith(f" {metavar}", end):
+                text, end = f"{action.dest}: {metavar}", end + 1 + len(metavar)
+            else:
+                text = action.dest
+            text = f"{quote}{text}{quote}"
+        elif flag in FLAG_ENV:
+            text = FLAG_ENV[flag]
+        else:
+            text = f"{quote}ironsight {owners[flag][0]} {flag}{quote}"
+        out.append(message[pos:start] + text)
+        pos = end
+    fitted = "".join(out) + message[pos:]
+    for env in FLAG_ENV.values():  # "IRONSIGHT_HISTORY_URL / --history-db" named it twice
+        fitted = re.sub(rf"{env}(\s*(?:/|or)\s*){env}\b", env, fitted)
+    return fitted
+
+
+def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+          ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every (sub)command parser under ``parser`` with its command words, ``parser`` first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, (*path, name))
+
+
+def _option_owners(root: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """``--flag`` -> the commands that accept it, in ``ironsight --help`` order."""
+    owners: dict[str, list[str]] = {}
+    for path, parser in _walk(root):
+        if path and isinstance(parser, Parser):
+            for flag in parser.option_strings():
+                owners.setdefault(flag, []).append(" ".join(path))
+    return owners
+
+
+def _reads_spec(parser: argparse.ArgumentParser) -> bool:
+    """The command reads a job spec: its positional is ``spec`` (run, validate, submit, ...)."""
+    return any(not a.option_strings and a.dest == "spec" for a in parser._actions)
+
+
+def _spec_actions(root: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """``--flag`` -> its action in ``classify``/``audit``, for the options that are spec keys."""
+    from ironsight.jobs.spec import SPEC_KINDS
+
+    actions: dict[str, argparse.Action] = {}
+    for path, parser in _walk(root):
+        if len(path) == 1 and path[0] in SPEC_KINDS:
+            for action in parser._actions:
+                if action.dest in SPEC_KINDS[path[0]].model_fields:
+                    for flag in action.option_strings:
+                        actions.setdefault(flag, action)
+    return actions
+
+
+def _named_with_command(message: str, at: int) -> bool:
+    """The option at ``at`` is written with its command (```ironsight history nightly --html```)."""
+    since = max(message.rfind(c, 0, at) for c in "`\n;(")
+    return "ironsight " in message[since + 1:at]
 
 
 class Terminated(KeyboardInterrupt):
@@ -274,19 +538,37 @@ def _dispatch(args: argparse.Namespace) -> int:
             retrain=args.retrain,
             audit_images=args.audit_images,
             progress=_progress(args),
+            verbose=args.verbose,
         )
     raise InvalidInput(f"unknown command {args.command!r}")
 
 
 def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = False) -> int:
-    from ironsight.cluster.pipeline import ClassifyConfig, plan_classify, run_classify
+    summary, _ = classify_spec(spec, progress, verbose=verbose)
+    print(summary.render())
+    return 0
+
+
+def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = False,
+                  source: Any = None) -> tuple[Any, Any]:
+    """Run a classify spec as ``ironsight classify`` does (history, SIGTERM, Ray); returns
+    ``(ClassifySummary, RunRecorder)``. ``source`` replaces ``spec.source()`` (the Python
+    API's in-memory module, ``ironsight.jobs.api``)."""
+    from ironsight.cluster.pipeline import (
+        ClassifyConfig,
+        check_device,
+        completed_summary,
+        plan_classify,
+        run_classify,
+        validate_model,
+    )
     from ironsight.cluster.raycluster import connect
     from ironsight.jobs.history import RunRecorder
 
     cfg = ClassifyConfig(
         input=spec.input,
         output=spec.output,
-        source=spec.source(),
+        source=spec.source() if source is None else source,
         top_k=spec.top_k,
         batch_size=spec.batch_size,
         actors=spec.actors,
@@ -299,27 +581,48 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
         torch_compile=spec.torch_compile,
         progress=progress,
         allowed_roots=spec.effective_roots(),
+        keep_columns=tuple(spec.keep_columns or ()),
     )
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
         plan = plan_classify(cfg)  # footers only: bad files are refused before Ray starts
-        with connect(spec.address, quiet=not verbose):
-            reinstall()  # ray.init replaced it
-            summary = run_classify(cfg, plan=plan)
+        check_device(cfg.device, spec.address)  # before Ray too: --device cuda with no GPU here
+        model = validate_model(cfg.source)  # the card and weights, before Ray
+        summary = completed_summary(cfg, plan, model)  # a finished job: done, Ray never starts
+        if summary is None:
+            with connect(spec.address, quiet=not verbose):
+                reinstall()  # ray.init replaced it
+                summary = run_classify(cfg, plan=plan, model=model)
         record.classify_succeeded(summary)
-    print(summary.render())
-    return 0
+    return summary, record
 
 
 def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) -> int:
-    from ironsight.cluster.raycluster import connect
-    from ironsight.jobs.audit import AuditConfig, resolve_suite, run_audit
-    from ironsight.jobs.history import EXIT_REGRESSED, RunRecorder
+    from ironsight.jobs.history import EXIT_REGRESSED
     from ironsight.robustness.report import text_summary
+
+    result, record, regressions = audit_spec(spec, progress, verbose=verbose)
+    print(text_summary(result.report))
+    print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")
+    if regressions:
+        console(record.regression_text())
+        return EXIT_REGRESSED
+    return 0
+
+
+def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
+               source: Any = None) -> tuple[Any, Any, list]:
+    """Run an audit spec as ``ironsight audit`` does (history, SIGTERM, Ray); returns
+    ``(AuditResult, RunRecorder, regressions)``; a failed gate raises ``GateFailed`` after the
+    reports are written. ``source`` replaces ``spec.source()`` (``ironsight.jobs.api``)."""
+    from ironsight.cluster.pipeline import check_device
+    from ironsight.cluster.raycluster import connect
+    from ironsight.jobs.audit import AuditConfig, plan_audit, resolve_suite, run_audit
+    from ironsight.jobs.history import RunRecorder
 
     cfg = AuditConfig(
         input=spec.input,
         output=spec.output,
-        source=spec.source(),
+        source=spec.source() if source is None else source,
         suite=resolve_suite(spec.suite, spec.severities),
         label_column=spec.label_column,
         image_column=spec.image_column,
@@ -336,17 +639,14 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
         allowed_roots=spec.effective_roots(),
     )
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
+        check_device(cfg.device, spec.address)  # as classify: all of it before Ray starts
+        prepared = plan_audit(cfg)  # eval set, gate, baseline, model, OUTPUT
         with connect(spec.address, quiet=not verbose):
             reinstall()  # ray.init replaced it
             # the run history judges the audit before report.json is written (its "history")
-            result = run_audit(dataclasses.replace(cfg, history=record.judge_audit))
+            result = run_audit(dataclasses.replace(cfg, history=record.judge_audit), prepared=prepared)
         regressions = record.audit_finished(result.report)
-    print(text_summary(result.report))
-    print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")
-    if regressions:
-        console(record.regression_text())
-        return EXIT_REGRESSED
-    return 0
+    return result, record, regressions
 
 
 def _conditions() -> int:

@@ -68,11 +68,12 @@ new noise draw per level, and the result is still a pure function of
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 # albumentations 2.0.x asks PyPI for a newer version when imported (a network call, up to a
@@ -169,13 +170,28 @@ def list_conditions(filter: str | None = None) -> list[str]:
 
 
 def get_condition(name: str) -> Condition:
-    """The registered condition ``name``; unknown names raise ``ValueError`` listing valid ones."""
+    """The registered condition ``name``; unknown names raise ``ValueError`` with a
+    did-you-mean (:func:`did_you_mean`) and the valid ones."""
     try:
         return _REGISTRY[name]
     except KeyError:
+        names = list_conditions()
         raise ValueError(
-            f"condition {name!r} unknown; expected one of {', '.join(list_conditions())}"
+            f"condition {name!r} unknown; {did_you_mean(name, names)}expected one of {', '.join(names)}"
         ) from None
+
+
+def did_you_mean(name: object, names: Iterable[str]) -> str:
+    """``"did you mean 'gaussian_blur'? "`` for the closest of ``names`` (difflib), else ``""``;
+    the start of an error message about an unknown name (conditions, attacks, suites).
+
+    >>> did_you_mean("gausian_blur", ["fog", "gaussian_blur", "gaussian_noise"])
+    "did you mean 'gaussian_blur'? "
+    >>> did_you_mean("xyz", ["fog"])
+    ''
+    """
+    close = difflib.get_close_matches(str(name), list(names), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def _stable_int(text: str) -> int:

@@ -44,7 +44,12 @@ from ironsight.cluster.yamlfile import (
     short_repr,
 )
 from ironsight.robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
-from ironsight.robustness.conditions import IMAGENET_C_CONDITIONS, SEVERITIES, list_conditions
+from ironsight.robustness.conditions import (
+    IMAGENET_C_CONDITIONS,
+    SEVERITIES,
+    did_you_mean,
+    list_conditions,
+)
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,8 @@ def get_suite(name_or_path: str) -> Suite:
         return _BUILTIN[name_or_path]()
     if _looks_like_a_file(name_or_path):
         return load_suite(name_or_path)
-    raise SuiteError(f"suite {name_or_path!r} unknown; expected one of "
+    hint = did_you_mean(name_or_path, list_suites())
+    raise SuiteError(f"suite {name_or_path!r} unknown; {hint}expected one of "
                      f"{', '.join(list_suites())} or the path of a suite YAML file")
 
 
@@ -153,7 +159,8 @@ class _AttackModel(BaseModel):
     @classmethod
     def _known_attack(cls, v: str) -> str:
         if v not in list_attacks():
-            raise ValueError(f"attack {v!r} unknown; expected one of {', '.join(list_attacks())}")
+            raise ValueError(f"attack {v!r} unknown; {did_you_mean(v, list_attacks())}"
+                             f"expected one of {', '.join(list_attacks())}")
         return v
 
     @field_validator("eps")
@@ -185,7 +192,8 @@ class _SuiteModel(BaseModel):
             valid = list_conditions()
             unknown = [c for c in v if c not in valid]
             if unknown:
-                raise ValueError(f"condition(s) {', '.join(map(repr, unknown))} unknown; "
+                hints = "".join(did_you_mean(c, valid) for c in unknown[:3])
+                raise ValueError(f"condition(s) {', '.join(map(repr, unknown))} unknown; {hints}"
                                  f"expected any of {', '.join(valid)}")
             if len(set(v)) != len(v):
                 raise ValueError(f"conditions {v} repeat a name")

@@ -160,7 +160,7 @@ def test_prefers_named_image_column_among_binaries(tmp_path):
 
 def test_ambiguous_binary_columns_ask_for_image_column(tmp_path):
     write(tmp_path / "c" / "a.parquet", {"thumb": [b"t"], "blob": [b"b"]})
-    with pytest.raises(InvalidInput, match="several image-like columns.*image_column"):
+    with pytest.raises(InvalidInput, match="several image-like columns.*--image-column"):
         plan_corpus(str(tmp_path / "c"))
     assert plan_corpus(str(tmp_path / "c"), image_column="blob").image_column == "blob"
 
@@ -201,10 +201,13 @@ def test_label_detection(tmp_path, labels, label_column, expected):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"image_column": "label"}, "column 'label' is int64; expected binary, struct<bytes: binary"),
-    ({"image_column": "picture"}, "has no column 'picture' (columns: image, label, name, score)"),
+    ({"image_column": "picture"}, "--image-column: column 'picture' not in "),
+    ({"image_column": "picture"}, "; columns: image, label, name, score"),
     ({"id_column": "score"}, "id column 'score' is double; expected a string or integer"),
     ({"label_column": "name"}, "label column 'name' is string; expected an integer"),
-    ({"label_column": "nope"}, "has no label column 'nope'"),
+    ({"label_column": "nope"}, "--label-column: column 'nope' not in "),
+    ({"label_column": "lable"}, "; did you mean 'label'? columns: image, label, name, score"),
+    ({"id_column": "nmae"}, "--id-column: column 'nmae' not in "),
 ])
 def test_explicit_bad_columns_name_file_column_and_type(tmp_path, kwargs, message):
     write(tmp_path / "c" / "part-003.parquet", {"image": [b"1"], "label": [1], "name": ["a"],
@@ -273,7 +276,10 @@ def test_bad_file_is_named_before_any_work(corpus_with_bad_file):
     message = str(info.value)
     listed = [line.strip() for line in message.splitlines() if line.startswith("  ")]
     assert len(listed) == 1 and listed[0].startswith(f"{bad}: ") and reason in listed[0]
-    assert "skip_bad_files" in message
+    assert "--skip-bad-files" in message
+    with pytest.raises(InvalidInput) as info:  # a caller without the option (audit)
+        plan_corpus(root, can_skip=False)
+    assert "skip" not in str(info.value).replace(bad, "")
 
 
 @pytest.mark.parametrize("corpus_with_bad_file", sorted(BAD_FILES), indirect=True)

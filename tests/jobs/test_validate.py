@@ -76,7 +76,7 @@ def test_a_missing_gate_fails_naming_the_field_and_the_resolved_path(specs, caps
 @pytest.mark.parametrize(("extra", "needle"), [
     ("gate: gate.yaml\n", "invalid gate in"),
     ("suite: suite.yaml\n", "suite"),
-    ("suite: quik\n", "suite: suite 'quik' unknown; expected one of"),
+    ("suite: quik\n", "suite: suite 'quik' unknown; did you mean 'quick'? expected one of"),
     ("model_card: card.yaml\n", "model card"),
 ])
 def test_errors_inside_the_files_the_spec_names_are_reported(specs, capsys, extra, needle):
