@@ -198,6 +198,31 @@ def list_files(loc: Location, suffix: str | None = None) -> list[pafs.FileInfo]:
     return sorted(out, key=lambda i: i.path)
 
 
+def check_input(uri: str, allowed_roots: tuple[str, ...] | list[str] = ()) -> None:
+    """Refuse an INPUT that names nothing, with what is light to import (no torch, no Ray).
+
+    The CLI calls it first, so a mistyped path or bucket, an endpoint host that does not
+    resolve or refused credentials answer in about a second of CPU instead of after torch's
+    import (several seconds); ``ironsight.cluster.corpus.plan_corpus`` then checks the files
+    themselves, as before. Listing is all it does; the same listing is repeated by the plan.
+
+    Raises:
+        InvalidInput: ``uri`` is outside ``allowed_roots`` or matches no files (the wording of
+            ``plan_corpus``).
+        StorageError: the object store refused (no such bucket, host, credentials, access).
+    """
+    from ironsight.cluster import paths
+
+    outside = paths.check_within(uri, paths.parse_roots(allowed_roots, source="allowed_roots"))
+    if outside:
+        raise InvalidInput(f"input: {outside}")
+    if not list_files(resolve(uri)):
+        raise InvalidInput(
+            f"{uri!r} matches no files; expected a Parquet file, a directory of them, a glob "
+            "or s3://bucket/prefix"
+        )
+
+
 def check_bucket(loc: Location) -> None:
     """Raise :class:`StorageError` "no such bucket …" when ``loc`` is on S3 and its bucket does
     not exist; nothing for a local path. One HEAD request: call it where a path was not found.
@@ -512,8 +537,10 @@ def classify_error(exc: OSError, *, env: dict[str, str] | None = None) -> Ironsi
         bucket = _BUCKET.search(text)
         target = (f"s3://{key.group('bucket')}/{key.group('key')}" if key
                   else f"s3://{bucket.group('bucket')}" if bucket else f"endpoint {endpoint_name(env)}")
-        return StorageError(f"access denied to {target}: check the credentials' permissions "
-                            f"(the key in AWS_ACCESS_KEY_ID or profile {env.get('AWS_PROFILE') or 'default'})")
+        # A HEAD request's 403 has no body: a wrong key and a missing permission look the same.
+        return StorageError(f"access denied to {target}: check the credentials' permissions, and "
+                            f"that the key (AWS_ACCESS_KEY_ID, or profile {env.get('AWS_PROFILE') or 'default'}) "
+                            "is the one meant for this bucket")
     if status is not None and status.startswith("4") and status not in _TRANSIENT_4XX:
         return JobFailed(f"the object store refused the request (HTTP {status}): {_one_line(exc)}")
     return None  # throttling, 5xx, timeouts, refused or reset connections
