@@ -438,6 +438,7 @@ def summary_rows(report: dict) -> list[list[str]]:
     s, clean = report["summary"], report["clean"]
     rows = [
         ["clean accuracy", ci_text(clean) if clean.get("ci95") else _pct(s["clean_accuracy"])],
+        ["worst clean class", _worst(clean.get("worst_class"))],
         ["clean ECE (15 bins)", _num(clean["ece"])],
         ["mean corruption accuracy", _pct(s["mean_corruption_accuracy"])],
     ]

@@ -221,3 +221,27 @@ def test_drop_uses_the_comparison_stored_in_the_report():
         "clean accuracy: dropped 0.10 from 0.90 to 0.80, more than the allowed 0.05"
     ]
     assert [c.name for c in result.skipped] == ["max_drop_vs_baseline.gaussian_noise"]
+
+
+def test_significance_without_max_drop_is_refused(tmp_path):
+    path = tmp_path / "gate.yaml"
+    path.write_text("significance: 0.05\n")
+    with pytest.raises(InvalidInput, match="significance only applies to max_drop_vs_baseline") as err:
+        load_gate(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1])
+def test_significance_must_be_a_level_between_0_and_1(value):
+    with pytest.raises(InvalidInput, match="significance"):
+        parse_gate({"max_drop_vs_baseline": 0.02, "significance": value})
+
+
+def test_significance_without_image_counts_judges_by_the_drop_alone():
+    # these reports carry accuracies but no n: nothing to test, so the drop decides
+    gate = parse_gate({"max_drop_vs_baseline": 0.04, "significance": 0.05})
+    result = evaluate_gate(make_report(clean=0.84), gate, make_report())
+    assert [c.message for c in result.failed] == [
+        "clean accuracy: dropped 0.06 from 0.90 to 0.84, more than the allowed 0.04 "
+        "(no image counts to test significance: judged by the drop alone)"
+    ]
