@@ -44,6 +44,12 @@ DEFAULT_EPSILONS: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 # change grows with sqrt(3 * H * W), so at our 64 px demo size 0.5 is mild and 2.0 strong.
 DEFAULT_L2_EPSILONS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
 
+# AutoAttack "standard" as in Croce & Hein's reference code (fra31/auto-attack, set_version):
+# 100 iterations per APGD/FAB run, 9 target classes for APGD-T and FAB-T, Square 5,000 queries
+AUTOATTACK_STEPS = 100
+AUTOATTACK_TARGETS = 9
+AUTOATTACK_MIN_CLASSES = 4
+
 _ATTACKS = {"fgsm": torchattacks.FGSM, "pgd": torchattacks.PGD, "pgd_l2": torchattacks.PGDL2,
             "autoattack": torchattacks.AutoAttack}
 _NORM = {"fgsm": "linf", "pgd": "linf", "pgd_l2": "l2", "autoattack": "linf"}
@@ -164,12 +170,23 @@ def _make_attack(model: nn.Module, images: torch.Tensor, name: str, *, eps: floa
     elif name == "pgd_l2":
         atk = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
     else:
-        with torch.no_grad():  # APGD-T and FAB-T target every other class: count them
+        with torch.no_grad():
             n_classes = int(model(images[:1].contiguous()).shape[1])
+        if n_classes < AUTOATTACK_MIN_CLASSES:
+            raise ValueError(f"attack 'autoattack' needs a model with at least "
+                             f"{AUTOATTACK_MIN_CLASSES} classes (APGD-T's loss compares the "
+                             f"top 4 logits); this model has {n_classes}: use pgd instead")
+        # torchattacks runs n_classes - 1 targeted passes in APGD-T and FAB-T; the reference
+        # targets the 9 most likely other classes only (1000 classes: 999 passes each, 111x)
         atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
-                                      n_classes=n_classes, seed=seed)
-        for sub in atk._autoattack.attacks:  # each stage took the device from the model too
-            sub.set_device(images.device)
+                                      n_classes=min(n_classes, AUTOATTACK_TARGETS + 1),
+                                      seed=seed)
+        for sub in atk._autoattack.attacks:
+            sub.set_device(images.device)  # each stage took the device from the model too
+            if isinstance(sub, torchattacks.Square):
+                sub.rescale_schedule = False  # the reference's Square schedule
+            else:
+                sub.steps = AUTOATTACK_STEPS  # APGD-CE, APGD-T, FAB-T: torchattacks' default is 10
     # torchattacks takes the device from the first parameter (None for a parameter-free model)
     atk.set_device(images.device)
     return atk
