@@ -302,9 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``/dev/null``, as the Python docs recommend, so that the final flush raises nothing.
     """
     try:
-        code = _main(argv)
-        sys.stdout.flush()  # a broken pipe shows here, not at interpreter exit
-        return code
+        try:
+            return _main(argv)
+        finally:  # --help and --version leave through SystemExit: flush for them too
+            sys.stdout.flush()  # a broken pipe shows here, not at interpreter exit
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
@@ -554,6 +555,9 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
     """Run a classify spec as ``ironsight classify`` does (history, SIGTERM, Ray); returns
     ``(ClassifySummary, RunRecorder)``. ``source`` replaces ``spec.source()`` (the Python
     API's in-memory module, ``ironsight.jobs.api``)."""
+    from ironsight.cluster import storage
+
+    storage.check_input(spec.input, spec.effective_roots())  # a missing INPUT: before torch
     from ironsight.cluster.pipeline import (
         ClassifyConfig,
         check_device,
@@ -598,9 +602,11 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
 
 def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) -> int:
     from ironsight.jobs.history import EXIT_REGRESSED
-    from ironsight.robustness.report import text_summary
 
     result, record, regressions = audit_spec(spec, progress, verbose=verbose)
+    # imported after the audit, so that a bad input is refused before torch is imported
+    from ironsight.robustness.report import text_summary
+
     print(text_summary(result.report))
     print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")
     if regressions:
@@ -614,6 +620,9 @@ def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
     """Run an audit spec as ``ironsight audit`` does (history, SIGTERM, Ray); returns
     ``(AuditResult, RunRecorder, regressions)``; a failed gate raises ``GateFailed`` after the
     reports are written. ``source`` replaces ``spec.source()`` (``ironsight.jobs.api``)."""
+    from ironsight.cluster import storage
+
+    storage.check_input(spec.input, spec.effective_roots())  # a missing eval set: before torch
     from ironsight.cluster.pipeline import check_device
     from ironsight.cluster.raycluster import connect
     from ironsight.jobs.audit import AuditConfig, plan_audit, resolve_suite, run_audit
