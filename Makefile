@@ -8,10 +8,11 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs the tested versions, exactly (deploy/constraints.txt); pyproject.toml holds the ranges.
+$(STAMP): pyproject.toml deploy/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --upgrade -c deploy/constraints.txt pip
+	$(BIN)/pip install --quiet -c deploy/constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
