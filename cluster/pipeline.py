@@ -68,6 +68,8 @@ class ClassifyConfig:
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
     # Roots that image paths in corpus rows must lie in (ironsight.cluster.paths); () means no limit.
     allowed_roots: tuple[str, ...] = ()
+    # Input columns copied to the output rows (("*",): all but the image column); see corpus.
+    keep_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # OUTPUT a folder apart from INPUT: refused when the config is built, which the CLI
@@ -139,17 +141,39 @@ class _Partial:
     count: int = 0
 
 
-def decode_task_args() -> dict[str, Any]:
-    """Remote args of a decode task: one CPU.
+# Memory a decode task reserves: a Parquet row group of encoded images plus one decoded block
+# (DECODE_BLOCK_ROWS images; 38 MB at 224 px, 206 MB at 518 px). The request is also what
+# keeps decoding out of the predictor actors (decode_task_args).
+DECODE_TASK_MEMORY = 256 * 1024 * 1024
 
-    Given as ``ray_remote_args_fn`` rather than ``num_cpus`` on purpose: Ray Data fuses a
-    task stage into the actor stage after it when their remote args match (as they do on a
-    CPU-only cluster), which would move decoding into the predictor actors, serialise it
-    with inference, and bundle whole shards into one actor task. Ray never fuses an operator
-    that has a ``ray_remote_args_fn`` (``are_op_remote_args_compatible`` in
-    ``ray/data/_internal/logical/rules/operator_fusion.py``).
+
+def decode_task_args() -> dict[str, Any]:
+    """Ray remote args of a decode task: one CPU and :data:`DECODE_TASK_MEMORY` bytes of memory.
+
+    The memory request is what keeps decode and predict two operators. Ray Data fuses a task
+    stage into the actor stage after it when their remote args are compatible
+    (``are_op_remote_args_compatible`` in ``ray/data/_internal/logical/rules/operator_fusion.py``),
+    which would move decoding into the predictor actors, serialise it with inference, and
+    bundle whole shards into one actor task. Compatible means equal after filling in
+    ``num_cpus=1``, ``num_gpus=0`` and an upstream ``scheduling_strategy``:
+
+    | decode args               | predictor args (2 CPUs, no GPU)        | fused? |
+    |---------------------------|----------------------------------------|--------|
+    | ``num_cpus=1``            | ``num_cpus=1.0, num_gpus=0``           | yes    |
+    | ``num_cpus=1`` + a ``scheduling_strategy`` | the same (inherited)  | yes    |
+    | ``num_cpus=1, memory=...``| ``num_cpus=1.0, num_gpus=0``           | no     |
+
+    A ``ray_remote_args_fn`` also prevented fusion, but Ray deprecates it (removed in 2.64,
+    with a ``RayDeprecationWarning`` on every job until then). ``memory`` is a resource every
+    Ray node has, unlike a custom resource, and Ray 2.60 (the newest release on PyPI,
+    2026-11-25) compares the whole remote-args dict (``are_remote_args_compatible``), as
+    earlier releases did. tests/reliability/test_console.py checks the operators of an
+    executed classify stay separate.
+
+    >>> decode_task_args()["num_cpus"], decode_task_args()["memory"] // 2**20
+    (1, 256)
     """
-    return {"num_cpus": 1}
+    return {"num_cpus": 1, "memory": DECODE_TASK_MEMORY}
 
 
 def plan_resources(
@@ -201,6 +225,36 @@ def plan_resources(
     # (cpus - 0.5) / n per actor left half a CPU, and a 4-CPU cluster never ran a decode task.
     per = max(0.0, math.floor(100 * (cpus - reserve) / n) / 100)
     return {"size": n, "num_gpus": 0, "num_cpus": per, "device": "cpu", "threads": max(1, round(cpus / n))}
+
+
+def check_device(device: str, address: str | None) -> None:
+    """Refuse ``--device cuda`` on a machine without CUDA when the job would start its own Ray.
+
+    Called before Ray starts (by the CLI, for classify and audit): with no ``--address`` and
+    no cluster to join (``RAY_ADDRESS``, a local ``ray start``) the embedded Ray gets exactly
+    this machine's GPUs, so torch not seeing one here means the job cannot run. A job that
+    joins a cluster is checked against the cluster's GPUs once connected
+    (:func:`plan_resources`): its driver may well run on a CPU-only head node.
+
+    Raises:
+        InvalidInput: ``device == "cuda"``, no cluster to join, and ``torch.cuda.is_available()``
+            is false.
+    """
+    if device != "cuda" or address is not None:
+        return
+    from ironsight.cluster.raycluster import _starts_a_new_ray
+
+    if not _starts_a_new_ray():
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InvalidInput(
+            "--device cuda: torch sees no CUDA GPU on this machine, and without --address the "
+            "job runs here. Drop --device (auto uses a GPU when there is one, else the CPU), "
+            "run on a machine with a GPU, or submit to a cluster with GPUs "
+            "(--address ray://HEAD:10001, or `ironsight submit`)"
+        )
 
 
 def validate_model(source: ModelSource) -> LoadedModel:
@@ -260,10 +314,63 @@ def plan_classify(cfg: ClassifyConfig) -> corpus_mod.CorpusPlan:
         max_rows_per_shard=cfg.max_rows_per_shard,
         skip_bad_files=cfg.skip_bad_files,
         allowed_roots=cfg.allowed_roots,
+        keep_columns=cfg.keep_columns,
     )
 
 
-def run_classify(cfg: ClassifyConfig, *, plan: corpus_mod.CorpusPlan | None = None) -> ClassifySummary:
+def _sink_header(cfg: ClassifyConfig, plan: corpus_mod.CorpusPlan, model: LoadedModel) -> dict[str, Any]:
+    return {
+        "input": cfg.input,
+        "model": {"name": model.info.name, "weights_sha256": model.weights_sha256},
+        "preprocessing": model.info.preprocess.to_dict(),
+        "top_k": cfg.top_k,
+        "num_shards": len(plan.shards),
+        "num_rows": plan.num_rows,
+        "versions": _versions(),
+    }
+
+
+def completed_summary(
+    cfg: ClassifyConfig, plan: corpus_mod.CorpusPlan, model: LoadedModel
+) -> ClassifySummary | None:
+    """The summary of a no-op rerun when OUTPUT already holds this very job, complete; else None.
+
+    Needs no Ray: the CLI asks before it starts Ray, so rerunning a finished job answers
+    "already complete" in the time it takes to read the footers. "Complete" is decided as
+    :func:`run_classify` decides it: ``_SUCCESS`` present and every planned shard committed
+    under this job's spec hash (OUTPUT opened through :class:`LabelSink`, which also refuses
+    another job's OUTPUT). Without ``_SUCCESS`` nothing is opened and None is returned.
+    """
+    from ironsight.cluster import storage
+    from ironsight.cluster.sink import SUCCESS
+
+    if not storage.exists(storage.resolve(cfg.output).join(SUCCESS)):
+        return None
+    sink = LabelSink.open(
+        cfg.output,
+        spec_hash=job_spec_hash(cfg, plan, model),
+        header=_sink_header(cfg, plan, model),
+        expected_shards=[s.shard_id for s in plan.shards],
+        overwrite=cfg.overwrite,
+    )
+    try:
+        if not (sink.is_complete and len(sink.committed) == len(plan.shards)):
+            return None
+    finally:
+        sink.close()
+    return ClassifySummary(
+        output=cfg.output, rows_total=plan.num_rows, shards_total=len(plan.shards),
+        shards_skipped=len(plan.shards), already_complete=True,
+        skipped_files=[tuple(x) for x in plan.skipped],
+    )
+
+
+def run_classify(
+    cfg: ClassifyConfig,
+    *,
+    plan: corpus_mod.CorpusPlan | None = None,
+    model: LoadedModel | None = None,
+) -> ClassifySummary:
     """Label every row of ``cfg.input`` into ``cfg.output`` exactly once; resumable.
 
     Ray must already be initialised (:func:`ironsight.cluster.raycluster.connect`).
@@ -272,6 +379,8 @@ def run_classify(cfg: ClassifyConfig, *, plan: corpus_mod.CorpusPlan | None = No
         cfg: the job.
         plan: :func:`plan_classify`'s result for ``cfg`` when the caller planned before
             starting Ray; planned here when None.
+        model: ``validate_model(cfg.source)`` when the caller validated it before starting
+            Ray; validated here when None.
 
     Raises:
         InvalidInput: bad corpus, columns, model or OUTPUT; nothing was written.
@@ -283,20 +392,13 @@ def run_classify(cfg: ClassifyConfig, *, plan: corpus_mod.CorpusPlan | None = No
     _check_flags(cfg)
     if plan is None:
         plan = plan_classify(cfg)
-    model = validate_model(cfg.source)
+    if model is None:
+        model = validate_model(cfg.source)
     if model.info.num_classes < cfg.top_k:
         log.warning("top-k %d > %d classes; returning %d", cfg.top_k, model.info.num_classes, model.info.num_classes)
     announce_preprocessing(model)
     digest = job_spec_hash(cfg, plan, model)
-    header = {
-        "input": cfg.input,
-        "model": {"name": model.info.name, "weights_sha256": model.weights_sha256},
-        "preprocessing": model.info.preprocess.to_dict(),
-        "top_k": cfg.top_k,
-        "num_shards": len(plan.shards),
-        "num_rows": plan.num_rows,
-        "versions": _versions(),
-    }
+    header = _sink_header(cfg, plan, model)
     sink = LabelSink.open(
         cfg.output,
         spec_hash=digest,
@@ -353,7 +455,7 @@ def _stream(
         read_and_decode,
         batch_size=1,
         fn_kwargs={"plan": plan, "preprocess": model.info.preprocess, "max_pixels": cfg.max_pixels},
-        ray_remote_args_fn=decode_task_args,
+        **decode_task_args(),  # a separate operator from the predictors (see decode_task_args)
     )
     predicted = decoded.map_batches(
         Predictor,
@@ -407,7 +509,8 @@ def _stream(
             p.count += int(fresh.sum())
             workers.update(part["worker"].tolist())
             if p.count == p.expected:
-                table = _shard_table(p.parts, class_names)
+                kept = corpus_mod.read_kept(plan, shard) if plan.keep_columns else None
+                table = _shard_table(p.parts, class_names, kept)
                 rec = sink.commit(shard.shard_id, table)
                 del partial[shard.index]
                 summary.shards_processed += 1
@@ -436,8 +539,10 @@ def _stream(
     log.debug("streamed %d shards in %.1fs", len(pending), time.monotonic() - started)
 
 
-def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...]) -> pa.Table:
-    """Assemble a shard's rows (sorted by row index) into a :data:`LABELS_SCHEMA` table."""
+def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...],
+                 kept: pa.Table | None = None) -> pa.Table:
+    """Assemble a shard's rows (sorted by row index) into a :data:`LABELS_SCHEMA` table,
+    followed by ``kept``'s columns (the shard's kept input columns, in row order)."""
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(cols["row"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
@@ -451,61 +556,82 @@ def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...
     n = len(errors)
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
     list_mask = pa.array(~ok)
-    return pa.table(
+    table = pa.table(
         {
             "id": pa.array(cols["id"].tolist(), pa.string()),
-            "label": pa.array(labels, pa.int64(), mask=~ok),
-            "label_name": pa.array(
+            "pred_label": pa.array(labels, pa.int64(), mask=~ok),
+            "pred_label_name": pa.array(
                 [names[i] if good else None for i, good in zip(labels, ok, strict=True)], pa.string()
             ),
-            "score": pa.array(cols["score"], pa.float32(), mask=~ok),
-            "topk_labels": pa.ListArray.from_arrays(
+            "pred_score": pa.array(cols["score"], pa.float32(), mask=~ok),
+            "pred_topk_labels": pa.ListArray.from_arrays(
                 offsets, pa.array(topk_labels.reshape(-1), pa.int64()), mask=list_mask
             ),
-            "topk_scores": pa.ListArray.from_arrays(
+            "pred_topk_scores": pa.ListArray.from_arrays(
                 offsets, pa.array(topk_scores.reshape(-1), pa.float32()), mask=list_mask
             ),
             "error": pa.array(errors, pa.string()),
         }
     )
+    if kept is not None:
+        if kept.num_rows != n:
+            raise JobFailed(f"kept columns hold {kept.num_rows} rows for a shard of {n}")
+        for name in kept.column_names:
+            table = table.append_column(kept.schema.field(name), kept.column(name))
+    return table
 
 
 class _Progress:
-    """A tqdm bar (rows, images/s, ETA) on a terminal; a log line every 10 s otherwise.
+    """Progress of a job: a live tqdm bar on a terminal, a plain line every 10 s otherwise.
 
-    ``update`` is called once per committed shard; each call also records the job's metrics
-    (:mod:`ironsight.cluster.metrics`). With JSON logs on (``ironsight --log-format json``) the line is a
-    log record with the fields rows_done, rows_total, images_per_s, error_rows, eta_s.
+    | stderr is                        | shown                                                   |
+    |----------------------------------|---------------------------------------------------------|
+    | a terminal (or ``enabled=True``) | a tqdm bar (rows, images/s, ETA), redrawn in place      |
+    | a file or pipe (logs, CI, jobs)  | ``[ironsight] 2000/20000 rows (10%), 610 images/s, 0 error rows, ETA 30s``: one line every 10 s and one at the end, no carriage returns |
+    | JSON logs (``--log-format json``)| the same as an ``ironsight.progress`` record with rows_done, rows_total, images_per_s, error_rows, eta_s |
+
+    ``enabled=False`` (``--no-progress``) means lines, never a bar. Classify calls ``update``
+    once per committed shard, which also records the job's metrics
+    (:mod:`ironsight.cluster.metrics`); the audit counts predictions (``noun="predictions"``,
+    no metrics).
     """
 
-    def __init__(self, total: int, enabled: bool | None) -> None:
+    INTERVAL_S = 10.0
+
+    def __init__(self, total: int, enabled: bool | None, *, desc: str = "labeling", unit: str = "img",
+                 noun: str = "rows", metrics: bool = True) -> None:
         self.total, self.done, self.errors = total, 0, 0
+        self.desc, self.noun = desc, noun
         self.started = self.last_log = time.monotonic()
-        self.metrics = job_metrics.ProgressMetrics()
+        self.metrics = job_metrics.ProgressMetrics() if metrics else None
         tty = sys.stderr.isatty() if enabled is None else enabled
         self.bar = None
         if tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", desc="labeling", dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, smoothing=0.1)
 
-    def update(self, rows: int, errors: int) -> None:
+    def update(self, rows: int, errors: int = 0) -> None:
         self.done += rows
         self.errors += errors
         now = time.monotonic()
         rate = self.done / max(now - self.started, 1e-9)
-        self.metrics.shard_committed(rows, errors, rate)
+        if self.metrics is not None:
+            self.metrics.shard_committed(rows, errors, rate)
         if self.bar is not None:
             self.bar.update(rows)
-            self.bar.set_postfix(errors=self.errors, refresh=False)
+            if self.metrics is not None:
+                self.bar.set_postfix(errors=self.errors, refresh=False)
             return
-        if now - self.last_log >= 10 or self.done == self.total:
+        if now - self.last_log >= self.INTERVAL_S or self.done >= self.total:
             self.last_log = now
-            eta = (self.total - self.done) / rate if rate else math.inf
-            line = (
-                f"{self.done}/{self.total} rows ({100 * self.done / max(self.total, 1):.0f}%),"
-                f" {rate:.0f} images/s, {self.errors} error rows, ETA {eta:.0f}s"
-            )
+            eta = max(self.total - self.done, 0) / rate if rate else math.inf
+            pct = f"{100 * self.done / max(self.total, 1):.0f}%"
+            if self.metrics is not None:
+                line = (f"{self.done}/{self.total} rows ({pct}), {rate:.0f} images/s,"
+                        f" {self.errors} error rows, ETA {eta:.0f}s")
+            else:
+                line = f"{self.desc}: {self.done}/{self.total} {self.noun} ({pct}), {rate:.0f} {self.noun}/s, ETA {eta:.0f}s"
             if self._structured_logs():
                 fields = {"rows_done": self.done, "rows_total": self.total, "images_per_s": round(rate, 2),
                           "error_rows": self.errors, "eta_s": round(eta, 1) if math.isfinite(eta) else None}
@@ -519,9 +645,16 @@ class _Progress:
         return any(getattr(h.formatter, "structured", False) for h in logging.getLogger().handlers)
 
     def close(self) -> None:
-        self.metrics.rate(self.done / max(time.monotonic() - self.started, 1e-9))
+        if self.metrics is not None:
+            self.metrics.rate(self.done / max(time.monotonic() - self.started, 1e-9))
         if self.bar is not None:
             self.bar.close()
+
+
+def progress(total: int, enabled: bool | None, *, desc: str, noun: str) -> _Progress:
+    """A progress display for another stage than labeling (the audit's predictions): a bar
+    on a terminal, a line every 10 s otherwise (:class:`_Progress`), no job metrics."""
+    return _Progress(total, enabled, desc=desc, unit=noun[:4], noun=noun, metrics=False)
 
 
 def _versions() -> dict[str, str]:

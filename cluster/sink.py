@@ -34,17 +34,26 @@ top level (``.part-<id>.parquet.tmp-<8 hex>``, ``._manifest.json.tmp-…``, …)
 and every sub-folder, stays. A write that fails (disk full, read-only filesystem) is a
 one-line error naming the file and the OS reason; :meth:`LabelSink.close` after it only logs.
 
-Labels schema (:data:`LABELS_SCHEMA`):
+Labels schema (:data:`LABELS_SCHEMA`, output format version :data:`FORMAT_VERSION` = 2):
 
-| column        | type               | meaning                                               |
-|---------------|--------------------|-------------------------------------------------------|
-| ``id``        | string             | the input row's id (given or derived ``file#row``)    |
-| ``label``     | int64, null on error | top-1 class index                                   |
-| ``label_name``| string, null on error | top-1 class name                                   |
-| ``score``     | float32, null on error | top-1 softmax probability                         |
-| ``topk_labels`` | list<int64>      | top-k class indices, best first                       |
-| ``topk_scores`` | list<float32>    | their softmax probabilities                           |
-| ``error``     | string             | null when fine, else ``reason: detail``               |
+| column             | type                  | meaning                                            |
+|--------------------|-----------------------|----------------------------------------------------|
+| ``id``             | string                | the input row's id (given or derived ``file#row``, or an image file's path relative to INPUT) |
+| ``pred_label``     | int64, null on error  | top-1 class index                                  |
+| ``pred_label_name``| string, null on error | top-1 class name                                   |
+| ``pred_score``     | float32, null on error | top-1 softmax probability                         |
+| ``pred_topk_labels`` | list<int64>         | top-k class indices, best first                    |
+| ``pred_topk_scores`` | list<float32>       | their softmax probabilities                        |
+| ``error``          | string                | null when fine, else ``reason: detail``            |
+| (kept columns)     | as in the input       | ``--keep-columns`` copies input columns here, after ``error`` |
+
+Version 1 named the prediction columns ``label``, ``label_name``, ``score``, ``topk_labels``
+and ``topk_scores``, which collided with a corpus's own ground-truth ``label``; version 2
+prefixes them with ``pred_`` (``id`` and ``error`` describe the row, not the prediction, and
+keep their names). An input column kept under one of these names is refused before Ray
+starts. An OUTPUT written by another format version is another job's output: its manifest
+(``version``) and its part files (footer ``ironsight.format_version``, absent in version 1)
+do not match, so it is refused, or replaced with ``--overwrite``; the two are never mixed.
 
 Schema metadata of every part file:
 
@@ -54,6 +63,7 @@ Schema metadata of every part file:
 | ``ironsight.header``       | JSON: input, model name and weights sha256, top-k, versions  |
 | ``ironsight.preprocessing``| JSON: the model's resolved preprocessing (mode, resize, crop, interpolation, mean, std, weights_version), when the header has it |
 | ``ironsight.shard_id``     | the input shard this file labels                             |
+| ``ironsight.format_version`` | :data:`FORMAT_VERSION` (from version 2 on)                 |
 """
 
 from __future__ import annotations
@@ -81,11 +91,11 @@ from ironsight.cluster.errors import InvalidInput, JobFailed
 LABELS_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
-        ("label", pa.int64()),
-        ("label_name", pa.string()),
-        ("score", pa.float32()),
-        ("topk_labels", pa.list_(pa.int64())),
-        ("topk_scores", pa.list_(pa.float32())),
+        ("pred_label", pa.int64()),
+        ("pred_label_name", pa.string()),
+        ("pred_score", pa.float32()),
+        ("pred_topk_labels", pa.list_(pa.int64())),
+        ("pred_topk_scores", pa.list_(pa.float32())),
         ("error", pa.string()),
     ]
 )
@@ -95,7 +105,10 @@ MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 LOCK = "_lock.json"
 FORMAT = "ironsight-labels"
-FORMAT_VERSION = 1
+# 2: prediction columns prefixed pred_ (1: label, label_name, score, topk_labels, topk_scores),
+# kept input columns after error. An OUTPUT of another version is another job's output.
+FORMAT_VERSION = 2
+FORMAT_VERSION_KEY = b"ironsight.format_version"
 # A lock whose heartbeat is older than this belongs to a dead run and may be taken over:
 # long enough to survive a stalled driver or a slow object store, short enough that a crashed
 # run blocks its successor for at most two minutes.
@@ -112,6 +125,25 @@ _PART = re.compile(r"part-(.+)\.parquet")
 SPEC_HASH_KEY = b"ironsight.spec_hash"
 # JSON of the model's resolved preprocessing (ironsight.cluster.preprocess.Preprocess.to_dict)
 PREPROCESSING_KEY = b"ironsight.preprocessing"
+
+
+def output_schema(kept: pa.Schema | None = None) -> pa.Schema:
+    """:data:`LABELS_SCHEMA` followed by the kept input columns' fields (types as in the input).
+
+    Raises:
+        InvalidInput: a kept column has the name of an output column.
+
+    >>> output_schema(pa.schema([("path", pa.string())])).names[-2:]
+    ['error', 'path']
+    """
+    fields = list(kept or ())
+    clash = [f.name for f in fields if f.name in LABELS_SCHEMA.names]
+    if clash:
+        raise InvalidInput(
+            f"cannot keep input column(s) {', '.join(map(repr, clash))}: the output already has "
+            f"a column of that name (output columns: {', '.join(LABELS_SCHEMA.names)})"
+        )
+    return pa.schema(list(LABELS_SCHEMA) + fields)
 
 
 def part_name(shard_id: str) -> str:
@@ -211,7 +243,12 @@ class LabelSink:
             if not overwrite:
                 raise
             existing, unreadable = None, True  # not JSON: --overwrite replaces it
-        same = existing is not None and existing.get("spec_hash") == spec_hash_
+        # Every manifest Ironsight wrote names its format version (one without is judged by
+        # its spec hash and the part files' footers alone).
+        old_format = (existing is not None
+                      and existing.get("version", FORMAT_VERSION) != FORMAT_VERSION)
+        same = (existing is not None and not old_format
+                and existing.get("spec_hash") == spec_hash_)
         listed = existing.get("shards") if same and isinstance(existing.get("shards"), dict) else {}
         ours: dict[str, dict] = {}  # shard id -> manifest record, or None: read it back
         others: list[str] = []  # part files another Ironsight job wrote
@@ -227,7 +264,8 @@ class LabelSink:
             meta = storage.parquet_metadata(out.join(name))
             if meta is None or SPEC_HASH_KEY not in meta:
                 alien.append(name)
-            elif meta[SPEC_HASH_KEY] == spec_hash_.encode() and shard_id in expected:
+            elif (meta[SPEC_HASH_KEY] == spec_hash_.encode() and shard_id in expected
+                  and meta.get(FORMAT_VERSION_KEY) == str(FORMAT_VERSION).encode()):
                 ours[shard_id] = {}  # committed after the last manifest flush
             else:
                 others.append(name)
@@ -242,7 +280,11 @@ class LabelSink:
         if stale or others or unreadable:
             if not overwrite:
                 what = (
-                    f"spec hash {existing.get('spec_hash')} (model {existing.get('model', {}).get('name')!r}, "
+                    f"output format version {existing.get('version')} (columns label, score, "
+                    f"topk_labels, ...), and this Ironsight writes version {FORMAT_VERSION} "
+                    "(pred_label, pred_score, pred_topk_labels, ...)"
+                    if stale and old_format
+                    else f"spec hash {existing.get('spec_hash')} (model {existing.get('model', {}).get('name')!r}, "
                     f"input {existing.get('input')!r})"
                     if stale
                     else f"part files of another job or of shards this input does not have "
@@ -261,6 +303,7 @@ class LabelSink:
         _remove_stale_temps(out)
         metadata = {
             SPEC_HASH_KEY: spec_hash_.encode(),
+            FORMAT_VERSION_KEY: str(FORMAT_VERSION).encode(),
             b"ironsight.header": json.dumps(header, sort_keys=True, default=str).encode(),
         }
         if header.get("preprocessing") is not None:
@@ -288,10 +331,16 @@ class LabelSink:
         return storage.exists(self.out.join(SUCCESS))
 
     def commit(self, shard_id: str, table: pa.Table) -> ShardRecord:
-        """Publish one shard's rows atomically; a shard is committed at most once per OUTPUT."""
+        """Publish one shard's rows atomically; a shard is committed at most once per OUTPUT.
+
+        ``table`` holds the :data:`LABELS_SCHEMA` columns, then any kept input columns
+        (:func:`output_schema`), which keep their types.
+        """
         if shard_id in self.committed:
             raise AssertionError(f"shard {shard_id} committed twice")  # a bug, never user input
-        table = table.cast(LABELS_SCHEMA).replace_schema_metadata(
+        kept = pa.schema([f for f in table.schema if f.name not in LABELS_SCHEMA.names])
+        schema = output_schema(kept)
+        table = table.select(schema.names).cast(schema).replace_schema_metadata(
             {**self.metadata, b"ironsight.shard_id": shard_id.encode()}
         )
         buf = pa.BufferOutputStream()

@@ -9,11 +9,16 @@
 4. Score the labels against the known ones and print the run summary.
 5. Audit the demo model on the eval split with the ``quick`` suite and print a one-screen
    summary and where ``report.html`` is.
+
+On a terminal steps 1-2 show tqdm bars and steps 3 and 5 a live bar; in a log (stderr not a
+terminal, or ``--no-progress``) steps 1-2 print their start and end lines only, and steps 3
+and 5 a progress line every 10 s. Ray's own output shows only with ``ironsight -v demo``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -72,11 +77,11 @@ def ensure_demo_model(*, retrain: bool, train_size: int | None, progress: bool) 
 
 def label_accuracy(labels_dir: str, corpus_dir: str) -> tuple[float, int]:
     """Accuracy of OUTPUT's labels against the corpus's known labels, joined on id."""
-    out = pads.dataset(labels_dir, format="parquet").to_table(columns=["id", "label", "error"])
+    out = pads.dataset(labels_dir, format="parquet").to_table(columns=["id", "pred_label", "error"])
     truth = pads.dataset(corpus_dir, format="parquet").to_table(columns=["id", "label"])
-    joined = out.join(truth, "id", right_suffix="_true")
+    joined = out.join(truth, "id")
     ok = joined.filter(pc.is_null(joined["error"]))
-    correct = pc.sum(pc.equal(ok["label"], ok["label_true"])).as_py() or 0
+    correct = pc.sum(pc.equal(ok["pred_label"], ok["label"])).as_py() or 0
     return (correct / ok.num_rows if ok.num_rows else 0.0), ok.num_rows
 
 
@@ -90,6 +95,7 @@ def run_demo(
     retrain: bool = False,
     audit_images: int = 1_000,
     progress: bool | None = None,
+    verbose: bool = False,
 ) -> int:
     from ironsight.cluster.errors import InvalidInput
     from ironsight.cluster.models import ModelSource
@@ -99,7 +105,9 @@ def run_demo(
     for flag, value in (("--corpus-size", corpus_size), ("--eval-size", eval_size)):
         if value < 1:
             raise InvalidInput(f"{flag} must be at least 1, got {value}")
-    show = progress is not False
+    # tqdm bars (data generation, training) only on a terminal: in a log file their carriage
+    # returns pile up on one line. Classify and the audit print a line every 10 s instead.
+    show = sys.stderr.isatty() if progress is None else progress
     root = Path(workdir).resolve()
     data = root / "data"
     print(f"ironsight demo in {root}")
@@ -122,7 +130,7 @@ def run_demo(
     from ironsight.robustness.report import text_summary
 
     audit_dir = root / "audit"
-    with connect(None):
+    with connect(None, quiet=not verbose):
         summary = run_classify(cfg)
         acc, scored = label_accuracy(str(labels_dir), str(corpus_dir))
         print(summary.render())

@@ -88,8 +88,10 @@ class _WithinRoots(BaseModel):
         # A spec without allowed_roots dumps (and so hashes: history, scheduled submission
         # ids) exactly as before the field existed.
         data = handler(self)
-        if isinstance(data, dict) and data.get("allowed_roots", ...) is None:
-            del data["allowed_roots"]
+        # keep_columns likewise: a classify spec without it hashes as before it existed.
+        for key in ("allowed_roots", "keep_columns"):
+            if isinstance(data, dict) and key in data and data[key] is None:
+                del data[key]
         return data
 
     def effective_roots(self) -> tuple[str, ...]:
@@ -281,6 +283,13 @@ class ClassifyJob(ModelChoice, RunOptions, _WithinRoots):
         description="id column; default: id/key/path if present, else FILE#ROW",
         json_schema_extra=_cli(metavar="C"),
     )
+    keep_columns: list[str] | None = Field(
+        None,
+        description="input columns to copy next to the predictions, typed as in the input "
+        "(comma-separated names, or '*' for every column but the image bytes); the image "
+        "column is copied only when named",
+        json_schema_extra=_cli(metavar="A,B|*"),
+    )
     top_k: int = Field(5, ge=1, le=1000, description="labels kept per image", json_schema_extra=_cli(metavar="K"))
     max_rows_per_shard: int = Field(
         4096, ge=1, description="rows per output file at most (whole row groups are never split)"
@@ -298,6 +307,15 @@ class ClassifyJob(ModelChoice, RunOptions, _WithinRoots):
         "to ~160,000 (demo_cnn) images an actor (benchmarks/torch_compile.py)",
     )
     allowed_roots: list[str] | None = _allowed_roots_field()
+
+    @field_validator("keep_columns", mode="before")
+    @classmethod
+    def _split_keep(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and not value:
+            raise ValueError("names no column; give comma-separated column names or '*'")
+        return value
 
 
 class AuditJob(ModelChoice, RunOptions, _WithinRoots):

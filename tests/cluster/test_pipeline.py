@@ -85,7 +85,7 @@ def test_every_row_exactly_once_across_two_gpu_pinned_actors(ray_two_gpus, corpu
     assert all(n > 0 for n in summary.rows_per_worker.values())
     assert (out / "_SUCCESS").is_file()
     assert len(list(out.glob("part-*.parquet"))) == summary.shards_total == 6
-    labels = table.column("label").to_pylist()
+    labels = table.column("pred_label").to_pylist()
     assert all(isinstance(v, int) and 0 <= v < 1000 for v in labels)
 
 
@@ -97,10 +97,10 @@ def test_output_files_follow_the_labels_schema(ray_two_gpus, corpus, tmp_path):
     assert b"demo_cnn" in part.schema.metadata[b"ironsight.header"]
     assert b"random-init" in part.schema.metadata[b"ironsight.header"]
     row = part.slice(0, 1).to_pylist()[0]
-    assert len(row["topk_labels"]) == 3 and row["label"] == row["topk_labels"][0]
-    assert row["label_name"] in synthetic.CLASS_NAMES
-    assert row["topk_scores"] == sorted(row["topk_scores"], reverse=True)
-    assert 0 < row["score"] <= 1
+    assert len(row["pred_topk_labels"]) == 3 and row["pred_label"] == row["pred_topk_labels"][0]
+    assert row["pred_label_name"] in synthetic.CLASS_NAMES
+    assert row["pred_topk_scores"] == sorted(row["pred_topk_scores"], reverse=True)
+    assert 0 < row["pred_score"] <= 1
 
 
 def test_corrupt_images_become_error_rows_and_the_job_finishes(ray_two_gpus, bad_corpus, tmp_path):
@@ -109,12 +109,12 @@ def test_corrupt_images_become_error_rows_and_the_job_finishes(ray_two_gpus, bad
     rows = {r["id"]: r for r in read_output(out).to_pylist()}
     assert len(rows) == 6
     assert rows["r0"]["error"] is None and rows["r5"]["error"] is None
-    assert rows["r0"]["label"] >= 0 and rows["r0"]["score"] > 0
+    assert rows["r0"]["pred_label"] >= 0 and rows["r0"]["pred_score"] > 0
     assert rows["r1"]["error"].startswith("empty")
     assert rows["r2"]["error"].startswith("not_an_image")
     assert rows["r3"]["error"].startswith("truncated")
     assert rows["r4"]["error"].startswith("null_image")
-    assert all(rows[i]["label"] is None and rows[i]["topk_labels"] is None for i in ("r1", "r2", "r3", "r4"))
+    assert all(rows[i]["pred_label"] is None and rows[i]["pred_topk_labels"] is None for i in ("r1", "r2", "r3", "r4"))
     assert summary.error_rows == 4
     assert summary.errors_by_reason == {"empty": 1, "not_an_image": 1, "truncated": 1, "null_image": 1}
 
@@ -135,7 +135,7 @@ def test_an_output_written_by_another_spec_is_refused_unless_overwrite(ray_two_g
         run_classify(cfg(corpus, out, top_k=2))
     summary = run_classify(cfg(corpus, out, top_k=2, overwrite=True))
     assert summary.rows == N_ROWS
-    assert len(pq.read_table(next(out.glob("part-*.parquet"))).column("topk_labels")[0]) == 2
+    assert len(pq.read_table(next(out.glob("part-*.parquet"))).column("pred_topk_labels")[0]) == 2
 
 
 def test_labels_from_s3_to_s3(ray_two_gpus, s3_bucket, tmp_path):

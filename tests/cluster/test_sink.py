@@ -23,11 +23,11 @@ def rows(ids: list[str], error_at: int | None = None) -> pa.Table:
     return pa.table(
         {
             "id": ids,
-            "label": [None if e else i % 3 for i, e in enumerate(err)],
-            "label_name": [None if e else f"c{i % 3}" for i, e in enumerate(err)],
-            "score": [None if e else 0.5 for e in err],
-            "topk_labels": [None if e else [i % 3, 0] for i, e in enumerate(err)],
-            "topk_scores": [None if e else [0.5, 0.2] for e in err],
+            "pred_label": [None if e else i % 3 for i, e in enumerate(err)],
+            "pred_label_name": [None if e else f"c{i % 3}" for i, e in enumerate(err)],
+            "pred_score": [None if e else 0.5 for e in err],
+            "pred_topk_labels": [None if e else [i % 3, 0] for i, e in enumerate(err)],
+            "pred_topk_scores": [None if e else [0.5, 0.2] for e in err],
             "error": err,
         },
         schema=LABELS_SCHEMA,

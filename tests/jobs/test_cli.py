@@ -150,6 +150,6 @@ def test_classify_with_torch_compile_labels_as_eager_mode(small_corpus, tmp_path
         done = run("classify", small_corpus, str(out), "--model", "demo_cnn", "--random-weights",
                    "--no-progress", *extra, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
-        table = pads.dataset(str(out), format="parquet").to_table(columns=["id", "label"]).sort_by("id")
-        labels[name] = table.column("label").to_pylist()
+        table = pads.dataset(str(out), format="parquet").to_table(columns=["id", "pred_label"]).sort_by("id")
+        labels[name] = table.column("pred_label").to_pylist()
     assert len(labels["compiled"]) == 200 and labels["compiled"] == labels["eager"]

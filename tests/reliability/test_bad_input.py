@@ -127,10 +127,10 @@ def test_each_bad_or_odd_image_gets_a_label_or_its_reason(images_run, case):
     for row in rows:
         if reason is None:
             assert row["error"] is None, row["error"]
-            assert row["label"] is not None and 0 < row["score"] <= 1
+            assert row["pred_label"] is not None and 0 < row["pred_score"] <= 1
         else:
             assert row["error"].split(":", 1)[0] == reason, row["error"]
-            assert row["label"] is None and row["topk_labels"] is None
+            assert row["pred_label"] is None and row["pred_topk_labels"] is None
 
 
 def test_every_image_row_comes_out_exactly_once_and_the_job_finishes(images_run):
@@ -195,10 +195,10 @@ def test_each_odd_row_gets_a_label_or_its_reason(rows_run, row_id, reason):
     _, rows = rows_run
     (row,) = [r for r in rows if r["id"] == row_id]
     if reason is None:
-        assert row["error"] is None and row["label"] is not None
+        assert row["error"] is None and row["pred_label"] is not None
     else:
         assert row["error"].startswith(reason + ":"), row["error"]
-        assert row["label"] is None
+        assert row["pred_label"] is None
     if row_id == "missing-object":
         assert "no/such/image.jpg" in row["error"]
 

@@ -127,9 +127,10 @@ def _reset(s: socket.socket) -> None:
         pass
 
 
-# Few SDK attempts per request, so "the endpoint stays down" fails in seconds; the storage
-# layer's own 4 attempts (0.5 + 1 + 2 s of backoff) still ride out the 2-second outage below.
-S3_ATTEMPTS = "2"
+# Few attempts per operation, so "the endpoint stays down" fails in seconds; 4 attempts
+# (0.5 + 1 + 2 s of backoff, the storage layer is the only one retrying) still ride out the
+# 2-second outage below.
+S3_ATTEMPTS = "4"
 OUTAGE_S = 2.0
 
 
@@ -290,8 +291,8 @@ def test_a_lock_that_cannot_be_deleted_does_not_turn_a_finished_run_into_a_failu
 
     out = tmp_path / "out"
     sink = LabelSink.open(str(out), spec_hash="s" * 16, header={"model": {"name": "m"}}, expected_shards=["a"])
-    rows = {"id": ["x"], "label": [1], "label_name": ["one"], "score": [0.5],
-            "topk_labels": [[1]], "topk_scores": [[0.5]], "error": [None]}
+    rows = {"id": ["x"], "pred_label": [1], "pred_label_name": ["one"], "pred_score": [0.5],
+            "pred_topk_labels": [[1]], "pred_topk_scores": [[0.5]], "error": [None]}
     sink.commit("a", pa.table(rows, schema=LABELS_SCHEMA))
     sink.finish({"summary": {"rows": 1}})
     sink._lock.release()  # swap the real lock for one on the refusing filesystem

@@ -123,7 +123,7 @@ def test_overwrite_replaces_another_jobs_run_and_keeps_the_users_files(ray_cpu, 
     assert summary.shards_processed == 4 and summary.rows == 40
     table = read_output(out)
     assert sorted(table.column("id").to_pylist()) == input_ids(corpus40)
-    assert {len(x) for x in table.column("topk_labels").to_pylist()} == {3}  # all from the new job
+    assert {len(x) for x in table.column("pred_topk_labels").to_pylist()} == {3}  # all from the new job
 
 
 # ---- (c) an older run's parts in a sub-folder --------------------------------------------------

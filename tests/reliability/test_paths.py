@@ -242,6 +242,6 @@ def test_a_classify_run_labels_the_rows_inside_and_errors_the_rows_outside(ray_c
     assert summary.rows == len(rows) == 5
     assert summary.errors_by_reason == {"path_outside_allowed_roots": 3}
     for row_id in ("bytes", "relative-inside"):
-        assert rows[row_id]["error"] is None and rows[row_id]["label"] is not None
+        assert rows[row_id]["error"] is None and rows[row_id]["pred_label"] is not None
     for row_id in ("passwd", "outside", "symlink"):
-        assert rows[row_id]["error"].startswith("path_outside_allowed_roots: ") and rows[row_id]["label"] is None
+        assert rows[row_id]["error"].startswith("path_outside_allowed_roots: ") and rows[row_id]["pred_label"] is None

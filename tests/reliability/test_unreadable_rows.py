@@ -176,9 +176,9 @@ def test_classify_labels_every_other_row_and_gives_each_unreadable_row_its_reaso
     assert table.num_rows == len(rows) == len(expected)  # each input row exactly once
     for row_id, reason in expected.items():
         if reason is None:
-            assert rows[row_id]["error"] is None and rows[row_id]["label"] is not None, rows[row_id]
+            assert rows[row_id]["error"] is None and rows[row_id]["pred_label"] is not None, rows[row_id]
         else:
-            assert rows[row_id]["label"] is None and rows[row_id]["error"].startswith(reason), rows[row_id]
+            assert rows[row_id]["pred_label"] is None and rows[row_id]["error"].startswith(reason), rows[row_id]
     assert f"error rows: {len(EXPECTED)}" in result.stdout
     assert (out / "_SUCCESS").exists()
 
