@@ -352,7 +352,9 @@ def _plan_image_folder(uri: str, loc: storage.Location, root: str, infos: list[p
                             ("label_column", label_column)) if v is not None]
     if named:
         raise InvalidInput(f"{uri!r} is a folder of image files, which has no columns: "
-                           f"{', '.join(named)} cannot be used with it")
+                           f"{', '.join(named)} cannot be used with it (`ironsight pack DIR OUT.parquet "
+                           "--label-from-folder` makes a Parquet corpus with an id, image and "
+                           "label column from it)")
     if keep_columns and list(keep_columns) != [KEEP_ALL]:
         raise InvalidInput(f"{uri!r} is a folder of image files: it has no columns to keep "
                            f"(keep_columns {', '.join(keep_columns)}); each row is one file, "
