@@ -13,16 +13,41 @@ stay in [0, 1].
 |          |              | (standard)   | ensemble, opt-in (in no built-in suite)        |
 
 **autoattack** (Croce & Hein 2020, torchattacks' port, ``version="standard"``) runs, on the
-images still classified correctly after the previous one: APGD-CE, APGD-T (one run per
-target class, ``n_classes - 1`` of them), FAB-T (same targets) and Square (5,000 queries, no
-gradients). ``steps`` and ``alpha`` are ignored (each attack sets its own), ``seed`` seeds
-them. Its cost depends on how robust the model is, because each stage only attacks what
-survived the last one; from the stages' settings in torchattacks 3.5.1, an image that survives
-every stage costs about 10 (APGD-CE) + 9 x 10 (APGD-T) + 9 x 10 (FAB-T, several passes per
-step) gradient steps plus 5,000 forward passes (Square). Measured here (2 shared CPU cores,
-10-class CNNs, per image): fgsm 1 forward + 1 backward, pgd (10 steps) 10 + 10; autoattack on
-2 images of 16 px had not finished after 8 minutes (it was in FAB-T), so budget it on a GPU
-and a few hundred images, as RobustBench does (its leaderboard uses 1,000-5,000).
+images still classified correctly after the previous stage: APGD-CE, APGD-T (against each of
+the 9 most likely other classes), FAB-T (same targets) and Square (5,000 queries, no
+gradients), with the reference code's settings (fra31/auto-attack ``set_version``): 100
+iterations per APGD/FAB run and Square's unrescaled schedule. torchattacks' own defaults are
+weaker and, for many classes, far slower: 10 iterations, and ``n_classes - 1`` targets (a
+1000-class model would get 999 APGD-T and 999 FAB-T runs per image, 111x the reference's 9).
+Models with fewer than 10 classes get ``classes - 1`` targets; fewer than 4 classes are
+refused (APGD-T's loss reads the 4 largest logits). ``steps`` and ``alpha`` are ignored (each
+stage sets its own), ``seed`` seeds every stage.
+
+Cost per image, measured with ``benchmarks/autoattack_cost.py`` (``demo_cnn``, 8 classes,
+random weights, 2 images, 1 torch thread, on this 2-core CPU shared with other jobs: load
+average 29-40, so seconds are pessimistic; pass counts do not depend on the machine):
+
+| attack (eps)                    | gradient passes | forward passes | 32 px   | 224 px          |
+|---------------------------------|-----------------|----------------|---------|-----------------|
+| fgsm (8/255)                    | 1               | 0              | 0.01 s  | 0.11 s          |
+| pgd, 10 steps (8/255)           | 10              | 0              | 0.09 s  | 1.45 s          |
+| autoattack, image falls in APGD-CE | 102          | 1.5            | 1.1 s   | 21 s            |
+| autoattack, robust image        | 1,510           | 5,737          | 69 s    | >= 360 s (*)    |
+
+The robust-image row is an image that survives every stage (eps = 1e-4/255): APGD-CE 101
+gradient passes, APGD-T 7 x 101, FAB-T 7 x 100 (+ 722 forward), Square 5,003 forward; a model
+with 10 or more classes runs 9 targets, about 1,900 gradient and 5,950 forward passes. One
+pass per image took 0.7 ms forward / 4.7 ms gradient at 32 px and 36 ms / 102 ms at 224 px;
+(*) 224 px is those passes at those times, a lower bound (at 32 px the attack's own work, FAB's
+projections and Square's bookkeeping, made the total 6x the passes' time). An audit's cost
+is therefore set by how many images the model classifies robustly: run it on a GPU and on a
+few hundred images, as RobustBench does (its leaderboard uses 1,000-5,000). Keep torch to one
+thread per busy core: an earlier run of 2 images at 16 px had not finished after 8 minutes,
+because torch's 2 threads spin-wait on each other on a busy 2-core machine over thousands of
+tiny passes (with torchattacks' 10-iteration defaults, load average 6-10: 77 s with 2 threads,
+3.5 s with 1; Square 92 s vs 7 s). The audit's actors run as many threads as their Ray CPUs
+(``cluster/predictor.py``). "Gradient passes" above are forwards whose input requires a
+gradient (each stage's final check adds one without a backward).
 
 Step size: ``alpha = 2.5 * eps / steps`` unless given (Madry et al.'s rule: enough to cross
 the eps-ball and back once). The attack runs with the model in eval mode (batch-norm running
