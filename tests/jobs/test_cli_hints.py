@@ -316,3 +316,13 @@ def test_schema_mismatch_in_a_later_file_still_lists_it_as_a_bad_file(tmp_path, 
     code, stderr = in_process("classify", str(tmp_path / "c"), str(tmp_path / "o"), *MODEL,
                               "--id-column", "id")
     assert code == 2 and "zz.parquet: schema differs" in stderr and "--skip-bad-files" in stderr
+
+
+def test_the_examples_in_the_docstrings_hold():
+    import doctest
+
+    from ironsight.robustness import conditions
+
+    for module in (cli, conditions):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
