@@ -204,7 +204,9 @@ def check_input(uri: str, allowed_roots: tuple[str, ...] | list[str] = ()) -> No
     The CLI calls it first, so a mistyped path or bucket, an endpoint host that does not
     resolve or refused credentials answer in about a second of CPU instead of after torch's
     import (several seconds); ``ironsight.cluster.corpus.plan_corpus`` then checks the files
-    themselves, as before. Listing is all it does; the same listing is repeated by the plan.
+    themselves, as before. A path is looked up, not walked (one request on S3, however large
+    the prefix: a folder with no visible file is left for the plan to refuse); a glob is
+    listed.
 
     Raises:
         InvalidInput: ``uri`` is outside ``allowed_roots`` or matches no files (the wording of
@@ -216,7 +218,15 @@ def check_input(uri: str, allowed_roots: tuple[str, ...] | list[str] = ()) -> No
     outside = paths.check_within(uri, paths.parse_roots(allowed_roots, source="allowed_roots"))
     if outside:
         raise InvalidInput(f"input: {outside}")
-    if not list_files(resolve(uri)):
+    loc = resolve(uri)
+    if is_glob(loc.path):
+        found = bool(list_files(loc))
+    else:
+        info = with_retries(lambda: loc.fs.get_file_info(loc.path), what=f"reading {loc.uri}")
+        found = info.type != pafs.FileType.NotFound
+        if not found:
+            check_bucket(loc)
+    if not found:
         raise InvalidInput(
             f"{uri!r} matches no files; expected a Parquet file, a directory of them, a glob "
             "or s3://bucket/prefix"
