@@ -15,8 +15,18 @@ JSON object per line on stderr:
 
 Only these fields (and other ``extra=`` fields Ironsight itself passes) are written; nothing
 is copied from the environment. Progress records replace the `[ironsight] N/M rows ...` lines.
-Ray's own output printed before logging is set up (its token warning) and the job summary on
-stdout stay plain text.
+The job summary on stdout stays plain text.
+
+Ray's own output (its token-authentication warning, Ray Data's execution lines, worker output,
+the C++ core worker's log lines) stays off the console unless ``ironsight -v``
+(``ironsight.cluster.raycluster.connect``, ``quiet``); with ``-v`` it is Ray's plain text
+even in JSON mode. Off a terminal, progress is a line (or record) every 10 s, never a bar:
+
+| stderr                  | classify, audit                              | demo: data and training          |
+|-------------------------|----------------------------------------------|----------------------------------|
+| a terminal              | a live tqdm bar                              | tqdm bars                        |
+| a file, pipe, CI log    | `[ironsight] ...` every 10 s and at the end  | a line at the start and the end  |
+| `--no-progress`         | lines, as in a file                          | start and end lines              |
 """
 
 from __future__ import annotations
