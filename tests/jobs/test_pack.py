@@ -116,17 +116,22 @@ def test_pack_through_the_cli(tmp_path):
 
 @pytest.mark.cluster
 def test_the_packed_file_classifies_with_the_folders_ids_and_labels(tmp_path):
+    # both runs share one embedded Ray (the CLI cases above and in test_image_folder.py cover
+    # the command line)
+    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.pipeline import ClassifyConfig, run_classify
+    from ironsight.cluster.raycluster import connect
+
     folder = make_folder(tmp_path / "photos")
     packed = tmp_path / "photos.parquet"
     pack_folder(folder, str(packed))
     outputs = {}
-    for name, source in (("folder", folder), ("packed", str(packed))):
-        out = tmp_path / f"labels-{name}"
-        proc = subprocess.run([*IRONSIGHT, "classify", source, str(out), "--model", "demo_cnn",
-                               "--random-weights", "--no-progress"],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        outputs[name] = pads.dataset(str(out), format="parquet").to_table(
-            columns=["id", "pred_label", "pred_score", "error"]).sort_by("id").to_pylist()
+    with connect(None, num_cpus=2):
+        for name, source in (("folder", folder), ("packed", str(packed))):
+            out = tmp_path / f"labels-{name}"
+            run_classify(ClassifyConfig(input=source, output=str(out), progress=False,
+                                        source=ModelSource(name="demo_cnn", random_weights=True)))
+            outputs[name] = pads.dataset(str(out), format="parquet").to_table(
+                columns=["id", "pred_label", "pred_score", "error"]).sort_by("id").to_pylist()
     assert [r["id"] for r in outputs["folder"]] == sorted(NAMES)
     assert outputs["folder"] == outputs["packed"]
