@@ -558,6 +558,7 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
     from ironsight.cluster import storage
 
     storage.check_input(spec.input, spec.effective_roots())  # a missing INPUT: before torch
+    storage.check_bucket(storage.resolve(spec.output))  # an OUTPUT bucket that is not there too
     from ironsight.cluster.pipeline import (
         ClassifyConfig,
         check_device,
@@ -623,6 +624,7 @@ def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
     from ironsight.cluster import storage
 
     storage.check_input(spec.input, spec.effective_roots())  # a missing eval set: before torch
+    storage.check_bucket(storage.resolve(spec.output))  # an OUTPUT bucket that is not there too
     from ironsight.cluster.pipeline import check_device
     from ironsight.cluster.raycluster import connect
     from ironsight.jobs.audit import AuditConfig, plan_audit, resolve_suite, run_audit

@@ -106,6 +106,13 @@ def test_a_mistyped_bucket_is_named(command, s3_server, tmp_path):
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+def test_a_mistyped_output_bucket_is_named(command, s3_server, corpus):
+    bucket = f"typo-{uuid.uuid4().hex[:8]}"
+    run = run_cli(*_argv(command, corpus, f"s3://{bucket}/out"), env=cli_env())
+    assert_refused_before_ray(run, f"no such bucket '{bucket}' at endpoint {s3_server}: check the bucket name")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_an_endpoint_host_that_does_not_resolve_is_named(command, s3_server, tmp_path):
     # As the user who waited 6 minutes had it: SDK retries inside ours, per request.
     env = cli_env(AWS_ENDPOINT_URL="http://no-such-host.invalid")
