@@ -313,7 +313,7 @@ def classify(spec: ClassifyJob | Mapping[str, Any] | None = None, /, *, module: 
 
     >>> result = ironsight.classify(input="corpus/", output="labels/", model="demo_cnn",
     ...                             random_weights=True, top_k=3)  # doctest: +SKIP
-    >>> result.to_dict()["rows"], result.table(["id", "label_name"])  # doctest: +SKIP
+    >>> result.to_dict()["rows"], result.table(["id", "pred_label_name"])  # doctest: +SKIP
     """
     from ironsight.jobs.cli import classify_spec
 
