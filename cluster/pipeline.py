@@ -38,7 +38,7 @@ from ironsight.cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK
 )
 from ironsight.cluster.errors import InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import LoadedModel, ModelSource
-from ironsight.cluster.predictor import Predictor
+from ironsight.cluster.predictor import Predictor, check_device  # noqa: F401  (check_device: re-exported)
 from ironsight.cluster.sink import LabelSink, spec_hash
 
 log = logging.getLogger("ironsight")
@@ -225,36 +225,6 @@ def plan_resources(
     # (cpus - 0.5) / n per actor left half a CPU, and a 4-CPU cluster never ran a decode task.
     per = max(0.0, math.floor(100 * (cpus - reserve) / n) / 100)
     return {"size": n, "num_gpus": 0, "num_cpus": per, "device": "cpu", "threads": max(1, round(cpus / n))}
-
-
-def check_device(device: str, address: str | None) -> None:
-    """Refuse ``--device cuda`` on a machine without CUDA when the job would start its own Ray.
-
-    Called before Ray starts (by the CLI, for classify and audit): with no ``--address`` and
-    no cluster to join (``RAY_ADDRESS``, a local ``ray start``) the embedded Ray gets exactly
-    this machine's GPUs, so torch not seeing one here means the job cannot run. A job that
-    joins a cluster is checked against the cluster's GPUs once connected
-    (:func:`plan_resources`): its driver may well run on a CPU-only head node.
-
-    Raises:
-        InvalidInput: ``device == "cuda"``, no cluster to join, and ``torch.cuda.is_available()``
-            is false.
-    """
-    if device != "cuda" or address is not None:
-        return
-    from ironsight.cluster.raycluster import _starts_a_new_ray
-
-    if not _starts_a_new_ray():
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise InvalidInput(
-            "--device cuda: torch sees no CUDA GPU on this machine, and without --address the "
-            "job runs here. Drop --device (auto uses a GPU when there is one, else the CPU), "
-            "run on a machine with a GPU, or submit to a cluster with GPUs "
-            "(--address ray://HEAD:10001, or `ironsight submit`)"
-        )
 
 
 def validate_model(source: ModelSource) -> LoadedModel:

@@ -26,7 +26,7 @@ from ironsight.cluster.decode import as_error
 if TYPE_CHECKING:
     from ironsight.cluster.models import ModelSource
 
-__all__ = ["Predictor", "as_error", "autocast_dtype", "pick_device"]
+__all__ = ["Predictor", "as_error", "autocast_dtype", "check_device", "pick_device"]
 
 
 def pick_device(prefer: str = "auto") -> str:
@@ -40,6 +40,38 @@ def pick_device(prefer: str = "auto") -> str:
     if prefer == "cuda":
         raise RuntimeError("a CUDA device was requested but torch sees none in this process")
     return "cpu"
+
+
+def check_device(device: str, address: str | None) -> None:
+    """Refuse ``--device cuda`` on a machine without CUDA when the job would start its own Ray.
+
+    Called before Ray starts, and before the model's heavy imports (by the CLI, for classify
+    and audit; this module imports torch only when asked): with no ``--address`` and
+    no cluster to join (``RAY_ADDRESS``, a local ``ray start``) the embedded Ray gets exactly
+    this machine's GPUs, so torch not seeing one here means the job cannot run. A job that
+    joins a cluster is checked against the cluster's GPUs once connected
+    (``ironsight.cluster.pipeline.plan_resources``): its driver may well run on a CPU-only head node.
+
+    Raises:
+        InvalidInput: ``device == "cuda"``, no cluster to join, and ``torch.cuda.is_available()``
+            is false.
+    """
+    if device != "cuda" or address is not None:
+        return
+    from ironsight.cluster.errors import InvalidInput
+    from ironsight.cluster.raycluster import _starts_a_new_ray
+
+    if not _starts_a_new_ray():
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InvalidInput(
+            "--device cuda: torch sees no CUDA GPU on this machine, and without --address the "
+            "job runs here. Drop --device (auto uses a GPU when there is one, else the CPU), "
+            "run on a machine with a GPU, or submit to a cluster with GPUs "
+            "(--address ray://HEAD:10001, or `ironsight submit`)"
+        )
 
 
 def autocast_dtype(device: str):

@@ -559,9 +559,11 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
 
     storage.check_input(spec.input, spec.effective_roots())  # a missing INPUT: before torch
     storage.check_bucket(storage.resolve(spec.output))  # an OUTPUT bucket that is not there too
+    from ironsight.cluster.predictor import check_device
+
+    check_device(spec.device, spec.address)  # --device cuda with no GPU here: torch alone, no Ray
     from ironsight.cluster.pipeline import (
         ClassifyConfig,
-        check_device,
         completed_summary,
         plan_classify,
         run_classify,
@@ -590,7 +592,6 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
     )
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
         plan = plan_classify(cfg)  # footers only: bad files are refused before Ray starts
-        check_device(cfg.device, spec.address)  # before Ray too: --device cuda with no GPU here
         model = validate_model(cfg.source)  # the card and weights, before Ray
         summary = completed_summary(cfg, plan, model)  # a finished job: done, Ray never starts
         if summary is None:
@@ -625,7 +626,9 @@ def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
 
     storage.check_input(spec.input, spec.effective_roots())  # a missing eval set: before torch
     storage.check_bucket(storage.resolve(spec.output))  # an OUTPUT bucket that is not there too
-    from ironsight.cluster.pipeline import check_device
+    from ironsight.cluster.predictor import check_device
+
+    check_device(spec.device, spec.address)  # --device cuda with no GPU here: torch alone, no Ray
     from ironsight.cluster.raycluster import connect
     from ironsight.jobs.audit import AuditConfig, plan_audit, resolve_suite, run_audit
     from ironsight.jobs.history import RunRecorder
@@ -650,7 +653,6 @@ def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
         allowed_roots=spec.effective_roots(),
     )
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
-        check_device(cfg.device, spec.address)  # as classify: all of it before Ray starts
         prepared = plan_audit(cfg)  # eval set, gate, baseline, model, OUTPUT
         with connect(spec.address, quiet=not verbose):
             reinstall()  # ray.init replaced it

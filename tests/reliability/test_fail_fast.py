@@ -183,13 +183,15 @@ def test_device_cuda_without_a_gpu_is_refused_before_ray(command, corpus, tmp_pa
     env = dict(os.environ, RAY_TMPDIR=str(ray_tmp))  # a new Ray would be started (and seen) here
     env.pop("RAY_ADDRESS", None)
     run = run_cli(*_argv(command, corpus, str(tmp_path / "out"), "--device", "cuda"), env=env)
-    # torch's import is most of the CPU time here (the check needs torch): a wider budget
+    # decided with torch alone, before the model zoo, the suite or Ray are imported
     assert_refused_before_ray(run, "--device cuda: torch sees no CUDA GPU on this machine",
-                              "Drop --device", "submit to a cluster with GPUs", cpu_budget=15)
+                              "Drop --device", "submit to a cluster with GPUs")
     assert list(ray_tmp.iterdir()) == []  # no session folder: Ray never started
 
 
 # ---- columns, weights, another audit's OUTPUT: before Ray too --------------------------------
+# These need the model code (torch, torchvision; the audit also its attacks and suites) imported
+# first: 4.5-7 s of CPU measured on the shared 2-core box, hence the wider budget.
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_missing_column_is_refused_before_ray(command, corpus, tmp_path):
