@@ -1,6 +1,6 @@
 """Ironsight from Python: bulk-label a corpus, then audit an in-memory torch model.
 
-    python examples/label_and_audit.py [--workdir DIR] [--images N]
+    python examples/label_and_audit.py [--workdir DIR] [--images N] [--audit-images N]
 
 Needs nothing but an installed Ironsight (`make venv`): it draws its own labeled corpus
 (ironsight.cluster.synthetic: shapes on textured backgrounds, 64x64 JPEGs), labels it with the
@@ -48,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="where data and outputs go (default: a temp dir)")
     parser.add_argument("--images", type=int, default=200, help="corpus size (default: 200)")
+    parser.add_argument("--audit-images", type=int, default=64, help="images audited (default: 64)")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ironsight-example-"))
     corpus = work / "corpus"
@@ -70,7 +71,7 @@ def main() -> None:
             module=net, model="tinynet",
             preprocess=ironsight.Preprocess(resize=None, crop=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
             class_names=synthetic.CLASS_NAMES,
-            suite="quick", severities=[1], max_images=64,
+            suite="quick", severities=[1], max_images=args.audit_images,
         )
     print(f"clean accuracy of tinynet (untrained): {audit.clean_accuracy:.3f} "
           f"on {audit.report['clean']['n']} images")

@@ -203,3 +203,20 @@ def test_auditing_an_in_memory_module_reports_the_accuracy_of_a_direct_computati
     assert run.weights_hash == module_sha256(net)
     assert run.metrics["clean_accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert out.report["history"]["run_id"] == out.run_id
+
+
+@pytest.mark.cluster
+def test_the_example_script_runs_end_to_end(tmp_path, history):
+    """examples/label_and_audit.py as a user runs it: its TinyNet, defined in the script, reaches
+    the actors by value; both runs land in the history."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "label_and_audit.py"
+    proc = subprocess.run([sys.executable, str(script), "--workdir", str(tmp_path / "work"), "--images", "60",
+                           "--audit-images", "8"], capture_output=True, text=True, timeout=480, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "labeled 60 rows" in proc.stdout and "clean accuracy of tinynet (untrained)" in proc.stdout
+    assert (tmp_path / "work" / "audit" / "report.html").is_file()
+    runs = {r.job: r for r in HistoryStore(history).runs()}
+    assert runs["example-labels"].status == "succeeded" and runs["example-audit"].status == "succeeded"
+    assert runs["example-audit"].model == "tinynet"
