@@ -21,7 +21,7 @@ import pytest
 
 from .conftest import cli
 
-FORBIDDEN = ("WARNING", "(raylet)", "core_worker", "Progress bars disabled", "Deprecat", "\r",
+FORBIDDEN = ("WARNING", "Warning:", "(raylet)", "core_worker", "Progress bars disabled", "Deprecat", "\r",
              "streaming_executor", "Traceback")
 
 
