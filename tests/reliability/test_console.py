@@ -3,6 +3,7 @@
 | run                              | stderr holds                                               |
 |----------------------------------|------------------------------------------------------------|
 | ``ironsight classify`` / ``audit`` | ``[ironsight] ...`` lines only: the preprocessing line, a progress line every 10 s and at the end; no Ray warning, no ``(raylet)`` or ``core_worker`` line, no ``Progress bars disabled``, no deprecation warning, no carriage return |
+| ``ironsight demo``               | the same, and no tqdm bar of data generation or training   |
 | ``ironsight -v classify``        | Ray's own lines as well (its execution plan among them)    |
 
 Also: decode and predict stay two Ray Data operators without ``ray_remote_args_fn``
@@ -71,6 +72,18 @@ def test_audit_prints_only_its_own_lines_with_a_progress_line(synthetic_corpus, 
     lines = _assert_quiet(run.stderr)
     done = [line for line in lines if line.startswith("[ironsight] auditing: ")]
     assert done and " (100%)" in done[-1] and "predictions/s" in done[-1], lines
+
+
+@pytest.mark.cluster
+def test_demo_writes_no_bars_and_no_ray_lines_into_a_log(tmp_path):
+    env = _env(tmp_path) | {"IRONSIGHT_CACHE": str(tmp_path / "cache")}  # trains a (tiny) model
+    run = cli("demo", "--workdir", str(tmp_path / "demo"), "--corpus-size", "100", "--eval-size", "50",
+              "--train-size", "200", "--audit-images", "20", env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = _assert_quiet(run.stderr)  # no tqdm bar of data generation or training either
+    assert any(line.startswith("[ironsight] 100/100 rows (100%)") for line in lines), lines
+    assert any(line.startswith("[ironsight] auditing: ") and "(100%)" in line for line in lines), lines
+    assert "trained in" in run.stdout and "report:" in run.stdout
 
 
 def _ident(batch):
