@@ -32,14 +32,14 @@ average 29-40, so seconds are pessimistic; pass counts do not depend on the mach
 | fgsm (8/255)                    | 1               | 0              | 0.01 s  | 0.11 s          |
 | pgd, 10 steps (8/255)           | 10              | 0              | 0.09 s  | 1.45 s          |
 | autoattack, image falls in APGD-CE | 102          | 1.5            | 1.1 s   | 21 s            |
-| autoattack, robust image        | 1,510           | 5,737          | 69 s    | >= 360 s (*)    |
+| autoattack, robust image        | 1,510           | 5,737          | 69 s    | 717 s (*)       |
 
 The robust-image row is an image that survives every stage (eps = 1e-4/255): APGD-CE 101
 gradient passes, APGD-T 7 x 101, FAB-T 7 x 100 (+ 722 forward), Square 5,003 forward; a model
 with 10 or more classes runs 9 targets, about 1,900 gradient and 5,950 forward passes. One
-pass per image took 0.7 ms forward / 4.7 ms gradient at 32 px and 36 ms / 102 ms at 224 px;
-(*) 224 px is those passes at those times, a lower bound (at 32 px the attack's own work, FAB's
-projections and Square's bookkeeping, made the total 6x the passes' time). An audit's cost
+pass per image took 0.7 ms forward / 4.7 ms gradient at 32 px and 33 ms / 80 ms at 224 px, so
+the passes alone are 11 s and 313 s: the rest is the attack's own work (FAB's projections,
+Square's bookkeeping). (*) one image, load average 14-40. An audit's cost
 is therefore set by how many images the model classifies robustly: run it on a GPU and on a
 few hundred images, as RobustBench does (its leaderboard uses 1,000-5,000). Keep torch to one
 thread per busy core: an earlier run of 2 images at 16 px had not finished after 8 minutes,
