@@ -79,7 +79,7 @@ import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -799,6 +799,7 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
     fetcher = _Fetcher(loc, plan.allowed_roots)
     source = storage.with_retries(lambda: loc.fs.open_input_file(loc.path),
                                   what=f"opening {shard.file}")
+    reopened: list = []
     try:
         try:
             parquet = pq.ParquetFile(source)
@@ -813,7 +814,16 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
                 f"{shard.num_rows}; rerun to plan it again"
             )
         row = shard.row_start
-        checked = _checked_batches(parquet, shard, claimed, columns, batch_rows)
+
+        def reopen() -> pq.ParquetFile:
+            """A fresh handle on the file, after a dropped connection mid-read."""
+            fresh = storage.with_retries(lambda: loc.fs.open_input_file(loc.path),
+                                         what=f"reopening {shard.file}")
+            reopened.append(fresh)
+            return pq.ParquetFile(fresh)
+
+        checked = _checked_batches(parquet, shard, claimed, columns, batch_rows,
+                                   reopen=reopen if _resumable(loc) else None)
         for batch in _rebatch(checked, batch_rows):
             n = batch.num_rows
             rows = np.arange(row, row + n, dtype=np.int64)  # (n,) int64 row within the file
@@ -827,6 +837,8 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
             row += n
     finally:
         source.close()
+        for handle in reopened:
+            handle.close()
         fetcher.close()
 
 
@@ -847,34 +859,64 @@ def _iter_image_files(plan: CorpusPlan, shard: Shard, batch_rows: int) -> Iterat
 
 
 def _checked_batches(parquet: pq.ParquetFile, shard: Shard, claimed: list[int],
-                     columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+                     columns: list[str], batch_rows: int,
+                     reopen: Callable[[], pq.ParquetFile] | None = None) -> Iterator[pa.RecordBatch]:
     """The shard's row groups, one at a time, each yielding exactly the rows its footer claims.
 
-    A read or decode error, or a row group holding more or fewer rows than its footer says,
-    raises :class:`~ironsight.cluster.errors.JobFailed` naming the file and the row group.
+    A transient object-store error while reading (a dropped connection, throttling, a 5xx:
+    :func:`_network_error`) reopens the file with ``reopen`` (given for S3 files) and goes
+    on after the rows already yielded, within the storage retry budget (the SDK itself makes
+    each request once, so this is the read's only retry layer). Any other read or decode
+    error, a row group holding more or fewer rows than its footer says, or retries running
+    out raise :class:`~ironsight.cluster.errors.JobFailed` naming the file and the row group.
     """
     for rg, expected in zip(shard.row_groups, claimed, strict=True):
-        batches = parquet.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=columns,
-                                       use_threads=False)
-        got = 0
+        got, failures = 0, 0
         while True:
+            batches = parquet.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=columns,
+                                           use_threads=False)
+            skip = got  # rows of this row group already yielded before a retry
             try:
-                batch = next(batches)
-            except StopIteration:
+                for batch in batches:
+                    if skip:
+                        if batch.num_rows <= skip:
+                            skip -= batch.num_rows
+                            continue
+                        batch, skip = batch.slice(skip), 0
+                    got += batch.num_rows
+                    if got > expected:
+                        break
+                    yield batch
                 break
             except (pa.ArrowException, OSError, ValueError) as exc:
                 why = " ".join(str(exc).split())  # pyarrow's messages span lines
-                raise JobFailed(f"reading {shard.file} row group {rg} failed: {why}") from exc
-            got += batch.num_rows
-            if got > expected:
-                break
-            yield batch
+                failures += 1
+                if reopen is None or not _network_error(exc) or failures >= storage.max_attempts():
+                    tries = f" (after {failures} attempts)" if failures > 1 else ""
+                    raise JobFailed(f"reading {shard.file} row group {rg} failed{tries}: {why}") from exc
+                log.debug("reading %s row group %d: %s; reopening (attempt %d of %d)",
+                          shard.file, rg, why, failures + 1, storage.max_attempts())
+                storage.backoff_sleep(failures)
+                parquet = reopen()
         if got != expected:
             raise JobFailed(
                 f"reading {shard.file} row group {rg} failed: it holds "
                 f"{'more than ' if got > expected else ''}{got} rows but its footer says "
                 f"{expected} (the file is corrupt)"
             )
+
+
+def _resumable(loc: storage.Location) -> bool:
+    """Whether a read of ``loc`` that fails mid-stream is worth reopening: only object storage
+    drops connections; a local read error is the file's own."""
+    return loc.is_s3
+
+
+def _network_error(exc: BaseException) -> bool:
+    """A transient object-store error while streaming (the AWS SDK's own errors, a dropped or
+    timed-out connection): worth reopening the file. A corrupt page is not."""
+    network = isinstance(exc, (ConnectionError, TimeoutError)) or "AWS Error" in str(exc)
+    return network and storage.is_transient(exc)
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:

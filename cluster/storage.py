@@ -50,6 +50,7 @@ import fnmatch
 import logging
 import os
 import posixpath
+import random
 import re
 import stat
 import time
@@ -419,6 +420,19 @@ def delete(loc: Location) -> None:
     with_retries(rm, what=f"deleting {loc.uri}")
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether an I/O error may pass on retry: throttling, a 5xx, a dropped connection (not a
+    missing file, not a permanent object-store error, see :func:`classify_error`)."""
+    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and classify_error(exc) is None
+
+
+def backoff_sleep(failures: int, base_delay: float = _RETRY_BASE_S) -> None:
+    """Sleep before retry number ``failures`` (1, 2, ...): the same doubling, capped, jittered
+    waits as :func:`with_retries`, for loops that must retry by hand (a stream resumed mid-file)."""
+    wait = min(_RETRY_MAX_WAIT_S, base_delay * 2 ** (failures - 1)) + random.uniform(0, base_delay)
+    time.sleep(wait)
+
+
 def with_retries(
     fn: Callable[[], T], *, what: str, attempts: int | None = None, base_delay: float = _RETRY_BASE_S
 ) -> T:
@@ -438,9 +452,6 @@ def with_retries(
 
     total = attempts if attempts is not None else max_attempts()
 
-    def retryable(exc: BaseException) -> bool:
-        return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and classify_error(exc) is None
-
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
@@ -451,7 +462,7 @@ def with_retries(
         stop=tenacity.stop_after_attempt(max(1, total)) | tenacity.stop_after_delay(_RETRY_BUDGET_S),
         wait=tenacity.wait_exponential(multiplier=base_delay, max=_RETRY_MAX_WAIT_S)
         + tenacity.wait_random(0, base_delay),
-        retry=tenacity.retry_if_exception(retryable),
+        retry=tenacity.retry_if_exception(is_transient),
         before_sleep=before_sleep,
         sleep=lambda seconds: time.sleep(seconds),  # looked up at call time: tests patch it
         reraise=True,
