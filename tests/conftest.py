@@ -84,6 +84,37 @@ def synthetic_corpus(tmp_path):
     return make
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(r.getMessage() for r in self.records)
+
+
+@pytest.fixture
+def ironsight_log():
+    """Records of the ``ironsight`` logger, caught by a handler on that logger itself (unlike
+    ``caplog``, blind to what earlier tests did to the root logger's handlers or propagation)."""
+    logger = logging.getLogger("ironsight")
+    handler = _Records()
+    saved = (logger.level, logger.disabled)
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
+
+
 @pytest.fixture(autouse=True)
 def prevent_leaking_rng():
     """Restore Python, numpy and torch RNG state after each test (torchvision's fixture)."""

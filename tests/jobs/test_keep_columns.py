@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import subprocess
 import sys
 
@@ -78,12 +77,11 @@ def test_an_input_column_named_like_an_output_column_is_refused(tmp_path):
         output_schema(pa.schema([("pred_score", pa.float64())]))
 
 
-def test_the_image_column_is_kept_only_when_named_and_then_with_a_warning(tmp_path, caplog):
+def test_the_image_column_is_kept_only_when_named_and_then_with_a_warning(tmp_path, ironsight_log):
     corpus = user_corpus(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="ironsight"):
-        plan = plan_corpus(corpus, keep_columns=["image"])
+    plan = plan_corpus(corpus, keep_columns=["image"])
     assert plan.keep_columns == ("image",)
-    assert "names the image column 'image'" in caplog.text and "as large as INPUT" in caplog.text
+    assert "names the image column 'image'" in ironsight_log.text and "as large as INPUT" in ironsight_log.text
 
 
 def test_a_kept_column_must_have_one_type_in_every_file(tmp_path):

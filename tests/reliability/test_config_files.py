@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ironsight.cluster import synthetic
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.models.card import load_card
 from ironsight.cluster.yamlfile import MAX_NODES
@@ -126,6 +127,10 @@ def assert_refused(run: Run, *fragments: str) -> str:
 
 
 def audit_args(tmp_path: Path, *extra: str) -> list[str]:
+    """An audit of a real (tiny) eval set, so that the file under test is what is refused
+    (a missing eval set is refused first, before torch loads)."""
+    if not (tmp_path / "eval").exists():
+        synthetic.write_corpus(str(tmp_path / "eval"), 4, rows_per_file=4, row_group_size=4)
     return ["audit", str(tmp_path / "eval"), str(tmp_path / "out"), "--model", "demo_cnn",
             "--random-weights", "--no-progress", *extra]
 
