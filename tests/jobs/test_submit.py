@@ -309,33 +309,44 @@ def test_unknown_id_exits_2_and_names_it(authed, capsys):
 @pytest.mark.cluster
 def test_a_nightly_audit_that_regressed_exits_4_from_submit_status_and_history(authed, audit_spec, capsys):
     """The issue's whole story: declare, validate, submit to the token-protected head, wait,
-    and get exit 4 plus the reason when the run is worse than the previous successful night;
-    `status` and `history` (the real SQLite file the cluster's run wrote) say the same."""
+    and get exit 4 plus the reason when the run is worse than the previous successful night of
+    the SAME job identity; `status` and `history` (the real SQLite file the cluster's runs
+    wrote) say the same. Night 1 gets every image right; night 2 (the eval set relabelled in
+    place, so the same ids) gets none right: paired exact McNemar, significant."""
     from ironsight.jobs.history import HistoryStore
+    from tests.jobs.test_run_identity import _relabel
 
     base_spec, _ = audit_spec
     spec_data = yaml.safe_load(base_spec.read_text())
+    eval_dir = base_spec.parent / "nightly-eval"
+    shutil.copytree(spec_data["input"], eval_dir)
     out = base_spec.parent / "nightly-out"
     spec = base_spec.parent / "nightly.yaml"
-    spec.write_text(yaml.safe_dump({**spec_data, "name": "submit-nightly", "output": str(out)}))
+    spec.write_text(yaml.safe_dump({**spec_data, "name": "submit-nightly", "input": str(eval_dir),
+                                    "output": str(out)}))
     assert main(["validate", str(spec)]) == 0
     capsys.readouterr()
-    # Last night was perfect (recorded where the head's runs record: the same IRONSIGHT_HOME).
-    store = HistoryStore()
-    good = store.start(job="submit-nightly", kind="audit")
-    store.finish(good, "succeeded", {"clean_accuracy": 1.0, "per_condition": {"gaussian_noise": 1.0}})
 
+    _relabel(eval_dir, lambda p: p)  # night 1: the model's own predictions are the labels
+    rc = main(["submit", str(spec), "--address", authed, "--submission-id", "ironsight-nightly-1", "--wait"])
+    assert rc == 0, capsys.readouterr().err[-4000:]
+    capsys.readouterr()
+    store = HistoryStore()
+    good = store.runs(job="submit-nightly")[-1]
+    assert good.status == "succeeded"
+
+    _relabel(eval_dir, lambda p: (p + 1) % 8)  # night 2: every image now wrong
     sid = "ironsight-submit-nightly-regressed-1"
     rc = main(["submit", str(spec), "--address", authed, "--submission-id", sid, "--wait"])
     err = capsys.readouterr().err
     assert rc == 4, err[-4000:]
     assert f"{sid}: FAILED" in err
-    assert f"last succeeded run {good}" in err and "clean accuracy dropped from 1.0000 to" in err
+    assert f"last succeeded run {good.id}" in err and "clean accuracy dropped from 1.0000 to 0.0000" in err
     assert (out / "report.json").is_file()  # the regressed run still wrote its reports
 
     assert main(["status", sid, "--address", authed]) == 0
     assert "exit code: 4 (regressed against the previous successful run)" in capsys.readouterr().out
     last = store.runs(job="submit-nightly")[-1]
-    assert (last.status, last.metrics["compared_with_run"]) == ("regressed", good)
+    assert (last.status, last.compared_with, last.identity) == ("regressed", good.id, good.identity)
     assert main(["history", "--job", "submit-nightly"]) == 0
     assert "regressed" in capsys.readouterr().out
