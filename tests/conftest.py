@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -113,6 +114,39 @@ def ironsight_log():
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.disabled = saved[1]
+
+
+@contextlib.contextmanager
+def moto_process(no_auth_calls: int):
+    """A moto server in its own process that checks signatures and IAM policies after its first
+    ``no_auth_calls`` requests (``INITIAL_NO_AUTH_ACTION_COUNT``); yields its endpoint URL.
+
+    A process of its own, unlike :func:`s3_server`: IAM checking is a server-wide setting."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(no_auth_calls))
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("the moto server did not start")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(autouse=True)

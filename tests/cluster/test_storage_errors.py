@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import http.server
 import logging
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,6 +21,7 @@ import pytest
 from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput, JobFailed
 from ironsight.cluster.storage import StorageError
+from tests.conftest import moto_process
 
 
 class _S3Errors(http.server.BaseHTTPRequestHandler):
@@ -194,23 +192,7 @@ def iam_s3():
     """
     import boto3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("the moto server did not start")
-                time.sleep(0.1)
+    with moto_process(no_auth_calls=3) as endpoint:
         kw = {"endpoint_url": endpoint, "aws_access_key_id": "setup", "aws_secret_access_key": "setup",
               "region_name": "us-east-1"}
         boto3.client("s3", **kw).create_bucket(Bucket="guarded")  # unchecked call 1
@@ -218,9 +200,6 @@ def iam_s3():
         iam.create_user(UserName="nobody")  # 2
         key = iam.create_access_key(UserName="nobody")["AccessKey"]  # 3; from now on, checked
         yield endpoint, "guarded", (key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _use(monkeypatch, endpoint: str, key_id: str, secret: str) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from ironsight.cluster import synthetic
+from tests.conftest import moto_process
 from tests.reliability.conftest import IRONSIGHT, REPO
 
 NO_RAY = "127.0.0.1:9"  # a Ray address nothing answers on
@@ -125,34 +126,12 @@ def test_an_endpoint_host_that_does_not_resolve_is_named(command, s3_server, tmp
 @pytest.fixture(scope="module")
 def iam_endpoint():
     """A moto S3 server checking signatures and IAM policies, with bucket ``guarded``."""
-    import socket
-    import sys
-
     import boto3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="1")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("the moto server did not start")
-                time.sleep(0.1)
+    with moto_process(no_auth_calls=1) as endpoint:
         boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup",
                      region_name="us-east-1").create_bucket(Bucket="guarded")  # the one unchecked call
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
