@@ -116,6 +116,21 @@ def ironsight_log():
         logger.disabled = saved[1]
 
 
+def parent_pids() -> dict[int, int]:
+    """``{pid: parent pid}`` of every process, from ``/proc/PID/stat`` (Linux)."""
+    from pathlib import Path
+
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
 @contextlib.contextmanager
 def moto_process(no_auth_calls: int):
     """A moto server in its own process that checks signatures and IAM policies after its first

@@ -21,6 +21,7 @@ import yaml
 from ironsight.cluster import synthetic
 from ironsight.jobs.cli import main
 from ironsight.jobs.submit import job_client, scheduled_submission_id
+from tests.conftest import parent_pids
 
 RAY = str(Path(sys.executable).with_name("ray"))
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
@@ -37,18 +38,6 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _ppids() -> dict[int, int]:
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return out
-
-
 def _processes_of(temp_dir: str) -> set[int]:
     """PIDs whose command line names our temp dir, plus all their descendants (workers rename
     themselves to ``ray::...``, so they are found through their parent raylet)."""
@@ -61,7 +50,7 @@ def _processes_of(temp_dir: str) -> set[int]:
                 continue
             if temp_dir in cmd:
                 roots.add(int(entry))
-    parents = _ppids()
+    parents = parent_pids()
     found, frontier = set(roots), set(roots)
     while frontier:
         frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import parent_pids
+
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's `st` column
 
 
@@ -43,18 +45,6 @@ def _listening_sockets() -> dict[int, tuple[str, int]]:
     return found
 
 
-def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
-
-
 def _session_processes(session_dir: str) -> set[int]:
     """This driver, every process whose command line names the session dir (GCS, raylet,
     agents, monitors), and all their descendants (workers rename themselves ``ray::...``)."""
@@ -67,7 +57,7 @@ def _session_processes(session_dir: str) -> set[int]:
                 continue
             if session_dir in cmd:
                 roots.add(int(entry))
-    parents = _parents()
+    parents = parent_pids()
     found, frontier = set(roots), set(roots)
     while frontier:
         frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
