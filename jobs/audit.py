@@ -277,11 +277,7 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
         InvalidInput: bad eval set, suite, model, baseline or gate file; nothing ran.
         GateFailed: the audit ran and its release gate failed (reports are written first).
     """
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
     from ironsight.robustness.gate import evaluate_gate
-    from ironsight.robustness.report import build_report
 
     started = time.monotonic()
     if prepared is None:
@@ -289,37 +285,87 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
     plan, shards, limits, model = prepared.corpus, prepared.shards, prepared.limits, prepared.model
     gate, baseline, baseline_predictions = prepared.gate, prepared.baseline, prepared.baseline_predictions
     announce_preprocessing(model)
-    res = plan_resources(cfg.actors, cfg.device)
+    variants = variants_dataset(plan, shards, limits, model.info.preprocess, cfg.suite, cfg.seed)
+    predicted = predict_variants(variants, cfg.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
+                                 actors=cfg.actors, device=cfg.device)
+    total_rows = sum(limits.get(s.index, s.num_rows) for s in shards)
+    table, clean_err = collect_predictions(predicted, total_rows * variants_per_image(cfg.suite), cfg.progress)
+    inference_s = time.monotonic() - started
+    report = audit_report(table, clean_err, cfg, plan, model, total_rows,
+                          baseline=baseline, baseline_predictions=baseline_predictions)
+    result_gate = evaluate_gate(report, gate, baseline) if gate is not None else None
+    if result_gate is not None:
+        report["gate"] = result_gate.to_dict()
+    if cfg.history is not None:
+        report["history"] = cfg.history(report, table)
+    examples = _examples(plan, shards, model.info.preprocess, cfg, table)
+    paths = _write_outputs(cfg.output, report, table, examples)
+    result = AuditResult(
+        report=report, paths=paths, rows=table.num_rows, error_rows=len(clean_err),
+        wall_s=time.monotonic() - started, timings={"pipeline_s": inference_s},
+    )
+    job_metrics.record_audit(report, result.wall_s)  # accuracies and gate verdict, also when it failed
+    if result_gate is not None and not result_gate.passed:
+        failed = "\n".join(f"  - {c.message}" for c in result_gate.failed)
+        raise GateFailed(f"release gate failed ({len(result_gate.failed)} checks):\n{failed}\nreports: {paths.get('html')}")
+    return result
+
+
+def variants_dataset(plan: corpus_mod.CorpusPlan, shards: list, limits: dict[int, int],
+                     preprocess: Preprocess, suite: Suite, seed: int) -> Any:
+    """A Ray Dataset of every image's clean block and its (condition, severity) variants,
+    decoded once per shard in CPU tasks (:func:`decode_and_corrupt`)."""
+    import ray.data
+
     items = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
-    variants = items.map_batches(
+    return items.map_batches(
         decode_and_corrupt,
         batch_size=1,
         fn_kwargs={
             "plan": plan,
-            "preprocess": model.info.preprocess,
-            "conditions": cfg.suite.conditions,
-            "severities": cfg.suite.severities,
-            "seed": cfg.seed,
+            "preprocess": preprocess,
+            "conditions": suite.conditions,
+            "severities": suite.severities,
+            "seed": seed,
             "limits": limits,
         },
         **decode_task_args(),  # keeps corruption work in CPU tasks, unfused from the predictors
     )
-    predicted = variants.map_batches(
+
+
+def predict_variants(variants: Any, source: ModelSource, suite: Suite, *, seed: int, batch_size: int,
+                     actors: int | None, device: str) -> Any:
+    """``variants`` through a pool of :class:`AuditPredictor` actors (one per GPU, or sized to
+    the cores): predictions for every block, and the suite's attacks on the clean rows."""
+    from ray.data import ActorPoolStrategy
+
+    res = plan_resources(actors, device)
+    return variants.map_batches(
         AuditPredictor,
         fn_constructor_kwargs={
-            "source": cfg.source, "attacks": cfg.suite.attacks, "seed": cfg.seed,
+            "source": source, "attacks": suite.attacks, "seed": seed,
             "device": res["device"], "cpu_threads": res.get("threads"),
         },
         compute=ActorPoolStrategy(size=res["size"]),
         num_gpus=res["num_gpus"],
         num_cpus=res["num_cpus"],
-        batch_size=cfg.batch_size,
+        batch_size=batch_size,
     )
-    total_rows = sum(limits.get(s.index, s.num_rows) for s in shards)
-    n_variants = 1 + len(cfg.suite.conditions) * len(cfg.suite.severities)
-    n_attacks = sum(len(a.eps) for a in cfg.suite.attacks)
+
+
+def variants_per_image(suite: Suite) -> int:
+    """Predictions one image yields: clean, each (condition, severity), each (attack, eps)."""
+    return 1 + len(suite.conditions) * len(suite.severities) + sum(len(a.eps) for a in suite.attacks)
+
+
+def collect_predictions(predicted: Any, total: int, show_progress: bool | None,
+                        *, desc: str = "auditing") -> tuple[pa.Table, list[str]]:
+    """Drain ``predicted`` in the driver into a :data:`PREDICTIONS_SCHEMA` table (rows that
+    decoded) and the error strings of the clean rows that did not."""
+    import ray
+
     # A bar on a terminal, a line every 10 s in logs (ironsight.cluster.pipeline._Progress).
-    bar = progress(total_rows * (n_variants + n_attacks), cfg.progress, desc="auditing", noun="predictions")
+    bar = progress(total, show_progress, desc=desc, noun="predictions")
     cols: dict[str, list] = {k: [] for k in ("id", "kind", "condition", "severity", "eps", "label", "prediction", "confidence", "error")}
     try:
         for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
@@ -355,9 +401,16 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
         },
         schema=PREDICTIONS_SCHEMA,
     )
-    inference_s = time.monotonic() - started
+    return table, clean_err
+
+
+def audit_report(table: pa.Table, clean_err: list[str], cfg: AuditConfig, plan: corpus_mod.CorpusPlan,
+                 model: Any, total_rows: int, *, baseline: dict | None = None,
+                 baseline_predictions: pa.Table | None = None) -> dict[str, Any]:
+    """report.json's content for one model's predictions (no gate, no history yet)."""
+    from ironsight.robustness.report import build_report
+
     info = model.info
-    imagenet = info.num_classes == _IMAGENET_CLASSES
     report = build_report(
         table,
         class_names=info.class_names,
@@ -373,26 +426,11 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
         suite=cfg.suite.name,
         baseline=baseline,
         baseline_predictions=baseline_predictions,  # paired (McNemar) changes when present
-        imagenet_model=imagenet,
+        imagenet_model=info.num_classes == _IMAGENET_CLASSES,
         imagenet_c_conditions=IMAGENET_C_CONDITIONS,
     )
     report["preprocessing"] = info.preprocess.to_dict()  # the pixels these numbers come from
-    result_gate = evaluate_gate(report, gate, baseline) if gate is not None else None
-    if result_gate is not None:
-        report["gate"] = result_gate.to_dict()
-    if cfg.history is not None:
-        report["history"] = cfg.history(report, table)
-    examples = _examples(plan, shards, info.preprocess, cfg, table)
-    paths = _write_outputs(cfg.output, report, table, examples)
-    result = AuditResult(
-        report=report, paths=paths, rows=table.num_rows, error_rows=len(clean_err),
-        wall_s=time.monotonic() - started, timings={"pipeline_s": inference_s},
-    )
-    job_metrics.record_audit(report, result.wall_s)  # accuracies and gate verdict, also when it failed
-    if result_gate is not None and not result_gate.passed:
-        failed = "\n".join(f"  - {c.message}" for c in result_gate.failed)
-        raise GateFailed(f"release gate failed ({len(result_gate.failed)} checks):\n{failed}\nreports: {paths.get('html')}")
-    return result
+    return report
 
 
 def _select(plan: corpus_mod.CorpusPlan, max_images: int | None) -> tuple[list, dict[int, int]]:
