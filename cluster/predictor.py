@@ -7,6 +7,15 @@ top-k labels. With ``num_gpus=1`` Ray pins the actor to one GPU (``CUDA_VISIBLE_
 blocking, converted to float on the device (uint8 crosses the bus: 4x fewer bytes), run in
 channels-last under autocast; on CPU it runs in float32 with threads sized to the actor's CPUs.
 
+What happens when the GPU runs out of memory, and where host memory comes from:
+
+| situation                                   | what the predictor does                                  |
+|---------------------------------------------|----------------------------------------------------------|
+| ``torch.cuda.OutOfMemoryError`` on a batch  | frees the cache, splits the batch in halves and retries each, recursively; later batches start at the size that fitted |
+| a single image still runs out of memory     | that row only gets ``inference_failed: OutOfMemoryError: ...``; the rest are labelled |
+| any other ``RuntimeError`` in the model     | every decoded row of the batch gets ``inference_failed: ...``; the job goes on |
+| a batch on CUDA                             | copied through ONE page-locked host buffer per actor (:class:`HostStaging`), grown when a batch is larger, never allocated per batch |
+
 Batch in (``dict[str, np.ndarray]``): ``image`` (N, H, W, 3) uint8, ``error`` (N,) object
 (None or ``reason: detail``), plus pass-through columns (``id``, ``shard``, ``row``...).
 Batch out: the pass-through columns, ``label`` (N,) int64 (-1 on error), ``score`` (N,) float32,
@@ -26,7 +35,7 @@ from ironsight.cluster.decode import as_error
 if TYPE_CHECKING:
     from ironsight.cluster.models import ModelSource
 
-__all__ = ["Predictor", "as_error", "autocast_dtype", "check_device", "pick_device"]
+__all__ = ["HostStaging", "Predictor", "as_error", "autocast_dtype", "check_device", "pick_device"]
 
 
 def pick_device(prefer: str = "auto") -> str:
@@ -83,6 +92,64 @@ def autocast_dtype(device: str):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _pinned_bytes(n: int):
+    import torch
+
+    return torch.empty(n, dtype=torch.uint8, pin_memory=True)
+
+
+class HostStaging:
+    """One page-locked (pinned) host buffer, reused for every batch an actor copies to the GPU.
+
+    ``cudaHostAlloc`` is slow (it locks pages with the kernel: milliseconds per batch at 224 px)
+    and pinned memory is a scarce, unswappable resource, so the buffer is allocated on the
+    first batch, grown (to the larger size, once) when a batch needs more bytes, and otherwise
+    reused. ``stage`` returns a view of it: a non-blocking copy from that view must finish
+    before the next ``stage`` overwrites it, which :meth:`Predictor.logits` guarantees by
+    bringing the logits back to the CPU (a synchronising copy) before it returns.
+
+    Args:
+        alloc: ``nbytes -> 1-D uint8 tensor``; page-locked by default (needs CUDA). Tests pass
+            an ordinary allocator to count allocations on a CPU-only machine.
+
+    >>> import torch
+    >>> staging = HostStaging(alloc=lambda n: torch.empty(n, dtype=torch.uint8))
+    >>> staging.stage(np.zeros((4, 8, 8, 3), np.uint8)).shape, staging.allocations
+    (torch.Size([4, 8, 8, 3]), 1)
+    >>> _ = staging.stage(np.ones((2, 8, 8, 3), np.uint8)); staging.allocations, staging.capacity
+    (1, 768)
+    """
+
+    def __init__(self, alloc=None) -> None:
+        self._alloc = alloc or _pinned_bytes
+        self._buf = None
+        self.allocations = 0
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self._buf is None else int(self._buf.numel())
+
+    def stage(self, images: np.ndarray):
+        """Copy ``images`` (any shape, uint8) into the buffer; a tensor view of that shape."""
+        import torch
+
+        src = torch.from_numpy(np.ascontiguousarray(images))
+        n = src.numel()
+        if n > self.capacity:
+            self._buf = None  # drop the old buffer before locking a larger one
+            self._buf = self._alloc(n)
+            self.allocations += 1
+        view = self._buf[:n].view(src.shape)
+        view.copy_(src)
+        return view
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
 class Predictor:
     """Top-k classification of uint8 image batches; one instance per Ray actor.
 
@@ -122,15 +189,20 @@ class Predictor:
             torch.backends.cudnn.benchmark = True
         if torch_compile:
             self.model = torch.compile(self.model)
+        self.staging = HostStaging()  # allocates nothing until the first CUDA batch
+        # Largest batch the model ran without running out of GPU memory after an OOM (None:
+        # no OOM yet): later batches go in chunks of this size instead of failing again first.
+        self.max_batch: int | None = None
         self.worker = f"{os.getpid()}:{_gpu_ids()}"
 
     def logits(self, images: np.ndarray):
         """(N, H, W, 3) uint8 -> (N, num_classes) float32 logits on the CPU."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(images))  # (N, H, W, 3) uint8
-        if self.device == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+        if self.device == "cuda":  # through the actor's one pinned buffer (HostStaging)
+            x = self.staging.stage(images).to(self.device, non_blocking=True)  # (N, H, W, 3) uint8
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(images))  # (N, H, W, 3) uint8
         x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W) float32 in [0, 1]
         if self.device == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -143,8 +215,6 @@ class Predictor:
         return out.float().cpu()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         images = batch["image"]
         n = len(images)
         errors = np.array([as_error(e) for e in batch["error"]], dtype=object)
@@ -155,14 +225,15 @@ class Predictor:
         topk_scores = np.zeros((n, self.top_k), np.float32)
         if ok.any():
             try:
-                probs = torch.softmax(self.logits(images[ok]), dim=1)  # (M, C) float32
-                top_p, top_i = probs.topk(self.top_k, dim=1)
-                topk_labels[ok] = top_i.numpy()
-                topk_scores[ok] = top_p.numpy()
+                top_i, top_p, failed = self.top_k_split(images[ok])
+                topk_labels[ok] = top_i
+                topk_scores[ok] = top_p
                 labels[ok] = topk_labels[ok, 0]
                 scores[ok] = topk_scores[ok, 0]
-            except RuntimeError as exc:  # e.g. CUDA OOM on one batch: rows fail, the job goes on
-                msg = f"inference_failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                bad = np.array([f is not None for f in failed], bool)  # single images still OOM
+                errors[np.flatnonzero(ok)[bad]] = failed[bad]
+            except RuntimeError as exc:  # not an OOM: rows fail, the job goes on
+                msg = _failure(exc)
                 errors = np.array([e if e is not None else msg for e in errors], dtype=object)
         out: dict[str, Any] = {k: batch[k] for k in self.passthrough if k in batch}
         out.update(
@@ -174,6 +245,55 @@ class Predictor:
             worker=np.full(n, self.worker, dtype=object),
         )
         return out
+
+
+    def top_k_split(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k of ``images`` (M, H, W, 3) uint8, splitting on CUDA out-of-memory.
+
+        Runs in chunks of :attr:`max_batch` once an OOM has set it. A chunk that runs out of
+        GPU memory is split in halves, each retried (recursively); only a single image that
+        still does not fit becomes an error, so one OOM never fails a whole batch.
+
+        Returns:
+            (M, k) int64 labels (-1 where failed), (M, k) float32 scores, (M,) object errors
+            (None or ``inference_failed: OutOfMemoryError: ...``).
+        """
+        m = len(images)
+        labels = np.full((m, self.top_k), -1, np.int64)
+        scores = np.zeros((m, self.top_k), np.float32)
+        errors = np.full(m, None, dtype=object)
+        step = self.max_batch or m
+        for start in range(0, m, step):
+            self._top_k_into(images, start, min(m, start + step), labels, scores, errors)
+        return labels, scores, errors
+
+    def _top_k_into(self, images, lo: int, hi: int, labels, scores, errors) -> None:
+        import torch
+
+        try:
+            probs = torch.softmax(self.logits(images[lo:hi]), dim=1)  # (n, C) float32
+            top_p, top_i = probs.topk(self.top_k, dim=1)
+            labels[lo:hi], scores[lo:hi] = top_i.numpy(), top_p.numpy()
+            return
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            msg = _failure(exc)
+        # Out of the except block: the traceback no longer holds the failed batch's tensors.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if hi - lo == 1:
+            errors[lo] = msg
+            return
+        mid = lo + (hi - lo) // 2
+        self.max_batch = min(self.max_batch or hi - lo, (hi - lo + 1) // 2)
+        self._top_k_into(images, lo, mid, labels, scores, errors)
+        self._top_k_into(images, mid, hi, labels, scores, errors)
+
+
+def _failure(exc: BaseException) -> str:
+    """The error-row text of an inference failure: ``inference_failed: Type: first line``."""
+    return f"inference_failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 def _ray_cpus() -> int | None:

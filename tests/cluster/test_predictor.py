@@ -53,3 +53,96 @@ def test_torch_compile_gives_the_labels_and_scores_of_eager_mode():
     np.testing.assert_allclose(out["topk_scores"], eager["topk_scores"], atol=1e-5)
     short = compiled({k: v[:5] for k, v in b.items()})  # a shard's shorter last batch recompiles
     assert short["label"].tolist() == eager["label"][:5].tolist()
+
+
+class OomAbove(torch.nn.Module):
+    """The predictor's model, raising CUDA's out-of-memory error (constructible on CPU) for a
+    batch of more than ``limit`` images, or for any batch holding an all-white image."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.sizes = inner, limit, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) float32 in [0, 1]
+        self.sizes.append(len(x))
+        white = x.flatten(1).amin(1) == 1.0
+        if len(x) > self.limit or bool(white.any()):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_cuda_oom_splits_the_batch_and_gives_the_unsplit_results():
+    b = batch(13, seed=5, errors=(4,))
+    expected = Predictor(SOURCE, device="cpu", cpu_threads=1, top_k=3)(b)
+    p = Predictor(SOURCE, device="cpu", cpu_threads=1, top_k=3)
+    p.model = OomAbove(p.model, limit=3)
+    out = p(b)
+    assert out["error"].tolist() == expected["error"].tolist()  # only the decode error row
+    assert out["label"].tolist() == expected["label"].tolist()
+    np.testing.assert_allclose(out["topk_scores"], expected["topk_scores"], rtol=1e-5, atol=1e-6)
+    assert max(s for s in p.model.sizes if s <= 3) == 3 and p.max_batch == 3
+    # the next batch goes in chunks that fit, instead of running out of memory again first
+    p.model.sizes.clear()
+    again = p(b)
+    assert max(p.model.sizes) <= 3 and again["label"].tolist() == expected["label"].tolist()
+
+
+def test_only_a_single_image_that_still_runs_out_of_memory_becomes_an_error_row():
+    b = batch(8, seed=6)
+    b["image"][5] = 255  # OomAbove refuses any batch holding it, down to the image alone
+    expected = Predictor(SOURCE, device="cpu", cpu_threads=1, top_k=2)(b)
+    p = Predictor(SOURCE, device="cpu", cpu_threads=1, top_k=2)
+    p.model = OomAbove(p.model, limit=100)
+    out = p(b)
+    assert out["error"][5].startswith("inference_failed: OutOfMemoryError: CUDA out of memory")
+    assert out["label"][5] == -1 and (out["topk_labels"][5] == -1).all()
+    rest = [i for i in range(8) if i != 5]
+    assert all(out["error"][i] is None for i in rest)
+    assert out["label"][rest].tolist() == expected["label"][rest].tolist()
+    assert 1 in p.model.sizes  # it was split all the way down
+
+
+def test_other_runtime_errors_still_fail_the_batch_without_splitting():
+    class Broken(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Broken.calls += 1
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    p = Predictor(SOURCE, device="cpu", cpu_threads=1)
+    p.model = Broken()
+    out = p(batch(6, errors=(2,)))
+    assert Broken.calls == 1 and out["error"][2].startswith("empty:")
+    assert all(out["error"][i].startswith("inference_failed: RuntimeError: mat1") for i in (0, 1, 3, 4, 5))
+
+
+def test_host_staging_allocates_once_over_batches_and_grows_only_for_a_larger_one():
+    from ironsight.cluster.predictor import HostStaging
+
+    sizes: list[int] = []
+
+    def alloc(n: int) -> torch.Tensor:  # what pin_memory=True would lock, minus the locking
+        sizes.append(n)
+        return torch.empty(n, dtype=torch.uint8)
+
+    staging = HostStaging(alloc=alloc)
+    for n in (16, 16, 5, 16, 1):  # a shard's last batch is shorter
+        images = batch(n, seed=n)["image"]
+        staged = staging.stage(images)
+        assert staged.shape == images.shape and np.array_equal(staged.numpy(), images)
+    assert sizes == [16 * 64 * 64 * 3] and staging.allocations == 1
+    big = batch(20, seed=1)["image"]
+    assert np.array_equal(staging.stage(big).numpy(), big)
+    assert sizes == [16 * 64 * 64 * 3, 20 * 64 * 64 * 3]
+    staging.stage(batch(3)["image"])
+    assert staging.allocations == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_predictor_reuses_one_pinned_buffer():
+    p = Predictor(SOURCE, device="cuda")
+    outs = [p(batch(n, seed=n)) for n in (32, 32, 7, 32)]
+    assert p.staging.allocations == 1 and p.staging._buf.is_pinned()
+    assert all((o["label"] >= 0).all() for o in outs)
