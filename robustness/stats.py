@@ -11,6 +11,7 @@ One home for the arithmetic that reports, the release gate and run history share
 | :func:`unpaired_change`     | change between runs on different ids: significant when the intervals do not overlap |
 | :func:`min_detectable_drop` | smallest drop from accuracy ``p`` that ``n`` paired images can call significant |
 | :func:`is_regression`       | the one rule: drop larger than ``max_drop`` AND significant        |
+| :func:`weighted_sum_interval` | 95% interval of ``sum_i w_i * k_i / n_i`` (an expected accuracy under a mix of conditions) |
 
 Why Wilson: it stays inside [0, 1] and keeps its coverage at small ``n`` and at accuracies near
 0 or 1, where the normal ("Wald") interval collapses to a point (10/10 correct is not
@@ -188,3 +189,68 @@ def is_regression(change: Change, max_drop: float) -> bool:
     False
     """
     return -change.delta > max_drop and change.significant
+
+
+def weighted_sum_interval(
+    parts: list[tuple[float, float, float]] | tuple[tuple[float, float, float], ...],
+    corr: list[list[float]] | None = None,
+    z: float = Z95,
+) -> tuple[float, float, float]:
+    """95% interval of a weighted sum of proportions ``S = sum_i w_i * p_i``, ``p_i = k_i / n_i``.
+
+    Method: MOVER ("method of variance estimates recovery", Zou & Donner 2008; Newcombe 1998
+    for a difference of two proportions) over each part's Wilson interval ``[l_i, u_i]``:
+
+        low  = S - sqrt(sum_ij r_ij * w_i (p_i - l_i) * w_j (p_j - l_j))
+        high = S + sqrt(sum_ij r_ij * w_i (u_i - p_i) * w_j (u_j - p_j))
+
+    with ``r_ii = 1``; ``r_ij`` is the correlation of the estimates ``p_i`` and ``p_j``: 0 for
+    independent proportions (``corr=None``), 1 for perfectly correlated ones (the half-widths
+    then add up). It inherits Wilson's behaviour: inside [0, 1], not a point at 0 or 1.
+
+    Args:
+        parts: ``(weight, k, n)`` per proportion; weights >= 0, ``n > 0`` where the weight is
+            > 0; ``k`` may be fractional (a count pooled over repeated measurements, e.g. an
+            image's mean correctness over severities, with ``n`` the images).
+        corr: optional matrix ``r_ij`` (one row per part), values in [-1, 1].
+        z: normal quantile (95% two-sided by default).
+
+    Returns:
+        ``(S, low, high)``.
+
+    >>> s, lo, hi = weighted_sum_interval([(0.7, 90, 100), (0.3, 60, 100)])
+    >>> round(s, 3), round(lo, 3), round(hi, 3)
+    (0.81, 0.75, 0.851)
+    >>> weighted_sum_interval([(1.0, 45, 50)]) == (0.9, *wilson_interval(45, 50))
+    True
+    >>> _, lo, hi = weighted_sum_interval([(0.5, 9, 10), (0.5, 9, 10)], corr=[[1, 1], [1, 1]])
+    >>> (round(lo, 3), round(hi, 3)) == tuple(round(x, 3) for x in wilson_interval(9, 10))
+    True
+    """
+    if corr is not None and (len(corr) != len(parts) or any(len(r) != len(parts) for r in corr)):
+        raise ValueError(f"corr must be {len(parts)} x {len(parts)}")
+    est, down, up = 0.0, [], []
+    for w, k, n in parts:
+        if w < 0 or not math.isfinite(w):
+            raise ValueError(f"weights must be finite and >= 0, got {w}")
+        if w == 0:
+            down.append(0.0)
+            up.append(0.0)
+            continue
+        if n <= 0:
+            raise ValueError(f"a part with weight {w} has no observations (n={n})")
+        p = k / n
+        lo, hi = wilson_interval(k, n, z)
+        est += w * p
+        down.append(w * max(0.0, p - lo))
+        up.append(w * max(0.0, hi - p))
+
+    def spread(d: list[float]) -> float:
+        total = 0.0
+        for i, di in enumerate(d):
+            for j, dj in enumerate(d):
+                r = 1.0 if i == j else (0.0 if corr is None else float(corr[i][j]))
+                total += r * di * dj
+        return math.sqrt(max(0.0, total))
+
+    return est, max(0.0, est - spread(down)), min(1.0, est + spread(up))

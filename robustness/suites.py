@@ -1,6 +1,6 @@
 """Audit suites: which conditions, severities and attacks an audit runs.
 
-Two are built in (:func:`list_suites`); any other is a YAML file, validated strictly (unknown
+Four are built in (:func:`list_suites`); any other is a YAML file, validated strictly (unknown
 keys, unknown conditions or attacks, out-of-range values are errors naming the field and the
 file):
 
@@ -11,7 +11,13 @@ severities: [1, 3, 5]                     # default: all of SEVERITIES
 attacks:                                  # default: none
   - {name: pgd, eps: [0, 0.00784], steps: 10}   # eps default: the attack's default sweep
   - {name: fgsm}                                 # alpha default: 2.5 * eps / steps
+mix:                                      # optional: how often each condition occurs in
+  low_light: 0.30                         # production; the rest (here 0.70) is clean
 ```
+
+``mix`` names conditions of the suite, each with a weight > 0, weights summing to at most 1;
+the audit and ``ironsight compare`` then report the expected accuracy under that mix, with its
+interval (:func:`ironsight.robustness.mix.expected_accuracy`).
 
 | suite      | conditions                              | severities | attacks                          |
 |------------|-----------------------------------------|------------|----------------------------------|
@@ -21,6 +27,9 @@ attacks:                                  # default: none
 |            |                                         |            | DEFAULT_EPSILONS                 |
 | imagenet-c | ImageNet-C's 15 corruptions             | 1 to 5     | none                             |
 |            | (conditions.IMAGENET_C_CONDITIONS)      |            |                                  |
+| field      | low_light, partial_view, motion_blur,   | 1, 3, 5    | fgsm at 0, 2/255, 8/255          |
+|            | overexposure, noisy_background; mix     |            |                                  |
+|            | 0.30/0.25/0.20/0.15/0.10 (FIELD_MIX)    |            |                                  |
 
 ``autoattack`` (RobustBench's standard attack) is in no built-in suite: it costs hundreds to
 thousands of model passes per image (see ``ironsight.robustness.attacks``); list it in a
@@ -50,6 +59,7 @@ from ironsight.robustness.conditions import (
     did_you_mean,
     list_conditions,
 )
+from ironsight.robustness.mix import check_mix
 
 
 @dataclass(frozen=True)
@@ -70,16 +80,23 @@ class Suite:
     conditions: tuple[str, ...]
     severities: tuple[int, ...]
     attacks: tuple[AttackSpec, ...] = ()
+    mix: tuple[tuple[str, float], ...] = ()  # (condition, share in production); rest is clean
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (lists, not tuples) for report.json and YAML.
+        """Plain data (lists, not tuples) for report.json and YAML; ``mix`` only when set.
 
         >>> get_suite("quick").to_dict()["severities"]
         [1, 3, 5]
+        >>> get_suite("field").to_dict()["mix"]["low_light"]
+        0.3
         """
         d = asdict(self)
         d["conditions"], d["severities"] = list(self.conditions), list(self.severities)
         d["attacks"] = [{**a, "eps": list(a["eps"])} for a in d["attacks"]]
+        if self.mix:
+            d["mix"] = dict(self.mix)
+        else:
+            del d["mix"]
         return d
 
 
@@ -105,14 +122,25 @@ def _imagenet_c() -> Suite:
     return Suite("imagenet-c", IMAGENET_C_CONDITIONS, SEVERITIES)
 
 
-_BUILTIN = {"quick": _quick, "standard": _standard, "imagenet-c": _imagenet_c}
+# The documents' operating-condition mix: the share of hard cases by challenge (low light 30%,
+# partial view 25%, blur 20%, overexposure 15%, noisy background 10%); blur is motion blur.
+FIELD_MIX = (("low_light", 0.30), ("partial_view", 0.25), ("motion_blur", 0.20),
+             ("overexposure", 0.15), ("noisy_background", 0.10))
+
+
+def _field() -> Suite:
+    return Suite("field", tuple(c for c, _ in FIELD_MIX), (1, 3, 5),
+                 (AttackSpec("fgsm", (0.0, 2 / 255, 8 / 255), steps=1),), FIELD_MIX)
+
+
+_BUILTIN = {"quick": _quick, "standard": _standard, "imagenet-c": _imagenet_c, "field": _field}
 
 
 def list_suites() -> list[str]:
     """Names of the built-in suites.
 
     >>> list_suites()
-    ['imagenet-c', 'quick', 'standard']
+    ['field', 'imagenet-c', 'quick', 'standard']
     """
     return sorted(_BUILTIN)
 
@@ -178,6 +206,7 @@ class _SuiteModel(BaseModel):
     conditions: str | list[str] = "all"
     severities: list[int] = Field(default_factory=lambda: list(SEVERITIES), min_length=1)
     attacks: list[_AttackModel] = Field(default_factory=list)
+    mix: dict[str, float] | None = None
 
     @field_validator("conditions")
     @classmethod
@@ -214,7 +243,7 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
     """Validate a suite given as plain data (a parsed YAML mapping).
 
     Args:
-        data: The mapping (``name``, ``conditions``, ``severities``, ``attacks``).
+        data: The mapping (``name``, ``conditions``, ``severities``, ``attacks``, ``mix``).
         source: Where it came from, for error messages (``"file nightly.yaml"``, or a job
             spec field).
 
@@ -250,7 +279,13 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
                    a.steps, a.alpha)
         for a in m.attacks
     )
-    return Suite(m.name, conditions, tuple(m.severities), attacks)
+    mix: tuple[tuple[str, float], ...] = ()
+    if m.mix is not None:
+        try:
+            mix = check_mix(m.mix, conditions)
+        except InvalidInput as exc:
+            raise SuiteError(clip(f"suite {source} is invalid: {exc}", MAX_MESSAGE_CHARS)) from None
+    return Suite(m.name, conditions, tuple(m.severities), attacks, mix)
 
 
 def load_suite(path: str) -> Suite:

@@ -71,3 +71,47 @@ def test_bad_counts_are_refused():
         stats.wilson_interval(5, 3)
     with pytest.raises(ValueError):
         stats.paired_change([True], [True, False])
+
+
+def test_weighted_sum_interval_of_one_part_is_its_wilson_interval():
+    for k, n in [(0, 10), (7, 10), (10, 10), (512, 1000)]:
+        s, lo, hi = stats.weighted_sum_interval([(1.0, k, n), (0.0, 0, 0)])
+        assert (s, lo, hi) == (k / n, *stats.wilson_interval(k, n))
+
+
+def test_weighted_sum_interval_estimate_is_the_weighted_sum_and_stays_in_0_1():
+    s, lo, hi = stats.weighted_sum_interval([(0.3, 10, 10), (0.7, 20, 20)])
+    assert s == pytest.approx(1.0) and hi == 1.0 and 0.8 < lo < 1.0  # not a point at 100%
+    s, lo, hi = stats.weighted_sum_interval([(0.5, 0, 20), (0.5, 0, 30)])
+    assert s == 0.0 == lo and 0.0 < hi < 0.2
+
+
+def test_weighted_sum_interval_widens_with_correlation():
+    parts = [(0.5, 30, 40), (0.5, 25, 40)]
+    _, lo0, hi0 = stats.weighted_sum_interval(parts)
+    _, lo1, hi1 = stats.weighted_sum_interval(parts, corr=[[1, 1], [1, 1]])
+    assert lo1 < lo0 and hi1 > hi0
+
+
+def test_weighted_sum_interval_refuses_bad_input():
+    with pytest.raises(ValueError, match="no observations"):
+        stats.weighted_sum_interval([(0.5, 0, 0)])
+    with pytest.raises(ValueError, match=">= 0"):
+        stats.weighted_sum_interval([(-0.1, 1, 2)])
+    with pytest.raises(ValueError, match="2 x 2"):
+        stats.weighted_sum_interval([(0.5, 1, 2), (0.5, 1, 2)], corr=[[1]])
+
+
+@pytest.mark.parametrize("truth", [(0.9, 0.6, 0.75), (0.97, 0.85, 0.5)])
+def test_weighted_sum_interval_covers_near_95_percent(truth):
+    # independent binomial parts of unequal size, as the interval assumes
+    rng = random.Random(1)
+    weights, sizes = (0.5, 0.3, 0.2), (60, 40, 30)
+    target = sum(w * p for w, p in zip(weights, truth, strict=True))
+    hits, runs = 0, 1500
+    for _ in range(runs):
+        parts = [(w, sum(rng.random() < p for _ in range(n)), n)
+                 for w, p, n in zip(weights, truth, sizes, strict=True)]
+        _, lo, hi = stats.weighted_sum_interval(parts)
+        hits += lo <= target <= hi
+    assert 0.925 <= hits / runs <= 0.985

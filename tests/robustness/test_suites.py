@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import yaml
 
 from ironsight.robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
 from ironsight.robustness.conditions import SEVERITIES, list_conditions
-from ironsight.robustness.suites import AttackSpec, Suite, get_suite, list_suites, load_suite
+from ironsight.robustness.suites import (
+    FIELD_MIX,
+    AttackSpec,
+    Suite,
+    SuiteError,
+    get_suite,
+    list_suites,
+    load_suite,
+)
 
 EXAMPLE = """\
 name: nightly
@@ -126,11 +137,62 @@ def test_malformed_yaml_names_file(tmp_path, text, match):
 
 
 def test_unknown_suite_lists_builtins():
-    with pytest.raises(ValueError, match="suite 'nightly' unknown; expected one of imagenet-c, "
-                                         "quick, standard or the path"):
+    with pytest.raises(ValueError, match="suite 'nightly' unknown; expected one of field, "
+                                         "imagenet-c, quick, standard or the path"):
         get_suite("nightly")
 
 
 def test_missing_yaml_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         get_suite(str(tmp_path / "nope.yaml"))
+
+
+def test_field_suite_carries_the_documents_mix():
+    suite = get_suite("field")
+    assert dict(suite.mix) == {"low_light": 0.30, "partial_view": 0.25, "motion_blur": 0.20,
+                               "overexposure": 0.15, "noisy_background": 0.10}
+    assert suite.mix == FIELD_MIX and suite.conditions == tuple(c for c, _ in FIELD_MIX)
+    assert sum(w for _, w in suite.mix) == pytest.approx(1.0)
+
+
+def test_shipped_field_mix_example_is_the_builtin_field_suite():
+    path = Path(__file__).parents[2] / "examples" / "suites" / "field-mix.yaml"
+    suite = load_suite(str(path))
+    assert suite.name == "field-mix"
+    assert dataclasses.replace(suite, name="field") == get_suite("field")
+
+
+def test_suite_without_mix_has_an_empty_one(tmp_path):
+    assert get_suite(_write(tmp_path, EXAMPLE)).mix == ()
+    assert "mix" not in get_suite("quick").to_dict()
+
+
+def test_mix_in_a_suite_file_is_ordered_most_frequent_first(tmp_path):
+    suite = get_suite(_write(tmp_path, EXAMPLE + "mix: {gaussian_noise: 0.1, low_light: 0.3}\n"))
+    assert suite.mix == (("low_light", 0.3), ("gaussian_noise", 0.1))
+
+
+def test_mix_weights_may_sum_to_one_up_to_rounding(tmp_path):
+    thirds = EXAMPLE.replace("[low_light, gaussian_noise]", "[low_light, gaussian_noise, fog]")
+    suite = get_suite(_write(tmp_path, thirds + "mix: {low_light: 0.3333333333333333, "
+                             "gaussian_noise: 0.3333333333333333, fog: 0.3333333333333334}\n"))
+    assert len(suite.mix) == 3 and sum(w for _, w in suite.mix) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("mix", "detail"), [
+    ("{low_lite: 0.3}", "mix: condition 'low_lite' is not one of the suite's conditions; "
+                        "did you mean 'low_light'\\? expected any of low_light, gaussian_noise"),
+    ("{fog: 0.3}", "mix: condition 'fog' is not one of the suite's conditions"),
+    ("{low_light: 0}", "mix: weight of 'low_light' is 0.0; expected a number > 0"),
+    ("{low_light: -0.2}", "mix: weight of 'low_light' is -0.2"),
+    ("{low_light: .nan}", "mix: weight of 'low_light' is nan"),
+    ("{low_light: 0.7, gaussian_noise: 0.4}", "mix: weights sum to 1.1 > 1"),
+    ("{clean: 0.5}", "mix: 'clean' is not a condition; its share is the rest"),
+    ("{}", "mix is empty"),
+    ("{low_light: high}", "mix.low_light: Input should be a valid number"),
+    ("[low_light]", "mix: Input should be a valid dictionary"),
+])
+def test_bad_mix_names_file_key_and_problem(tmp_path, mix, detail):
+    path = _write(tmp_path, EXAMPLE + f"mix: {mix}\n", "bad-mix.yaml")
+    with pytest.raises(SuiteError, match=rf"suite file .*bad-mix\.yaml is invalid: {detail}"):
+        get_suite(path)
