@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ironsight.cluster import corpus as corpus_mod
@@ -67,6 +68,7 @@ class AuditConfig:
     baseline: str | None = None
     gate: str | None = None
     overwrite: bool = False  # replace another audit's reports in OUTPUT instead of refusing
+    activation_maps: bool = True  # the example images' activation maps (report.html)
     batch_size: int = 64
     actors: int | None = None
     device: str = "auto"
@@ -298,7 +300,7 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
         report["gate"] = result_gate.to_dict()
     if cfg.history is not None:
         report["history"] = cfg.history(report, table)
-    examples = _examples(plan, shards, model.info.preprocess, cfg, table)
+    examples = _examples(plan, shards, model.info.preprocess, cfg, table, model=model, report=report)
     paths = _write_outputs(cfg.output, report, table, examples)
     result = AuditResult(
         report=report, paths=paths, rows=table.num_rows, error_rows=len(clean_err),
@@ -486,28 +488,88 @@ def _load_baseline_predictions(uri: str) -> pa.Table | None:
         return None
 
 
-def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.Table) -> list[Example]:
-    """Recompute a few variants in the driver (conditions are deterministic) for the HTML."""
-    if not shards:
-        return []
-    first = next(corpus_mod.iter_shard(plan, shards[0], batch_rows=16), None)
-    if first is None:
-        return []
-    images, errors = decode_rows(first["image"], first["error"], preprocess)
-    picks = [i for i, e in enumerate(errors) if e is None][:EXAMPLES_PER_CONDITION]
-    lookup: dict[tuple[str, str, int], int] = {}
-    for row in table.select(["id", "condition", "severity", "prediction"]).to_pylist():
-        lookup[(row["id"], row["condition"], row["severity"])] = row["prediction"]
-    labels = first.get("label", np.full(len(errors), -1))
-    out = []
+def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.Table, *,
+              model: Any = None, report: dict | None = None) -> list[Example]:
+    """The reports' examples: misclassified images per condition, with activation maps.
+
+    | step | what |
+    |------|------|
+    | pick | per cell (clean, and each corruption at the suite's worst severity): up to |
+    |      | :data:`EXAMPLES_PER_CONDITION` misclassified labeled rows of ``table``, by id; on an |
+    |      | unlabeled eval set the first ids (nothing can be called misclassified) |
+    | pixels | the picked ids are read again from the eval set and decoded in the driver; a |
+    |      | corruption is recomputed (conditions are pure functions of id, severity, seed) |
+    | maps | with ``model`` (the driver's :class:`~ironsight.cluster.models.LoadedModel`) and |
+    |      | ``cfg.activation_maps``: the map of the predicted class per image |
+    |      | (:func:`ironsight.robustness.cam.activation_maps`, on CPU) |
+
+    Attack rows are not shown: the adversarial image is not kept. With ``report``, its
+    ``"examples"`` section lists per cell the misclassified count and the ids shown, and the
+    map method (``None`` when maps are off), so the HTML and Markdown can say "no
+    misclassified example" for a cell.
+    """
     worst = max(cfg.suite.severities) if cfg.suite.severities else 0
-    for i in picks:
-        key = str(first["id"][i])
-        out.append(Example("clean", 0, images[i], int(labels[i]), lookup.get((key, "clean", 0), -1)))
-        for name in cfg.suite.conditions:
-            img = apply_condition(name, images[i], worst, seed=cfg.seed, key=key)
-            out.append(Example(name, worst, img, int(labels[i]), lookup.get((key, name, worst), -1)))
+    cells = [("clean", 0)] + [(name, worst) for name in cfg.suite.conditions]
+    rows = table.filter(pc.is_in(table.column("kind"), pa.array(["clean", "corruption"])))
+    rows = rows.select(["id", "condition", "severity", "label", "prediction", "correct"]).to_pylist()
+    labeled = any(r["label"] >= 0 for r in rows)
+    by_cell: dict[tuple[str, int], list[dict]] = {c: [] for c in cells}
+    for r in sorted(rows, key=lambda r: r["id"]):  # by id: the table's order depends on Ray
+        cell = (r["condition"], r["severity"])
+        if cell in by_cell and (not labeled or (r["label"] >= 0 and not r["correct"])):
+            by_cell[cell].append(r)
+    picks = {c: found[:EXAMPLES_PER_CONDITION] for c, found in by_cell.items()}
+    pixels = _decode_ids(plan, shards, preprocess, {r["id"] for found in picks.values() for r in found})
+    out = []
+    for (name, severity), found in picks.items():
+        for r in found:
+            if r["id"] not in pixels:
+                continue
+            img = pixels[r["id"]]
+            if name != "clean":
+                img = apply_condition(name, img, severity, seed=cfg.seed, key=r["id"])
+            out.append(Example(name, severity, img, int(r["label"]), int(r["prediction"]), id=r["id"]))
+    method = None
+    if out and model is not None and getattr(cfg, "activation_maps", True):
+        import torch
+
+        from ironsight.robustness.cam import activation_maps
+
+        started = time.monotonic()
+        x = torch.from_numpy(np.stack([ex.image for ex in out])).permute(0, 3, 1, 2).float().div_(255.0)
+        maps, method = activation_maps(model, x, [ex.prediction for ex in out])  # (N, H, W) in [0, 1]
+        for ex, cam in zip(out, maps, strict=True):
+            ex.cam, ex.method = cam, method
+        log.info("activation maps (%s) of %d examples: %.1f s", method, len(out), time.monotonic() - started)
+    if report is not None:
+        report["examples"] = {
+            "misclassified_only": labeled,
+            "per_condition": EXAMPLES_PER_CONDITION,
+            "activation_maps": method,
+            "cells": [
+                {"condition": name, "severity": severity, "misclassified": len(by_cell[(name, severity)]) if labeled else None,
+                 "ids": [ex.id for ex in out if (ex.condition, ex.severity) == (name, severity)]}
+                for name, severity in cells
+            ],
+        }
     return out
+
+
+def _decode_ids(plan, shards, preprocess: Preprocess, wanted: set[str]) -> dict[str, np.ndarray]:
+    """id -> (H, W, 3) uint8 for the ``wanted`` ids that decode, reading the shards in order
+    and stopping once all are found."""
+    found: dict[str, np.ndarray] = {}
+    for shard in shards:
+        if len(found) == len(wanted):
+            break
+        for batch in corpus_mod.iter_shard(plan, shard, batch_rows=AUDIT_ROWS_PER_SHARD):
+            idx = [i for i, key in enumerate(batch["id"]) if str(key) in wanted and str(key) not in found]
+            if idx:
+                images, errors = decode_rows([batch["image"][i] for i in idx], [batch["error"][i] for i in idx], preprocess)
+                found.update({str(batch["id"][i]): images[j] for j, i in enumerate(idx) if errors[j] is None})
+            if len(found) == len(wanted):
+                break
+    return found
 
 
 AUDIT_FILES = ("report.json", "report.md", "report.html", "predictions.parquet")

@@ -366,6 +366,10 @@ class AuditJob(ModelChoice, RunOptions, _WithinRoots):
         False, description="replace the reports of another model, eval set or suite in OUTPUT "
         "instead of refusing (only report.json/.md/.html and predictions.parquet are replaced)"
     )
+    activation_maps: bool = Field(
+        True, description="activation maps (Grad-CAM, or gradient saliency as a fallback) of the "
+        "misclassified examples in report.html; --no-activation-maps skips them (images still shown)"
+    )
     allowed_roots: list[str] | None = _allowed_roots_field()
 
     @field_validator("gate")
@@ -740,7 +744,10 @@ def add_spec_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) 
         default_txt = "" if f.is_required() or f.default in (None, False) else f" (default: {f.default})"
         help_txt = (f.description or "") + default_txt
         kwargs: dict[str, Any] = {"help": help_txt, "default": argparse.SUPPRESS}
-        if tp is bool:
+        if tp is bool and f.default is True:  # on by default: the flag turns it off
+            flag, help_txt = "--no-" + name.replace("_", "-"), f.description or ""
+            kwargs.update(action="store_false", help=help_txt)
+        elif tp is bool:
             kwargs["action"] = "store_true"
         else:
             if typing.get_origin(tp) is Literal:

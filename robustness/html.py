@@ -30,7 +30,7 @@ from ironsight.robustness.schema import Example
 MAX_EXAMPLES = 120  # ~10 KB each as PNG: keeps the page a few MB at most
 _DPI = 110
 
-_CSS = """
+CSS = """
 body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0;
   background:#f6f7f9;color:#1f2328}
 main{max-width:1180px;margin:0 auto;padding:24px}
@@ -55,11 +55,13 @@ th{background:#eaeef2} td:first-child,th:first-child{text-align:left}
 .ex{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:6px;width:112px;
   font-size:11px;text-align:center}
 .ex img{width:96px;height:96px;image-rendering:pixelated;display:block;margin:0 auto 4px}
+.ex.withcam{width:212px} .ex .pair{display:flex;gap:4px;justify-content:center}
+.ex .pair img{margin:0 0 4px}
 .ok{color:#116329} .bad{color:#a40e26;font-weight:600}
 """
 
 
-def _png_data_uri(fig: Figure) -> str:
+def png_data_uri(fig: Figure) -> str:
     canvas = FigureCanvasAgg(fig)
     buf = io.BytesIO()
     canvas.print_png(buf)
@@ -84,13 +86,13 @@ def to_uint8_hwc(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _image_data_uri(image: np.ndarray) -> str:
+def image_data_uri(image: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(to_uint8_hwc(image)).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _e(text) -> str:
+def escape(text) -> str:
     return html.escape(str(text), quote=True)
 
 
@@ -111,7 +113,7 @@ def _severity_plot(report: dict) -> str | None:
     clean = report["clean"]["accuracy"]
     clean_ci = report["clean"].get("ci95")
     names = sorted({c["name"] for c in conds})
-    cmap = _colors(len(names))
+    cmap = palette(len(names))
     for color, name in zip(cmap, names, strict=True):
         cells = sorted(
             (c for c in conds if c["name"] == name and c["accuracy"] is not None),
@@ -143,7 +145,7 @@ def _severity_plot(report: dict) -> str | None:
         frameon=False,
     )
     fig.tight_layout()
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def _band(ax, xs: list, bands: list, color) -> None:
@@ -166,7 +168,7 @@ def _band(ax, xs: list, bands: list, color) -> None:
         )
 
 
-def _colors(n: int) -> list:
+def palette(n: int) -> list:
     from matplotlib import colormaps
 
     cmap = colormaps["tab20" if n > 10 else "tab10"]
@@ -180,7 +182,7 @@ def _attack_plot(report: dict) -> str | None:
     fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
     ax = fig.add_subplot()
     names = sorted({a["name"] for a in attacks})
-    for color, name in zip(_colors(len(names)), names, strict=True):
+    for color, name in zip(palette(len(names)), names, strict=True):
         rows = sorted(
             (a for a in attacks if a["name"] == name and a["accuracy"] is not None),
             key=lambda a: a["eps"],
@@ -205,7 +207,7 @@ def _attack_plot(report: dict) -> str | None:
     ax.set_title("Robust accuracy vs attack budget (bands: 95% Wilson score interval)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def _heatmap(report: dict) -> str | None:
@@ -231,7 +233,7 @@ def _heatmap(report: dict) -> str | None:
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     ax.set_title("Accuracy by condition and severity")
     fig.tight_layout()
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def _confusion_plot(report: dict) -> str | None:
@@ -265,12 +267,12 @@ def _confusion_plot(report: dict) -> str | None:
     fig.colorbar(im, ax=ax, label="fraction of the true class")
     ax.set_title("Clean confusion matrix")
     fig.tight_layout()
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+def html_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -285,11 +287,11 @@ def _banner(report: dict) -> str:
             title += f", {len(skipped)} skipped"
     else:
         title = f"Release gate FAILED: {len(failed)} of {n} checks failed"
-    items = "".join(f"<li>{_e(c['message'])}</li>" for c in failed)
-    items += "".join(f"<li>{_e(c['message'])}</li>" for c in skipped)
+    items = "".join(f"<li>{escape(c['message'])}</li>" for c in failed)
+    items += "".join(f"<li>{escape(c['message'])}</li>" for c in skipped)
     cls = "pass" if gate["passed"] else "fail"
     return (
-        f'<div id="gate-banner" class="banner {cls}">{_e(title)}'
+        f'<div id="gate-banner" class="banner {cls}">{escape(title)}'
         + (f"<ul>{items}</ul>" if items else "")
         + "</div>"
     )
@@ -309,31 +311,46 @@ def _run_line(report: dict) -> str:
     return " · ".join(parts)
 
 
-def _card(key: str, value: str) -> str:
-    return f'<div class="card"><div class="v">{_e(value)}</div><div class="k">{_e(key)}</div></div>'
+def card(key: str, value: str) -> str:
+    return f'<div class="card"><div class="v">{escape(value)}</div><div class="k">{escape(key)}</div></div>'
 
 
-def _examples(report: dict, examples: Sequence[Example]) -> str:
-    if not examples:
-        return ""
-    names = report["class_names"]
-
+def example_cells(examples: Sequence[Example], class_names: Sequence[str]) -> str:
+    """The example grid: per image its pixels, its activation map over them when it has one,
+    where it comes from, the true and the predicted class (at most :data:`MAX_EXAMPLES`)."""
     def name(i: int) -> str:
-        return names[i] if 0 <= i < len(names) else ("unknown" if i < 0 else str(i))
+        return class_names[i] if 0 <= i < len(class_names) else ("unknown" if i < 0 else str(i))
+
+    from ironsight.robustness.cam import overlay
 
     cells = []
     for ex in list(examples)[:MAX_EXAMPLES]:
         ok = ex.label < 0 or ex.label == ex.prediction
         where = ex.condition if ex.severity == 0 else f"{ex.condition} s{ex.severity}"
+        imgs = f'<img alt="{escape(where)}" src="{image_data_uri(ex.image)}">'
+        if ex.cam is not None:
+            heat = overlay(to_uint8_hwc(ex.image), ex.cam)
+            imgs += (f'<img class="cam" alt="{escape(ex.method or "activation map")}" '
+                     f'title="{escape(ex.method or "activation map")}" src="{image_data_uri(heat)}">')
         cells.append(
-            f'<div class="ex"><img alt="{_e(where)}" src="{_image_data_uri(ex.image)}">'
-            f"<div>{_e(where)}</div><div>label: {_e(name(ex.label))}</div>"
-            f'<div class="{"ok" if ok else "bad"}">pred: {_e(name(ex.prediction))}</div></div>'
+            f'<div class="ex{" withcam" if ex.cam is not None else ""}"><div class="pair">{imgs}</div>'
+            f"<div>{escape(where)}</div><div>true: {escape(name(ex.label))}</div>"
+            f'<div class="{"ok" if ok else "bad"}">predicted: {escape(name(ex.prediction))}</div></div>'
         )
     more = ""
     if len(examples) > MAX_EXAMPLES:
         more = f"<p class='meta'>{len(examples) - MAX_EXAMPLES} more examples not shown.</p>"
-    return "<h2>Examples</h2><div class='examples'>" + "".join(cells) + "</div>" + more
+    return "<div class='examples'>" + "".join(cells) + "</div>" + more
+
+
+def _examples(report: dict, examples: Sequence[Example]) -> str:
+    from ironsight.robustness.report import example_lines
+
+    lines = example_lines(report)
+    if not examples and not lines:
+        return ""
+    notes = "<ul class='meta' id='examples-notes'>" + "".join(f"<li>{escape(x)}</li>" for x in lines) + "</ul>"
+    return "<h2>Examples</h2>" + (notes if lines else "") + (example_cells(examples, report["class_names"]) if examples else "")
 
 
 def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
@@ -368,20 +385,20 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
 
     ci = clean.get("ci95")
     cards = [
-        _card(
+        card(
             "clean accuracy"
             + (f" · 95% CI [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}], n={clean.get('n_labeled')}" if ci else ""),
             _pct(s["clean_accuracy"]),
         ),
-        _card("mean corruption accuracy", _pct(s["mean_corruption_accuracy"])),
-        _card("clean ECE (15 bins)", _num(clean["ece"])),
-        _card("clean macro F1", _num(clean["macro_f1"])),
+        card("mean corruption accuracy", _pct(s["mean_corruption_accuracy"])),
+        card("clean ECE (15 bins)", _num(clean["ece"])),
+        card("clean macro F1", _num(clean["macro_f1"])),
     ]
     if s.get("mce") is not None:
-        cards.append(_card("mCE vs baseline", _num(s["mce"])))
-        cards.append(_card("relative mCE vs baseline", _num(s["relative_mce"])))
+        cards.append(card("mCE vs baseline", _num(s["mce"])))
+        cards.append(card("relative mCE vs baseline", _num(s["relative_mce"])))
     if s.get("alexnet"):
-        cards.append(_card("mCE vs AlexNet (ImageNet-C)", _num(s["alexnet"]["mce"])))
+        cards.append(card("mCE vs AlexNet (ImageNet-C)", _num(s["alexnet"]["mce"])))
 
     plots = []
     for uri, caption in (
@@ -399,32 +416,32 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     ):
         if uri:
             plots.append(
-                f'<figure><img class="plot" alt="{_e(caption)}" src="{uri}">'
-                f"<figcaption>{_e(caption)}</figcaption></figure>"
+                f'<figure><img class="plot" alt="{escape(caption)}" src="{uri}">'
+                f"<figcaption>{escape(caption)}</figcaption></figure>"
             )
 
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
-        f"<h1>{_e(title)}</h1>",
-        f"<div class='meta' id='run-info'>{_e(_run_line(report))}</div>",
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>{escape(title)}</h1>",
+        f"<div class='meta' id='run-info'>{escape(_run_line(report))}</div>",
         "<ul class='meta' id='report-header'>"
-        + "".join(f"<li>{_e(line)}</li>" for line in header_lines(report))
+        + "".join(f"<li>{escape(line)}</li>" for line in header_lines(report))
         + "</ul>",
         _banner(report),
         "<div class='cards'>" + "".join(cards) + "</div>",
     ]
     if s.get("alexnet") is None and s.get("mce_reason"):
         parts.append(
-            f"<p class='meta' id='mce-reason'>mCE vs AlexNet not computed: {_e(s['mce_reason'])}</p>"
+            f"<p class='meta' id='mce-reason'>mCE vs AlexNet not computed: {escape(s['mce_reason'])}</p>"
         )
-    parts.append("<h2>Summary</h2>" + _table(["metric", "value"], summary_rows(report)))
+    parts.append("<h2>Summary</h2>" + html_table(["metric", "value"], summary_rows(report)))
     if s["warnings"]:
         parts.append(
             "<h2>Warnings</h2><div class='warn'><ul>"
-            + "".join(f"<li>{_e(w)}</li>" for w in s["warnings"])
+            + "".join(f"<li>{escape(w)}</li>" for w in s["warnings"])
             + "</ul></div>"
         )
     if plots:
@@ -434,13 +451,13 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     section = None
     for title, header, rows in result_tables(report):
         if title != section:
-            parts.append(f"<h2>{_e(title)}</h2>")
+            parts.append(f"<h2>{escape(title)}</h2>")
             section = title
-        parts.append(_table(header, rows))
+        parts.append(html_table(header, rows))
     names = report["class_names"]
     parts.append("<h2>Clean data per class</h2>")
     parts.append(
-        _table(
+        html_table(
             ["class", "accuracy [95% CI]", "precision", "recall", "F1", "support"],
             [
                 [
@@ -457,6 +474,6 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
             ],
         )
     )
-    parts.append("<h2>Run</h2>" + _table(["", "value"], meta_rows))
+    parts.append("<h2>Run</h2>" + html_table(["", "value"], meta_rows))
     parts.append("</main></body></html>")
     return "\n".join(p for p in parts if p)

@@ -353,6 +353,30 @@ def header_lines(report: dict) -> list[str]:
     return lines
 
 
+def example_lines(report: dict) -> list[str]:
+    """Sentences about the example images (report.json's ``examples``, written by the audit):
+    which images are shown, how their maps were made, and each condition without a
+    misclassified example. Shared by Markdown and HTML; empty for a report without it."""
+    ex = report.get("examples")
+    if not ex:
+        return []
+    method = ex.get("activation_maps")
+    lines = [
+        ("misclassified images per condition (the suite's worst severity), up to "
+         if ex.get("misclassified_only") else "the first images per condition (unlabeled eval set), up to ")
+        + f"{ex.get('per_condition', '?')} each, with "
+        + (f"activation maps of the predicted class: {method}" if method else "no activation maps (turned off)")
+    ]
+    for c in ex["cells"]:
+        where = c["condition"] if not c["severity"] else f"{c['condition']} severity {c['severity']}"
+        if ex.get("misclassified_only") and not c.get("misclassified"):
+            lines.append(f"{where}: no misclassified example")
+        elif c["ids"]:
+            count = f" of {c['misclassified']} misclassified" if c.get("misclassified") is not None else ""
+            lines.append(f"{where}: {len(c['ids'])}{count} shown ({', '.join(c['ids'])})")
+    return lines
+
+
 def preprocessing_text(pre: dict) -> str:
     """``report["preprocessing"]`` in words.
 
@@ -533,6 +557,9 @@ def to_markdown(report: dict) -> str:
             out += [f"## {title}", ""]
             section = title
         out += _md_table(header, rows)
+    if example_lines(report):
+        out += ["## Examples (images in report.html)", ""]
+        out += [f"- {_md_escape(line)}" for line in example_lines(report)] + [""]
     if s["warnings"]:
         out += ["## Warnings", ""] + [f"- {_md_escape(w)}" for w in s["warnings"]] + [""]
     return "\n".join(out)

@@ -59,6 +59,10 @@ class Example:
         image: (H, W, 3) uint8 pixels as the model saw them (after the condition).
         label: True class index, -1 when unknown.
         prediction: Predicted class index.
+        cam: (H, W) float32 activation map in [0, 1] of the predicted class
+            (:func:`ironsight.robustness.cam.activation_maps`); None when not computed.
+        method: How ``cam`` was computed (``"Grad-CAM (layer4)"``, ``"saliency (fallback)"``).
+        id: The image's id in the eval set, when known.
     """
 
     condition: str
@@ -66,6 +70,9 @@ class Example:
     image: np.ndarray  # (H, W, 3) uint8
     label: int
     prediction: int
+    cam: np.ndarray | None = None  # (H, W) float32 in [0, 1]
+    method: str | None = None
+    id: str | None = None
 
 
 def validate_predictions(
