@@ -267,7 +267,7 @@ def _check_flags(cfg: ClassifyConfig) -> None:
         raise InvalidInput(f"--batch-size must be at least 1, got {cfg.batch_size}")
 
 
-def plan_classify(cfg: ClassifyConfig) -> corpus_mod.CorpusPlan:
+def plan_classify(cfg: ClassifyConfig, *, corpus: corpus_mod.CorpusPlan | None = None) -> corpus_mod.CorpusPlan:
     """Check the tuning flags and plan the corpus from its footers; needs no Ray.
 
     The CLI calls this before it starts Ray, so a bad flag or a bad file (a corrupted or
@@ -277,6 +277,8 @@ def plan_classify(cfg: ClassifyConfig) -> corpus_mod.CorpusPlan:
         InvalidInput: a bad flag, or a bad file that ``cfg.skip_bad_files`` does not skip.
     """
     _check_flags(cfg)
+    if corpus is not None:
+        return corpus
     return corpus_mod.plan_corpus(
         cfg.input,
         image_column=cfg.image_column,

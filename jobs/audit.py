@@ -40,6 +40,7 @@ from ironsight.cluster.pipeline import (
 )
 from ironsight.cluster.predictor import Predictor, as_error
 from ironsight.cluster.preprocess import Preprocess
+from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
 from ironsight.robustness.attacks import run_attack
 from ironsight.robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA, Example
@@ -47,9 +48,6 @@ from ironsight.robustness.suites import AttackSpec, Suite, get_suite
 
 log = logging.getLogger("ironsight")
 
-# Audits shard finer than bulk labeling: an eval set is small, and more shards means more
-# CPU tasks corrupting images in parallel.
-AUDIT_ROWS_PER_SHARD = 256
 EXAMPLES_PER_CONDITION = 2
 _IMAGENET_CLASSES = 1000
 
@@ -230,7 +228,7 @@ class AuditPlan:
     baseline_predictions: pa.Table | None = None
 
 
-def plan_audit(cfg: AuditConfig) -> AuditPlan:
+def plan_audit(cfg: AuditConfig, *, corpus: corpus_mod.CorpusPlan | None = None) -> AuditPlan:
     """Check everything an audit can check without Ray; the CLI calls it before Ray starts.
 
     | checked                                   | refused with (exit 2)                      |
@@ -243,19 +241,21 @@ def plan_audit(cfg: AuditConfig) -> AuditPlan:
 
     Object-store errors (a bucket that does not exist, a host that does not resolve, refused
     credentials) fail here too, at once (:mod:`ironsight.cluster.storage`). A missing eval set
-    takes well under a second instead of Ray's start-up first.
+    takes well under a second instead of Ray's start-up first. ``corpus`` is the eval set's
+    plan when the caller made it already (``AuditJob.plan_input``, before torch was imported).
     """
     from ironsight.robustness.gate import load_gate
 
-    corpus = corpus_mod.plan_corpus(
-        cfg.input,
-        image_column=cfg.image_column,
-        id_column=cfg.id_column,
-        label_column=cfg.label_column,
-        max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
-        allowed_roots=cfg.allowed_roots,
-        can_skip=False,  # an audit has no skip_bad_files: the refusal must not suggest it
-    )
+    if corpus is None:
+        corpus = corpus_mod.plan_corpus(
+            cfg.input,
+            image_column=cfg.image_column,
+            id_column=cfg.id_column,
+            label_column=cfg.label_column,
+            max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
+            allowed_roots=cfg.allowed_roots,
+            can_skip=False,  # an audit has no skip_bad_files: the refusal must not suggest it
+        )
     if cfg.max_images is not None and cfg.max_images < 1:
         raise InvalidInput(f"--max-images must be at least 1, got {cfg.max_images}")
     gate = load_gate(cfg.gate) if cfg.gate else None

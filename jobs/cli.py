@@ -544,6 +544,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise InvalidInput(f"unknown command {args.command!r}")
 
 
+def check_before_torch(spec: ClassifyJob | AuditJob) -> Any:
+    """What a job can check with pyarrow alone, before torch and Ray are imported; returns
+    INPUT's plan (``spec.plan_input()``) for the job to reuse.
+
+    | checked                                        | refused with (exit 2)                 |
+    |------------------------------------------------|---------------------------------------|
+    | INPUT exists, inside the allowed roots         | "INPUT ... does not exist"            |
+    | OUTPUT's bucket exists (``s3://``)             | the bucket named                      |
+    | a local ``--weights`` or ``--model-card`` file exists | the file named, with a did-you-mean |
+    | INPUT's footers and columns                    | the file and column named             |
+
+    Parsing the card, loading the weights and the device come next, after torch's import.
+    """
+    from ironsight.cluster import storage
+    from ironsight.jobs.spec import missing_model_files
+
+    storage.check_input(spec.input, spec.effective_roots())
+    storage.check_bucket(storage.resolve(spec.output))
+    missing = missing_model_files(spec)
+    if missing:
+        raise InvalidInput(missing[0])
+    return spec.plan_input()
+
+
 def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = False) -> int:
     summary, _ = classify_spec(spec, progress, verbose=verbose)
     print(summary.render())
@@ -555,10 +579,7 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
     """Run a classify spec as ``ironsight classify`` does (history, SIGTERM, Ray); returns
     ``(ClassifySummary, RunRecorder)``. ``source`` replaces ``spec.source()`` (the Python
     API's in-memory module, ``ironsight.jobs.api``)."""
-    from ironsight.cluster import storage
-
-    storage.check_input(spec.input, spec.effective_roots())  # a missing INPUT: before torch
-    storage.check_bucket(storage.resolve(spec.output))  # an OUTPUT bucket that is not there too
+    corpus = check_before_torch(spec)  # a missing INPUT, a wrong column: in a second
     from ironsight.cluster.predictor import check_device
 
     check_device(spec.device, spec.address)  # --device cuda with no GPU here: torch alone, no Ray
@@ -591,7 +612,7 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
         keep_columns=tuple(spec.keep_columns or ()),
     )
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
-        plan = plan_classify(cfg)  # footers only: bad files are refused before Ray starts
+        plan = plan_classify(cfg, corpus=corpus)  # the flags; the footers were read above
         model = validate_model(cfg.source)  # the card and weights, before Ray
         summary = completed_summary(cfg, plan, model)  # a finished job: done, Ray never starts
         if summary is None:
@@ -622,10 +643,7 @@ def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
     """Run an audit spec as ``ironsight audit`` does (history, SIGTERM, Ray); returns
     ``(AuditResult, RunRecorder, regressions)``; a failed gate raises ``GateFailed`` after the
     reports are written. ``source`` replaces ``spec.source()`` (``ironsight.jobs.api``)."""
-    from ironsight.cluster import storage
-
-    storage.check_input(spec.input, spec.effective_roots())  # a missing eval set: before torch
-    storage.check_bucket(storage.resolve(spec.output))  # an OUTPUT bucket that is not there too
+    corpus = check_before_torch(spec)  # a missing eval set, a wrong column: in a second
     from ironsight.cluster.predictor import check_device
 
     check_device(spec.device, spec.address)  # --device cuda with no GPU here: torch alone, no Ray
@@ -654,7 +672,7 @@ def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
         allowed_roots=spec.effective_roots(),
     )
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
-        prepared = plan_audit(cfg)  # eval set, gate, baseline, model, OUTPUT
+        prepared = plan_audit(cfg, corpus=corpus)  # gate, baseline, model, OUTPUT
         with connect(spec.address, quiet=not verbose):
             reinstall()  # ray.init replaced it
             # the run history judges the audit before report.json is written (its "history")

@@ -257,6 +257,11 @@ class RunOptions(BaseModel):
     )
 
 
+# An audit shards its eval set finer than bulk labeling: an eval set is small, and more shards
+# means more CPU tasks corrupting images in parallel (ironsight.jobs.audit plans with it).
+AUDIT_ROWS_PER_SHARD = 256
+
+
 class ClassifyJob(ModelChoice, RunOptions, _WithinRoots):
     """Bulk labeling: every row of INPUT gets top-k labels (or an error) in OUTPUT, exactly once."""
 
@@ -316,6 +321,18 @@ class ClassifyJob(ModelChoice, RunOptions, _WithinRoots):
         if isinstance(value, list) and not value:
             raise ValueError("names no column; give comma-separated column names or '*'")
         return value
+
+    def plan_input(self) -> Any:
+        """INPUT planned from its footers as the job will run it (pyarrow only: no torch, no
+        Ray), so that a wrong column or a bad file is refused in a second; the CLI passes the
+        plan on to ``ironsight.cluster.pipeline.plan_classify``."""
+        from ironsight.cluster import corpus
+
+        return corpus.plan_corpus(
+            self.input, image_column=self.image_column, id_column=self.id_column,
+            max_rows_per_shard=self.max_rows_per_shard, skip_bad_files=self.skip_bad_files,
+            allowed_roots=self.effective_roots(), keep_columns=self.keep_columns,
+        )
 
 
 class AuditJob(ModelChoice, RunOptions, _WithinRoots):
@@ -402,6 +419,19 @@ class AuditJob(ModelChoice, RunOptions, _WithinRoots):
             if bad or not value:
                 raise ValueError(f"severities must be among {list(SEVERITIES)}, got {value}")
         return value
+
+    def plan_input(self) -> Any:
+        """The eval set planned from its footers as the audit will run it (pyarrow only), so
+        that a wrong column is refused before torch is imported; passed on to
+        ``ironsight.jobs.audit.plan_audit``."""
+        from ironsight.cluster import corpus
+
+        return corpus.plan_corpus(
+            self.input, image_column=self.image_column, id_column=self.id_column,
+            label_column=self.label_column, max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
+            allowed_roots=self.effective_roots(),
+            can_skip=False,  # an audit has no skip_bad_files: the refusal must not suggest it
+        )
 
 
 JobSpec = Annotated[Union[ClassifyJob, AuditJob], Field(discriminator="kind")]  # noqa: UP007
@@ -587,11 +617,25 @@ def referenced_file_problems(spec: ClassifyJob | AuditJob, source: str) -> list[
     weights = [("weights", spec.weights, where("weights"))] if spec.weights else []
     if card is not None:
         weights.append(("model_card", card.weights_uri(), f" (weights named by model card {spec.model_card})"))
-    for field, uri, note in weights:
-        if _local(uri) and not os.path.lexists(uri.removeprefix("file://")):
-            problems.append(f"{source}: {field}: weights file {uri} does not exist{note}"
-                            f"{_did_you_mean_file(uri)}")
+    problems += [f"{source}: {field}: {message}" for field, message in _missing(weights)]
     return problems
+
+
+def _missing(files: list[tuple[str, str | None, str]]) -> list[tuple[str, str]]:
+    """``(field, message)`` for each local ``(field, uri, note)`` file that does not exist."""
+    out = []
+    for field, uri, note in files:
+        if _local(uri) and not os.path.lexists(uri.removeprefix("file://")):
+            what = "model card" if field == "model_card" and not note else "weights file"
+            out.append((field, f"{what} {uri} does not exist{note}{_did_you_mean_file(uri)}"))
+    return out
+
+
+def missing_model_files(spec: ModelChoice) -> list[str]:
+    """The local ``weights`` and ``model_card`` files the spec names that do not exist, as
+    ``--flag: message`` lines; checked without reading them (no torch: the CLI's first checks)."""
+    files = [("weights", spec.weights, ""), ("model_card", spec.model_card, "")]
+    return [f"--{field.replace('_', '-')} {message}" for field, message in _missing(files)]
 
 
 def _load_card(value: str) -> Any:

@@ -5,19 +5,32 @@ Pixels are float in [0, 1] (or uint8); models take (N, 3, H, W) in [0, 1] with n
 as their first layer, so corruption strengths and attack epsilons are in pixel units.
 """
 
-from ironsight.robustness.attacks import DEFAULT_EPSILONS, list_attacks, run_attack
-from ironsight.robustness.conditions import (
-    IMAGENET_C_CONDITIONS,
-    SEVERITIES,
-    apply_condition,
-    get_condition,
-    list_conditions,
-    register_condition,
-)
-from ironsight.robustness.gate import Gate, GateResult, evaluate_gate, load_gate
-from ironsight.robustness.report import build_report, text_summary, write_reports
-from ironsight.robustness.schema import PREDICTIONS_SCHEMA, REPORT_SCHEMA_VERSION, Example
-from ironsight.robustness.suites import AttackSpec, Suite, get_suite, list_suites
+import importlib
+from typing import Any
+
+# name -> the submodule that defines it. Loaded on first use (PEP 562), so that importing one
+# light submodule (``ironsight.robustness.conditions`` for its SEVERITIES, ``suites`` for a
+# suite's names) does not import torch and torchattacks through ``attacks``: the CLI checks a
+# job's flags before it imports torch.
+_HOMES = {
+    "DEFAULT_EPSILONS": "attacks", "list_attacks": "attacks", "run_attack": "attacks",
+    "IMAGENET_C_CONDITIONS": "conditions", "SEVERITIES": "conditions", "apply_condition": "conditions",
+    "get_condition": "conditions", "list_conditions": "conditions", "register_condition": "conditions",
+    "Gate": "gate", "GateResult": "gate", "evaluate_gate": "gate", "load_gate": "gate",
+    "build_report": "report", "text_summary": "report", "write_reports": "report",
+    "PREDICTIONS_SCHEMA": "schema", "REPORT_SCHEMA_VERSION": "schema", "Example": "schema",
+    "AttackSpec": "suites", "Suite": "suites", "get_suite": "suites", "list_suites": "suites",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_EPSILONS",

@@ -75,17 +75,20 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 # albumentations 2.0.x asks PyPI for a newer version when imported (a network call, up to a
 # 2 s timeout, on every worker); upstream asks libraries to opt out:
 # albumentations-team/albumentations#2206
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A  # noqa: E402
 import cv2  # noqa: E402 - OpenCV comes with albumentations
 import numpy as np  # noqa: E402
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+
+if TYPE_CHECKING:
+    import albumentations
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
@@ -260,10 +263,18 @@ def _scale(x: np.ndarray) -> float:
     return min(x.shape[0], x.shape[1]) / 224.0
 
 
-def _albu(transform: A.BasicTransform, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _albumentations():  # noqa: ANN202 - returns the module
+    """albumentations, imported on first use: it imports torch, which a CLI checking its
+    flags (``SEVERITIES``) must not wait for."""
+    import albumentations
+
+    return albumentations
+
+
+def _albu(transform: albumentations.BasicTransform, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Run one albumentations transform, strictly validated, seeded from ``rng``."""
     seed = int(rng.integers(2**31 - 1))
-    return A.Compose([transform], strict=True, seed=seed)(image=x)["image"]
+    return _albumentations().Compose([transform], strict=True, seed=seed)(image=x)["image"]
 
 
 def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -422,7 +433,7 @@ def gaussian_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.
     # kernel of radius ceil(4 sigma) as skimage (ImageNet-C); albumentations' automatic size
     # rounds sub-pixel sigmas (64 px images) down to a 1x1 identity kernel
     ksize = 2 * max(1, math.ceil(4 * sigma)) + 1
-    return _albu(A.GaussianBlur(blur_limit=(ksize, ksize), sigma_limit=(sigma, sigma), p=1.0),
+    return _albu(_albumentations().GaussianBlur(blur_limit=(ksize, ksize), sigma_limit=(sigma, sigma), p=1.0),
                  x, rng)
 
 
@@ -532,7 +543,7 @@ def zoom_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
                     description="ImageNet-C gaussian noise: additive, per pixel and channel")
 def gaussian_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     c = (0.08, 0.12, 0.18, 0.26, 0.38)[severity - 1]
-    return _albu(A.GaussNoise(std_range=(c, c), mean_range=(0.0, 0.0), per_channel=True,
+    return _albu(_albumentations().GaussNoise(std_range=(c, c), mean_range=(0.0, 0.0), per_channel=True,
                               noise_scale_factor=1.0, p=1.0), x, rng)
 
 
@@ -787,7 +798,7 @@ def noisy_background(x: np.ndarray, severity: int, rng: np.random.Generator) -> 
                     description="ImageNet-C JPEG compression (quality 25 to 7)")
 def jpeg_compression(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     c = (25, 18, 15, 10, 7)[severity - 1]
-    out = _albu(A.ImageCompression(compression_type="jpeg", quality_range=(c, c), p=1.0),
+    out = _albu(_albumentations().ImageCompression(compression_type="jpeg", quality_range=(c, c), p=1.0),
                 (np.rint(np.clip(x, 0, 1) * 255)).astype(np.uint8), rng)
     return out.astype(np.float32) / 255.0
 

@@ -168,14 +168,21 @@ def test_device_cuda_without_a_gpu_is_refused_before_ray(command, corpus, tmp_pa
     assert list(ray_tmp.iterdir()) == []  # no session folder: Ray never started
 
 
-# ---- columns, weights, another audit's OUTPUT: before Ray too --------------------------------
-# These need the model code (torch, torchvision; the audit also its attacks and suites) imported
-# first: 4.5-7 s of CPU measured on the shared 2-core box, hence the wider budget.
+# ---- columns and weights files: before torch; another audit's OUTPUT: before Ray -------------
+# A wrong column and a missing weights file are found with pyarrow alone (check_before_torch),
+# within the same budget as a missing input. Another audit's OUTPUT needs the model's name, so
+# the model code (torch, torchvision) is imported first: a wider budget.
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_missing_column_is_refused_before_ray(command, corpus, tmp_path):
     run = run_cli(*_argv(command, corpus, str(tmp_path / "out"), "--image-column", "pixels"), env=cli_env())
-    assert_refused_before_ray(run, "pixels", cpu_budget=15)
+    assert_refused_before_ray(run, "pixels")
+
+
+def test_a_wrong_label_column_is_refused_before_torch(corpus, tmp_path):
+    run = run_cli(*_argv("audit", corpus, str(tmp_path / "out"), "--label-column", "lable"), env=cli_env())
+    line = assert_refused_before_ray(run, "lable")
+    assert "--skip-bad-files" not in line  # audit has no such flag
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -184,7 +191,15 @@ def test_missing_weights_are_refused_before_ray(command, corpus, tmp_path):
     weights = tmp_path / "nope.safetensors"
     run = run_cli(head, corpus, str(tmp_path / "out"), "--model", "demo_cnn", "--weights", str(weights),
                   *flags, env=cli_env())
-    assert_refused_before_ray(run, str(weights), cpu_budget=15)
+    assert_refused_before_ray(run, str(weights))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_missing_model_card_is_refused_before_torch(command, corpus, tmp_path):
+    head, *flags = COMMANDS[command]
+    card = tmp_path / "card.yaml"
+    run = run_cli(head, corpus, str(tmp_path / "out"), "--model-card", str(card), *flags, env=cli_env())
+    assert_refused_before_ray(run, str(card), "model card")
 
 
 def test_an_audit_output_holding_another_audit_is_refused_before_ray(corpus, tmp_path):
