@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -166,6 +168,27 @@ def as_error(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def worker_identity() -> str:
+    """Where this process runs: ``<node>/<pid>``, ``<node>`` the first 8 hex digits of the Ray
+    node id (``local`` outside a Ray worker). The decode tasks stamp it on every row they
+    emit (``decode_worker``) and the predictors add their GPUs (``pred_worker``), so an
+    output row says which node decoded it and which actor predicted it.
+
+    Reads Ray only when this process is already a Ray worker: a decode task imports no Ray.
+
+    >>> worker_identity() == f"local/{os.getpid()}"
+    True
+    """
+    ray = sys.modules.get("ray")
+    node = "local"
+    try:
+        if ray is not None and ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()[:8]
+    except Exception:  # noqa: BLE001 - a worker shutting down has no context to read
+        pass
+    return f"{node}/{os.getpid()}"
+
+
 def decode_rows(
     blobs, read_errors, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, list[str | None]]:
@@ -193,7 +216,8 @@ def read_and_decode(
     """Ray Data UDF of the decode stage: for each shard index in ``items``, stream its rows
     as decoded batches.
 
-    Yields ``{"shard", "row", "id", "image" (N, H, W, 3) uint8, "error"}`` (+ ``label_true``).
+    Yields ``{"shard", "row", "id", "image" (N, H, W, 3) uint8, "error", "decode_worker"}``
+    (+ ``label_true``); ``decode_worker`` is :func:`worker_identity`.
     A corrupt image becomes an error row; nothing here raises for bad image bytes.
 
     It lives here, not in :mod:`ironsight.cluster.pipeline`, so that a decode worker imports only this
@@ -211,6 +235,7 @@ def read_and_decode(
                 "id": np.asarray(batch["id"], dtype=object),
                 "image": images,
                 "error": np.asarray(errors, dtype=object),
+                "decode_worker": np.full(len(errors), worker_identity(), dtype=object),
             }
             if "label" in batch:
                 out["label_true"] = np.asarray(batch["label"], np.int64)

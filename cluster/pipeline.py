@@ -437,6 +437,8 @@ def _stream(
             "device": res["device"],
             "cpu_threads": res.get("threads"),
             "torch_compile": cfg.torch_compile,
+            # decode_worker: the node/pid that decoded each row, into the output (_shard_table)
+            "passthrough": ("id", "shard", "row", "decode_worker"),
         },
         compute=ActorPoolStrategy(size=res["size"]),
         num_gpus=res["num_gpus"],
@@ -543,6 +545,9 @@ def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...
                 offsets, pa.array(topk_scores.reshape(-1), pa.float32()), mask=list_mask
             ),
             "error": pa.array(errors, pa.string()),
+            # where each row was predicted and decoded (null: a batch without the column)
+            "pred_worker": _strings(cols.get("worker"), n),
+            "decode_worker": _strings(cols.get("decode_worker"), n),
         }
     )
     if kept is not None:
@@ -551,6 +556,13 @@ def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...
         for name in kept.column_names:
             table = table.append_column(kept.schema.field(name), kept.column(name))
     return table
+
+
+def _strings(values: np.ndarray | None, n: int) -> pa.Array:
+    """A string column of ``n`` rows from an object array; all null when ``values`` is None."""
+    if values is None:
+        return pa.nulls(n, pa.string())
+    return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
 
 
 class _Progress:

@@ -20,17 +20,17 @@ Batch in (``dict[str, np.ndarray]``): ``image`` (N, H, W, 3) uint8, ``error`` (N
 (None or ``reason: detail``), plus pass-through columns (``id``, ``shard``, ``row``...).
 Batch out: the pass-through columns, ``label`` (N,) int64 (-1 on error), ``score`` (N,) float32,
 ``topk_labels`` (N, k) int64, ``topk_scores`` (N, k) float32, ``error``, and ``worker``
-(``pid:gpu_ids``) so a run can tell which actor did what.
+(``<node>/<pid>/<gpu_ids>``, see ``ironsight.cluster.decode.worker_identity``) so a run can
+tell which actor on which node did what.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ironsight.cluster.decode import as_error
+from ironsight.cluster.decode import as_error, worker_identity
 
 if TYPE_CHECKING:
     from ironsight.cluster.models import ModelSource
@@ -193,7 +193,7 @@ class Predictor:
         # Largest batch the model ran without running out of GPU memory after an OOM (None:
         # no OOM yet): later batches go in chunks of this size instead of failing again first.
         self.max_batch: int | None = None
-        self.worker = f"{os.getpid()}:{_gpu_ids()}"
+        self.worker = f"{worker_identity()}/{_gpu_ids()}"  # node/pid/gpus: where rows were predicted
 
     def logits(self, images: np.ndarray):
         """(N, H, W, 3) uint8 -> (N, num_classes) float32 logits on the CPU."""

@@ -34,7 +34,7 @@ top level (``.part-<id>.parquet.tmp-<8 hex>``, ``._manifest.json.tmp-…``, …)
 and every sub-folder, stays. A write that fails (disk full, read-only filesystem) is a
 one-line error naming the file and the OS reason; :meth:`LabelSink.close` after it only logs.
 
-Labels schema (:data:`LABELS_SCHEMA`, output format version :data:`FORMAT_VERSION` = 2):
+Labels schema (:data:`LABELS_SCHEMA`, output format version :data:`FORMAT_VERSION` = 3):
 
 | column             | type                  | meaning                                            |
 |--------------------|-----------------------|----------------------------------------------------|
@@ -45,12 +45,17 @@ Labels schema (:data:`LABELS_SCHEMA`, output format version :data:`FORMAT_VERSIO
 | ``pred_topk_labels`` | list<int64>         | top-k class indices, best first                    |
 | ``pred_topk_scores`` | list<float32>       | their softmax probabilities                        |
 | ``error``          | string                | null when fine, else ``reason: detail``            |
-| (kept columns)     | as in the input       | ``--keep-columns`` copies input columns here, after ``error`` |
+| ``pred_worker``    | string                | the predictor actor: ``<node>/<pid>/<gpu ids or ->``, ``<node>`` the first 8 hex digits of its Ray node id |
+| ``decode_worker``  | string                | the decode task's ``<node>/<pid>`` (same node ids)  |
+| (kept columns)     | as in the input       | ``--keep-columns`` copies input columns here, after ``decode_worker`` |
 
 Version 1 named the prediction columns ``label``, ``label_name``, ``score``, ``topk_labels``
 and ``topk_scores``, which collided with a corpus's own ground-truth ``label``; version 2
 prefixes them with ``pred_`` (``id`` and ``error`` describe the row, not the prediction, and
-keep their names). An input column kept under one of these names is refused before Ray
+keep their names). Version 3 adds ``pred_worker`` and ``decode_worker`` (which node, process
+and GPU predicted and decoded each row; the same row may be processed twice after a
+failure, and the row kept names the attempt that was written). Readers that select columns
+by name read versions 2 and 3 alike. An input column kept under one of these names is refused before Ray
 starts. An OUTPUT written by another format version is another job's output: its manifest
 (``version``) and its part files (footer ``ironsight.format_version``, absent in version 1)
 do not match, so it is refused, or replaced with ``--overwrite``; the two are never mixed.
@@ -97,8 +102,12 @@ LABELS_SCHEMA = pa.schema(
         ("pred_topk_labels", pa.list_(pa.int64())),
         ("pred_topk_scores", pa.list_(pa.float32())),
         ("error", pa.string()),
+        ("pred_worker", pa.string()),
+        ("decode_worker", pa.string()),
     ]
 )
+# Where each row was predicted and decoded (format version 3 on); null when unknown.
+WORKER_COLUMNS = ("pred_worker", "decode_worker")
 log = logging.getLogger("ironsight")
 
 MANIFEST = "_manifest.json"
@@ -106,8 +115,14 @@ SUCCESS = "_SUCCESS"
 LOCK = "_lock.json"
 FORMAT = "ironsight-labels"
 # 2: prediction columns prefixed pred_ (1: label, label_name, score, topk_labels, topk_scores),
-# kept input columns after error. An OUTPUT of another version is another job's output.
-FORMAT_VERSION = 2
+# kept input columns after error. 3: pred_worker and decode_worker after error (kept columns
+# after them). An OUTPUT of another version is another job's output.
+FORMAT_VERSION = 3
+# What an OUTPUT of an older version lacks, for the refusal's message.
+_OLDER_FORMATS = {
+    1: "columns label, score, topk_labels, ... (now pred_label, pred_score, pred_topk_labels, ...)",
+    2: "no pred_worker and decode_worker columns",
+}
 FORMAT_VERSION_KEY = b"ironsight.format_version"
 # A lock whose heartbeat is older than this belongs to a dead run and may be taken over:
 # long enough to survive a stalled driver or a slow object store, short enough that a crashed
@@ -280,9 +295,9 @@ class LabelSink:
         if stale or others or unreadable:
             if not overwrite:
                 what = (
-                    f"output format version {existing.get('version')} (columns label, score, "
-                    f"topk_labels, ...), and this Ironsight writes version {FORMAT_VERSION} "
-                    "(pred_label, pred_score, pred_topk_labels, ...)"
+                    f"output format version {existing.get('version')} "
+                    f"({_OLDER_FORMATS.get(existing.get('version'), 'another layout')}), and this "
+                    f"Ironsight writes version {FORMAT_VERSION}"
                     if stale and old_format
                     else f"spec hash {existing.get('spec_hash')} (model {existing.get('model', {}).get('name')!r}, "
                     f"input {existing.get('input')!r})"
@@ -334,7 +349,8 @@ class LabelSink:
         """Publish one shard's rows atomically; a shard is committed at most once per OUTPUT.
 
         ``table`` holds the :data:`LABELS_SCHEMA` columns, then any kept input columns
-        (:func:`output_schema`), which keep their types.
+        (:func:`output_schema`), which keep their types. ``pred_worker`` and ``decode_worker``
+        may be left out: they are then null (where the rows were processed is unknown).
         """
         if shard_id in self.committed:
             raise AssertionError(f"shard {shard_id} committed twice")  # a bug, never user input

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import metrics as job_metrics
 from ironsight.cluster import paths, storage
+from ironsight.cluster.decode import worker_identity
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import ModelSource
 from ironsight.cluster.pipeline import (
@@ -40,6 +41,7 @@ from ironsight.cluster.pipeline import (
 )
 from ironsight.cluster.predictor import Predictor, as_error
 from ironsight.cluster.preprocess import Preprocess
+from ironsight.cluster.sink import WORKER_COLUMNS
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
 from ironsight.robustness.attacks import run_attack
 from ironsight.robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
@@ -129,7 +131,8 @@ def decode_and_corrupt(
             images, errors = decode_rows(batch["image"][:take], batch["error"][:take], preprocess)
             ids = np.asarray(batch["id"][:take], dtype=object)
             labels = np.asarray(batch["label"][:take], np.int64) if "label" in batch else np.full(take, -1, np.int64)
-            base = {"id": ids, "label_true": labels, "error": np.asarray(errors, dtype=object)}
+            base = {"id": ids, "label_true": labels, "error": np.asarray(errors, dtype=object),
+                    "decode_worker": np.full(take, worker_identity(), dtype=object)}
             yield _block(base, images, "clean", "clean", 0)
             ok = [i for i, e in enumerate(errors) if e is None]
             for name in conditions:
@@ -159,7 +162,7 @@ class AuditPredictor(Predictor):
     """
 
     def __init__(self, source: ModelSource, *, attacks: tuple[AttackSpec, ...], seed: int, **kw) -> None:
-        super().__init__(source, top_k=1, passthrough=("id", "label_true", "kind", "condition", "severity", "eps"), **kw)
+        super().__init__(source, top_k=1, passthrough=("id", "label_true", "kind", "condition", "severity", "eps", "decode_worker"), **kw)
         self.attacks = attacks
         self.seed = seed
 
@@ -188,6 +191,7 @@ class AuditPredictor(Predictor):
             "severity": np.zeros(m, np.int32),
             "error": np.full(m, None, dtype=object),
             "worker": np.full(m, self.worker, dtype=object),
+            "decode_worker": batch["decode_worker"][rows],
         }
         parts = []
         for spec in self.attacks:
@@ -363,46 +367,69 @@ def variants_per_image(suite: Suite) -> int:
 def collect_predictions(predicted: Any, total: int, show_progress: bool | None,
                         *, desc: str = "auditing") -> tuple[pa.Table, list[str]]:
     """Drain ``predicted`` in the driver into a :data:`PREDICTIONS_SCHEMA` table (rows that
-    decoded) and the error strings of the clean rows that did not."""
+    decoded), followed by ``pred_worker`` and ``decode_worker`` (where each row was predicted
+    and decoded; null when a batch lacks them), and the error strings of the clean rows that
+    did not decode.
+
+    Each (id, kind, condition, severity, eps) is kept once, the first time it arrives: Ray Data
+    retries the batches a lost actor or node had in flight, so the same prediction may come
+    twice. The keys seen are held in a set (an eval set is small: ~100 bytes a prediction);
+    the duplicates dropped are counted in a debug line (``-v``). ``predicted`` is anything
+    with Ray Data's ``iter_batches(batch_size=None, batch_format="numpy")``.
+    """
     import ray
 
     # A bar on a terminal, a line every 10 s in logs (ironsight.cluster.pipeline._Progress).
     bar = progress(total, show_progress, desc=desc, noun="predictions")
-    cols: dict[str, list] = {k: [] for k in ("id", "kind", "condition", "severity", "eps", "label", "prediction", "confidence", "error")}
+    names = ("id", "kind", "condition", "severity", "eps", "label_true", "label", "score", "error",
+             "worker", "decode_worker")
+    cols: dict[str, list] = {k: [] for k in names}
+    seen: set[tuple] = set()
+    dropped = 0
     try:
         for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
-            cols["id"].append(batch["id"])
-            cols["kind"].append(batch["kind"])
-            cols["condition"].append(batch["condition"])
-            cols["severity"].append(batch["severity"])
-            cols["eps"].append(batch["eps"])
-            cols["label"].append(batch["label_true"])
-            cols["prediction"].append(batch["label"])
-            cols["confidence"].append(batch["score"])
-            cols["error"].append(batch["error"])
-            bar.update(len(batch["id"]))
+            n = len(batch["id"])
+            fresh = np.zeros(n, bool)
+            keys = zip(batch["id"].tolist(), batch["kind"].tolist(), batch["condition"].tolist(),
+                       batch["severity"].tolist(), batch["eps"].tolist(), strict=True)
+            for i, key in enumerate(keys):
+                if key not in seen:
+                    seen.add(key)
+                    fresh[i] = True
+            dropped += n - int(fresh.sum())
+            for k in names:
+                cols[k].append(batch[k][fresh] if k in batch else np.full(int(fresh.sum()), None, object))
+            bar.update(int(fresh.sum()))
     except ray.exceptions.RayError as exc:
         raise JobFailed(f"the audit pipeline failed: {ray_error_message(exc)}") from exc
     finally:
         bar.close()
-    merged = {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+    if dropped:
+        log.debug("audit: dropped %d duplicate predictions (batches Ray retried after a lost "
+                  "actor or node); %d kept", dropped, len(seen))
+    merged = {k: np.concatenate(v) if v else np.array([], object) for k, v in cols.items()}
     errs = [as_error(e) for e in merged["error"]]
     ok = np.array([e is None for e in errs], bool)
     clean_err = [e for e, k in zip(errs, merged["kind"], strict=True) if e is not None and k == "clean"]
+    label = merged["label_true"][ok].astype(np.int64)
+    prediction = merged["label"][ok].astype(np.int64)
     table = pa.table(
         {
             "id": pa.array(merged["id"][ok].tolist(), pa.string()),
             "kind": pa.array(merged["kind"][ok].tolist(), pa.string()),
             "condition": pa.array(merged["condition"][ok].tolist(), pa.string()),
-            "severity": pa.array(merged["severity"][ok], pa.int32()),
-            "eps": pa.array(merged["eps"][ok], pa.float64()),
-            "label": pa.array(merged["label"][ok], pa.int64()),
-            "prediction": pa.array(merged["prediction"][ok], pa.int64()),
-            "confidence": pa.array(merged["confidence"][ok], pa.float32()),
-            "correct": pa.array((merged["label"][ok] == merged["prediction"][ok]) & (merged["label"][ok] >= 0)),
+            "severity": pa.array(merged["severity"][ok].astype(np.int32), pa.int32()),
+            "eps": pa.array(merged["eps"][ok].astype(np.float64), pa.float64()),
+            "label": pa.array(label, pa.int64()),
+            "prediction": pa.array(prediction, pa.int64()),
+            "confidence": pa.array(merged["score"][ok].astype(np.float32), pa.float32()),
+            "correct": pa.array((label == prediction) & (label >= 0)),
         },
         schema=PREDICTIONS_SCHEMA,
     )
+    for column, key in zip(WORKER_COLUMNS, ("worker", "decode_worker"), strict=True):
+        values = [v if isinstance(v, str) else None for v in merged[key][ok]]
+        table = table.append_column(column, pa.array(values, pa.string()))
     return table, clean_err
 
 

@@ -79,7 +79,7 @@ def test_every_row_exactly_once_across_two_gpu_pinned_actors(ray_two_gpus, corpu
     assert len(set(ids)) == N_ROWS
     assert summary.rows == N_ROWS and summary.error_rows == 0
     # two actors, each pinned to a different logical GPU, both did work
-    gpus = {w.split(":", 1)[1] for w in summary.rows_per_worker}
+    gpus = {w.rsplit("/", 1)[1] for w in summary.rows_per_worker}  # node/pid/gpus
     assert len(summary.rows_per_worker) == 2, summary.rows_per_worker
     assert gpus == {"0", "1"}
     assert all(n > 0 for n in summary.rows_per_worker.values())

@@ -29,6 +29,8 @@ def rows(ids: list[str], error_at: int | None = None) -> pa.Table:
             "pred_topk_labels": [None if e else [i % 3, 0] for i, e in enumerate(err)],
             "pred_topk_scores": [None if e else [0.5, 0.2] for e in err],
             "error": err,
+            "pred_worker": ["0a1b2c3d/41/-"] * n,
+            "decode_worker": ["0a1b2c3d/42"] * n,
         },
         schema=LABELS_SCHEMA,
     )

@@ -122,7 +122,7 @@ def test_the_sink_writes_kept_columns_after_the_labels_with_their_types(tmp_path
     assert table.schema.field("label").type == pa.int16()
     assert table.column("captured").to_pylist() == [T0]
     meta = table.schema.metadata
-    assert meta[b"ironsight.format_version"] == str(FORMAT_VERSION).encode() == b"2"
+    assert meta[b"ironsight.format_version"] == str(FORMAT_VERSION).encode() == b"3"
 
 
 def test_an_output_of_the_old_format_is_refused_not_mixed(tmp_path):
@@ -136,7 +136,7 @@ def test_an_output_of_the_old_format_is_refused_not_mixed(tmp_path):
     (tmp_path / "_manifest.json").write_text(json.dumps(
         {"format": "ironsight-labels", "version": 1, "spec_hash": "a" * 16,
          "shards": {"s0": {"rows": 1, "errors": 0, "sha256": "0" * 64, "file": "part-s0.parquet"}}}))
-    with pytest.raises(InvalidInput, match="output format version 1 .*this Ironsight writes version 2"):
+    with pytest.raises(InvalidInput, match="output format version 1 .*this Ironsight writes version 3"):
         _sink(tmp_path)
     assert (tmp_path / "part-s0.parquet").is_file()  # refusal touched nothing
     sink = _sink(tmp_path, overwrite=True)

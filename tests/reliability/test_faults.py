@@ -292,7 +292,8 @@ def test_a_lock_that_cannot_be_deleted_does_not_turn_a_finished_run_into_a_failu
     out = tmp_path / "out"
     sink = LabelSink.open(str(out), spec_hash="s" * 16, header={"model": {"name": "m"}}, expected_shards=["a"])
     rows = {"id": ["x"], "pred_label": [1], "pred_label_name": ["one"], "pred_score": [0.5],
-            "pred_topk_labels": [[1]], "pred_topk_scores": [[0.5]], "error": [None]}
+            "pred_topk_labels": [[1]], "pred_topk_scores": [[0.5]], "error": [None],
+            "pred_worker": [None], "decode_worker": [None]}
     sink.commit("a", pa.table(rows, schema=LABELS_SCHEMA))
     sink.finish({"summary": {"rows": 1}})
     sink._lock.release()  # swap the real lock for one on the refusing filesystem
