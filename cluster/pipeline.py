@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -448,18 +449,60 @@ def _stream(
         # (max_restarts=-1, max_task_retries=-1); duplicates this may produce are dropped by
         # (shard, row) below.
     )
+    started = time.monotonic()
+    batches = predicted.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    timing = _assemble(batches, plan, model, pending, sink, summary, cfg.progress)
+    log.debug("streamed %d shards in %.1fs; the driver spent %.1fs assembling and committing "
+              "and %.1fs waiting for batches", len(pending), time.monotonic() - started,
+              timing["busy_s"], timing["wait_s"], extra={"driver": timing})
+
+
+def _assemble(
+    batches: Iterable[dict[str, np.ndarray]],
+    plan: corpus_mod.CorpusPlan,
+    model: LoadedModel,
+    pending: list[corpus_mod.Shard],
+    sink: LabelSink,
+    summary: ClassifySummary,
+    progress_enabled: bool | None,
+) -> dict[str, float]:
+    """The driver's loop: assemble predicted batches into shards, commit each when whole.
+
+    Rows are deduplicated by ``(shard, row)``; ``summary`` is updated as shards commit.
+    Returns where the driver's time went, in wall seconds:
+
+    | key        | time spent                                                          |
+    |------------|---------------------------------------------------------------------|
+    | ``wait_s`` | in ``next(batches)``: waiting for Ray Data to hand over a batch     |
+    | ``busy_s`` | everything else: deduplication, assembly, ``sink.commit``, progress |
+    | ``commit_s`` | the part of ``busy_s`` inside :meth:`LabelSink.commit`            |
+    | ``cpu_s``  | CPU of the whole driver process meanwhile (Ray Data's threads in it too) |
+
+    ``benchmarks/driver_ceiling.py`` feeds it prepared batches to measure the driver alone.
+
+    Raises:
+        JobFailed: the batches ended with a shard incomplete.
+    """
     by_index = {s.index: s for s in pending}
     partial: dict[int, _Partial] = {}
     class_names = model.info.class_names
-    progress = _Progress(sum(s.num_rows for s in pending), cfg.progress)
-    started = time.monotonic()
+    progress = _Progress(sum(s.num_rows for s in pending), progress_enabled)
     errors_by_reason: Counter[str] = Counter(summary.errors_by_reason)
     workers: Counter[str] = Counter()
     # A 64-bit hash per labeled row, to count ids given to several rows: 8 bytes a row, so the
     # check covers the first DUPLICATE_CHECK_ROWS rows (40 MB) and driver memory stays bounded.
     id_hashes: list[np.ndarray] = []
     hashed = 0
-    for batch in predicted.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+    wait_s = commit_s = 0.0
+    clock = time.perf_counter
+    began, cpu_began = clock(), time.process_time()
+    it = iter(batches)
+    while True:
+        t0 = clock()
+        batch = next(it, None)
+        wait_s += clock() - t0
+        if batch is None:
+            break
         shards_col = batch["shard"]
         for shard_index in np.unique(shards_col):
             shard = by_index[int(shard_index)]
@@ -485,7 +528,9 @@ def _stream(
             if p.count == p.expected:
                 kept = corpus_mod.read_kept(plan, shard) if plan.keep_columns else None
                 table = _shard_table(p.parts, class_names, kept)
+                t0 = clock()
                 rec = sink.commit(shard.shard_id, table)
+                commit_s += clock() - t0
                 del partial[shard.index]
                 summary.shards_processed += 1
                 summary.rows += rec.rows
@@ -510,7 +555,8 @@ def _stream(
     if partial:
         incomplete = {by_index[i].shard_id: f"{p.count}/{p.expected}" for i, p in partial.items()}
         raise JobFailed(f"shards ended incomplete (rows seen/expected): {incomplete}")
-    log.debug("streamed %d shards in %.1fs", len(pending), time.monotonic() - started)
+    return {"busy_s": clock() - began - wait_s, "wait_s": wait_s, "commit_s": commit_s,
+            "cpu_s": time.process_time() - cpu_began}
 
 
 def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...],
