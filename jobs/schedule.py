@@ -61,7 +61,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 
 from ironsight.cluster.errors import InvalidInput
-from ironsight.jobs.history import SCHEDULED_FOR_ENV, history_url
+from ironsight.jobs.history.db import history_url
+from ironsight.jobs.history.recorder import SCHEDULED_FOR_ENV
 
 __all__ = ["MAX_JOB_NAME", "CronSchedule", "LocalRun", "Scheduler", "TickState", "add_commands",
            "check_job_name", "local_launcher"]

@@ -80,6 +80,7 @@ def test_the_wheel_holds_only_the_ironsight_package(wheel):
     tops = {n.split("/", 1)[0] for n in names}
     assert tops == {"ironsight", f"ironsight-{PYPROJECT['project']['version']}.dist-info"}
     for needed in ("ironsight/__init__.py", "ironsight/jobs/api.py", "ironsight/jobs/cli.py",
+                   "ironsight/jobs/history/store.py",
                    "ironsight/cluster/models/weights.py", "ironsight/robustness/stats.py"):
         assert needed in names
     assert not [n for n in names if "_ironsight" in n]  # its one file became ironsight/__init__.py

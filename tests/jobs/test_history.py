@@ -16,17 +16,16 @@ import time
 import pyarrow as pa
 import pytest
 
-from ironsight.cluster import synthetic
+from ironsight.cluster import liveness, synthetic
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed
-from ironsight.jobs import history as jobs_history
 from ironsight.jobs.history import (
     DEFAULT_MAX_DROP,
-    SCHEMA_VERSION,
     HistoryStore,
     RunRecorder,
     detect_regressions,
     history_url,
 )
+from ironsight.jobs.history.store import SCHEMA_VERSION
 from ironsight.jobs.spec import AuditJob, ClassifyJob
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
@@ -349,7 +348,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_run(db) -> None:
     """The pid is alive (it is this test's), but it started at another time: the run is gone."""
     store = HistoryStore(db)
     rid = store.start(job="j", kind="classify")
-    namespace, boot, start = jobs_history.process_identity(os.getpid()).split("/")
+    namespace, boot, start = liveness.process_identity(os.getpid()).split("/")
     _set(db, rid, process_start=f"{namespace}/{boot}/{int(start) - 1}")
     assert store.mark_abandoned() == [rid]
     assert store.get(rid).status == "abandoned"
@@ -358,7 +357,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_run(db) -> None:
 def test_a_run_from_before_a_reboot_is_abandoned(db) -> None:
     store = HistoryStore(db)
     rid = store.start(job="j", kind="classify")
-    namespace, _, start = jobs_history.process_identity(os.getpid()).split("/")
+    namespace, _, start = liveness.process_identity(os.getpid()).split("/")
     _set(db, rid, process_start=f"{namespace}/00000000-dead-beef-0000-000000000000/{start}")
     assert store.mark_abandoned() == [rid]
 
@@ -370,7 +369,7 @@ def test_runs_this_host_cannot_check_stay_running(db, host, namespace) -> None:
     rid = store.start(job="j", kind="classify")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    _, boot, start = jobs_history.process_identity(os.getpid()).split("/")
+    _, boot, start = liveness.process_identity(os.getpid()).split("/")
     _set(db, rid, pid=int(dead), host=host or socket.gethostname(),
          process_start=f"{namespace or os.readlink('/proc/self/ns/pid')}/{boot}/{start}")
     assert store.mark_abandoned() == []

@@ -25,7 +25,8 @@ import pytest
 import sqlalchemy as sa
 
 from ironsight.cluster.errors import InvalidInput
-from ironsight.jobs.history import SCHEMA_VERSION, HistoryStore, RunRecorder, history_url
+from ironsight.jobs.history import HistoryStore, RunRecorder, history_url
+from ironsight.jobs.history.store import SCHEMA_VERSION
 from ironsight.jobs.spec import ClassifyJob
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]

@@ -12,7 +12,8 @@ import sys
 import pytest
 from PIL import Image
 
-from ironsight.jobs.history import TREND_LAST, HistoryStore, render_trend_html
+from ironsight.jobs.history import HistoryStore
+from ironsight.jobs.history.trends import TREND_LAST, render_trend_html
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 
@@ -141,7 +142,8 @@ def test_rendering_does_not_import_ray_or_torch(tmp_path) -> None:
     _record(HistoryStore(db))
     code = (
         "import sys\n"
-        "from ironsight.jobs.history import HistoryStore, write_trend_html\n"
+        "from ironsight.jobs.history import HistoryStore\n"
+        "from ironsight.jobs.history.trends import write_trend_html\n"
         f"print(write_trend_html(HistoryStore({db!r}), 'nightly', {str(tmp_path / 't.html')!r}))\n"
         "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))\n"
     )

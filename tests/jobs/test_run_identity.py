@@ -19,13 +19,13 @@ import pytest
 from ironsight.cluster import synthetic
 from ironsight.jobs.history import (
     EXIT_REGRESSED,
-    SCHEMA_VERSION,
     HistoryStore,
     Outcomes,
     RunRecorder,
     detect_regressions,
     run_identity,
 )
+from ironsight.jobs.history.store import SCHEMA_VERSION
 from ironsight.jobs.spec import AuditJob
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]

@@ -1,0 +1,53 @@
+"""Run history: every `ironsight classify/audit/run` records what ran and how it ended.
+
+| module     | holds                                                                      |
+|------------|----------------------------------------------------------------------------|
+| `db`       | the database URL (`history_url`, `IRONSIGHT_HISTORY_URL`, `--history-db`), the engine, `safe_url` (password masked) |
+| `store`    | `HistoryStore` (schema, migrations, abandoned runs) and its rows, `Run`    |
+| `outcomes` | `Outcomes`: an audit's per-image correctness, what pairs two runs image by image |
+| `compare`  | `run_identity`, headline metrics, `compare_metrics` / `detect_regressions` (the regression rule) |
+| `recorder` | `RunRecorder`: records one job run and judges a named audit against its reference |
+| `table`    | the `ironsight history` table                                              |
+| `trends`   | a job's trend page (`ironsight history JOB --html`)                        |
+| `cli`      | the `ironsight history` command                                            |
+
+Process liveness (which `running` runs were abandoned) is `ironsight.cluster.liveness`. This
+package exports the API the rest of Ironsight uses (and `add_commands`, for `ironsight.jobs.cli`);
+everything else is imported from its module.
+"""
+
+from __future__ import annotations
+
+from ironsight.jobs.history.cli import add_commands
+from ironsight.jobs.history.compare import (
+    DEFAULT_MAX_DROP,
+    Regression,
+    audit_metrics,
+    classify_metrics,
+    compare_metrics,
+    detect_regressions,
+    run_identity,
+)
+from ironsight.jobs.history.db import default_history_url, history_url
+from ironsight.jobs.history.outcomes import Outcomes
+from ironsight.jobs.history.recorder import EXIT_REGRESSED, RunRecorder
+from ironsight.jobs.history.store import STATUSES, HistoryStore, Run
+
+__all__ = [
+    "DEFAULT_MAX_DROP",
+    "EXIT_REGRESSED",
+    "STATUSES",
+    "HistoryStore",
+    "Outcomes",
+    "Regression",
+    "Run",
+    "RunRecorder",
+    "add_commands",
+    "audit_metrics",
+    "classify_metrics",
+    "compare_metrics",
+    "default_history_url",
+    "detect_regressions",
+    "history_url",
+    "run_identity",
+]
