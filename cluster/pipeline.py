@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import metrics as job_metrics
-from ironsight.cluster import paths
+from ironsight.cluster import paths, reader
 from ironsight.cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK_ROWS: ironsight.jobs.audit imports them from here)
     DECODE_BLOCK_ROWS,
     DEFAULT_MAX_PIXELS,
@@ -39,7 +39,12 @@ from ironsight.cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK
 )
 from ironsight.cluster.errors import InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import LoadedModel, ModelSource
-from ironsight.cluster.predictor import Predictor, check_device  # noqa: F401  (check_device: re-exported)
+from ironsight.cluster.predictor import (  # noqa: F401  (check_device: re-exported)
+    CostProfile,
+    Predictor,
+    check_device,
+    measure_cost,
+)
 from ironsight.cluster.sink import LabelSink, spec_hash
 
 log = logging.getLogger("ironsight")
@@ -177,26 +182,49 @@ def decode_task_args() -> dict[str, Any]:
     return {"num_cpus": 1, "memory": DECODE_TASK_MEMORY}
 
 
+# The second torch thread must do at least this fraction of a thread's work to be worth having:
+# below it (other work holds the cores and the threads wait on each other) actors run 1 thread.
+MIN_THREAD_EFFICIENCY = 0.7
+
+
 def plan_resources(
-    actors: int | None, device: str, *, resources: dict[str, float] | None = None
+    actors: int | None, device: str, *, resources: dict[str, float] | None = None,
+    cost: CostProfile | Callable[[], CostProfile] | None = None,
 ) -> dict[str, Any]:
     """Actor pool size and per-actor resources for the connected Ray cluster.
 
     One actor per GPU (``num_gpus=1``) when the cluster has GPUs and the device is not forced
     to CPU; each takes a fraction of a CPU so decode tasks always find cores (an actor pool
-    holding every CPU would starve the decode stage and deadlock the pipeline). On CPU, a
-    quarter of the cores (at least one decode task's worth) stays free for decoding: decode is
-    about a fifth of the CPU work for ``demo_cnn`` at 64 px (0.3 vs 1.1 ms per image, one
-    core) and less for larger models. The rest is split among one actor per two cores, and
-    the actors' torch threads cover all the cores between them (Ray's CPUs schedule, they do
-    not pin): decode shares cores with the intra-op threads. On 2 CPUs one actor on 2 threads
-    labelled 20,000 images at 64 px 1.3-1.5x faster than on the 1 thread its CPU share gives
-    (613 vs 809-927 images/s, 2026-11-23, ``benchmarks/classify_throughput.py``).
+    holding every CPU would starve the decode stage and deadlock the pipeline).
+
+    On CPU, with a ``cost`` (:func:`ironsight.cluster.predictor.measure_cost`, measured in the
+    driver on this job's model and corpus), the plan follows the measured costs per image:
+    ``d`` decode ms (one core), ``m1``/``m2`` model ms on 1/2 torch threads, ``C`` CPUs.
+
+    | choice                | rule                                                              |
+    |-----------------------|-------------------------------------------------------------------|
+    | decode share ``f``    | ``d / (d + m1)``: decode's part of the CPU work per image          |
+    | decode tasks          | ``max(1, round(C * f))`` CPUs left free for 1-CPU decode tasks (at most ``C - 1``): Ray runs that many at once |
+    | model cores           | ``C * (1 - f)``, at least 1                                        |
+    | threads per actor     | 1 when the 2nd thread's efficiency ``m1 / (2 m2)`` < :data:`MIN_THREAD_EFFICIENCY` (a busy node: threads wait on each other); else ``round(model cores / actors)`` (decode's idle share is used), at most ``ceil(model cores)`` in all |
+    | actors                | ``--actors``, else ``round(model cores / threads)`` with threads 2 when efficient, 1 otherwise; at least 1 |
+    | CPUs per actor        | ``(C - decode tasks) / actors``, rounded down to 1/100             |
+    | batch size            | ``--batch-size`` (64): on CPU the per-image cost is flat from ~16 images a batch, so it is not planned; ``batch_hint`` says the smallest batch that keeps Ray's per-batch overhead (~5 ms) under 5% of compute |
+
+    So a decode-heavy job (a small model on large JPEGs) gets more decode tasks and fewer
+    model cores; a heavy model gets every core but one's share; and on a node whose cores
+    other work holds, actors run one thread each (more actors instead of more threads).
+
+    Without a cost (``ironsight audit``, and callers that do not measure) the fixed rule:
+    a quarter of the cores (at least one decode task's worth) stays free for decoding, one
+    actor per two cores, and the actors' torch threads cover all the cores between them.
 
     Args:
         actors: pool size asked for (``--actors``); None sizes it from the cluster.
         device: ``auto``, ``cuda`` or ``cpu``.
         resources: the cluster's resources; None reads ``ray.cluster_resources()``.
+        cost: measured costs per image, or a function measuring them (called only when the
+            plan is for CPU actors: a GPU plan does not need it); None uses the fixed rule.
 
     >>> plan = plan_resources(None, "auto", resources={"CPU": 16.0})
     >>> plan["size"], plan["num_cpus"], plan["threads"]
@@ -205,6 +233,16 @@ def plan_resources(
     2
     >>> plan_resources(None, "auto", resources={"CPU": 8.0, "GPU": 2.0})["num_cpus"]
     1.0
+    >>> from ironsight.cluster.predictor import CostProfile
+    >>> busy = CostProfile(decode_ms=0.3, model_ms=3.0, model_ms_2=50.0)   # threads collapse
+    >>> {k: plan_resources(None, "cpu", resources={"CPU": 2.0}, cost=busy)[k] for k in ("size", "threads")}
+    {'size': 2, 'threads': 1}
+    >>> idle = CostProfile(decode_ms=0.3, model_ms=3.0, model_ms_2=1.7)
+    >>> {k: plan_resources(None, "cpu", resources={"CPU": 2.0}, cost=idle)[k] for k in ("size", "threads")}
+    {'size': 1, 'threads': 2}
+    >>> heavy_decode = CostProfile(decode_ms=6.0, model_ms=3.0, model_ms_2=1.7)
+    >>> plan_resources(None, "cpu", resources={"CPU": 16.0}, cost=heavy_decode)["decode_tasks"]
+    11
     """
     if resources is None:
         import ray
@@ -219,13 +257,36 @@ def plan_resources(
         return {"size": n, "num_gpus": 1, "num_cpus": min(1.0, max(0.25, (cpus - 1) / n)), "device": device}
     if device == "cuda":
         raise InvalidInput("--device cuda was requested but the Ray cluster has no GPUs")
-    n = actors or max(1, int(cpus // 2))
     decode = float(decode_task_args()["num_cpus"])
-    reserve = max(decode, math.ceil(cpus / 4))
+    if cost is None:
+        n = actors or max(1, int(cpus // 2))
+        reserve = max(decode, math.ceil(cpus / 4))
+        threads = max(1, round(cpus / n))
+        extra: dict[str, Any] = {}
+    else:
+        if callable(cost):
+            cost = cost()
+        share = cost.decode_share
+        reserve = float(min(max(decode, round(cpus * share)), max(decode, cpus - 1)))
+        model_cores = max(1.0, cpus * (1.0 - share))
+        eff = cost.two_thread_efficiency
+        efficient = eff is not None and eff >= MIN_THREAD_EFFICIENCY
+        n = actors or max(1, round(model_cores / (2 if efficient else 1)))
+        # round(model cores / actors), never more threads in all than the model cores rounded up
+        threads = max(1, min(round(model_cores / n), math.ceil(model_cores) // n)) if efficient else 1
+        per_image = cost.model_ms if threads == 1 else cost.model_ms_2 * 2 / threads  # type: ignore[operator]
+        extra = {"decode_share": share, "thread_efficiency": eff,
+                 "batch_hint": max(1, math.ceil(5.0 / 0.05 / max(per_image, 1e-3)))}
     # Rounded down to 1/100 CPU so that n actors plus one decode task always fit: before,
     # (cpus - 0.5) / n per actor left half a CPU, and a 4-CPU cluster never ran a decode task.
     per = max(0.0, math.floor(100 * (cpus - reserve) / n) / 100)
-    return {"size": n, "num_gpus": 0, "num_cpus": per, "device": "cpu", "threads": max(1, round(cpus / n))}
+    if cost is not None:
+        log.info("CPU plan: %d actor(s) x %d torch thread(s), %d decode task(s) at once (measured per "
+                 "image: decode %.2f ms, model %.2f ms on 1 thread, 2nd thread efficiency %s)",
+                 n, threads, int(reserve), cost.decode_ms, cost.model_ms,
+                 "n/a" if extra["thread_efficiency"] is None else f"{extra['thread_efficiency']:.2f}")
+    return {"size": n, "num_gpus": 0, "num_cpus": per, "device": "cpu", "threads": threads,
+            "decode_tasks": int(reserve), **extra}
 
 
 def validate_model(source: ModelSource) -> LoadedModel:
@@ -273,6 +334,9 @@ def plan_classify(cfg: ClassifyConfig, *, corpus: corpus_mod.CorpusPlan | None =
 
     The CLI calls this before it starts Ray, so a bad flag or a bad file (a corrupted or
     inconsistent footer, another schema) is refused in a second, not after Ray's start-up.
+
+    ``corpus`` is the plan when the caller made it already (``ClassifyJob.plan_input``, before
+    torch was imported); it is returned after the flags are checked.
 
     Raises:
         InvalidInput: a bad flag, or a bad file that ``cfg.skip_bad_files`` does not skip.
@@ -420,7 +484,8 @@ def _stream(
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is rows/images-per-second aware and shard-exact
-    res = plan_resources(cfg.actors, cfg.device)
+    # CPU actors are sized from this job's measured costs per image (measure_cost: ~1-3 s)
+    res = plan_resources(cfg.actors, cfg.device, cost=lambda: measure_cost(model, plan, max_pixels=cfg.max_pixels))
     items = ray.data.from_items(
         [{"shard": s.index} for s in pending], override_num_blocks=len(pending)
     )
@@ -526,7 +591,7 @@ def _assemble(
             p.count += int(fresh.sum())
             workers.update(part["worker"].tolist())
             if p.count == p.expected:
-                kept = corpus_mod.read_kept(plan, shard) if plan.keep_columns else None
+                kept = reader.read_kept(plan, shard) if plan.keep_columns else None
                 table = _shard_table(p.parts, class_names, kept)
                 t0 = clock()
                 rec = sink.commit(shard.shard_id, table)

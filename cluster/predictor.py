@@ -26,6 +26,9 @@ tell which actor on which node did what.
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,9 +36,10 @@ import numpy as np
 from ironsight.cluster.decode import as_error, worker_identity
 
 if TYPE_CHECKING:
-    from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.corpus import CorpusPlan
+    from ironsight.cluster.models import LoadedModel, ModelSource
 
-__all__ = ["HostStaging", "Predictor", "as_error", "autocast_dtype", "check_device", "pick_device"]
+__all__ = ["CostProfile", "HostStaging", "Predictor", "as_error", "autocast_dtype", "check_device", "pick_device"]
 
 
 def pick_device(prefer: str = "auto") -> str:
@@ -294,6 +298,83 @@ class Predictor:
 def _failure(exc: BaseException) -> str:
     """The error-row text of an inference failure: ``inference_failed: Type: first line``."""
     return f"inference_failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """What one image costs this job, measured in the driver before the actors start.
+
+    Attributes:
+        decode_ms: CPU milliseconds to read and decode one corpus image to the model's input
+            (one core; a sample of the first shard).
+        model_ms: milliseconds of the model per image on ONE torch thread (uint8 batch in,
+            logits out, as :meth:`Predictor.logits` runs it).
+        model_ms_2: the same on TWO threads (None on a 1-core machine). ``model_ms /
+            (2 * model_ms_2)`` is the second thread's efficiency: near 1 on an idle machine
+            for a large model, far lower when other work holds the cores (torch's threads
+            wait on each other).
+    """
+
+    decode_ms: float
+    model_ms: float
+    model_ms_2: float | None = None
+
+    @property
+    def decode_share(self) -> float:
+        """Decode's fraction of the CPU work per image (1 thread each)."""
+        return self.decode_ms / (self.decode_ms + self.model_ms)
+
+    @property
+    def two_thread_efficiency(self) -> float | None:
+        return None if self.model_ms_2 is None else self.model_ms / (2 * self.model_ms_2)
+
+
+def measure_cost(model: LoadedModel, plan: CorpusPlan, *, max_pixels: int, images: int = 16,
+                 budget_s: float = 1.5) -> CostProfile:
+    """Calibrate :class:`CostProfile` in the driver: decode ``images`` rows of the first shard,
+    and time the model on a batch of that many (crop x crop) images on 1 and on 2 threads.
+
+    Costs about ``budget_s`` of one core at most per thread count (fewer repeats for a slow
+    model: one batch of 16 ResNet-50 images is ~1 s), plus one decode sample. The torch
+    thread count of this process is restored afterwards.
+    """
+    import torch
+
+    from ironsight.cluster.decode import decode_rows
+    from ironsight.cluster.reader import iter_shard
+
+    pre = model.info.preprocess
+    batch = next(iter_shard(plan, plan.shards[0], batch_rows=images), None) if plan.shards else None
+    blobs = batch["image"] if batch else []
+    cpu = time.process_time()
+    if blobs:
+        decode_rows(blobs, batch["error"], pre, max_pixels)
+    decode_ms = (time.process_time() - cpu) * 1e3 / max(1, len(blobs))
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (images, 3, pre.crop, pre.crop), dtype=np.uint8))
+    module = model.module.eval()
+
+    def per_image_ms(threads: int) -> float:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            module(x[:2].float().div_(255.0))  # warm-up: allocator, kernels for this shape
+            best, spent = float("inf"), 0.0
+            while spent < budget_s / 2 or best == float("inf"):
+                t = time.perf_counter()
+                module(x.float().div_(255.0))
+                took = time.perf_counter() - t
+                best, spent = min(best, took), spent + took
+                if spent >= budget_s / 2:
+                    break
+        return best * 1e3 / images
+
+    before = torch.get_num_threads()
+    try:
+        one = per_image_ms(1)
+        two = per_image_ms(2) if (os.cpu_count() or 1) >= 2 else None
+    finally:
+        torch.set_num_threads(before)
+    return CostProfile(decode_ms=decode_ms, model_ms=one, model_ms_2=two)
 
 
 def _ray_cpus() -> int | None:
