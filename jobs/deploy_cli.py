@@ -1,4 +1,5 @@
-"""`ironsight deploy render`: KubeRay manifests for one job spec, once or on a schedule.
+"""`ironsight deploy render`: KubeRay manifests for one job spec, once or on a schedule
+(`ironsight deploy static` writes the reference manifests of deploy/kuberay/).
 
 The spec is validated first, with the local model card, suite and gate it names
 (`ironsight.jobs.spec.load_spec(check_files=True)`, the checks of `ironsight validate`), then
@@ -39,6 +40,7 @@ from ironsight.jobs.k8s import (
     pod_path,
     render_manifests,
     write_manifests,
+    write_static_manifests,
 )
 from ironsight.jobs.spec import load_spec, relative_paths_as_written
 
@@ -210,15 +212,21 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _static(args: argparse.Namespace) -> int:
+    for path in write_static_manifests(args.out):
+        print(path)
+    return 0
+
+
 def add_commands(subparsers: Any, formatter: Any) -> None:
-    """Add `ironsight deploy render`."""
+    """Add `ironsight deploy render` and `ironsight deploy static`."""
     p = subparsers.add_parser(
         "deploy",
         help="render KubeRay manifests (RayJob, or RayCronJob with --cron) for a job spec",
         description="Kubernetes deployment of job specs on KubeRay.",
         formatter_class=formatter,
     )
-    dsub = p.add_subparsers(dest="deploy_command", metavar="{render}", required=True)
+    dsub = p.add_subparsers(dest="deploy_command", metavar="{render,static}", required=True)
     r = dsub.add_parser(
         "render",
         help="validate a spec and write the manifests that run it",
@@ -251,3 +259,15 @@ def add_commands(subparsers: Any, formatter: Any) -> None:
                    help="no history database: every run starts empty and no regression against "
                    "the previous run is ever reported")
     r.set_defaults(handler=_render)
+    st = dsub.add_parser(
+        "static",
+        help="write the reference manifests kept under deploy/kuberay/",
+        description="Write the reference manifests of the repository's deploy/kuberay/ folder "
+        "(RayCluster, NetworkPolicy, PodMonitor, an audit RayJob, the nightly RayCronJob and its "
+        "plain-CronJob alternative) from the same builders as `deploy render`; tests/deploy "
+        "checks that the committed files match.",
+        epilog="example:\n  ironsight deploy static --out deploy/kuberay",
+        formatter_class=formatter,
+    )
+    st.add_argument("--out", required=True, metavar="DIR", help="directory to write the YAML into")
+    st.set_defaults(handler=_static)

@@ -100,7 +100,7 @@ def test_every_yaml_under_deploy_parses(path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(static_manifests()))
 def test_static_manifests_match_their_builders(name: str) -> None:
     assert (KUBERAY / name).read_text() == static_manifests()[name], (
-        f"deploy/kuberay/{name} drifted from jobs/k8s.py; run `python -m ironsight.jobs.k8s deploy/kuberay`"
+        f"deploy/kuberay/{name} drifted from jobs/k8s.py; run `ironsight deploy static --out deploy/kuberay`"
     )
 
 
