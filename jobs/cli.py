@@ -42,7 +42,14 @@ from ironsight.jobs.observability import (
     job_context,
     resolve_format,
 )
-from ironsight.jobs.spec import AuditJob, ClassifyJob, add_spec_arguments, load_spec, spec_from_args
+from ironsight.jobs.spec import (
+    AuditJob,
+    ClassifyJob,
+    CompareJob,
+    add_spec_arguments,
+    load_spec,
+    spec_from_args,
+)
 
 EPILOG_CLASSIFY = textwrap.dedent(
     """\
@@ -66,6 +73,16 @@ EPILOG_AUDIT = textwrap.dedent(
       ironsight audit eval/ audit-out/ --model-card model.yaml --suite standard
       ironsight audit eval/ out/ --model resnet50 --weights r50.safetensors --severities 1,3,5 \\
           --baseline last-night/report.json --gate gate.yaml
+    """
+)
+
+
+EPILOG_COMPARE = textwrap.dedent(
+    """\
+    examples:
+      ironsight compare eval/ cmp/ --model-card a.yaml --model-card b.yaml --objective 'max accuracy s.t. p95_ms <= 20'
+      ironsight compare eval/ cmp/ --model resnet18=r18.safetensors --model mobilenet_v3_small=mb.pt
+      ironsight compare eval/ cmp/ --model resnet18 --model squeezenet1_1 --random-weights  # speed/memory only
     """
 )
 
@@ -215,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_arguments(p, AuditJob)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser(
+        "compare",
+        help="compare models on one eval set: accuracy, robustness, speed, memory; a recommendation",
+        description="Audit several models on the same eval set and suite (images decoded once for "
+        "all), profile each for latency, throughput and memory, and write compare.json/.md/.html "
+        "into OUTPUT with each model's audit under OUTPUT/models/NAME. Rerunning resumes: a "
+        "finished model is not run again. Exit 0 done, 2 bad input, 1 failure.",
+        epilog=EPILOG_COMPARE,
+        formatter_class=_formatter,
+    )
+    add_spec_arguments(p, CompareJob)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("conditions", help="list the registered conditions and attacks", formatter_class=_formatter)
     csub = p.add_subparsers(dest="conditions_command", metavar="{list}", required=True)
     csub.add_parser("list", help="conditions with their family and description, then attacks and suites")
@@ -269,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit-images", type=int, default=1_000,
                    help="eval images the demo audits with the quick suite; 0 skips the audit (default: 1000)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    dsub = p.add_subparsers(dest="demo_command", metavar="{compare}", required=False)
+    pc = dsub.add_parser(
+        "compare", formatter_class=_formatter,
+        help="train two more small models of other shapes and compare them with the demo CNN",
+        description="Train two small models of other shapes than the demo CNN on CPU (seconds "
+        "each; cached), then `ironsight compare` all three on demo eval images with the quick "
+        "suite: accuracy, robustness, latency, memory, and a recommendation.",
+    )
+    pc.add_argument("--workdir", default="ironsight-demo", help="where data and outputs go (default: ./ironsight-demo)")
+    pc.add_argument("--images", type=int, default=300, help="eval images compared (default: 300)")
+    pc.add_argument("--actors", type=int, default=None, help="predictor actors (default: sized to the cores)")
+    pc.add_argument("--retrain", action="store_true", help="train the models even if cached")
+    pc.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub, _formatter)
@@ -518,15 +561,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         spec = load_spec(args.spec, check_files=True)  # a bad card, suite or gate: before Ray
+        if isinstance(spec, CompareJob):
+            return _run_compare(spec, _progress(args), verbose=args.verbose)
         if isinstance(spec, AuditJob):
             return _run_audit(spec, _progress(args), verbose=args.verbose)
         return _run_classify(spec, _progress(args), verbose=args.verbose)
     if args.command == "audit":
         return _run_audit(spec_from_args(AuditJob, args), _progress(args), verbose=args.verbose)
+    if args.command == "compare":
+        return _run_compare(spec_from_args(CompareJob, args), _progress(args), verbose=args.verbose)
     if args.command == "conditions":
         return _conditions()
     if args.command == "models":
         return _models(args)
+    if args.command == "demo" and getattr(args, "demo_command", None) == "compare":
+        from ironsight.jobs.demo import run_demo_compare
+
+        return run_demo_compare(workdir=args.workdir, images=args.images, retrain=args.retrain,
+                                actors=args.actors, progress=_progress(args), verbose=args.verbose)
     if args.command == "demo":
         from ironsight.jobs.demo import run_demo
 
@@ -568,6 +620,14 @@ def check_before_torch(spec: ClassifyJob | AuditJob) -> Any:
     return spec.plan_input()
 
 
+def _run_compare(spec: CompareJob, progress: bool | None, *, verbose: bool = False) -> int:
+    from ironsight.jobs.compare_cli import compare_spec, summary_lines
+
+    result, _ = compare_spec(spec, progress, verbose=verbose)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
 def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = False) -> int:
     summary, _ = classify_spec(spec, progress, verbose=verbose)
     print(summary.render())
@@ -579,6 +639,7 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
     """Run a classify spec as ``ironsight classify`` does (history, SIGTERM, Ray); returns
     ``(ClassifySummary, RunRecorder)``. ``source`` replaces ``spec.source()`` (the Python
     API's in-memory module, ``ironsight.jobs.api``)."""
+
     corpus = check_before_torch(spec)  # a missing INPUT, a wrong column: in a second
     from ironsight.cluster.predictor import check_device
 
@@ -643,6 +704,7 @@ def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
     """Run an audit spec as ``ironsight audit`` does (history, SIGTERM, Ray); returns
     ``(AuditResult, RunRecorder, regressions)``; a failed gate raises ``GateFailed`` after the
     reports are written. ``source`` replaces ``spec.source()`` (``ironsight.jobs.api``)."""
+
     corpus = check_before_torch(spec)  # a missing eval set, a wrong column: in a second
     from ironsight.cluster.predictor import check_device
 

@@ -173,6 +173,8 @@ def job_name(spec: Any) -> str:
 
 
 def _model_name(spec: Any) -> str:
+    if hasattr(spec, "model_label"):  # a comparison (CompareJob): its models
+        return spec.model_label()
     if getattr(spec, "model", None):
         return spec.model
     card = getattr(spec, "model_card", None)

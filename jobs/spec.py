@@ -18,7 +18,7 @@ import posixpath
 import types
 import typing
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -45,10 +45,11 @@ from ironsight.cluster.yamlfile import (
 
 
 def _cli(*, positional: bool = False, metavar: str | None = None, short: str | None = None,
-         path: bool = False) -> dict:
+         path: bool = False, repeat: bool = False) -> dict:
     """Field metadata: how the field appears on the command line; ``path`` marks a field whose
-    value is a file, directory or ``s3://`` URI (checked against the allowed roots)."""
-    extra: dict = {"cli": {"positional": positional, "metavar": metavar, "short": short}}
+    value is a file, directory or ``s3://`` URI (checked against the allowed roots); ``repeat``
+    a list field whose option is given once per item (``--model-card A.yaml --model-card B.yaml``)."""
+    extra: dict = {"cli": {"positional": positional, "metavar": metavar, "short": short, "repeat": repeat}}
     if path:
         extra["path"] = True
     return extra
@@ -129,8 +130,8 @@ class _WithinRoots(BaseModel):
         for name, f in type(self).model_fields.items():
             extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
             value = getattr(self, name)
-            if not extra.get("path") or value is None or _is_builtin_suite(name, value):
-                continue
+            if not extra.get("path") or not isinstance(value, str) or _is_builtin_suite(name, value):
+                continue  # a list of paths (CompareJob's) is checked by its model
             why = paths.check_within(value, roots)
             if why:
                 problems.append(((name,), value, f"{why}, set by {where}"))
@@ -307,9 +308,9 @@ class ClassifyJob(ModelChoice, RunOptions, _WithinRoots):
     )
     torch_compile: bool = Field(
         False,
-        description="compile the model with torch.compile in each actor: measured 1.10x (resnet18) "
-        "to 1.22x (demo_cnn) on CPU after 12-34 s of compiling, so it pays from ~10,000 (resnet18) "
-        "to ~160,000 (demo_cnn) images an actor (benchmarks/torch_compile.py)",
+        description="compile the model with torch.compile in each actor: faster per batch, after "
+        "seconds to a minute of compiling in every actor, so it pays only on long runs "
+        "(docs/performance.md; benchmarks/torch_compile.py)",
     )
     allowed_roots: list[str] | None = _allowed_roots_field()
 
@@ -434,7 +435,136 @@ class AuditJob(ModelChoice, RunOptions, _WithinRoots):
         )
 
 
-JobSpec = Annotated[Union[ClassifyJob, AuditJob], Field(discriminator="kind")]  # noqa: UP007
+class CompareModel(ModelChoice):
+    """One model of a comparison: a ``models:`` entry of a ``kind: compare`` spec."""
+
+    name: str | None = Field(
+        None, description="label in the reports and folder OUTPUT/models/NAME (default: the "
+        "card's or model's name; a clash gets -2, -3, ...)",
+    )
+
+
+def _audit_field(name: str) -> Any:
+    """An :class:`AuditJob` field as a compare job has it: same default, help and checks."""
+    return AuditJob.model_fields[name]
+
+
+class CompareJob(RunOptions, _WithinRoots):
+    """Model comparison: several models audited on one eval set and suite, profiled for speed
+    and memory, ranked, and one recommended under an objective (``ironsight.jobs.compare``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["compare"] = Field("compare", description="job kind", json_schema_extra={"cli": None})
+    name: str = Field("compare", description="job name, used by run history and schedules")
+    input: str = _audit_field("input")
+    output: str = Field(
+        description="directory or s3:// prefix: compare.json/.md/.html, and models/NAME/ with "
+        "each model's audit reports and predictions.parquet",
+        json_schema_extra=_cli(positional=True, metavar="OUTPUT", path=True),
+    )
+    model: list[str] | None = Field(
+        None,
+        description="a registered model, once per model: NAME=WEIGHTS (a weights file or s3:// "
+        "URI), or NAME with --random-weights; `ironsight models list` names them",
+        json_schema_extra=_cli(metavar="NAME[=WEIGHTS]", repeat=True),
+    )
+    model_card: list[str] | None = Field(
+        None, description="a model card YAML, once per model",
+        json_schema_extra=_cli(metavar="CARD.yaml", path=True, repeat=True),
+    )
+    models: list[CompareModel] | None = Field(
+        None, description="the models, in a spec: a list of {model | model_card, weights, "
+        "weights_version, random_weights, name}", json_schema_extra={"cli": None},
+    )
+    random_weights: bool = Field(
+        False, description="random weights for every --model NAME: only the speed, memory, "
+        "parameter and FLOP columns mean anything, and every report says so",
+    )
+    label_column: str = _audit_field("label_column")
+    image_column: str | None = _audit_field("image_column")
+    id_column: str | None = _audit_field("id_column")
+    suite: str = _audit_field("suite")
+    severities: list[int] | None = _audit_field("severities")
+    max_images: int | None = _audit_field("max_images")
+    seed: int = _audit_field("seed")
+    objective: str | None = Field(
+        None, description="what to recommend, e.g. 'max accuracy s.t. p95_ms <= 20' (grammar: "
+        "docs/cli.md); checked before anything runs", json_schema_extra=_cli(metavar="TEXT"),
+    )
+    profile: bool = Field(
+        True, description="latency, throughput, memory, parameters and FLOPs of each model, one "
+        "model at a time on the device it ran on; --no-profile skips them",
+    )
+    activation_maps: bool = Field(
+        True, description="activation maps of the misclassified examples; --no-activation-maps "
+        "skips them (images still shown)",
+    )
+    overwrite: bool = Field(
+        False, description="replace the comparison of another eval set or suite in OUTPUT instead "
+        "of refusing (only the comparison's files and its models' folders are written)",
+    )
+    allowed_roots: list[str] | None = _allowed_roots_field()
+
+    _suite_is_a_file = field_validator("suite")(AuditJob.__dict__["_suite_is_a_file"].__func__)
+    _split_commas = field_validator("severities", mode="before")(AuditJob.__dict__["_split_commas"].__func__)
+    _in_range = field_validator("severities")(AuditJob.__dict__["_in_range"].__func__)
+    plan_input = AuditJob.plan_input
+
+    @field_validator("model_card")
+    @classmethod
+    def _cards_are_files(cls, value: list[str] | None) -> list[str] | None:
+        for card in value or ():
+            _config_file(card, "model card")
+        return value
+
+    @model_validator(mode="after")
+    def _models_given(self) -> CompareJob:
+        choices = self.model_choices()
+        if not choices:
+            raise ValueError("name the models to compare: --model-card CARD.yaml or --model "
+                             "NAME=WEIGHTS, once per model (or a spec's `models:` list)")
+        roots = self.effective_roots()
+        problems = []
+        for i, c in enumerate(choices):
+            for key in ("weights", "model_card"):
+                value = getattr(c, key)
+                why = paths.check_within(value, roots) if value and roots else None
+                if why:
+                    problems.append((("models", i, key), value, f"{why}, set by allowed_roots"))
+        if problems:
+            _raise(type(self), problems)
+        return self
+
+    def model_label(self) -> str:
+        """The models in one line, for run history and log records: ``resnet18,my-card``."""
+        return ",".join(c.name or c.model or posixpath.splitext(posixpath.basename(str(c.model_card)))[0]
+                        for c in self.model_choices())
+
+    def model_choices(self) -> list[CompareModel]:
+        """Every model, in order: ``--model`` items, ``--model-card`` items, then ``models:``.
+
+        >>> job = CompareJob(input="e/", output="o/", model=["resnet18=r.safetensors"],
+        ...                  model_card=["a.yaml"])
+        >>> [(c.model, c.weights, c.model_card) for c in job.model_choices()]
+        [('resnet18', 'r.safetensors', None), (None, None, 'a.yaml')]
+        """
+        out: list[CompareModel] = []
+        for item in self.model or ():
+            name, _, weights = item.partition("=")
+            if not name.strip():
+                raise ValueError(f"--model {item!r}: expected NAME=WEIGHTS or NAME")
+            if not weights and not self.random_weights:
+                raise ValueError(f"--model {name}: give its weights as --model {name}=PATH_OR_URI "
+                                 "(nothing is downloaded), or pass --random-weights to compare "
+                                 "speed and memory only")
+            if weights and self.random_weights:
+                raise ValueError(f"--model {item}: --random-weights cannot be combined with weights")
+            out.append(CompareModel(model=name.strip(), weights=weights or None,
+                                    random_weights=self.random_weights))
+        out += [CompareModel(model_card=card) for card in self.model_card or ()]
+        out += list(self.models or ())
+        return out
 
 
 def unknown_key_message(key: str, valid: Iterable[str]) -> str:
@@ -557,6 +687,7 @@ def resolve_relative_paths(data: dict[str, Any], model: type[BaseModel], base: s
             continue  # a built-in suite name
         out[name] = _join(base, value)
         written[name] = value
+    _resolve_model_lists(out, model, base, written)
     roots = out.get("allowed_roots")
     if "allowed_roots" in model.model_fields and isinstance(roots, (str, list)):
         items = [r.strip() for r in roots.split(",") if r.strip()] if isinstance(roots, str) else roots
@@ -564,6 +695,27 @@ def resolve_relative_paths(data: dict[str, Any], model: type[BaseModel], base: s
             written["allowed_roots"] = roots if isinstance(roots, str) else ",".join(map(str, roots))
             out["allowed_roots"] = [_join(base, r) if _is_relative_local(r) else r for r in items]
     return out, written
+
+
+def _resolve_model_lists(out: dict[str, Any], model: type[BaseModel], base: str, written: dict[str, str]) -> None:
+    """A compare spec's paths in lists: ``model_card: [a.yaml, ...]`` and each ``models:``
+    entry's ``weights`` and ``model_card``, joined to ``base`` like the fields above."""
+    if model is not CompareJob:
+        return
+    cards = out.get("model_card")
+    if isinstance(cards, list):
+        out["model_card"] = [_join(base, c) if _is_relative_local(c) else c for c in cards]
+        for i, c in enumerate(cards):
+            if _is_relative_local(c):
+                written[f"model_card.{i}"] = c
+    entries = out.get("models")
+    if isinstance(entries, list):
+        out["models"] = [dict(e) if isinstance(e, dict) else e for e in entries]
+        for i, entry in enumerate(out["models"]):
+            for key in ("weights", "model_card"):
+                if isinstance(entry, dict) and _is_relative_local(entry.get(key)):
+                    written[f"models.{i}.{key}"] = entry[key]
+                    entry[key] = _join(base, entry[key])
 
 
 def relative_paths_as_written(spec: BaseModel) -> dict[str, str]:
@@ -590,6 +742,8 @@ def referenced_file_problems(spec: ClassifyJob | AuditJob, source: str) -> list[
     the field and the path as resolved (against the spec's folder, with the value as written
     when it was relative).
     """
+    if isinstance(spec, CompareJob):
+        return _compare_file_problems(spec, source)
     written = relative_paths_as_written(spec)
     problems: list[str] = []
 
@@ -618,6 +772,28 @@ def referenced_file_problems(spec: ClassifyJob | AuditJob, source: str) -> list[
     if card is not None:
         weights.append(("model_card", card.weights_uri(), f" (weights named by model card {spec.model_card})"))
     problems += [f"{source}: {field}: {message}" for field, message in _missing(weights)]
+    return problems
+
+
+def _compare_file_problems(spec: CompareJob, source: str) -> list[str]:
+    """:func:`referenced_file_problems` of a compare spec: each model's card and weights, the suite."""
+    problems: list[str] = []
+    for i, choice in enumerate(spec.model_choices()):
+        label = f"model {i + 1} ({choice.name or choice.model or choice.model_card})"
+        files = [("weights", choice.weights, "")]
+        if _local(choice.model_card):
+            try:
+                card = _load_card(choice.model_card)
+                files.append(("model_card", card.weights_uri(), f" (weights named by model card {choice.model_card})"))
+            except InvalidInput as exc:
+                problems.append(f"{source}: {label}: model_card: {clip(str(exc), MAX_MESSAGE_CHARS)}"
+                                f"{_did_you_mean_file(choice.model_card)}")
+        problems += [f"{source}: {label}: {field}: {message}" for field, message in _missing(files)]
+    if "://" not in spec.suite or spec.suite.startswith("file://"):
+        try:
+            _load_suite(spec.suite)
+        except InvalidInput as exc:
+            problems.append(f"{source}: suite: {clip(str(exc), MAX_MESSAGE_CHARS)}")
     return problems
 
 
@@ -670,7 +846,7 @@ def _did_you_mean_file(path: str) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-SPEC_KINDS: dict[str, type[BaseModel]] = {"classify": ClassifyJob, "audit": AuditJob}
+SPEC_KINDS: dict[str, type[BaseModel]] = {"classify": ClassifyJob, "audit": AuditJob, "compare": CompareJob}
 
 
 # --- `ironsight validate`: a spec, gate, suite or model card --------------------------------
@@ -788,6 +964,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) 
         default_txt = "" if f.is_required() or f.default in (None, False) else f" (default: {f.default})"
         help_txt = (f.description or "") + default_txt
         kwargs: dict[str, Any] = {"help": help_txt, "default": argparse.SUPPRESS}
+        if cli.get("repeat"):
+            kwargs["action"] = "append"
         if tp is bool and f.default is True:  # on by default: the flag turns it off
             flag, help_txt = "--no-" + name.replace("_", "-"), f.description or ""
             kwargs.update(action="store_false", help=help_txt)
