@@ -25,6 +25,8 @@
 |                  | without baseline), ``alexnet`` (mCE vs AlexNet; null unless the classes |
 |                  | are ImageNet-1k's) and ``mce_reason`` (why it is null), ``warnings``    |
 | ``gate``         | null until :func:`ironsight.robustness.gate.evaluate_gate` fills it               |
+| ``examples``     | (optional, from the audit job) per condition the misclassified count and |
+|                  | the ids report.html shows, and the activation-map method (or null)      |
 
 Intervals: every accuracy cell (clean, per class, condition x severity, attack x eps, worst
 class) also carries ``ci95`` [low, high], the 95% Wilson score interval of ``correct`` out of

@@ -50,7 +50,8 @@ PREDICTIONS_SCHEMA = pa.schema(
 
 # 1.1: accuracy cells carry ci95 / n_labeled / correct; summary.mce_reason, images,
 # labeled_images, min_detectable_drop; per-cell baseline changes; optional preprocessing.
-REPORT_SCHEMA_VERSION = "1.1"
+# 1.2: optional examples (the misclassified example ids per condition, the activation-map method).
+REPORT_SCHEMA_VERSION = "1.2"
 
 KINDS = ("clean", "corruption", "attack")
 
@@ -315,6 +316,20 @@ REPORT_JSON_SCHEMA: dict = _obj(
                 "std": {"type": "array", "items": {"type": "number"}},
                 "weights_version": {"type": ["string", "null"]},
             },
+        ),
+        # written by the audit job (ironsight.jobs.audit._examples): which images report.html
+        # shows per condition and how their activation maps were made (null: turned off)
+        "examples": _obj(
+            {
+                "misclassified_only": {"type": "boolean"},
+                "activation_maps": {"type": ["string", "null"]},
+                "cells": {"type": "array", "items": _obj({
+                    "condition": _STR, "severity": _INT,
+                    "misclassified": {"type": ["integer", "null"]},
+                    "ids": {"type": "array", "items": _STR},
+                })},
+            },
+            {"per_condition": _INT},
         ),
     },
     **{"$schema": "https://json-schema.org/draft/2020-12/schema"},

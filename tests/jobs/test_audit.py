@@ -66,7 +66,8 @@ def test_audit_writes_every_report_and_the_predictions(audit):
     for name in ("report.json", "report.md", "report.html", "predictions.parquet"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == "1.1"
+    assert report["schema_version"] == "1.2"
+    assert {c["condition"] for c in report["examples"]["cells"]} == {"clean", "gaussian_noise", "occlusion"}
     assert 0 <= report["clean"]["accuracy"] <= 1
     cells = {(c["name"], c["severity"]) for c in report["conditions"]}
     assert cells == {("gaussian_noise", 1), ("gaussian_noise", 5), ("occlusion", 1), ("occlusion", 5)}

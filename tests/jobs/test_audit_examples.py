@@ -3,6 +3,9 @@ activation maps (jobs.audit._examples; no Ray: the predictions table is built by
 
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,8 +16,8 @@ from ironsight.cluster import synthetic
 from ironsight.cluster.models import ModelSource
 from ironsight.jobs.audit import EXAMPLES_PER_CONDITION, AuditConfig, _examples, resolve_suite
 from ironsight.robustness.conditions import apply_condition
-from ironsight.robustness.report import example_lines, to_markdown
-from ironsight.robustness.schema import PREDICTIONS_SCHEMA
+from ironsight.robustness.report import dumps, example_lines, to_markdown
+from ironsight.robustness.schema import PREDICTIONS_SCHEMA, REPORT_JSON_SCHEMA
 
 SUITE = """\
 name: two
@@ -103,6 +106,7 @@ def test_markdown_mentions_the_examples(setup):
     report = build_report(table, class_names=model.info.class_names, model={"name": "demo_cnn"}, data={},
                           seed=5, suite="two")
     _examples(plan, plan.shards, model.info.preprocess, _cfg(root), table, model=model, report=report)
+    jsonschema.validate(json.loads(dumps(report)), REPORT_JSON_SCHEMA)  # the optional examples section
     md = to_markdown(report)
     assert "## Examples (images in report.html)" in md
     assert f"occlusion severity 3: 1 of 1 misclassified shown ({ids[1]})" in md
