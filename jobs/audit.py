@@ -459,6 +459,10 @@ def audit_report(table: pa.Table, clean_err: list[str], cfg: AuditConfig, plan: 
         imagenet_c_conditions=IMAGENET_C_CONDITIONS,
     )
     report["preprocessing"] = info.preprocess.to_dict()  # the pixels these numbers come from
+    if cfg.suite.mix:  # expected accuracy under the suite's operating-condition mix
+        from ironsight.robustness.mix import expected_accuracy
+
+        report["mix"] = expected_accuracy(table, cfg.suite.mix)
     return report
 
 

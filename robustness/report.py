@@ -25,6 +25,8 @@
 |                  | without baseline), ``alexnet`` (mCE vs AlexNet; null unless the classes |
 |                  | are ImageNet-1k's) and ``mce_reason`` (why it is null), ``warnings``    |
 | ``gate``         | null until :func:`ironsight.robustness.gate.evaluate_gate` fills it               |
+| ``mix``          | (optional, suites with a ``mix``) expected accuracy under the mix with ``low``/``high`` |
+|                  | (95%), shares and per-part accuracies (:mod:`ironsight.robustness.mix`) |
 | ``examples``     | (optional, from the audit job) per condition the misclassified count and |
 |                  | the ids report.html shows, and the activation-map method (or null)      |
 
@@ -482,7 +484,22 @@ def summary_rows(report: dict) -> list[list[str]]:
         rows.append(["mCE vs AlexNet (ImageNet-C conditions)", _num(s["alexnet"]["mce"])])
     elif s.get("mce_reason"):
         rows.append(["mCE vs AlexNet", f"not computed: {s['mce_reason']}"])
+    if report.get("mix"):
+        rows.append(["expected accuracy under the suite's mix", mix_text(report["mix"])])
     return rows
+
+
+def mix_text(mix: dict) -> str:
+    """:func:`ironsight.robustness.mix.expected_accuracy` in one cell.
+
+    >>> mix_text({"accuracy": 0.81, "low": 0.75, "high": 0.851,
+    ...           "mix": {"clean": 0.7, "low_light": 0.3}})
+    '81.0% [75.0, 85.1] (clean 70%, low_light 30%)'
+    """
+    shares = ", ".join(f"{name} {100 * w:.0f}%" for name, w in mix["mix"].items() if w > 0)
+    if mix.get("accuracy") is None:
+        return f"not computed: a part of the mix has no labeled image ({shares})"
+    return f"{_pct(mix['accuracy'])} [{100 * mix['low']:.1f}, {100 * mix['high']:.1f}] ({shares})"
 
 
 def gate_lines(report: dict) -> list[str]:
