@@ -1,0 +1,131 @@
+"""The driver benchmarks (issue 15: the driver's ceiling, a million rows) at tiny sizes.
+
+Timings are never asserted; what is: every row lands once with the no-op model's fixed top-5,
+the driver's time split adds up, the GPU count follows from the rate, the kill lands mid-run
+and the resume re-does none of the committed rows, and the results files are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import driver_ceiling  # noqa: E402
+import million_rows  # noqa: E402
+import noop  # noqa: E402
+
+
+def _labels(out: str):
+    return pads.dataset(out, format="parquet", ignore_prefixes=["_", "."]).to_table()
+
+
+def test_noop_model_gives_fixed_top5_through_the_card_and_the_module(tmp_path):
+    images = torch.rand(3, 3, noop.SIZE, noop.SIZE)
+    assert noop.noop_module()(images).argsort(1, descending=True)[:, :5].tolist() == [[0, 1, 2, 3, 4]] * 3
+    from ironsight.cluster.models import ModelSource
+
+    loaded = ModelSource(card=noop.write_noop_card(str(tmp_path))).load("cpu")
+    assert loaded.info.num_classes == noop.NUM_CLASSES and loaded.info.preprocess.crop == noop.SIZE
+    assert loaded.module(images).argmax(1).tolist() == [0, 0, 0]
+    assert noop.noop_source().validate().info.class_names == noop.class_names()
+
+
+def test_tiny_corpus_repeats_few_images_and_is_kept_when_unchanged(tmp_path):
+    corpus = str(tmp_path / "c")
+    assert noop.write_tiny_corpus(corpus, 1000, distinct=7, rows_per_file=400, row_group_size=150) > 0
+    table = pads.dataset(corpus, format="parquet").to_table()
+    assert table.num_rows == 1000 and len(set(table.column("id").to_pylist())) == 1000
+    assert len(set(table.column("image").to_pylist())) == 7
+    assert table.column("image")[8].as_py()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pq.ParquetFile(os.path.join(corpus, "part-00000.parquet")).metadata.num_row_groups == 3  # 150+150+100
+    assert noop.write_tiny_corpus(corpus, 1000, distinct=7, rows_per_file=400, row_group_size=150) == 0.0
+    assert noop.write_tiny_corpus(corpus, 500, distinct=7, rows_per_file=400, row_group_size=150) > 0
+    assert pads.dataset(corpus, format="parquet").count_rows() == 500  # the old files are gone
+
+
+def test_rss_sampler_samples_a_live_process_and_stops_at_its_exit():
+    with noop.RssSampler(os.getpid(), interval=0.05) as rss:
+        blob = np.ones(50 * 2**20 // 8)  # 50 MB, touched
+        import time
+
+        time.sleep(0.3)
+    assert len(rss.samples) >= 3 and all(mb > 10 for _, mb in rss.samples)
+    assert max(mb for _, mb in rss.samples) >= noop.rss_mb(os.getpid()) - blob.nbytes / 2**20 - 5
+    assert noop.rss_mb(2**22 + 12345) is None  # no such pid
+    summary = million_rows.rss_summary([(i, 100.0 + (i >= 8) * 50) for i in range(10)])
+    assert summary == {"samples": 10, "peak_mb": 150.0, "last_mb": 150.0, "growth_mb": 50.0}
+
+
+def test_run_signals_the_command_once_enough_parts_exist(tmp_path):
+    """million_rows.run: SIGTERM lands after the 3rd part file, while the command still runs."""
+    out = tmp_path / "out"
+    script = ("import os, signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+              f"os.makedirs({str(out)!r})\n"
+              "for i in range(50):\n"
+              f"    open(os.path.join({str(out)!r}, f'part-{{i}}.parquet'), 'w').close(); time.sleep(0.1)\n")
+    r = million_rows.run([sys.executable, "-c", script], dict(os.environ), str(tmp_path / "log"), 0.1, 60,
+                         kill_after_parts=3, out=str(out))
+    assert r["exit"] == 143 and r["killed_at_s"] is not None
+    assert 3 <= million_rows.parts(str(out)) < 50 and r["rss"]
+    with pytest.raises(RuntimeError, match="exited 3"):
+        million_rows.run([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ),
+                         str(tmp_path / "log2"), 0.1, 60)
+
+
+def test_driver_ceiling_replays_into_a_local_folder_and_s3(tmp_path):
+    result = driver_ceiling.main(["--rows", "700", "--max-rows-per-shard", "200", "--batch-size", "64",
+                                  "--ray-rows", "0", "--no-feed", "--s3", "--profile",
+                                  "--workdir", str(tmp_path), "--results", str(tmp_path / "results")])
+    assert set(result["replay"]) == {"local", "s3"}
+    for r in result["replay"].values():
+        # rows 700 in row groups of 200: shards 200, 200, 200, 100; batches of <= 64 per block
+        assert (r["rows"], r["shards"], r["batches"]) == (700, 4, 4 * 3 + 2)
+        assert 0 < r["commit_s"] <= r["busy_s"] and r["wait_s"] >= 0 and r["cpu_s"] > 0
+        assert r["loop_gpus"] == int(r["loop_rows_per_s"] // 2000)
+        assert "_assemble" in r["profile"]
+    assert result["ceiling_rows_per_s"] == min(r["loop_rows_per_s"] for r in result["replay"].values())
+    table = _labels(str(tmp_path / "out-replay"))
+    assert table.num_rows == 700 and len(set(table.column("id").to_pylist())) == 700
+    assert set(map(tuple, table.column("pred_topk_labels").to_pylist())) == {(0, 1, 2, 3, 4)}
+    (md,) = (tmp_path / "results").glob("driver-ceiling-*.md")
+    assert "| replay | s3 | 700 |" in md.read_text()
+    saved = json.loads(md.with_suffix(".json").read_text())
+    assert saved["replay"]["local"]["rows"] == 700 and saved["machine"]["cpus"]
+
+
+@pytest.mark.cluster
+def test_driver_ceiling_in_ray_feed_and_classify(tmp_path):
+    result = driver_ceiling.main(["--rows", "400", "--ray-rows", "300", "--max-rows-per-shard", "100",
+                                  "--workdir", str(tmp_path), "--no-write"])
+    for part in ("feed", "ray"):
+        r = result[part]["local"]
+        assert r["rows"] == (400 if part == "feed" else 300) and r["wait_s"] > 0 and r["cpu_s"] > 0
+    assert result["ray"]["local"]["shards"] == 3
+    assert _labels(str(tmp_path / "out-ray")).num_rows == 300
+
+
+@pytest.mark.cluster
+def test_million_rows_tiny_kill_and_resume(tmp_path):
+    res = million_rows.main(["--rows", "1200", "--max-rows-per-shard", "100", "--interval", "1",
+                             "--workdir", str(tmp_path), "--results", str(tmp_path / "results")])
+    k = res["kill"]
+    assert res["shards"] == 12 and k["exit"] == 143 and 6 <= k["parts"] < 12
+    assert k["committed_rows"] == 100 * k["parts"] and k["remainder_rows"] == 1200 - k["committed_rows"]
+    assert k["resumed_rows"] == k["remainder_rows"] and k["reprocessed_extra"] == 0.0
+    assert k["resumed_shards_skipped"] == k["parts"]
+    assert res["exactly_once"] and res["read_back"] == {"rows": 1200, "distinct_ids": 1200}
+    assert all(r["rss_summary"]["samples"] >= 1 for r in res["runs"].values())
+    assert os.path.getsize(res["plot"]) > 0
+    assert (tmp_path / "results" / Path(res["plot"]).name.replace(".png", ".md")).exists()
