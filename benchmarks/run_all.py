@@ -2,6 +2,9 @@
 
 Runs, one after the other (each prints its own detail as it goes):
 
+  matrix.py               one row per cell: {demo_cnn @64, mobilenet_v3_small @224, resnet50 @224} x
+                          {64, 512 px JPEGs} x {idle, busy (a background load it starts itself)},
+                          Ironsight vs the recipe and vs the model alone (~20 minutes on 2 cores)
   classify_throughput.py  rows 1-3: classify vs Ray Data's recipe, vs the model alone, driver RSS at 4x,
                           twice: `classify` on demo_cnn at 64 px, a decode-heavy toy where Ray's and
                           Ironsight's own overheads show (rows 1, 3), and `classify-model` on
@@ -44,6 +47,7 @@ sys.path.insert(0, ROOT)
 import audit_cost  # noqa: E402
 import classify_throughput  # noqa: E402
 import gpu_throughput  # noqa: E402
+import matrix  # noqa: E402
 import plan_scale  # noqa: E402
 import resume_cost  # noqa: E402
 import sizing  # noqa: E402
@@ -60,6 +64,7 @@ BENCHMARKS: dict[str, tuple[Callable[[list[str]], dict], list[str], list[str]]] 
                ["--images", "400", "--max-rows-per-shard", "25"]),
     "audit": (audit_cost.main, ["--images", "300", "--suite", "standard"],
               ["--images", "60", "--suite", "standard"]),
+    "matrix": (matrix.main, [], ["--quick", "--cells", "demo_cnn:64:idle,mobilenet_v3_small:512:busy"]),
     "gpu": (gpu_throughput.main, ["--images", "20000"], ["--images", "2000", "--seconds", "5"]),
     "plan": (plan_scale.main, ["--s3"], ["--files", "100"]),
     "sizing": (sizing.main, [], ["--images", "30", "--repeat", "1"]),
@@ -154,6 +159,9 @@ def rows_from(results: dict[str, dict]) -> list[dict]:
                 g["ratio"], ">= 0.8x", g["ratio"] >= 0.8,
                 f"{g['device']}, {g['model']}; GPU utilisation "
                 + (f"mean {util['mean']:.0f}%, median {util['median']:.0f}%" if util else "not reported"))
+
+    if not failed("matrix", "classify matrix (models x sources x loads)", ">= 1.5x recipe, >= 0.8x model"):
+        rows.extend(matrix.rows_for_run_all(results["matrix"]))
     return rows
 
 

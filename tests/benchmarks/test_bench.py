@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 
 import classify_throughput  # noqa: E402
 import gpu_throughput  # noqa: E402
+import matrix  # noqa: E402
 import plan_scale  # noqa: E402
 import profile_classify  # noqa: E402
 import resume_cost  # noqa: E402
@@ -137,7 +138,7 @@ def test_run_all_writes_one_table_with_every_row(tmp_path, monkeypatch):
     assert "| measure | baseline | ironsight | ratio | target | met? |" in text
     assert "Planning 3 files / 120 rows" in text and "CPU decode, one core" in text
     doc = json.loads(js.read_text())
-    assert len(doc["rows"]) == 6  # issue 7's six rows, run or not
+    assert len(doc["rows"]) == 7  # issue 7's six rows and the matrix's, run or not
     assert all({"measure", "baseline", "ironsight", "ratio", "target", "met"} <= set(r) for r in doc["rows"])
     assert doc["machine"]["cpus"] >= 1 and set(doc["runs"]) == {"plan", "sizing", "gpu"}
 
@@ -166,7 +167,7 @@ def test_table_rows_compute_ratios_and_targets_from_benchmark_results():
         "gpu": {"measured": False, "why": "no GPU"},
     }
     rows = {r["measure"].split(",")[0]: r for r in run_all.rows_from(results)}
-    assert len(rows) == 6
+    assert len(rows) == 7 and rows["classify matrix (models x sources x loads)"]["baseline"] == "not run"
     assert rows["`classify` images/s"]["ratio"] == 1.6 and rows["`classify` images/s"]["met"] is True
     assert rows["`classify` images/s vs the ceiling"]["met"] is False
     assert rows["peak driver RSS"]["met"] is True
@@ -217,3 +218,57 @@ def test_torch_compile_benchmark_compares_compiled_with_eager_on_the_same_batche
     assert r["model"] == "demo_cnn" and r["eager"] > 0 and r["compiled"] > 0
     assert r["ratio"] == pytest.approx(r["compiled"] / r["eager"])
     assert r["compile_s"] > 0 and r["max_abs_diff"] < 1e-3  # the compiled model computes the same
+
+
+def _cell(model, source, load, recipe, ironsight, alone):
+    return {"model": model, "source_px": source, "load": load, "images_per_s":
+            {"recipe": recipe, "ironsight": ironsight, "model": alone},
+            "vs_recipe": ironsight / recipe, "vs_model": ironsight / alone,
+            "met_recipe": ironsight / recipe >= 1.5, "met_model": ironsight / alone >= 0.8,
+            "plan": {"size": 1, "threads": 2, "num_cpus": 1.0, "decode_tasks": 1},
+            "cost": {"two_thread_efficiency": 0.8}}
+
+
+def test_matrix_rows_say_met_only_when_both_targets_are_met():
+    result = {"cells": [_cell("resnet50", 512, "busy", 4.0, 7.0, 8.0),  # both met
+                        _cell("demo_cnn", 64, "idle", 400.0, 900.0, 2000.0),  # recipe only
+                        {"model": "mobilenet_v3_small", "source_px": 64, "load": "idle", "error": "RuntimeError: x"}]}
+    rows = run_all.rows_from({"matrix": result})
+    cells = {r["measure"]: r for r in rows if r["measure"].startswith("matrix:")}
+    big = cells["matrix: resnet50 from 512 px JPEGs, busy"]
+    assert big["met"] is True and big["ratio"] == pytest.approx(1.75) and "0.88x" in big["note"]
+    assert cells["matrix: demo_cnn from 64 px JPEGs, idle"]["met"] is False
+    assert cells["matrix: mobilenet_v3_small from 64 px JPEGs, idle"]["baseline"] == "failed"
+    table = matrix.render(result["cells"])
+    assert "| resnet50 | 512 px | busy | 4.0 | 7.0 | 8.0 | 1.75x met | 0.88x met | 1 x 2, 1 | 0.80 |" in table
+    assert "0.45x **not met**" in table and "failed: RuntimeError: x" in table
+
+
+def test_background_load_runs_its_processes_and_stops_them_by_pid():
+    import os
+    import time
+
+    from background_load import BackgroundLoad
+
+    with BackgroundLoad(processes=2, duty=1.0) as load:
+        pids = load.pids
+        time.sleep(1.0)
+        ticks = [int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[11]) for p in pids]
+        assert len(pids) == 2 and all(t > 0 for t in ticks)  # they burnt user CPU time
+    for p in pids:
+        assert not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2] == "Z"
+    with pytest.raises(ValueError):
+        BackgroundLoad(processes=1, duty=0.0)
+
+
+@pytest.mark.slow
+def test_matrix_quick_runs_one_cell_side_by_side_and_writes_json_and_markdown(tmp_path):
+    result = matrix.main(["--quick", "--cells", "demo_cnn:64:idle", "--images", "40",
+                          "--results", str(tmp_path / "res"), "--workdir", str(tmp_path / "work")])
+    (cell,) = result["cells"]
+    assert "error" not in cell and all(v > 0 for v in cell["images_per_s"].values())
+    assert cell["vs_recipe"] == pytest.approx(cell["images_per_s"]["ironsight"] / cell["images_per_s"]["recipe"])
+    assert cell["cost"]["model_ms_1_thread"] > 0 and cell["plan"]["size"] >= 1
+    (md,) = (tmp_path / "res").glob("matrix-*-quick.md")
+    (js,) = (tmp_path / "res").glob("matrix-*-quick.json")
+    assert "| demo_cnn | 64 px | idle |" in md.read_text() and json.loads(js.read_text())["cells"][0]["images"] == 40
