@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 from ironsight.jobs.cli import main
-from ironsight.jobs.k8s import SPEC_DIR, pod_path, security_findings
+from ironsight.jobs.k8s import pod_path
+from ironsight.jobs.k8s.params import SPEC_DIR
 from ironsight.jobs.spec import load_spec, relative_paths_as_written
 from ironsight.robustness.gate import load_gate
 from ironsight.robustness.suites import get_suite
+from tests.deploy.security import security_findings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 SPECS = sorted(p for p in EXAMPLES.glob("*.yaml") if p.stem not in ("gate", "suite-nightly"))

@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ironsight.jobs.k8s import (
-    DASHBOARD_PORT,
-    METRICS_PORT,
-    METRICS_PORTS,
-    SPEC_DIR,
-    render_manifests,
-    security_findings,
-    static_manifests,
-)
+from ironsight.jobs.k8s import render_manifests, static_manifests
+from ironsight.jobs.k8s.params import DASHBOARD_PORT, METRICS_PORT, METRICS_PORTS, SPEC_DIR
+from tests.deploy.security import security_findings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -100,7 +94,7 @@ def test_every_yaml_under_deploy_parses(path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(static_manifests()))
 def test_static_manifests_match_their_builders(name: str) -> None:
     assert (KUBERAY / name).read_text() == static_manifests()[name], (
-        f"deploy/kuberay/{name} drifted from jobs/k8s.py; run `ironsight deploy static --out deploy/kuberay`"
+        f"deploy/kuberay/{name} drifted from the builders in jobs/k8s/; run `ironsight deploy static --out deploy/kuberay`"
     )
 
 

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ironsight.jobs.k8s import security_findings
+from tests.deploy.security import security_findings
 
 REPO = Path(__file__).resolve().parents[2]
 VM = REPO / "deploy" / "vm"

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ironsight.jobs.k8s import security_findings
+from tests.deploy.security import security_findings
 
 REPO = Path(__file__).resolve().parents[2]
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
