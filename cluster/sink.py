@@ -92,6 +92,7 @@ import pyarrow.parquet as pq
 
 from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.liveness import process_exists
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -575,11 +576,10 @@ def _lock_is_stale(lock: dict) -> bool:
             with _LIVE_OWNERS_GUARD:
                 return lock.get("owner") not in _LIVE_OWNERS
         try:
-            os.kill(int(lock.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError):
+            pid = int(lock.get("pid", -1))
+        except ValueError:
             return False
+        return process_exists(pid, None) is False
     return False
 
 
