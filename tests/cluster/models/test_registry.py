@@ -39,7 +39,7 @@ def _loaded(name: str) -> LoadedModel:
 
 
 def test_list_models_has_zoo_and_demo():
-    assert set(ZOO) | {"demo_cnn"} == set(list_models())
+    assert set(ZOO) | {"demo_cnn", "demo_tiny_cnn", "demo_separable_cnn"} == set(list_models())
 
 
 @pytest.mark.parametrize(
