@@ -7,7 +7,7 @@ one recording covers them), then folds the raw stacks into a text report:
   1. samples by activity x process role, where an activity is decided by the stack:
        start-up: imports      any frame under importlib (torch, torchvision, Ray Data load)
        start-up: model        building/loading the model (Predictor.__init__, ModelSource.load)
-       read parquet           ironsight.cluster.corpus.iter_shard and pyarrow below it, in decode tasks
+       read parquet           ironsight.cluster.reader.iter_shard and pyarrow below it, in decode tasks
        decode                 ironsight.cluster.decode (PIL open, draft, resize, crop) in decode tasks
        inference              the model's forward pass inside Predictor.__call__
        predictor glue         the rest of Predictor.__call__ (batch to tensor, softmax, top-k)
@@ -73,7 +73,7 @@ def activity(frames: list[str]) -> str:
         return "start-up: model"
     if _has(frames, "cluster/decode.py", "PIL/"):
         return "decode"
-    if _has(frames, "cluster/corpus.py") and _has(frames, "read_and_decode"):
+    if _has(frames, "cluster/reader.py") and _has(frames, "read_and_decode"):
         return "read parquet"
     if _has(frames, "Predictor.__call__"):
         return "inference" if _has(frames, "torch/nn/modules") else "predictor glue"

@@ -30,7 +30,7 @@ Failures raise :class:`DecodeError` whose ``reason`` is one short code:
 | ``corrupt``       | any other decoding failure                                  |
 | ``missing_object``| (from the corpus reader) the referenced file does not exist |
 | ``not_a_regular_file`` | (corpus reader) the path names a FIFO, device, ``/proc`` file...; never opened |
-| ``too_large``     | (corpus reader) the file is over ``corpus.MAX_IMAGE_BYTES``  |
+| ``too_large``     | (corpus reader) the file is over ``reader.MAX_IMAGE_BYTES``  |
 | ``unreadable``    | (corpus reader) the OS refused the read (EIO, EACCES, ...)   |
 | ``path_outside_allowed_roots`` | (corpus reader) the path is outside the allowed roots; never opened |
 
@@ -53,6 +53,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ironsight.cluster import corpus as corpus_mod
+from ironsight.cluster import reader
 from ironsight.cluster.preprocess import Preprocess
 
 # Pillow's own warning threshold (1 GiB / 4 bytes / 3 channels, ~89.5 MP, ~256 MiB as RGB):
@@ -221,13 +222,13 @@ def read_and_decode(
     A corrupt image becomes an error row; nothing here raises for bad image bytes.
 
     It lives here, not in :mod:`ironsight.cluster.pipeline`, so that a decode worker imports only this
-    module, :mod:`ironsight.cluster.corpus` and Pillow (0.4 s) and never torch, torchvision or Ray Data's
+    module, :mod:`ironsight.cluster.reader` and Pillow (0.4 s) and never torch, torchvision or Ray Data's
     driver side (10-20 s of CPU on a busy 2-core machine, taken from the predictor actor
     starting beside it).
     """
     for shard_index in items["shard"]:
         shard = plan.shards[int(shard_index)]
-        for batch in corpus_mod.iter_shard(plan, shard, batch_rows=block_rows):
+        for batch in reader.iter_shard(plan, shard, batch_rows=block_rows):
             images, errors = decode_rows(batch["image"], batch["error"], preprocess, max_pixels)
             out = {
                 "shard": np.full(len(errors), shard.index, np.int64),

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import metrics as job_metrics
-from ironsight.cluster import paths, storage
+from ironsight.cluster import paths, reader, storage
 from ironsight.cluster.decode import worker_identity
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import ModelSource
@@ -123,7 +123,7 @@ def decode_and_corrupt(
     for shard_index in items["shard"]:
         shard = plan.shards[int(shard_index)]
         remaining = limits.get(shard.index, shard.num_rows)
-        for batch in corpus_mod.iter_shard(plan, shard, batch_rows=AUDIT_ROWS_PER_SHARD):
+        for batch in reader.iter_shard(plan, shard, batch_rows=AUDIT_ROWS_PER_SHARD):
             if remaining <= 0:
                 break
             take = min(remaining, len(batch["id"]))
@@ -593,7 +593,7 @@ def _decode_ids(plan, shards, preprocess: Preprocess, wanted: set[str]) -> dict[
     for shard in shards:
         if len(found) == len(wanted):
             break
-        for batch in corpus_mod.iter_shard(plan, shard, batch_rows=AUDIT_ROWS_PER_SHARD):
+        for batch in reader.iter_shard(plan, shard, batch_rows=AUDIT_ROWS_PER_SHARD):
             idx = [i for i, key in enumerate(batch["id"]) if str(key) in wanted and str(key) not in found]
             if idx:
                 images, errors = decode_rows([batch["image"][i] for i in idx], [batch["error"][i] for i in idx], preprocess)

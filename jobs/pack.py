@@ -1,6 +1,6 @@
 """``ironsight pack DIR OUT.parquet``: a folder of images into one Parquet file.
 
-The folder is read exactly as ``ironsight classify DIR`` reads it (:mod:`ironsight.cluster.corpus`,
+The folder is read exactly as ``ironsight classify DIR`` reads it (:mod:`ironsight.cluster.reader`,
 layout ``files``): the JPEG/PNG/WebP files under DIR, recursively, sorted by path, each through
 the same regular-file and 256 MiB checks. So ``classify OUT.parquet`` gives every row the same
 id as ``classify DIR``.
@@ -38,8 +38,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ironsight.cluster import corpus, paths
+from ironsight.cluster import corpus, paths, reader
 from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.footer import ImageLayout
 
 DEFAULT_ROWS_PER_GROUP = 256
 
@@ -70,7 +71,7 @@ def pack_folder(folder: str, out: str, *, label_from_folder: bool = False,
         raise InvalidInput(f"OUT {out} exists; pass --overwrite to replace it")
     plan = corpus.plan_corpus(folder, max_rows_per_shard=rows_per_group,
                               allowed_roots=allowed_roots)
-    if plan.layout is not corpus.ImageLayout.FILES:
+    if plan.layout is not ImageLayout.FILES:
         raise InvalidInput(f"DIR {folder} is a Parquet corpus, not a folder of images; "
                            "classify it as it is")
     classes: dict[str, int] = {}
@@ -91,7 +92,7 @@ def pack_folder(folder: str, out: str, *, label_from_folder: bool = False,
     try:
         with pq.ParquetWriter(tmp, schema, compression="none") as writer:
             for shard in plan.shards:
-                for batch in corpus.iter_shard(plan, shard, batch_rows=rows_per_group):
+                for batch in reader.iter_shard(plan, shard, batch_rows=rows_per_group):
                     bad = [(i, e) for i, e in zip(batch["id"], batch["error"], strict=True) if e]
                     if bad:
                         raise InvalidInput(f"cannot pack {folder}: {bad[0][0]}: {bad[0][1]}"

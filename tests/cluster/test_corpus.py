@@ -14,10 +14,12 @@ import pytest
 from PIL import Image
 
 from ironsight.cluster import storage
-from ironsight.cluster.corpus import CorpusPlan, ImageLayout, iter_shard, plan_corpus
+from ironsight.cluster.corpus import CorpusPlan, plan_corpus
 from ironsight.cluster.decode import decode_batch
 from ironsight.cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.footer import ImageLayout
 from ironsight.cluster.preprocess import Preprocess
+from ironsight.cluster.reader import iter_shard
 
 PRE = Preprocess(resize=32, crop=32)
 

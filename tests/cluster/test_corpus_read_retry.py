@@ -4,7 +4,7 @@ already yielded (each row once), within the storage retry budget; other errors f
 import pyarrow.parquet as pq
 import pytest
 
-from ironsight.cluster import corpus, storage, synthetic
+from ironsight.cluster import corpus, reader, storage, synthetic
 from ironsight.cluster.errors import JobFailed
 
 DROPPED = OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 56, "
@@ -15,13 +15,13 @@ DROPPED = OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curl
 def plan(tmp_path, monkeypatch):
     synthetic.write_corpus(str(tmp_path / "c"), 60, rows_per_file=60, row_group_size=30)
     # Only object-store reads are resumed: treat this local file as one.
-    monkeypatch.setattr(corpus, "_resumable", lambda loc: True)
+    monkeypatch.setattr(reader, "_resumable", lambda loc: True)
     return corpus.plan_corpus(str(tmp_path / "c"))
 
 
 def _ids(plan) -> list[str]:
     """Every id of the corpus, read shard by shard in batches of 7 rows."""
-    return [i for shard in plan.shards for b in corpus.iter_shard(plan, shard, batch_rows=7) for i in b["id"]]
+    return [i for shard in plan.shards for b in reader.iter_shard(plan, shard, batch_rows=7) for i in b["id"]]
 
 
 def _failing(monkeypatch, error: BaseException, times: int, after_batches: int = 2) -> list[int]:

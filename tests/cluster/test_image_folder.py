@@ -11,9 +11,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from ironsight.cluster import corpus, synthetic
-from ironsight.cluster.corpus import ImageLayout, iter_shard, plan_corpus
+from ironsight.cluster import reader, synthetic
+from ironsight.cluster.corpus import plan_corpus
 from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.footer import ImageLayout
+from ironsight.cluster.reader import iter_shard
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 
@@ -112,7 +114,7 @@ def test_unreadable_image_files_become_error_rows(tmp_path, monkeypatch):
     (tmp_path / "photos" / "pipe.jpg").unlink()
     os.mkfifo(tmp_path / "photos" / "pipe.jpg")
     cap = max(len((tmp_path / "photos" / n).read_bytes()) for n in ("a.jpg", "c.png"))
-    monkeypatch.setattr(corpus, "MAX_IMAGE_BYTES", cap)
+    monkeypatch.setattr(reader, "MAX_IMAGE_BYTES", cap)
     (tmp_path / "photos" / "big.png").write_bytes(b"\x89PNG" + b"0" * cap)
     got = dict(zip(*(lambda r: (r["id"], r["error"]))(read_all(plan)), strict=True))
     assert got["a.jpg"] is None and got["c.png"] is None and got["empty.png"] is None

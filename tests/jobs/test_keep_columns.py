@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ironsight.cluster import synthetic
-from ironsight.cluster.corpus import plan_corpus, read_kept
+from ironsight.cluster.corpus import plan_corpus
 from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.reader import read_kept
 from ironsight.cluster.sink import FORMAT_VERSION, LABELS_SCHEMA, LabelSink, output_schema
 from ironsight.jobs.spec import ClassifyJob
 

@@ -87,12 +87,12 @@ def test_pack_refuses_out_inside_dir_loose_images_and_parquet_folders(tmp_path):
 
 
 def test_an_unreadable_image_stops_the_pack_and_leaves_no_out(tmp_path, monkeypatch):
-    from ironsight.cluster import corpus
+    from ironsight.cluster import reader
 
     folder = make_folder(tmp_path / "photos", ["a.jpg", "b.jpg", "c.jpg"])
     os.symlink("/dev/zero", tmp_path / "photos" / "zero.jpg")  # not a regular file: not listed
     (tmp_path / "photos" / "b.jpg").write_bytes(b"\xff\xd8" + b"0" * 5000)
-    monkeypatch.setattr(corpus, "MAX_IMAGE_BYTES", 4000)  # b.jpg is over the cap
+    monkeypatch.setattr(reader, "MAX_IMAGE_BYTES", 4000)  # b.jpg is over the cap
     out = tmp_path / "out.parquet"
     with pytest.raises(InvalidInput, match="cannot pack .*: b.jpg: too_large: "):
         pack_folder(folder, str(out), rows_per_group=1)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ironsight.cluster import corpus, storage, synthetic
+from ironsight.cluster import corpus, reader, storage, synthetic
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.paths import ENV_ALLOWED_ROOTS
 from ironsight.cluster.pipeline import run_classify
@@ -176,7 +176,7 @@ def _rows(root: Path, paths: dict[str, str | None]) -> None:
 
 
 def _fetched(plan: corpus.CorpusPlan) -> dict[str, tuple[bytes | None, str | None]]:
-    batches = [b for s in plan.shards for b in corpus.iter_shard(plan, s)]
+    batches = [b for s in plan.shards for b in reader.iter_shard(plan, s)]
     return {i: (img, err) for b in batches for i, img, err in zip(b["id"], b["image"], b["error"], strict=True)}
 
 

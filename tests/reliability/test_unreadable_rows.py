@@ -25,9 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ironsight.cluster import corpus
-from ironsight.cluster.corpus import iter_shard, plan_corpus
+from ironsight.cluster import reader
+from ironsight.cluster.corpus import plan_corpus
 from ironsight.cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.reader import iter_shard
 from tests.reliability.conftest import cli, part_files
 
 MODEL = ("--model", "demo_cnn", "--random-weights", "--no-progress")
@@ -148,8 +149,8 @@ def test_an_os_error_while_reading_is_the_rows_error(tmp_path, monkeypatch):
             return io.BufferedReader(FailingDisk())
         return real_fdopen(fd, *args, **kwargs)
 
-    monkeypatch.setattr(corpus.os, "fdopen", fdopen)
-    fetcher = corpus._Fetcher(corpus.storage.resolve(str(tmp_path / "c.parquet")))
+    monkeypatch.setattr(reader.os, "fdopen", fdopen)
+    fetcher = reader._Fetcher(reader.storage.resolve(str(tmp_path / "c.parquet")))
     assert fetcher.fetch(str(good)) == (good.read_bytes(), None)
     assert fetcher.fetch(str(bad)) == (None, f"unreadable: EIO (Input/output error) reading {bad}")
     os.chmod(bad, 0)
@@ -160,8 +161,8 @@ def test_an_os_error_while_reading_is_the_rows_error(tmp_path, monkeypatch):
 def test_a_file_over_the_size_cap_is_an_error_row_and_is_not_read_whole(tmp_path, monkeypatch):
     big = tmp_path / "big.png"
     big.write_bytes(_png((9, 9, 9)) + b"\0" * 5000)
-    monkeypatch.setattr(corpus, "MAX_IMAGE_BYTES", 1000)
-    image, error = corpus._Fetcher(corpus.storage.resolve(str(tmp_path / "c.parquet"))).fetch(str(big))
+    monkeypatch.setattr(reader, "MAX_IMAGE_BYTES", 1000)
+    image, error = reader._Fetcher(reader.storage.resolve(str(tmp_path / "c.parquet"))).fetch(str(big))
     assert image is None and error.startswith(f"too_large: image {big} is larger than 1,000 bytes")
 
 
