@@ -20,7 +20,16 @@ from ironsight.robustness.compare_report import (
     ranking_tables,
     recommendation_lines,
 )
-from ironsight.robustness.html import CSS, escape, example_cells, html_table, palette, png_data_uri
+from ironsight.robustness.html import (
+    bullets,
+    escape,
+    example_cells,
+    figure,
+    html_table,
+    page_start,
+    palette,
+    png_data_uri,
+)
 from ironsight.robustness.report import example_lines
 
 _DPI = 110
@@ -94,11 +103,6 @@ def _conditions_plot(report: dict) -> str | None:
     return png_data_uri(fig)
 
 
-def _figure(uri: str, caption: str) -> str:
-    return (f'<figure><img class="plot" alt="{escape(caption)}" src="{uri}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
-
-
 def compare_html(report: dict, entries) -> str:
     """The comparison as one self-contained HTML page.
 
@@ -110,14 +114,7 @@ def compare_html(report: dict, entries) -> str:
     names = [r["model"] for r in report["models"]]
     title = "Model comparison: " + ", ".join(names)
     rec = report.get("recommendation")
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>",
-        f"<h1>{escape(title)}</h1>",
-        "<ul class='meta' id='compare-header'>" + "".join(f"<li>{escape(x)}</li>" for x in header_lines(report)) + "</ul>",
-    ]
+    parts = [page_start(title), bullets(header_lines(report), "compare-header")]
     lines = recommendation_lines(report)  # objective, verdict, reason, exclusions
     if rec is None:
         head, rest, cls = lines[0], [], "warn"
@@ -137,11 +134,11 @@ def compare_html(report: dict, entries) -> str:
     for key, x, y, hi in PARETO_PLOTS:
         uri = _pareto_plot(report, key, x, y, hi)
         if uri:
-            plots.append(_figure(uri, captions[key] + " Filled, ringed, ★: Pareto-optimal (no other model "
+            plots.append(figure(uri, captions[key] + " Filled, ringed, ★: Pareto-optimal (no other model "
                                  "is as good on both axes and better on one); grey crosses: random weights."))
     uri = _conditions_plot(report)
     if uri:
-        plots.append(_figure(uri, "Accuracy of every model per condition (mean over the suite's severities) "
+        plots.append(figure(uri, "Accuracy of every model per condition (mean over the suite's severities) "
                              "and clean; hatched: random weights."))
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>" + "".join(plots) + "</div>")
@@ -155,8 +152,7 @@ def compare_html(report: dict, entries) -> str:
         for r in shown:
             e = by_name[r["model"]]
             notes = example_lines({"examples": (report.get("examples") or {}).get(r["model"])})
-            parts.append(f"<h3>{escape(model_label(r))}</h3>"
-                         + ("<ul class='meta'>" + "".join(f"<li>{escape(x)}</li>" for x in notes) + "</ul>" if notes else "")
+            parts.append(f"<h3>{escape(model_label(r))}</h3>" + bullets(notes)
                          + (example_cells(e.examples, e.report.get("class_names") or report["class_names"])
                             if e.examples else ""))
     parts.append("</main></body></html>")

@@ -311,6 +311,30 @@ def _run_line(report: dict) -> str:
     return " · ".join(parts)
 
 
+def page_start(title: str) -> str:
+    """The page's head (inline CSS) and its ``<h1>``; the page ends with ``</main></body></html>``."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>\n"
+        f"<h1>{escape(title)}</h1>"
+    )
+
+
+def figure(uri: str, caption: str) -> str:
+    """A plot (a ``data:`` URI) with its caption."""
+    return (f'<figure><img class="plot" alt="{escape(caption)}" src="{uri}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def bullets(lines: Sequence[str], element_id: str | None = None) -> str:
+    """Plain sentences as a grey list; empty when there are none."""
+    if not lines:
+        return ""
+    where = f" id='{escape(element_id)}'" if element_id else ""
+    return f"<ul class='meta'{where}>" + "".join(f"<li>{escape(x)}</li>" for x in lines) + "</ul>"
+
+
 def card(key: str, value: str) -> str:
     return f'<div class="card"><div class="v">{escape(value)}</div><div class="k">{escape(key)}</div></div>'
 
@@ -349,8 +373,8 @@ def _examples(report: dict, examples: Sequence[Example]) -> str:
     lines = example_lines(report)
     if not examples and not lines:
         return ""
-    notes = "<ul class='meta' id='examples-notes'>" + "".join(f"<li>{escape(x)}</li>" for x in lines) + "</ul>"
-    return "<h2>Examples</h2>" + (notes if lines else "") + (example_cells(examples, report["class_names"]) if examples else "")
+    return ("<h2>Examples</h2>" + bullets(lines, "examples-notes")
+            + (example_cells(examples, report["class_names"]) if examples else ""))
 
 
 def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
@@ -415,21 +439,12 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
         (_confusion_plot(report), "Clean confusion matrix, rows normalized; numbers are counts."),
     ):
         if uri:
-            plots.append(
-                f'<figure><img class="plot" alt="{escape(caption)}" src="{uri}">'
-                f"<figcaption>{escape(caption)}</figcaption></figure>"
-            )
+            plots.append(figure(uri, caption))
 
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>",
-        f"<h1>{escape(title)}</h1>",
+        page_start(title),
         f"<div class='meta' id='run-info'>{escape(_run_line(report))}</div>",
-        "<ul class='meta' id='report-header'>"
-        + "".join(f"<li>{escape(line)}</li>" for line in header_lines(report))
-        + "</ul>",
+        bullets(header_lines(report), "report-header"),
         _banner(report),
         "<div class='cards'>" + "".join(cards) + "</div>",
     ]

@@ -9,7 +9,15 @@ import pytest
 from ironsight.robustness.compare_report import build_compare_report, write_compare_reports
 from ironsight.robustness.objective import parse_objective
 from tests.robustness.test_compare_report import make_entries
-from tests.robustness.test_html_browser import CHROMIUM, CHROMIUM_ARGS
+
+# the audit page's checks, run here against compare.html (page_result below)
+from tests.robustness.test_html_browser import (  # noqa: F401
+    CHROMIUM,
+    PAGE_JS,
+    open_in_browser,
+    test_page_has_no_console_or_page_errors,
+    test_page_is_self_contained,
+)
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
@@ -19,56 +27,25 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def page_result(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
     entries = make_entries()
     report = build_compare_report(entries, suite="quick", data={"input": "eval/", "images": 40, "seed": 0},
                                   objective=parse_objective("max accuracy s.t. p95_ms <= 30"))
     path = write_compare_reports(str(tmp_path_factory.mktemp("cmp")), report, entries)["html"]
-    events = {"console_errors": [], "page_errors": [], "requests": [], "failed": []}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda m: m.type == "error" and events["console_errors"].append(m.text))
-        page.on("pageerror", lambda e: events["page_errors"].append(str(e)))
-        page.on("request", lambda r: events["requests"].append(r.url))
-        page.on("requestfailed", lambda r: events["failed"].append(r.url))
-        page.goto(f"file://{path}")
-        page.wait_for_load_state("load")
-        info = page.evaluate(
-            """() => ({
+    info, events = open_in_browser(
+        path,
+        """() => ({""" + PAGE_JS + """
               title: document.title,
               recommendation: document.querySelector('#recommendation')?.innerText ?? null,
-              plots: [...document.querySelectorAll('img.plot')].map(i => ({
-                  w: i.getBoundingClientRect().width, h: i.getBoundingClientRect().height,
-                  natural: i.naturalWidth, complete: i.complete})),
               maps: [...document.querySelectorAll('.ex img.cam')].map(i => i.naturalWidth),
               images: [...document.querySelectorAll('.ex img')].length,
               firstColumn: [...document.querySelectorAll('table')][0]
                   ? [...[...document.querySelectorAll('table')][0].querySelectorAll('tbody tr td:first-child')]
                       .map(td => td.innerText) : [],
-              external: [...document.querySelectorAll('[src],[href]')]
-                  .map(e => e.getAttribute('src') || e.getAttribute('href'))
-                  .filter(u => !u.startsWith('data:')),
-            })"""
-        )
-        browser.close()
+            })""",
+    )
     with open(path, encoding="utf-8") as f:
         text = f.read()
     return {"info": info, "events": events, "text": text}
-
-
-def test_page_has_no_console_or_page_errors(page_result):
-    assert page_result["events"]["console_errors"] == []
-    assert page_result["events"]["page_errors"] == []
-
-
-def test_page_is_self_contained(page_result):
-    urls = [u for u in page_result["events"]["requests"] if not u.startswith(("data:", "file:"))]
-    assert urls == []
-    assert page_result["events"]["failed"] == []
-    assert page_result["info"]["external"] == []
-    assert "http://" not in page_result["text"] and "https://" not in page_result["text"]
 
 
 def test_recommendation_banner_names_the_winner_and_the_excluded(page_result):

@@ -22,6 +22,14 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 CLASS_NAMES = ["circle", "square", "triangle", "star"]
+# Page facts every report page is checked for: its plots' sizes and any URL that is not data:
+PAGE_JS = """
+              plots: [...document.querySelectorAll('img.plot')].map(i => ({
+                  w: i.getBoundingClientRect().width, h: i.getBoundingClientRect().height,
+                  natural: i.naturalWidth, complete: i.complete})),
+              external: [...document.querySelectorAll('[src],[href]')]
+                  .map(e => e.getAttribute('src') || e.getAttribute('href'))
+                  .filter(u => !u.startsWith('data:')),"""
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
@@ -66,8 +74,6 @@ def _predictions() -> pa.Table:
 @pytest.fixture(scope="module")
 def page_result(tmp_path_factory):
     """Render the report with a failing gate and examples; load it; collect browser events."""
-    from playwright.sync_api import sync_playwright
-
     report = build_report(
         _predictions(),
         class_names=CLASS_NAMES,
@@ -84,6 +90,25 @@ def page_result(tmp_path_factory):
     ]
     out = tmp_path_factory.mktemp("html")
     path = write_reports(report, str(out), examples)["html"]
+    info, events = open_in_browser(
+        path,
+        """() => ({""" + PAGE_JS + """
+              title: document.title,
+              runInfo: document.querySelector('#run-info')?.innerText ?? null,
+              banner: document.querySelector('#gate-banner')?.innerText ?? null,
+              bannerClass: document.querySelector('#gate-banner')?.className ?? null,
+              examples: [...document.querySelectorAll('.ex img')].map(i => i.naturalWidth),
+            })""",
+    )
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return {"info": info, "events": events, "path": path, "text": text}
+
+
+def open_in_browser(path: str, script: str) -> tuple[dict, dict]:
+    """Load a local page in headless Chromium; return what ``script`` (a JS function) gives and
+    the events seen: console and page errors, every request and every failed one."""
+    from playwright.sync_api import sync_playwright
 
     events = {"console_errors": [], "page_errors": [], "requests": [], "failed": []}
     with sync_playwright() as p:
@@ -95,25 +120,9 @@ def page_result(tmp_path_factory):
         page.on("requestfailed", lambda r: events["failed"].append(r.url))
         page.goto(f"file://{path}")
         page.wait_for_load_state("load")
-        info = page.evaluate(
-            """() => ({
-              title: document.title,
-              runInfo: document.querySelector('#run-info')?.innerText ?? null,
-              banner: document.querySelector('#gate-banner')?.innerText ?? null,
-              bannerClass: document.querySelector('#gate-banner')?.className ?? null,
-              plots: [...document.querySelectorAll('img.plot')].map(i => ({
-                  w: i.getBoundingClientRect().width, h: i.getBoundingClientRect().height,
-                  natural: i.naturalWidth, complete: i.complete})),
-              examples: [...document.querySelectorAll('.ex img')].map(i => i.naturalWidth),
-              external: [...document.querySelectorAll('[src],[href]')]
-                  .map(e => e.getAttribute('src') || e.getAttribute('href'))
-                  .filter(u => !u.startsWith('data:')),
-            })"""
-        )
+        info = page.evaluate(script)
         browser.close()
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return {"info": info, "events": events, "path": path, "text": text}
+    return info, events
 
 
 def test_page_has_no_console_or_page_errors(page_result):
