@@ -44,6 +44,8 @@ def _spec_hash(spec: Any) -> str:
 
 
 def _model_name(spec: Any) -> str | None:
+    if hasattr(spec, "model_label"):  # a comparison (CompareJob): its models, comma-separated
+        return spec.model_label()
     return spec.model or (Path(spec.model_card).stem if spec.model_card else None)
 
 
@@ -148,6 +150,26 @@ class RunRecorder:
                 classify_metrics(summary),
                 weights_hash=(manifest.get("model") or {}).get("weights_sha256"),
             )
+        except sa.exc.SQLAlchemyError as exc:
+            console("ironsight: warning: could not record the run's end: "
+                    + error_line(exc, self.store.url))
+
+    def compare_finished(self, report: dict[str, Any]) -> None:
+        """Record a finished comparison (`ironsight compare`) from its compare.json content:
+        metrics `{"models": {NAME: {"clean_accuracy", "mean_corruption_accuracy", "mix_accuracy",
+        "random_weights"}}, "recommended": NAME or None}`. Comparisons are not judged."""
+        if self.store is None:
+            return
+        metrics = {
+            "models": {r["model"]: {"clean_accuracy": r.get("accuracy"),
+                                    "mean_corruption_accuracy": r.get("corruption_accuracy"),
+                                    "mix_accuracy": r.get("mix_accuracy"),
+                                    "random_weights": r.get("random_weights")}
+                       for r in report.get("models") or []},
+            "recommended": (report.get("recommendation") or {}).get("winner"),
+        }
+        try:
+            self._finish("succeeded", metrics)
         except sa.exc.SQLAlchemyError as exc:
             console("ironsight: warning: could not record the run's end: "
                     + error_line(exc, self.store.url))
