@@ -154,6 +154,9 @@ def run_demo(
     return 0
 
 
+COMPARE_OBJECTIVE = "max accuracy s.t. p95_ms <= 20"  # what `ironsight demo compare` recommends by
+
+
 def run_demo_compare(
     *,
     workdir: str = "ironsight-demo",
@@ -164,15 +167,16 @@ def run_demo_compare(
     verbose: bool = False,
 ) -> int:
     """``ironsight demo compare``: the demo CNN and two smaller models of other shapes
-    (:mod:`ironsight.jobs.demo_compare`), trained on CPU and cached, compared on ``images`` eval
-    images with the ``quick`` suite; prints each model's line and where the report is."""
+    (``ironsight.cluster.models.demo_cnn.COMPARE_MODELS``), trained on CPU and cached, compared
+    on ``images`` eval images with the ``quick`` suite under :data:`COMPARE_OBJECTIVE`; prints
+    each model's line and where the report is."""
     from ironsight.cluster.errors import InvalidInput
     from ironsight.cluster.models import ModelSource
+    from ironsight.cluster.models.demo_cnn import ensure_compare_models
     from ironsight.cluster.raycluster import connect
     from ironsight.jobs.audit import resolve_suite
     from ironsight.jobs.compare import CompareConfig, ModelEntry, plan_compare, run_compare
     from ironsight.jobs.compare_cli import summary_lines
-    from ironsight.jobs.demo_compare import OBJECTIVE, ensure_models
 
     if images < 1:
         raise InvalidInput(f"--images must be at least 1, got {images}")
@@ -181,15 +185,16 @@ def run_demo_compare(
     print(f"ironsight demo compare in {root}")
     eval_dir = ensure_split(root / "data" / "eval-compare", images, EVAL_SEED, "eval", show)
     cards = [ensure_demo_model(retrain=retrain, train_size=None, progress=show),
-             *ensure_models(cache_dir() / "demo_compare", retrain=retrain, progress=show)]
+             *ensure_compare_models(retrain=retrain, progress=show)]
     cfg = CompareConfig(
         input=str(eval_dir), output=str(root / "compare"),
         models=tuple(ModelEntry(card.name.split(".")[0], ModelSource(card=str(card))) for card in cards),
-        suite=resolve_suite("quick", None), objective=OBJECTIVE, actors=actors, batch_size=256,
+        suite=resolve_suite("quick", None), objective=COMPARE_OBJECTIVE, actors=actors, batch_size=256,
         progress=progress, overwrite=True,  # retrained models replace the demo's last comparison
     )
     prepared = plan_compare(cfg)
-    print(f"\ncomparing {len(cards)} models on {images} eval images (suite: quick, objective: {OBJECTIVE!r})...")
+    print(f"\ncomparing {len(cards)} models on {images} eval images (suite: quick, objective: "
+          f"{COMPARE_OBJECTIVE!r})...")
     with connect(None, quiet=not verbose):
         result = run_compare(cfg, prepared=prepared)
     print("\n".join(summary_lines(result)))

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ironsight.cluster import synthetic
+from ironsight.cluster import errors, synthetic
 from ironsight.jobs import cli
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
@@ -258,7 +258,7 @@ def test_an_unknown_option_is_never_taken_as_a_prefix_of_another(in_process):
 
 def test_validate_help_lists_the_keys_of_each_kind(in_process, capsys):
     from ironsight.cluster.models.card import ModelCard
-    from ironsight.jobs.spec import AuditJob, ClassifyJob
+    from ironsight.jobs.spec import AuditJob, ClassifyJob, CompareJob
     from ironsight.robustness.gate import Gate
     from ironsight.robustness.suites import _SuiteModel
 
@@ -272,6 +272,7 @@ def test_validate_help_lists_the_keys_of_each_kind(in_process, capsys):
     assert found == {
         "spec (kind: classify)": set(ClassifyJob.model_fields),
         "spec (kind: audit)": set(AuditJob.model_fields),
+        "spec (kind: compare)": set(CompareJob.model_fields),
         "gate": set(Gate.model_fields),
         "suite": set(_SuiteModel.model_fields),
         "card": set(ModelCard.model_fields),
@@ -305,7 +306,7 @@ def test_a_closed_stdout_ends_quietly(argv, codes):
                                 text=True, timeout=120)
     finally:
         os.close(write)
-    assert result.returncode in codes and cli.EXIT_BROKEN_PIPE == 141, result.stderr
+    assert result.returncode in codes and errors.EXIT_BROKEN_PIPE == 141, result.stderr
     assert result.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
 
 
