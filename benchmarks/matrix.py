@@ -27,6 +27,12 @@ start-up, not throughput). Writes ``RESULTS/matrix-<UTC>.md`` and ``.json``.
     python benchmarks/matrix.py                       # the 12 cells, default sizes
     python benchmarks/matrix.py --quick --cells demo_cnn:64:idle
     python benchmarks/matrix.py --models resnet50 --loads busy --repeat 2
+    python benchmarks/matrix.py --contention --repeat 2   # threads vs load only, ~3 minutes
+
+``--contention`` measures only what the plan measures (``measure_cost``: the model on 1 and 2
+torch threads, decode per image) for each model under three loads in turn, side by side in
+one process, round after round: idle, ``busy``, and one busy loop at 100%. It answers whether
+a CPU actor's torch threads beside other work help or hurt (the 2nd thread's efficiency).
 """
 
 from __future__ import annotations
@@ -163,6 +169,45 @@ def rows_for_run_all(result: dict) -> list[dict]:
     return rows
 
 
+def contention(models: list[str], repeat: int, workdir: str) -> list[dict]:
+    """``measure_cost`` per model under idle / busy / one full busy loop, ``repeat`` rounds."""
+    from ironsight.cluster.corpus import plan_corpus
+    from ironsight.cluster.decode import DEFAULT_MAX_PIXELS
+    from ironsight.cluster.predictor import measure_cost
+
+    corpus = os.path.join(workdir, "corpus-64-64")
+    ct.make_corpus(corpus, 64, 64)
+    plan = plan_corpus(corpus)
+    rows = []
+    for model in models:
+        loaded = ct.load(model)
+        for r in range(repeat):
+            for name, (procs, duty) in (*LOADS.items(), ("one-core", (1, 1.0))):
+                with BackgroundLoad(procs, duty):
+                    time.sleep(1.0 if procs else 0.0)
+                    c = measure_cost(loaded, plan, max_pixels=DEFAULT_MAX_PIXELS, budget_s=1.0)
+                    rows.append({"model": model, "load": name, "round": r + 1, "decode_ms": c.decode_ms,
+                                 "model_ms_1_thread": c.model_ms, "model_ms_2_threads": c.model_ms_2,
+                                 "two_thread_efficiency": c.two_thread_efficiency,
+                                 "load_avg_1m": os.getloadavg()[0]})
+                print("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in rows[-1].items()), flush=True)
+    return rows
+
+
+def render_contention(rows: list[dict]) -> str:
+    head = ("model", "load", "round", "model ms/image, 1 thread", "2 threads", "2nd thread efficiency",
+            "decode ms/image", "1-min load average")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        two = r["model_ms_2_threads"]
+        lines.append(f"| {r['model']} | {r['load']} | {r['round']} | {r['model_ms_1_thread']:.1f} | "
+                     + ("n/a" if two is None else f"{two:.1f}") + " | "
+                     + ("n/a" if two is None else f"{r['two_thread_efficiency']:.2f}")
+                     + f" | {r['decode_ms']:.2f} | {r['load_avg_1m']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny corpora: checks the matrix runs, measures start-up")
@@ -172,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cells", default=None, help="explicit cells MODEL:SOURCE:LOAD,... (overrides the three above)")
     ap.add_argument("--images", type=int, default=None, help="images per cell for every model (default: per model)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds per cell; medians are reported")
+    ap.add_argument("--contention", action="store_true",
+                    help="only the plan's measurements (model on 1 vs 2 threads) under idle/busy/one-core loads")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ironsight-matrix"))
     args = ap.parse_args(argv)
@@ -187,6 +234,22 @@ def main(argv: list[str] | None = None) -> dict:
     if bad or args.repeat < 1:
         ap.error(f"unknown cell(s) {bad} (models {list(MODELS)}, loads {list(LOADS)}) or --repeat < 1")
 
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    stamp = started.replace(":", "").replace("-", "")[:13]
+    os.makedirs(args.results, exist_ok=True)
+    if args.contention:
+        rows = contention(sorted({c[0] for c in cells}, key=list(MODELS).index), args.repeat, args.workdir)
+        text = (f"Torch threads vs machine load, {started}, {os.cpu_count()} CPUs, `matrix.py --contention`: "
+                "each row measured in one process, the loads in turn, round after round\n\n"
+                + render_contention(rows) + "\n")
+        print("\n" + text)
+        stem = os.path.join(args.results, f"contention-{stamp}")
+        with open(stem + ".md", "w") as f:
+            f.write(text)
+        with open(stem + ".json", "w") as f:
+            json.dump({"started": started, "rows": rows}, f, indent=1)
+        return {"contention": rows, "written": stem}
+
     import ray
     from ray import cloudpickle
 
@@ -194,7 +257,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Ray's workers cannot import classify_throughput by name: the recipe's UDFs travel by value.
     cloudpickle.register_pickle_by_value(ct)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.perf_counter()
     out: list[dict] = []
     with connect(None):
@@ -217,9 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n" + header + "\n\n" + table)
     result = {"started": started, "quick": args.quick, "cpus": cpus, "repeat": args.repeat,
               "seconds": time.perf_counter() - t0, "cells": out}
-    os.makedirs(args.results, exist_ok=True)
-    stem = os.path.join(args.results, "matrix-" + started.replace(":", "").replace("-", "")[:13]
-                        + ("-quick" if args.quick else ""))
+    stem = os.path.join(args.results, f"matrix-{stamp}" + ("-quick" if args.quick else ""))
     with open(stem + ".md", "w") as f:
         f.write(header + "\n\n" + table + "\n")
     with open(stem + ".json", "w") as f:

@@ -346,6 +346,8 @@ def measure_cost(model: LoadedModel, plan: CorpusPlan, *, max_pixels: int, image
     pre = model.info.preprocess
     batch = next(iter_shard(plan, plan.shards[0], batch_rows=images), None) if plan.shards else None
     blobs = batch["image"] if batch else []
+    if blobs:  # warm-up: the first decode in a process loads Pillow's plugins (~2 ms an image)
+        decode_rows(blobs[:1], batch["error"][:1], pre, max_pixels)
     cpu = time.process_time()
     if blobs:
         decode_rows(blobs, batch["error"], pre, max_pixels)
