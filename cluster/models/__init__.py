@@ -13,6 +13,7 @@ from ironsight.cluster.models import demo_cnn as _demo_cnn  # noqa: F401  (regis
 from ironsight.cluster.models import zoo as _zoo  # noqa: F401  (registers the torchvision models)
 from ironsight.cluster.models.card import ModelCard, load_card
 from ironsight.cluster.models.demo_cnn import train_demo_model
+from ironsight.cluster.models.formats import FORMATS
 from ironsight.cluster.models.registry import (
     ModelInfo,
     Normalize,
@@ -22,7 +23,7 @@ from ironsight.cluster.models.registry import (
     register_model,
     summary_rows,
 )
-from ironsight.cluster.models.weights import FORMATS, LoadedModel, ModelSource
+from ironsight.cluster.models.weights import LoadedModel, ModelSource
 
 __all__ = [
     "FORMATS",

@@ -28,14 +28,14 @@ from torch import nn
 from ironsight.cluster import synthetic
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.models import ModelSource
-from ironsight.cluster.models.demo_cnn import demo_cnn
-from ironsight.cluster.models.weights import (
+from ironsight.cluster.models.archive import (
     _GUARD_NAMES,
     _SYMPY_NAMES,
-    MAX_BYTES_ENV,
     _safe_expr,
     inspect_torch_export,
 )
+from ironsight.cluster.models.demo_cnn import demo_cnn
+from ironsight.cluster.models.formats import MAX_BYTES_ENV
 from tests.reliability.conftest import cli
 
 

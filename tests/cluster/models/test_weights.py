@@ -13,7 +13,7 @@ from torch import nn
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.models import FORMATS, ModelSource, Normalize
 from ironsight.cluster.models.demo_cnn import demo_cnn
-from ironsight.cluster.models.weights import sniff_format
+from ironsight.cluster.models.formats import sniff_format
 
 
 class _NotATensor:
