@@ -64,17 +64,21 @@ def parts(out: str) -> int:
 def run(cmd: list[str], env: dict, log_path: str, interval: float, timeout: float, *,
         kill_after_parts: int | None = None, out: str | None = None, sig: str = "term") -> dict:
     """Run ``cmd`` sampling its RSS; with ``kill_after_parts``, signal it once OUT has that many
-    part files. Returns wall seconds, exit code, the RSS samples and whether it was killed."""
+    part files. Returns wall seconds, exit code, the RSS samples, when OUT got its first new part
+    file (the end of start-up) and when the signal was sent."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                 start_new_session=True)
         start = time.perf_counter()
-        killed_at = None
+        killed_at = first_commit = None
+        before = parts(out) if out else 0
         with noop.RssSampler(proc.pid, interval) as rss:
             try:
                 while proc.poll() is None:
                     if time.perf_counter() - start > timeout:
                         raise RuntimeError(f"{cmd[1]} ran past {timeout:.0f}s. Log: {log_path}")
+                    if first_commit is None and out and parts(out) > before:
+                        first_commit = time.perf_counter() - start
                     if killed_at is None and kill_after_parts is not None and parts(out) >= kill_after_parts:
                         killed_at = time.perf_counter() - start
                         if sig == "kill":
@@ -96,18 +100,21 @@ def run(cmd: list[str], env: dict, log_path: str, interval: float, timeout: floa
     if killed_at is None and proc.returncode != 0:
         with open(log_path) as f:
             raise RuntimeError(f"{' '.join(cmd[:3])} exited {proc.returncode}:\n{f.read()[-3000:]}")
-    return {"wall_s": wall, "exit": proc.returncode, "killed_at_s": killed_at, "rss": rss.samples}
+    return {"wall_s": wall, "exit": proc.returncode, "killed_at_s": killed_at, "first_commit_s": first_commit,
+            "rss": rss.samples}
 
 
-def rss_summary(samples: list[tuple[float, float]]) -> dict:
-    """Peak, last, and growth: the mean of the last fifth minus the mean of the second fifth
-    of the samples (after start-up, before the end)."""
+def rss_summary(samples: list[tuple[float, float]], since: float | None = None) -> dict:
+    """Peak, last, and growth while labelling: the mean of the last fifth of the samples taken
+    from ``since`` on (the first commit: start-up, imports and the model, is over) minus the
+    mean of their first fifth. Flat memory is a growth near 0 however long the run."""
     mb = [m for _, m in samples]
     if not mb:
         return {"samples": 0}
-    fifth = max(1, len(mb) // 5)
-    early, late = mb[fifth:2 * fifth] or mb[:1], mb[-fifth:]
-    return {"samples": len(mb), "peak_mb": max(mb), "last_mb": mb[-1],
+    steady = [m for t, m in samples if since is None or t >= since] or mb[-1:]
+    fifth = max(1, len(steady) // 5)
+    early, late = steady[:fifth], steady[-fifth:]
+    return {"samples": len(mb), "peak_mb": max(mb), "last_mb": mb[-1], "steady_samples": len(steady),
             "growth_mb": round(sum(late) / len(late) - sum(early) / len(early), 1)}
 
 
@@ -152,12 +159,15 @@ def render(res: dict) -> str:
              f"`ironsight classify` of {a['rows']:,} {noop.SIZE} px PNGs, no-op model (fixed logits, top-5), "
              f"{res['shards']} shards of <= {a['max_rows_per_shard']} rows, batch {a['batch_size'] or 'default'}; "
              f"driver RSS sampled every {a['interval']:g} s (plot: `{os.path.basename(res['plot'])}`).", "",
-             "| run | seconds | rows | driver RSS peak MB | last MB | growth MB | samples |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| run | seconds | first commit s | rows | driver RSS peak MB | last MB | "
+             "growth MB from the first commit | samples |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in res["runs"].items():
         m = r["rss_summary"]
-        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['rows']:,} | {m.get('peak_mb', 0):.0f} | "
-                     f"{m.get('last_mb', 0):.0f} | {m.get('growth_mb', 0):+.0f} | {m['samples']} |")
+        first = "-" if r["first_commit_s"] is None else f"{r['first_commit_s']:.1f}"
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {first} | {r['rows']:,} | {m.get('peak_mb', 0):.0f} | "
+                     f"{m.get('last_mb', 0):.0f} | {m.get('growth_mb', 0):+.0f} | "
+                     f"{m.get('steady_samples', 0)} of {m['samples']} |")
     k = res["kill"]
     lines += ["",
               f"- Time per million rows (full run, start-up included): **{res['seconds_per_million']:.0f} s** "
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, dict] = {}
 
     runs["full"] = run(command(corpus, outs["full"], card, args), env, outs["full"] + ".log",
-                       args.interval, args.timeout)
+                       args.interval, args.timeout, out=outs["full"])
     full = _success(outs["full"])
     runs["full"]["rows"] = full["rows"]
     shards = full["shards_total"]
@@ -227,13 +237,13 @@ def main(argv: list[str] | None = None) -> dict:
     killed["rows"] = committed
     runs["killed"] = killed
     runs["resumed"] = run(command(corpus, outs["killed"], card, args), env, outs["killed"] + ".resume.log",
-                          args.interval, args.timeout)
+                          args.interval, args.timeout, out=outs["killed"])
     resumed = _success(outs["killed"])
     runs["resumed"]["rows"] = resumed["rows"]
     remainder = full["rows_total"] - committed
     back = read_back(outs["killed"])
     for r in runs.values():
-        r["rss_summary"] = rss_summary(r["rss"])
+        r["rss_summary"] = rss_summary(r["rss"], r["first_commit_s"])
 
     os.makedirs(args.results, exist_ok=True)
     png = os.path.join(args.results, f"million-rows-{stamp}.png")

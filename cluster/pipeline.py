@@ -541,6 +541,7 @@ def _assemble(
     | ``wait_s`` | in ``next(batches)``: waiting for Ray Data to hand over a batch     |
     | ``busy_s`` | everything else: deduplication, assembly, ``sink.commit``, progress |
     | ``commit_s`` | the part of ``busy_s`` inside :meth:`LabelSink.commit`            |
+    | ``commit_cpu_s`` | CPU of the driver's thread in those commits (the rest: disk or object store) |
     | ``cpu_s``  | CPU of the whole driver process meanwhile (Ray Data's threads in it too) |
 
     ``benchmarks/driver_ceiling.py`` feeds it prepared batches to measure the driver alone.
@@ -558,7 +559,7 @@ def _assemble(
     # check covers the first DUPLICATE_CHECK_ROWS rows (40 MB) and driver memory stays bounded.
     id_hashes: list[np.ndarray] = []
     hashed = 0
-    wait_s = commit_s = 0.0
+    wait_s = commit_s = commit_cpu_s = 0.0
     clock = time.perf_counter
     began, cpu_began = clock(), time.process_time()
     it = iter(batches)
@@ -593,9 +594,10 @@ def _assemble(
             if p.count == p.expected:
                 kept = reader.read_kept(plan, shard) if plan.keep_columns else None
                 table = _shard_table(p.parts, class_names, kept)
-                t0 = clock()
+                t0, c0 = clock(), time.thread_time()
                 rec = sink.commit(shard.shard_id, table)
                 commit_s += clock() - t0
+                commit_cpu_s += time.thread_time() - c0
                 del partial[shard.index]
                 summary.shards_processed += 1
                 summary.rows += rec.rows
@@ -621,7 +623,7 @@ def _assemble(
         incomplete = {by_index[i].shard_id: f"{p.count}/{p.expected}" for i, p in partial.items()}
         raise JobFailed(f"shards ended incomplete (rows seen/expected): {incomplete}")
     return {"busy_s": clock() - began - wait_s, "wait_s": wait_s, "commit_s": commit_s,
-            "cpu_s": time.process_time() - cpu_began}
+            "commit_cpu_s": commit_cpu_s, "cpu_s": time.process_time() - cpu_began}
 
 
 def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...],

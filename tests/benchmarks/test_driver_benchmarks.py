@@ -63,8 +63,12 @@ def test_rss_sampler_samples_a_live_process_and_stops_at_its_exit():
     assert len(rss.samples) >= 3 and all(mb > 10 for _, mb in rss.samples)
     assert max(mb for _, mb in rss.samples) >= noop.rss_mb(os.getpid()) - blob.nbytes / 2**20 - 5
     assert noop.rss_mb(2**22 + 12345) is None  # no such pid
-    summary = million_rows.rss_summary([(i, 100.0 + (i >= 8) * 50) for i in range(10)])
-    assert summary == {"samples": 10, "peak_mb": 150.0, "last_mb": 150.0, "growth_mb": 50.0}
+    # start-up (t < 10) climbs to 100 MB; growth counts from the first commit on: +50 at the end
+    samples = [(t, min(100.0, 10.0 * t) + (t >= 18) * 50) for t in range(20)]
+    assert million_rows.rss_summary(samples, since=10) == {
+        "samples": 20, "peak_mb": 150.0, "last_mb": 150.0, "steady_samples": 10, "growth_mb": 50.0}
+    flat = [(t, min(100.0, 10.0 * t)) for t in range(20)]
+    assert million_rows.rss_summary(flat, since=10)["growth_mb"] == 0.0
 
 
 def test_run_signals_the_command_once_enough_parts_exist(tmp_path):
@@ -77,7 +81,7 @@ def test_run_signals_the_command_once_enough_parts_exist(tmp_path):
               f"    open(os.path.join({str(out)!r}, f'part-{{i}}.parquet'), 'w').close(); time.sleep(0.1)\n")
     r = million_rows.run([sys.executable, "-c", script], dict(os.environ), str(tmp_path / "log"), 0.1, 60,
                          kill_after_parts=3, out=str(out))
-    assert r["exit"] == 143 and r["killed_at_s"] is not None
+    assert r["exit"] == 143 and r["killed_at_s"] is not None and r["first_commit_s"] <= r["killed_at_s"]
     assert 3 <= million_rows.parts(str(out)) < 50 and r["rss"]
     with pytest.raises(RuntimeError, match="exited 3"):
         million_rows.run([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ),
@@ -95,7 +99,17 @@ def test_driver_ceiling_replays_into_a_local_folder_and_s3(tmp_path):
         assert 0 < r["commit_s"] <= r["busy_s"] and r["wait_s"] >= 0 and r["cpu_s"] > 0
         assert r["loop_gpus"] == int(r["loop_rows_per_s"] // 2000)
         assert "_assemble" in r["profile"]
-    assert result["ceiling_rows_per_s"] == min(r["loop_rows_per_s"] for r in result["replay"].values())
+        assert 0 <= r["commit_cpu_s"] and r["io_s"] == pytest.approx(r["commit_s"] - r["commit_cpu_s"])
+    c = result["ceiling"]
+    assert not c["ray_data_fitted"] and c["fixed_core_share"] == 0.0
+    local = result["replay"]["local"]
+    assert c["cpu_per_row_us"] == pytest.approx(1e6 * local["cpu_s"] / 700)
+    for target, t in c["targets"].items():
+        io = max(0.0, result["replay"][target]["io_s"]) / 700
+        assert t["serial_rows_per_s"] == pytest.approx(1 / (c["cpu_per_row_us"] / 1e6 + io))
+        assert t["serial_rows_per_s"] <= c["overlapped_rows_per_s"]
+    assert result["ceiling_rows_per_s"] == min(t["serial_rows_per_s"] for t in c["targets"].values())
+    assert result["ceiling_gpus"] == int(result["ceiling_rows_per_s"] // 2000)
     table = _labels(str(tmp_path / "out-replay"))
     assert table.num_rows == 700 and len(set(table.column("id").to_pylist())) == 700
     assert set(map(tuple, table.column("pred_topk_labels").to_pylist())) == {(0, 1, 2, 3, 4)}
@@ -113,6 +127,7 @@ def test_driver_ceiling_in_ray_feed_and_classify(tmp_path):
         r = result[part]["local"]
         assert r["rows"] == (400 if part == "feed" else 300) and r["wait_s"] > 0 and r["cpu_s"] > 0
     assert result["ray"]["local"]["shards"] == 3
+    assert result["ceiling"]["targets"]["local"]["serial_rows_per_s"] > 0
     assert _labels(str(tmp_path / "out-ray")).num_rows == 300
 
 
