@@ -22,7 +22,7 @@ checked must not pass). A check that needs a baseline when none is given is *ski
 listed as such; the gate passes when no check failed.
 
 **Drops and noise.** Each ``max_drop_vs_baseline`` check compares one cell of the two runs
-with :func:`ironsight.robustness.metrics.compare_runs` (clean accuracy; each condition pooled
+with :func:`ironsight.robustness.compare.compare_runs` (clean accuracy; each condition pooled
 over the severities both runs have): exact McNemar on the same image ids when the report
 was built with the baseline's predictions (paired), else Wilson-interval overlap (unpaired).
 Its message says "significant" or "within noise" whenever the image counts are known.
@@ -65,7 +65,7 @@ from ironsight.cluster.yamlfile import (
     load_yaml,
     short_repr,
 )
-from ironsight.robustness import metrics, stats
+from ironsight.robustness import compare, stats
 
 EPS_TOLERANCE = 1e-4  # "0.0078" in a gate file means 2/255 = 0.00784; budgets differ by >= 1/255
 
@@ -305,8 +305,8 @@ def _baseline_means(report: dict, baseline: dict | None) -> tuple[float | None, 
     return None
 
 
-def _baseline_changes(report: dict, baseline: dict | None) -> dict[str, metrics.CellChange]:
-    """Per-cell changes (:func:`ironsight.robustness.metrics.compare_runs`) by cell key: the
+def _baseline_changes(report: dict, baseline: dict | None) -> dict[str, compare.CellChange]:
+    """Per-cell changes (:func:`ironsight.robustness.compare.compare_runs`) by cell key: the
     ones ``build_report`` stored (paired when it had the baseline's predictions) when they
     were made against this baseline, else computed now from the two reports (unpaired).
     Cells whose image counts are unknown are absent."""
@@ -316,10 +316,10 @@ def _baseline_changes(report: dict, baseline: dict | None) -> dict[str, metrics.
         and stored.get("model") == baseline.get("model")
     )
     if stored.get("cells") and same:
-        return {c["key"]: metrics.CellChange.from_json(c) for c in stored["cells"]}
+        return {c["key"]: compare.CellChange.from_json(c) for c in stored["cells"]}
     if baseline is None:
         return {}
-    return {c.key: c for c in metrics.compare_runs(baseline, report)}
+    return {c.key: c for c in compare.compare_runs(baseline, report)}
 
 
 def _at_level(change: stats.Change, alpha: float) -> stats.Change:
@@ -356,7 +356,7 @@ def _baseline_checks(
     base_clean, base_by_name = means
     changes = _baseline_changes(report, baseline)
     checks = []
-    pairs = [("clean", "clean accuracy", report["clean"]["accuracy"], base_clean, metrics.cell_key("clean"))]
+    pairs = [("clean", "clean accuracy", report["clean"]["accuracy"], base_clean, compare.cell_key("clean"))]
     for p in report["summary"]["per_condition"]:
         pairs.append(
             (
@@ -364,7 +364,7 @@ def _baseline_checks(
                 f"{p['name']} mean accuracy",
                 p["mean_accuracy"],
                 base_by_name.get(p["name"]),
-                metrics.cell_key("condition_mean", p["name"]),
+                compare.cell_key("condition_mean", p["name"]),
             )
         )
     for key, what, mine, theirs, cell_key in pairs:

@@ -37,7 +37,7 @@ it as ``75.0% [30.1, 95.4] (n=4)`` and the HTML severity curves as shaded bands.
 
 Baseline: with ``baseline`` (a previous report.json) and ``baseline_predictions`` (its
 predictions.parquet) every cell is compared on the same image ids by exact McNemar
-(:func:`ironsight.robustness.metrics.compare_runs`); with the report alone the comparison is
+(:func:`ironsight.robustness.compare.compare_runs`); with the report alone the comparison is
 *unpaired* (Wilson-interval overlap, weaker), and the report says so. Each change reads
 "significant" or "within noise".
 
@@ -57,7 +57,7 @@ from importlib import metadata
 import pyarrow as pa
 
 from ironsight.cluster.errors import InvalidInput
-from ironsight.robustness import metrics, stats
+from ironsight.robustness import compare, mce, metrics, stats
 from ironsight.robustness.schema import REPORT_SCHEMA_VERSION, Example, validate_predictions
 
 
@@ -115,7 +115,7 @@ def build_report(
         baseline: A previous ``report.json`` (as a dict) to compute CE/mCE and changes against.
         imagenet_model: Ignored, kept so older callers work: mCE against AlexNet is computed
             exactly when ``class_names`` are ImageNet-1k's
-            (:func:`~ironsight.robustness.metrics.imagenet_mce_reason`), else
+            (:func:`~ironsight.robustness.mce.imagenet_mce_reason`), else
             ``summary.alexnet`` is null and ``summary.mce_reason`` says why.
         imagenet_c_conditions: Ignored, kept so older callers work: the mCE counts the
             conditions whose registry tag says ImageNet-C, so it always agrees with
@@ -156,7 +156,7 @@ def build_report(
 
     comparison = None
     if baseline is not None:
-        comparison = metrics.compare_to_baseline(clean["accuracy"], conditions, baseline)
+        comparison = mce.compare_to_baseline(clean["accuracy"], conditions, baseline)
         comparison["model"] = baseline.get("model")
         comparison["created_at"] = baseline.get("created_at")
         if baseline_predictions is not None:
@@ -167,7 +167,7 @@ def build_report(
             except InvalidInput as exc:
                 warnings.append(f"the baseline's predictions cannot be paired with this run ({exc})")
                 baseline_predictions = None
-        cells = metrics.compare_runs(
+        cells = compare.compare_runs(
             baseline_predictions if baseline_predictions is not None else baseline, table
         )
         comparison["max_drop"] = 0.0
@@ -180,14 +180,14 @@ def build_report(
             "so a change is significant only when the 95% Wilson score intervals do not overlap"
         )
         by_key = {c.key: c for c in cells}
-        clean_cell = by_key.get(metrics.cell_key("clean"))
+        clean_cell = by_key.get(compare.cell_key("clean"))
         comparison["clean_change"] = clean_cell.to_json() if clean_cell else None
         for entry in per_condition:
             extra = comparison["per_condition"].get(entry["name"], {})
             entry["ce"] = extra.get("ce")
             entry["relative_ce"] = extra.get("relative_ce")
             entry["accuracy_change"] = extra.get("accuracy_change")
-            cell = by_key.get(metrics.cell_key("condition_mean", entry["name"]))
+            cell = by_key.get(compare.cell_key("condition_mean", entry["name"]))
             entry["change"] = cell.to_json() if cell else None
         if comparison["missing_in_baseline"]:
             warnings.append(
@@ -202,9 +202,9 @@ def build_report(
             )
 
     alexnet = None
-    mce_reason = metrics.imagenet_mce_reason(class_names)
+    mce_reason = mce.imagenet_mce_reason(class_names)
     if mce_reason is None:
-        alexnet = metrics.alexnet_mce(conditions)
+        alexnet = mce.alexnet_mce(conditions)
         if alexnet is not None:
             warnings.append(
                 f"mCE vs AlexNet covers {len(alexnet['conditions'])} of the 15 ImageNet-C "
@@ -443,7 +443,7 @@ def result_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
             row = [c["name"], c["severity"], c["n"], ci_text(c), _num(c["ece"]),
                    _pct(c["flip_rate"]), _worst(c["worst_class"])]
             if changes:
-                row.append(change_text(changes.get(metrics.cell_key("condition", c["name"], c["severity"]))))
+                row.append(change_text(changes.get(compare.cell_key("condition", c["name"], c["severity"]))))
             rows.append(row)
         tables.append(("Corruptions", header, rows))
     if report["attacks"]:
@@ -455,7 +455,7 @@ def result_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
             row = [a["name"], f"{a['eps']:.5f}", f"{a['eps'] * 255:.1f}", a["n"],
                    ci_text(a), _pct(a["success_rate"])]
             if changes:
-                row.append(change_text(changes.get(metrics.cell_key("attack", a["name"], eps=a["eps"]))))
+                row.append(change_text(changes.get(compare.cell_key("attack", a["name"], eps=a["eps"]))))
             rows.append(row)
         tables.append(("Adversarial attacks", header, rows))
     return tables

@@ -183,7 +183,7 @@ _WORST = {
 }
 _PER_CLASS = {"type": "array", "items": _obj({"index": _INT, "name": _STR, "n": _INT, **_CELL})}
 _CHECK = _obj({"name": _STR, "passed": {"type": "boolean"}, "message": _STR})
-# one cell of ironsight.robustness.metrics.compare_runs (CellChange.to_json)
+# one cell of ironsight.robustness.compare.compare_runs (CellChange.to_json)
 _CHANGE = {
     "key": _STR,
     "label": _STR,

@@ -11,7 +11,7 @@ without `--name`, a spec without `name`) is recorded but never judged.
 | a regression is a metric (clean accuracy, a condition's accuracy over its severities) whose... |
 |-------------------------------------------------------------------------------------------------|
 | drop is larger than the gate's `max_drop_vs_baseline` (default `DEFAULT_MAX_DROP`, 0.02 absolute) |
-| AND is significant: exact McNemar on the images and cells both runs share (`Outcomes`), or, when they share none, 95% Wilson intervals that do not overlap (`ironsight.robustness.metrics.compare_runs`) |
+| AND is significant: exact McNemar on the images and cells both runs share (`Outcomes`), or, when they share none, 95% Wilson intervals that do not overlap (`ironsight.robustness.compare.compare_runs`) |
 
 (the one rule, `ironsight.robustness.stats.is_regression`). A 4-point drop on 100 images is
 within noise; 10 points on 1,000 is not. The run is then `regressed` and the CLI exits 4 (a
@@ -108,7 +108,7 @@ def compare_metrics(
     """Clean accuracy and each condition's accuracy, compared with the one rule of
     `ironsight.robustness.stats.is_regression` (a drop > `max_drop` AND significant).
 
-    With both runs' `Outcomes` this is `ironsight.robustness.metrics.compare_runs` (the one
+    With both runs' `Outcomes` this is `ironsight.robustness.compare.compare_runs` (the one
     per-cell comparison of `--baseline` and the gate): exact McNemar on the images both runs
     have, Wilson-interval overlap when they share none; a condition is its cell pooled over
     the severities both runs have. Without them, unpaired from the `counts` each run's metrics
@@ -128,7 +128,7 @@ def compare_metrics(
     tables = (None if previous_outcomes is None or current_outcomes is None
               else (previous_outcomes.to_table(), current_outcomes.to_table()))
     if tables is not None and tables[0] is not None and tables[1] is not None:
-        from ironsight.robustness.metrics import compare_runs
+        from ironsight.robustness.compare import compare_runs
 
         wanted = dict(names)
         for cell in compare_runs(*tables, max_drop):

@@ -106,7 +106,7 @@ class Outcomes:
         return cls(keys, tuple(str(c) for c in cells), values)
 
     def to_table(self) -> Any:
-        """As a predictions table with the columns `ironsight.robustness.metrics.compare_runs`
+        """As a predictions table with the columns `ironsight.robustness.compare.compare_runs`
         reads (ids are the keys in hex; label 1, prediction 1 when right, else 0)."""
         import pyarrow as pa
 

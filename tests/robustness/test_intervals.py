@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ironsight.robustness import metrics, stats
+from ironsight.robustness import compare, mce, stats
 from ironsight.robustness.gate import evaluate_gate, parse_gate
 from ironsight.robustness.report import build_report, dumps, text_summary, to_markdown
 from ironsight.robustness.schema import REPORT_JSON_SCHEMA
@@ -358,8 +358,8 @@ def test_baseline_without_predictions_is_unpaired_and_says_so(baseline):
 def test_compare_runs_pairs_by_id_not_by_row_order(baseline_table):
     new = run_table({CELLS[0]: _flip(BASE_CLEAN, 24, 0)})
     shuffled = new.take(np.random.default_rng(1).permutation(new.num_rows))
-    a = {c.key: c for c in metrics.compare_runs(baseline_table, new, 0.05)}
-    b = {c.key: c for c in metrics.compare_runs(baseline_table, shuffled, 0.05)}
+    a = {c.key: c for c in compare.compare_runs(baseline_table, new, 0.05)}
+    b = {c.key: c for c in compare.compare_runs(baseline_table, shuffled, 0.05)}
     assert a["clean"].change == b["clean"].change
     assert (b["clean"].change.worse, b["clean"].change.better) == (24, 0)
     assert b["clean"].regression and not b["condition/occlusion"].regression
@@ -375,7 +375,7 @@ def test_compare_runs_uses_only_shared_ids_and_repeated_ids_pair_in_order():
 
     ref = t(["a", "a", "b", "c"], [True, False, True, True])
     new = t(["a", "a", "b", "z"], [True, True, False, False])
-    (cell,) = metrics.compare_runs(ref, new)
+    (cell,) = compare.compare_runs(ref, new)
     # a#1 right->right, a#2 wrong->right, b right->wrong; c and z are not shared
     assert (cell.change.n, cell.change.worse, cell.change.better) == (3, 1, 1)
 
@@ -444,8 +444,8 @@ def test_imagenet_names_hash_matches_torchvision():
     from torchvision.models import get_model_weights
 
     names = get_model_weights("resnet50").DEFAULT.meta["categories"]
-    assert metrics.imagenet_mce_reason(names) is None
-    assert metrics.imagenet_mce_reason(list(reversed(names))) is not None
+    assert mce.imagenet_mce_reason(names) is None
+    assert mce.imagenet_mce_reason(list(reversed(names))) is not None
 
 
 def test_mce_counts_exactly_the_conditions_the_registry_tags_imagenet_c():
@@ -465,7 +465,7 @@ def test_mce_counts_exactly_the_conditions_the_registry_tags_imagenet_c():
     tagged = sorted(n for n in names if registry.get_condition(n).imagenet_c)
     assert tagged  # the registry tags some
     assert sorted(alexnet["conditions"] + alexnet["excluded"]) == tagged
-    assert set(alexnet["conditions"]) <= set(metrics.ALEXNET_IMAGENET_C_ERRORS)
+    assert set(alexnet["conditions"]) <= set(mce.ALEXNET_IMAGENET_C_ERRORS)
     assert report["summary"]["mce_reason"] is None
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from ironsight.cluster.errors import InvalidInput
-from ironsight.robustness import metrics, stats
+from ironsight.robustness import mce, metrics, stats
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA, validate_predictions
 
 CLASS_NAMES = ["a", "b", "c"]
@@ -208,7 +208,7 @@ BASELINE = {
 @pytest.fixture
 def comparison(table):
     cells = metrics.condition_metrics(table, CLASS_NAMES)
-    return metrics.compare_to_baseline(0.75, cells, BASELINE)
+    return mce.compare_to_baseline(0.75, cells, BASELINE)
 
 
 @pytest.mark.parametrize(
@@ -240,12 +240,12 @@ def test_baseline_summary(comparison, key, expected):
 
 
 def test_ce_matches_only_common_severities():
-    got = metrics.corruption_errors({"fog": {1: 0.2, 5: 0.9}}, {"fog": {1: 0.4, 2: 0.5}})
+    got = mce.corruption_errors({"fog": {1: 0.2, 5: 0.9}}, {"fog": {1: 0.4, 2: 0.5}})
     assert got == {"fog": {"ce": 0.5, "relative_ce": None}}
 
 
 def test_ce_zero_baseline_error_is_undefined_not_inf():
-    assert metrics.corruption_errors({"fog": {1: 0.2}}, {"fog": {1: 0.0}})["fog"]["ce"] is None
+    assert mce.corruption_errors({"fog": {1: 0.2}}, {"fog": {1: 0.0}})["fog"]["ce"] is None
 
 
 # Per-corruption means published for AlexNet (open-mmlab/mmpretrain,
@@ -266,23 +266,23 @@ def test_ce_zero_baseline_error_is_undefined_not_inf():
     ],
 )
 def test_alexnet_table_matches_published_means(condition, mean_error):
-    assert np.mean(metrics.ALEXNET_IMAGENET_C_ERRORS[condition]) == pytest.approx(mean_error)
+    assert np.mean(mce.ALEXNET_IMAGENET_C_ERRORS[condition]) == pytest.approx(mean_error)
 
 
 def test_alexnet_mce_only_counts_imagenet_c_conditions():
     cells = [{"name": "gaussian_noise", "severity": s, "accuracy": 0.0} for s in range(1, 6)]
     cells += [{"name": "fog", "severity": 1, "accuracy": 0.5}]
     cells += [{"name": "my_blur", "severity": 1, "accuracy": 0.0}]
-    got = metrics.alexnet_mce(cells, ["gaussian_noise", "fog", "my_blur"])
-    ce_noise = 5 / sum(metrics.ALEXNET_IMAGENET_C_ERRORS["gaussian_noise"])
-    ce_fog = 0.5 / metrics.ALEXNET_IMAGENET_C_ERRORS["fog"][0]
+    got = mce.alexnet_mce(cells, ["gaussian_noise", "fog", "my_blur"])
+    ce_noise = 5 / sum(mce.ALEXNET_IMAGENET_C_ERRORS["gaussian_noise"])
+    ce_fog = 0.5 / mce.ALEXNET_IMAGENET_C_ERRORS["fog"][0]
     assert got["conditions"] == ["fog", "gaussian_noise"]
     assert got["excluded"] == ["my_blur"]
     assert got["mce"] == pytest.approx((ce_noise + ce_fog) / 2)
 
 
 def test_alexnet_mce_none_without_imagenet_c_conditions():
-    assert metrics.alexnet_mce([{"name": "fog", "severity": 1, "accuracy": 0.5}], []) is None
+    assert mce.alexnet_mce([{"name": "fog", "severity": 1, "accuracy": 0.5}], []) is None
 
 
 def _valid_rows():
