@@ -189,7 +189,7 @@ MIN_THREAD_EFFICIENCY = 0.7
 
 def plan_resources(
     actors: int | None, device: str, *, resources: dict[str, float] | None = None,
-    cost: CostProfile | Callable[[], CostProfile] | None = None,
+    cost: CostProfile | Callable[[], CostProfile] | None = None, inputs: int | None = None,
 ) -> dict[str, Any]:
     """Actor pool size and per-actor resources for the connected Ray cluster.
 
@@ -207,7 +207,7 @@ def plan_resources(
     | decode tasks          | ``max(1, round(C * f))`` CPUs left free for 1-CPU decode tasks (at most ``C - 1``): Ray runs that many at once |
     | model cores           | ``C * (1 - f)``, at least 1                                        |
     | threads per actor     | 1 when the 2nd thread's efficiency ``m1 / (2 m2)`` < :data:`MIN_THREAD_EFFICIENCY` (a busy node: threads wait on each other); else ``round(model cores / actors)`` (decode's idle share is used), at most ``ceil(model cores)`` in all |
-    | actors                | ``--actors``, else ``round(model cores / threads)`` with threads 2 when efficient, 1 otherwise; at least 1 |
+    | actors                | ``--actors``, else ``round(model cores / threads)`` with threads 2 when efficient, 1 otherwise; at least 1, at most ``inputs`` |
     | CPUs per actor        | ``(C - decode tasks) / actors``, rounded down to 1/100             |
     | batch size            | ``--batch-size`` (64): on CPU the per-image cost is flat from ~16 images a batch, so it is not planned; ``batch_hint`` says the smallest batch that keeps Ray's per-batch overhead (~5 ms) under 5% of compute |
 
@@ -225,6 +225,9 @@ def plan_resources(
         resources: the cluster's resources; None reads ``ray.cluster_resources()``.
         cost: measured costs per image, or a function measuring them (called only when the
             plan is for CPU actors: a GPU plan does not need it); None uses the fixed rule.
+        inputs: the input blocks the actors will get (pending shards); a measured CPU pool
+            sized from the cluster has no more actors than that (Ray warns, on the console,
+            about an actor pool larger than its inputs).
 
     >>> plan = plan_resources(None, "auto", resources={"CPU": 16.0})
     >>> plan["size"], plan["num_cpus"], plan["threads"]
@@ -271,7 +274,7 @@ def plan_resources(
         model_cores = max(1.0, cpus * (1.0 - share))
         eff = cost.two_thread_efficiency
         efficient = eff is not None and eff >= MIN_THREAD_EFFICIENCY
-        n = actors or max(1, round(model_cores / (2 if efficient else 1)))
+        n = actors or max(1, min(inputs or math.inf, round(model_cores / (2 if efficient else 1))))
         # round(model cores / actors), never more threads in all than the model cores rounded up
         threads = max(1, min(round(model_cores / n), math.ceil(model_cores) // n)) if efficient else 1
         per_image = cost.model_ms if threads == 1 else cost.model_ms_2 * 2 / threads  # type: ignore[operator]
@@ -485,7 +488,8 @@ def _stream(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is rows/images-per-second aware and shard-exact
     # CPU actors are sized from this job's measured costs per image (measure_cost: ~1-3 s)
-    res = plan_resources(cfg.actors, cfg.device, cost=lambda: measure_cost(model, plan, max_pixels=cfg.max_pixels))
+    res = plan_resources(cfg.actors, cfg.device, inputs=len(pending),
+                         cost=lambda: measure_cost(model, plan, max_pixels=cfg.max_pixels))
     items = ray.data.from_items(
         [{"shard": s.index} for s in pending], override_num_blocks=len(pending)
     )

@@ -336,7 +336,9 @@ def measure_cost(model: LoadedModel, plan: CorpusPlan, *, max_pixels: int, image
 
     Costs about ``budget_s`` of one core at most per thread count (fewer repeats for a slow
     model: one batch of 16 ResNet-50 images is ~1 s), plus one decode sample. The torch
-    thread count of this process is restored afterwards.
+    thread count of this process is restored afterwards. It measures the driver's machine, at
+    the moment the job starts: on a cluster whose worker nodes differ from the driver's (or
+    whose load does), the plan is only as good as that likeness; ``--actors`` overrides it.
     """
     import torch
 

@@ -93,6 +93,13 @@ def test_the_plan_follows_the_measured_costs():
     assert (two["size"], two["threads"], two["num_cpus"]) == (1, 2, 1.0)  # measured best, idle
 
 
+def test_a_measured_pool_has_no_more_actors_than_inputs():
+    # Ray warns on the console about an actor pool larger than its input blocks (one shard)
+    assert plan_resources(None, "cpu", resources={"CPU": 2.0}, cost=BUSY_SMALL, inputs=1)["size"] == 1
+    assert plan_resources(None, "cpu", resources={"CPU": 2.0}, cost=BUSY_SMALL, inputs=5)["size"] == 2
+    assert plan_resources(3, "cpu", resources={"CPU": 8.0}, cost=BUSY_SMALL, inputs=1)["size"] == 3  # asked for
+
+
 def test_a_gpu_plan_does_not_measure():
     def measure():
         raise AssertionError("measured for a GPU plan")
