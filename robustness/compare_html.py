@@ -43,6 +43,10 @@ def _value(row: dict, key: str) -> float | None:
     return None if v is None else (100 * v if key in _PERCENT else v)
 
 
+_TITLES = {"accuracy_vs_images_per_s": "Accuracy vs throughput", "accuracy_vs_corruption":
+           "Clean vs corruption accuracy", "accuracy_vs_memory": "Accuracy vs memory"}
+
+
 def _pareto_plot(report: dict, key: str, x: str, y: str, x_higher: bool) -> str | None:
     rows = [r for r in report["models"] if _value(r, x) is not None and _value(r, y) is not None]
     if not rows:
@@ -51,29 +55,34 @@ def _pareto_plot(report: dict, key: str, x: str, y: str, x_higher: bool) -> str 
     fig = Figure(figsize=(5.6, 4.0), dpi=_DPI)
     ax = fig.add_subplot()
     colors = dict(zip([r["model"] for r in report["models"]], palette(len(report["models"])), strict=True))
+    log_x = x == "images_per_s" and max(_value(r, x) for r in rows) > 10 * min(_value(r, x) for r in rows)
+    xs = sorted(_value(r, x) for r in rows)
+    mid = (xs[0] * xs[-1]) ** 0.5 if log_x else (xs[0] + xs[-1]) / 2
     for r in rows:
         px, py = _value(r, x), _value(r, y)
+        right = px > mid  # labels point inwards, so they stay inside the axes
+        where = {"xytext": (-5 if right else 5, 4), "textcoords": "offset points", "ha": "right" if right else "left"}
         if r["random_weights"]:
             ax.scatter([px], [py], marker="x", color="#888", s=40, zorder=2)
-            ax.annotate(f"{r['model']} (random weights)", (px, py), fontsize=7, color="#888",
-                        xytext=(4, -10), textcoords="offset points")
+            ax.annotate(f"{r['model']} (random)", (px, py), fontsize=7, color="#888", **where)
             continue
         best = r["model"] in front
         ax.scatter([px], [py], s=70 if best else 40, color=colors[r["model"]], zorder=3,
                    edgecolors="black" if best else "none", linewidths=1.5)
-        ax.annotate(r["model"] + (" ★" if best else ""), (px, py), fontsize=8, xytext=(5, 4),
-                    textcoords="offset points", fontweight="bold" if best else "normal")
+        ax.annotate(r["model"] + (" ★" if best else ""), (px, py), fontsize=8,
+                    fontweight="bold" if best else "normal", **where)
     pts = sorted((_value(r, x), _value(r, y)) for r in rows if r["model"] in front)
     if len(pts) > 1:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=1, color="#444", zorder=1,
                 label="Pareto front")
         ax.legend(fontsize=8, frameon=False)
-    if x == "images_per_s" and max(_value(r, x) for r in rows) > 10 * min(_value(r, x) for r in rows):
+    if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel(_LABELS[x] + ("" if x_higher else " — lower is better"))
+    ax.margins(x=0.12, y=0.12)
+    ax.set_xlabel(_LABELS[x] + ("" if x_higher else ", lower is better"))
     ax.set_ylabel(_LABELS[y])
     ax.grid(alpha=0.3)
-    ax.set_title(f"{_LABELS[y].split(' (')[0]} vs {_LABELS[x].split(' (')[0]} (★ Pareto-optimal)", fontsize=10)
+    ax.set_title(f"{_TITLES[key]} (★ Pareto-optimal, x random weights)", fontsize=10)
     fig.tight_layout()
     return png_data_uri(fig)
 

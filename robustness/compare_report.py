@@ -242,7 +242,7 @@ def ranking_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
         [[model_label(r), _acc(r, "accuracy", "accuracy_ci"), *(_marked(r, _num(r[k])) for k in ("precision", "recall", "f1")),
           _num(r["p50_ms"], 2), _num(r["p95_ms"], 2),
           "—" if r["images_per_s"] is None else f"{r['images_per_s']:.1f} ({r['best_batch_size']})",
-          _num(r["memory_mb"], 1), _num(r["params_m"], 2), _num(r["gflops"], 2),
+          _num(r["memory_mb"], 1), _sig(r["params_m"]), _sig(r["gflops"]),
           _acc(r, "corruption_accuracy"), _acc(r, "mix_accuracy", "mix_ci")] for r in rows])]
     if report["families"]:
         tables.append(("Accuracy per condition family", ["model", *report["families"]],
@@ -255,6 +255,11 @@ def ranking_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
         tables.append(("Accuracy per condition (mean over severities)", ["model", *report["conditions"]],
                        [[model_label(r), *(_fam(r, c, "per_condition") for c in report["conditions"])] for r in rows]))
     return tables
+
+
+def _sig(x: float | None) -> str:
+    """Three significant digits: 0.0123, 1.23, 138 (parameters and GFLOPs span five decades)."""
+    return "—" if x is None else f"{x:.3g}"
 
 
 def _fam(row: dict, key: str, where: str = "families") -> str:
