@@ -150,7 +150,7 @@ def output_schema(kept: pa.Schema | None = None) -> pa.Schema:
         InvalidInput: a kept column has the name of an output column.
 
     >>> output_schema(pa.schema([("path", pa.string())])).names[-2:]
-    ['error', 'path']
+    ['decode_worker', 'path']
     """
     fields = list(kept or ())
     clash = [f.name for f in fields if f.name in LABELS_SCHEMA.names]

@@ -23,29 +23,24 @@ Models with fewer than 10 classes get ``classes - 1`` targets; fewer than 4 clas
 refused (APGD-T's loss reads the 4 largest logits). ``steps`` and ``alpha`` are ignored (each
 stage sets its own), ``seed`` seeds every stage.
 
-Cost per image, measured with ``benchmarks/autoattack_cost.py`` (``demo_cnn``, 8 classes,
-random weights, 2 images, 1 torch thread, on this 2-core CPU shared with other jobs: load
-average 29-40, so seconds are pessimistic; pass counts do not depend on the machine):
+Cost per image is a count of passes through the model, which does not depend on the machine
+(``benchmarks/autoattack_cost.py`` counts them on ``demo_cnn``, 8 classes; the seconds they
+took on this project's machine are in docs/performance.md):
 
-| attack (eps)                    | gradient passes | forward passes | 32 px   | 224 px          |
-|---------------------------------|-----------------|----------------|---------|-----------------|
-| fgsm (8/255)                    | 1               | 0              | 0.01 s  | 0.11 s          |
-| pgd, 10 steps (8/255)           | 10              | 0              | 0.09 s  | 1.45 s          |
-| autoattack, image falls in APGD-CE | 102          | 1.5            | 1.1 s   | 21 s            |
-| autoattack, robust image        | 1,510           | 5,737          | 69 s    | 717 s (*)       |
+| attack (eps)                       | gradient passes | forward passes |
+|------------------------------------|-----------------|----------------|
+| fgsm (8/255)                       | 1               | 0              |
+| pgd, 10 steps (8/255)              | 10              | 0              |
+| autoattack, image falls in APGD-CE | 102             | 1.5            |
+| autoattack, robust image           | 1,510           | 5,737          |
 
 The robust-image row is an image that survives every stage (eps = 1e-4/255): APGD-CE 101
 gradient passes, APGD-T 7 x 101, FAB-T 7 x 100 (+ 722 forward), Square 5,003 forward; a model
-with 10 or more classes runs 9 targets, about 1,900 gradient and 5,950 forward passes. One
-pass per image took 0.7 ms forward / 4.7 ms gradient at 32 px and 33 ms / 80 ms at 224 px, so
-the passes alone are 11 s and 313 s: the rest is the attack's own work (FAB's projections,
-Square's bookkeeping). (*) one image, load average 14-40. An audit's cost
-is therefore set by how many images the model classifies robustly: run it on a GPU and on a
-few hundred images, as RobustBench does (its leaderboard uses 1,000-5,000). Keep torch to one
-thread per busy core: an earlier run of 2 images at 16 px had not finished after 8 minutes,
-because torch's 2 threads spin-wait on each other on a busy 2-core machine over thousands of
-tiny passes (with torchattacks' 10-iteration defaults, load average 6-10: 77 s with 2 threads,
-3.5 s with 1; Square 92 s vs 7 s). The audit's actors run as many threads as their Ray CPUs
+with 10 or more classes runs 9 targets, about 1,900 gradient and 5,950 forward passes. An
+audit's cost is therefore set by how many images the model classifies robustly: run it on a
+GPU and on a few hundred images, as RobustBench does (its leaderboard uses 1,000-5,000). Keep
+torch to one thread per busy core: over thousands of tiny passes torch's threads spin-wait on
+each other on a busy machine. The audit's actors run as many threads as their Ray CPUs
 (``cluster/predictor.py``). "Gradient passes" above are forwards whose input requires a
 gradient (each stage's final check adds one without a backward).
 
