@@ -92,7 +92,7 @@ import pyarrow.parquet as pq
 
 from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput, JobFailed
-from ironsight.cluster.liveness import process_exists
+from ironsight.cluster.liveness import process_exists, process_identity
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -150,7 +150,7 @@ def output_schema(kept: pa.Schema | None = None) -> pa.Schema:
         InvalidInput: a kept column has the name of an output column.
 
     >>> output_schema(pa.schema([("path", pa.string())])).names[-2:]
-    ['decode_worker', 'path']
+    ['error', 'path']
     """
     fields = list(kept or ())
     clash = [f.name for f in fields if f.name in LABELS_SCHEMA.names]
@@ -498,10 +498,13 @@ class OutputLock:
     A lock is taken over when its heartbeat is older than :data:`LOCK_STALE_AFTER_S`, when
     its owner ran on this host and that process no longer exists, or when its owner is this
     very process but no live :class:`OutputLock` here holds it (an earlier run in this process
-    released it while the storage was unreachable, so the file stayed behind). Locally the
-    file is created with ``O_EXCL`` so two racing runs cannot both win; on S3 (no conditional
-    PUT through pyarrow) the lock is written and read back, which narrows but does not close
-    the race.
+    released it while the storage was unreachable, so the file stayed behind). The lock names
+    its process by pid and identity (``process_start``, :mod:`ironsight.cluster.liveness`): a
+    pid now given to another process, or a lock from before a reboot, counts as gone; a lock
+    from another pid namespace on the same host name (a container) cannot be checked from here
+    and waits for its heartbeat to expire. Locally the file is created with ``O_EXCL`` so two
+    racing runs cannot both win; on S3 (no conditional PUT through pyarrow) the lock is written
+    and read back, which narrows but does not close the race.
     """
 
     loc: storage.Location
@@ -513,7 +516,8 @@ class OutputLock:
     def acquire(cls, out: storage.Location) -> OutputLock:
         loc = out.join(LOCK)
         owner = uuid.uuid4().hex
-        body = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid()}
+        body = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+                "process_start": process_identity(os.getpid())}
         current = _read_lock(loc)
         if current is not None and not _lock_is_stale(current):
             age = time.time() - float(current.get("heartbeat", 0))
@@ -577,9 +581,9 @@ def _lock_is_stale(lock: dict) -> bool:
                 return lock.get("owner") not in _LIVE_OWNERS
         try:
             pid = int(lock.get("pid", -1))
-        except ValueError:
+        except (TypeError, ValueError):
             return False
-        return process_exists(pid, None) is False
+        return process_exists(pid, lock.get("process_start")) is False
     return False
 
 
