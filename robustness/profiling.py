@@ -282,6 +282,8 @@ def _profile(model, input_size: int, dev, batch_sizes: tuple[int, ...], max_seco
             notes.append(f"batch size {n} took {1000 * spent / done:.0f} ms per forward; larger "
                          "ones not tried within max_seconds")
             break
+    if not rates:
+        raise RuntimeError(f"no batch size of {batch_sizes} fits in the GPU's memory")
     best = max(rates, key=lambda n: rates[n])
 
     x = batch(best)

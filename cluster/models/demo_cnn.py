@@ -33,6 +33,7 @@ Two input sizes mean two preprocessings: a comparison decodes the eval images on
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -103,9 +104,7 @@ def demo_cnn(num_classes: int = len(synthetic.CLASS_NAMES), width: int = 16) -> 
     )
 
 
-TINY_PREPROCESS = Preprocess(
-    resize=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bilinear"
-)
+TINY_PREPROCESS = dataclasses.replace(DEMO_PREPROCESS, resize=32, crop=32)  # whole frame at 32 px
 
 
 @register_model(
