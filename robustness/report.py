@@ -369,7 +369,9 @@ def example_lines(report: dict) -> list[str]:
         ("misclassified images per condition (the suite's worst severity), up to "
          if ex.get("misclassified_only") else "the first images per condition (unlabeled eval set), up to ")
         + f"{ex.get('per_condition', '?')} each, with "
-        + (f"activation maps of the predicted class: {method}" if method else "no activation maps (turned off)")
+        + (f"activation maps of the predicted class: {method}" if method
+           else f"no activation maps ({ex['activation_maps_error']})" if ex.get("activation_maps_error")
+           else "no activation maps (turned off)")
     ]
     for c in ex["cells"]:
         where = c["condition"] if not c["severity"] else f"{c['condition']} severity {c['severity']}"

@@ -329,7 +329,7 @@ REPORT_JSON_SCHEMA: dict = _obj(
                     "ids": {"type": "array", "items": _STR},
                 })},
             },
-            {"per_condition": _INT},
+            {"per_condition": _INT, "activation_maps_error": {"type": ["string", "null"]}},
         ),
     },
     **{"$schema": "https://json-schema.org/draft/2020-12/schema"},

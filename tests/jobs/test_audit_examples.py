@@ -111,3 +111,31 @@ def test_markdown_mentions_the_examples(setup):
     assert "## Examples (images in report.html)" in md
     assert f"occlusion severity 3: 1 of 1 misclassified shown ({ids[1]})" in md
     assert "gaussian_noise severity 3: no misclassified example" in md
+
+
+def test_a_model_the_maps_fail_on_still_gets_its_examples(setup, ironsight_log):
+    """A module whose backward pass fails: the images stay, the report says the maps are off."""
+    import torch
+
+    root, plan, model, ids, labels = setup
+
+    class NoBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("this exported graph has no backward")
+
+    class Frozen(torch.nn.Module):
+        def forward(self, x):
+            return model.module(NoBackward.apply(x))
+
+    report: dict = {}
+    out = _examples(plan, plan.shards, model.info.preprocess, _cfg(root), _table(ids, labels, {("clean", 0): {ids[4]}}),
+                    model=Frozen(), report=report)
+    assert [ex.id for ex in out] == [ids[4]] and out[0].cam is None
+    assert report["examples"]["activation_maps"] is None
+    assert "activation maps failed (RuntimeError: this exported graph has no backward)" in ironsight_log.text
+    assert "no activation maps (RuntimeError: this exported graph has no backward)" in example_lines(report)[0]
