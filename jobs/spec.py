@@ -385,8 +385,9 @@ class AuditJob(ModelChoice, RunOptions, _WithinRoots):
         "instead of refusing (only report.json/.md/.html and predictions.parquet are replaced)"
     )
     activation_maps: bool = Field(
-        True, description="activation maps (Grad-CAM, or gradient saliency as a fallback) of the "
-        "misclassified examples in report.html; --no-activation-maps skips them (images still shown)"
+        True, description="activation maps (Grad-CAM, or gradient saliency as a fallback) over the "
+        "misclassified examples in report.html; --no-activation-maps (activation_maps: false) "
+        "leaves them out, the images stay"
     )
     allowed_roots: list[str] | None = _allowed_roots_field()
 
