@@ -196,3 +196,12 @@ def test_bad_mix_names_file_key_and_problem(tmp_path, mix, detail):
     path = _write(tmp_path, EXAMPLE + f"mix: {mix}\n", "bad-mix.yaml")
     with pytest.raises(SuiteError, match=rf"suite file .*bad-mix\.yaml is invalid: {detail}"):
         get_suite(path)
+
+
+def test_doctests_pass():
+    import doctest
+
+    from ironsight.robustness import suites
+
+    result = doctest.testmod(suites, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0
