@@ -171,10 +171,10 @@ def decode_task_args() -> dict[str, Any]:
 
     A ``ray_remote_args_fn`` also prevented fusion, but Ray deprecates it (removed in 2.64,
     with a ``RayDeprecationWarning`` on every job until then). ``memory`` is a resource every
-    Ray node has, unlike a custom resource, and Ray 2.60 (the newest release on PyPI,
-    2026-11-25) compares the whole remote-args dict (``are_remote_args_compatible``), as
-    earlier releases did. tests/reliability/test_console.py checks the operators of an
-    executed classify stay separate.
+    Ray node has, unlike a custom resource, and Ray compares the whole remote-args dict
+    (``are_remote_args_compatible``; the release this was checked on is in
+    docs/performance.md, "Tried and kept or dropped"). tests/reliability/test_console.py
+    checks the operators of an executed classify stay separate.
 
     >>> decode_task_args()["num_cpus"], decode_task_args()["memory"] // 2**20
     (1, 256)
