@@ -247,10 +247,12 @@ def plan_resources(
     >>> plan_resources(None, "cpu", resources={"CPU": 16.0}, cost=heavy_decode)["decode_tasks"]
     11
     """
+    nodes: list[float] = []  # CPUs of each node: read with the cluster's resources
     if resources is None:
         import ray
 
         resources = ray.cluster_resources()
+        nodes = _node_cpus()
     cpus = float(resources.get("CPU", 1))
     gpus = int(resources.get("GPU", 0))
     if gpus and device != "cpu":
@@ -283,6 +285,7 @@ def plan_resources(
     # Rounded down to 1/100 CPU so that n actors plus one decode task always fit: before,
     # (cpus - 0.5) / n per actor left half a CPU, and a 4-CPU cluster never ran a decode task.
     per = max(0.0, math.floor(100 * (cpus - reserve) / n) / 100)
+    per = _fit_nodes(per, n, decode, nodes)  # one decode task must fit beside every node's actors
     if cost is not None:
         log.info("CPU plan: %d actor(s) x %d torch thread(s), %d decode task(s) at once (measured per "
                  "image: decode %.2f ms, model %.2f ms on 1 thread, 2nd thread efficiency %s)",
@@ -290,6 +293,36 @@ def plan_resources(
                  "n/a" if extra["thread_efficiency"] is None else f"{extra['thread_efficiency']:.2f}")
     return {"size": n, "num_gpus": 0, "num_cpus": per, "device": "cpu", "threads": threads,
             "decode_tasks": int(reserve), **extra}
+
+
+def _node_cpus() -> list[float]:
+    """CPUs of each live node of the connected Ray cluster."""
+    import ray
+
+    return [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def _fit_nodes(per: float, actors: int, decode: float, nodes: list[float]) -> float:
+    """CPUs per CPU actor, capped so that on every node its actors AND one decode task fit.
+
+    Ray places each actor on one node, and a plan made from the cluster's total CPUs can fill
+    every node with actors: 3 nodes of 3 CPUs, 3 actors of 2.66 CPUs leave 0.34 CPU on each,
+    no decode task (1 CPU) can ever start, and the job waits forever. With ``ceil(actors /
+    nodes)`` actors on a node, each may take ``(node CPUs - decode) / that``, on the smallest
+    node that can run a decode task (a head node without CPUs holds neither).
+
+    >>> _fit_nodes(2.66, 3, 1.0, [3.0, 3.0, 3.0])
+    2.0
+    >>> _fit_nodes(1.5, 6, 1.0, [0.0, 4.0, 4.0])  # 3 actors a node
+    1.0
+    >>> _fit_nodes(2.66, 3, 1.0, [9.0])  # one node: the plan stands
+    2.66
+    """
+    usable = [c for c in nodes if c > decode]
+    if len(usable) < 2:
+        return per
+    room = (min(usable) - decode) / math.ceil(actors / len(usable))
+    return min(per, max(0.01, math.floor(100 * room) / 100))
 
 
 def validate_model(source: ModelSource) -> LoadedModel:
