@@ -18,9 +18,11 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,10 @@ log = logging.getLogger("ironsight")
 
 # Duplicate-id check budget: 5 M rows x 8 bytes = 40 MB of driver memory at most.
 DUPLICATE_CHECK_ROWS = 5_000_000
+# Shards committed at once, on threads beside the driver's loop (benchmarks/driver_ceiling.py:
+# a commit waits on the disk or the object store for longer than the loop takes to assemble
+# the next shard, so one at a time capped the driver at ~16 GPUs' worth of rows on S3).
+COMMIT_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -287,7 +293,7 @@ def plan_resources(
     per = max(0.0, math.floor(100 * (cpus - reserve) / n) / 100)
     per = _fit_nodes(per, n, decode, nodes)  # one decode task must fit beside every node's actors
     if cost is not None:
-        log.info("CPU plan: %d actor(s) x %d torch thread(s), %d decode task(s) at once (measured per "
+        log.debug("CPU plan: %d actor(s) x %d torch thread(s), %d decode task(s) at once (measured per "
                  "image: decode %.2f ms, model %.2f ms on 1 thread, 2nd thread efficiency %s)",
                  n, threads, int(reserve), cost.decode_ms, cost.model_ms,
                  "n/a" if extra["thread_efficiency"] is None else f"{extra['thread_efficiency']:.2f}")
@@ -577,14 +583,21 @@ def _assemble(
     |------------|---------------------------------------------------------------------|
     | ``wait_s`` | in ``next(batches)``: waiting for Ray Data to hand over a batch     |
     | ``busy_s`` | everything else: deduplication, assembly, ``sink.commit``, progress |
-    | ``commit_s`` | the part of ``busy_s`` inside :meth:`LabelSink.commit`            |
-    | ``commit_cpu_s`` | CPU of the driver's thread in those commits (the rest: disk or object store) |
+    | ``commit_s`` | inside :meth:`LabelSink.commit`, summed over the commit threads   |
+    | ``commit_cpu_s`` | CPU of those threads in the commits (the rest: disk or object store) |
+    | ``commit_wait_s`` | the part of ``busy_s`` the loop waited for commits to return   |
     | ``cpu_s``  | CPU of the whole driver process meanwhile (Ray Data's threads in it too) |
 
     ``benchmarks/driver_ceiling.py`` feeds it prepared batches to measure the driver alone.
 
+    A whole shard is committed on one of :data:`COMMIT_THREADS` threads while the loop goes on
+    assembling (Parquet encoding and the wait on the disk or object store release the GIL); at
+    most twice that many commits are in flight. A shard's rows count (``summary``, progress)
+    once its commit has returned; each shard is handed to exactly one commit, and none is
+    left running when this returns or raises.
+
     Raises:
-        JobFailed: the batches ended with a shard incomplete.
+        JobFailed: the batches ended with a shard incomplete, or a commit failed.
     """
     by_index = {s.index: s for s in pending}
     partial: dict[int, _Partial] = {}
@@ -596,59 +609,86 @@ def _assemble(
     # check covers the first DUPLICATE_CHECK_ROWS rows (40 MB) and driver memory stays bounded.
     id_hashes: list[np.ndarray] = []
     hashed = 0
-    wait_s = commit_s = commit_cpu_s = 0.0
+    wait_s = commit_wait_s = 0.0
+    spent = [0.0, 0.0]  # seconds inside sink.commit, wall and CPU, over the commit threads
     clock = time.perf_counter
     began, cpu_began = clock(), time.process_time()
-    it = iter(batches)
-    while True:
-        t0 = clock()
-        batch = next(it, None)
-        wait_s += clock() - t0
-        if batch is None:
-            break
-        shards_col = batch["shard"]
-        for shard_index in np.unique(shards_col):
-            shard = by_index[int(shard_index)]
-            sel = shards_col == shard_index
-            rows = batch["row"][sel] - shard.row_start
-            p = partial.get(shard.index)
-            if p is None:
-                p = partial[shard.index] = _Partial(shard.num_rows, np.zeros(shard.num_rows, bool))
-            fresh = ~p.seen[rows]
-            # a row repeated within this batch counts once too
-            _, first = np.unique(rows, return_index=True)
-            keep_once = np.zeros(len(rows), bool)
-            keep_once[first] = True
-            fresh &= keep_once
-            summary.duplicates_dropped += int((~fresh).sum())
-            if not fresh.any():
-                continue
-            p.seen[rows[fresh]] = True
-            part = {k: v[sel][fresh] for k, v in batch.items()}
-            p.parts.append(part)
-            p.count += int(fresh.sum())
-            workers.update(part["worker"].tolist())
-            if p.count == p.expected:
-                kept = reader.read_kept(plan, shard) if plan.keep_columns else None
-                table = _shard_table(p.parts, class_names, kept)
-                t0, c0 = clock(), time.thread_time()
-                rec = sink.commit(shard.shard_id, table)
-                commit_s += clock() - t0
-                commit_cpu_s += time.thread_time() - c0
-                del partial[shard.index]
-                summary.shards_processed += 1
-                summary.rows += rec.rows
-                summary.error_rows += rec.errors
-                if hashed < DUPLICATE_CHECK_ROWS:
-                    ids = table.column("id").to_pylist()
-                    id_hashes.append(np.fromiter((hash(i) for i in ids), np.int64, len(ids)))
-                    hashed += len(ids)
-                else:
-                    summary.duplicate_check_rows = hashed
-                for e in table.column("error").to_pylist():
-                    if e is not None:
-                        errors_by_reason[e.split(":", 1)[0]] += 1
-                progress.update(rec.rows, rec.errors)
+    guard = threading.Lock()
+
+    def commit(shard_id: str, table: pa.Table):
+        t0, c0 = clock(), time.thread_time()
+        try:
+            return sink.commit(shard_id, table)
+        finally:
+            with guard:
+                spent[0] += clock() - t0
+                spent[1] += time.thread_time() - c0
+
+    inflight: deque[tuple[Future, pa.Table]] = deque()
+
+    def settle(block: bool) -> None:
+        """Book the commits that returned (every one with ``block``), oldest first."""
+        nonlocal commit_wait_s, hashed
+        while inflight and (block or inflight[0][0].done() or len(inflight) > 2 * COMMIT_THREADS):
+            future, table = inflight.popleft()
+            t0 = clock()
+            rec = future.result()  # a failed commit raises its JobFailed here
+            commit_wait_s += clock() - t0
+            summary.shards_processed += 1
+            summary.rows += rec.rows
+            summary.error_rows += rec.errors
+            if hashed < DUPLICATE_CHECK_ROWS:
+                ids = table.column("id").to_pylist()
+                id_hashes.append(np.fromiter((hash(i) for i in ids), np.int64, len(ids)))
+                hashed += len(ids)
+            else:
+                summary.duplicate_check_rows = hashed
+            for e in table.column("error").to_pylist():
+                if e is not None:
+                    errors_by_reason[e.split(":", 1)[0]] += 1
+            progress.update(rec.rows, rec.errors)
+
+    pool = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="ironsight-commit")
+    try:
+        it = iter(batches)
+        while True:
+            t0 = clock()
+            batch = next(it, None)
+            wait_s += clock() - t0
+            if batch is None:
+                break
+            shards_col = batch["shard"]
+            for shard_index in np.unique(shards_col):
+                shard = by_index[int(shard_index)]
+                sel = shards_col == shard_index
+                rows = batch["row"][sel] - shard.row_start
+                p = partial.get(shard.index)
+                if p is None:
+                    p = partial[shard.index] = _Partial(shard.num_rows, np.zeros(shard.num_rows, bool))
+                fresh = ~p.seen[rows]
+                # a row repeated within this batch counts once too
+                _, first = np.unique(rows, return_index=True)
+                keep_once = np.zeros(len(rows), bool)
+                keep_once[first] = True
+                fresh &= keep_once
+                summary.duplicates_dropped += int((~fresh).sum())
+                if not fresh.any():
+                    continue
+                p.seen[rows[fresh]] = True
+                part = {k: v[sel][fresh] for k, v in batch.items()}
+                p.parts.append(part)
+                p.count += int(fresh.sum())
+                workers.update(part["worker"].tolist())
+                if p.count == p.expected:
+                    kept = reader.read_kept(plan, shard) if plan.keep_columns else None
+                    table = _shard_table(p.parts, class_names, kept)
+                    inflight.append((pool.submit(commit, shard.shard_id, table), table))
+                    del partial[shard.index]
+            settle(block=False)
+        settle(block=True)
+    finally:
+        # no commit outlives this call: the sink closes and releases OUTPUT's lock next
+        pool.shutdown(wait=True, cancel_futures=True)
     progress.close()
     sink.flush_manifest(force=True)
     summary.errors_by_reason = dict(errors_by_reason)
@@ -659,8 +699,8 @@ def _assemble(
     if partial:
         incomplete = {by_index[i].shard_id: f"{p.count}/{p.expected}" for i, p in partial.items()}
         raise JobFailed(f"shards ended incomplete (rows seen/expected): {incomplete}")
-    return {"busy_s": clock() - began - wait_s, "wait_s": wait_s, "commit_s": commit_s,
-            "commit_cpu_s": commit_cpu_s, "cpu_s": time.process_time() - cpu_began}
+    return {"busy_s": clock() - began - wait_s, "wait_s": wait_s, "commit_s": spent[0],
+            "commit_cpu_s": spent[1], "commit_wait_s": commit_wait_s, "cpu_s": time.process_time() - cpu_began}
 
 
 def _shard_table(parts: list[dict[str, np.ndarray]], class_names: tuple[str, ...],
