@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 
 class IronsightError(Exception):
@@ -97,3 +99,32 @@ def ray_error_message(exc: BaseException) -> str:
         return f"{name}: {text}" if text else name
     meaningful = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("ray::")]
     return meaningful[0] if meaningful else type(exc).__name__
+
+
+def close_matches(name: object, names: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """The ``n`` names most like ``name`` (:func:`difflib.get_close_matches`), best first.
+
+    The one home of "which valid name did the user mean" (columns, conditions, keys, models,
+    flags, files): messages built on it suggest alike. A light module, so a decode worker may
+    use it without importing torch or albumentations.
+
+    >>> close_matches("lable", ["label", "image", "id"])
+    ['label']
+    """
+    return difflib.get_close_matches(str(name), list(names), n=n, cutoff=cutoff)
+
+
+def did_you_mean(name: object, names: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> str:
+    """``"did you mean 'gaussian_blur'? "`` for the closest of ``names``, else ``""``: the
+    start of the hint in a message about an unknown name (``...; {did_you_mean(...)}expected
+    one of ...``).
+
+    >>> did_you_mean("gausian_blur", ["fog", "gaussian_blur", "gaussian_noise"])
+    "did you mean 'gaussian_blur'? "
+    >>> did_you_mean("resnt", ["resnet50", "vit"], n=3, cutoff=0.5)
+    "did you mean 'resnet50'? "
+    >>> did_you_mean("xyz", ["fog"])
+    ''
+    """
+    close = close_matches(name, names, n=n, cutoff=cutoff)
+    return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""

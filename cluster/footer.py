@@ -28,7 +28,6 @@ its row group has rows).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ironsight.cluster import storage
-from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.errors import InvalidInput, did_you_mean
 
 IMAGE_NAMES = ("image", "img", "bytes", "content")  # preferred when several columns qualify
 PATH_NAMES = ("image", "img", "image_path", "image_uri", "filepath", "file_path", "path", "uri")
@@ -324,7 +323,7 @@ def with_kept(cols: Columns, schema: pa.Schema, keep: Sequence[str] | None,
         if missing:
             n = missing[0]
             raise InvalidInput(
-                f"keep_columns: {file_uri} has no column {n!r}; {_did_you_mean(n, names)}"
+                f"keep_columns: {file_uri} has no column {n!r}; {did_you_mean(n, names)}"
                 f"(columns: {', '.join(names)})"
             )
         if cols.image in chosen:
@@ -346,10 +345,5 @@ def with_kept(cols: Columns, schema: pa.Schema, keep: Sequence[str] | None,
 def _no_column(option: str, name: str, where: str, names: Sequence[str]) -> InvalidInput:
     """``--label-column: column 'lable' not in FILE; did you mean 'label'? columns: ...``: a
     column the job names is a wrong option, not a bad file (skipping would skip them all)."""
-    return InvalidInput(f"{option}: column {name!r} not in {where}; {_did_you_mean(name, names)}"
+    return InvalidInput(f"{option}: column {name!r} not in {where}; {did_you_mean(name, names)}"
                         f"columns: {', '.join(names)}")
-
-
-def _did_you_mean(name: str, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""

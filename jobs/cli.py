@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import importlib
 import logging
 import os
@@ -34,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from ironsight.cluster.errors import InvalidInput, IronsightError
+from ironsight.cluster.errors import InvalidInput, IronsightError, close_matches
 from ironsight.jobs.observability import (
     LOG_FORMATS,
     configure_logging,
@@ -142,7 +141,7 @@ class Parser(argparse.ArgumentParser):
             if not word.startswith("-"):
                 continue
             flag = word.split("=", 1)[0]
-            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            close = close_matches(flag, known)
             if close and close[0] not in hints:
                 hints.append(close[0])
         return f"; did you mean {' or '.join(hints)}?" if hints else ""
@@ -151,7 +150,7 @@ class Parser(argparse.ArgumentParser):
         choice = _INVALID_CHOICE.search(message)
         if choice:
             options = re.findall(r"'([^']*)'", choice.group(2))
-            close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.6)
+            close = close_matches(choice.group(1), options)
             if close:
                 message += f"; did you mean {close[0]!r}?"
         super().error(message)

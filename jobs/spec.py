@@ -12,7 +12,6 @@ both are validated into the same pydantic model, so a flag and a spec key are th
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import posixpath
 import types
@@ -33,7 +32,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ironsight.cluster import paths
-from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.errors import InvalidInput, close_matches, did_you_mean
 from ironsight.cluster.yamlfile import (
     MAX_MESSAGE_CHARS,
     check_config_file,
@@ -575,9 +574,7 @@ def unknown_key_message(key: str, valid: Iterable[str]) -> str:
     "unknown key; did you mean 'gate'? valid keys: gate, seed"
     """
     valid = list(valid)
-    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key; {hint}valid keys: {', '.join(valid)}"
+    return f"unknown key; {did_you_mean(key, valid)}valid keys: {', '.join(valid)}"
 
 
 def format_validation_error(exc: ValidationError, source: str,
@@ -620,8 +617,8 @@ def load_spec(path: str, *, check_files: bool = False) -> ClassifyJob | AuditJob
     kind = data.get("kind", "classify")
     model = SPEC_KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        close = difflib.get_close_matches(str(kind), SPEC_KINDS, n=1) if isinstance(kind, str) else []
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = did_you_mean(kind, SPEC_KINDS) if isinstance(kind, str) else ""
+        hint = f"; {close.rstrip()}" if close else ""
         raise InvalidInput(
             f"{path}: kind: {short_repr(kind)} is not a job kind; expected one of "
             f"{sorted(SPEC_KINDS)}{hint}"
@@ -843,7 +840,7 @@ def _did_you_mean_file(path: str) -> str:
         siblings = os.listdir(folder or ".")
     except OSError:
         return ""
-    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.7)
+    close = close_matches(name, siblings, cutoff=0.7)
     return f"; did you mean {close[0]}?" if close else ""
 
 

@@ -68,12 +68,11 @@ new noise draw per level, and the result is still a pure function of
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,6 +85,8 @@ import cv2  # noqa: E402 - OpenCV comes with albumentations
 import numpy as np  # noqa: E402
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+
+from ironsight.cluster.errors import did_you_mean  # noqa: E402
 
 if TYPE_CHECKING:
     import albumentations
@@ -174,7 +175,7 @@ def list_conditions(filter: str | None = None) -> list[str]:
 
 def get_condition(name: str) -> Condition:
     """The registered condition ``name``; unknown names raise ``ValueError`` with a
-    did-you-mean (:func:`did_you_mean`) and the valid ones."""
+    did-you-mean (:func:`ironsight.cluster.errors.did_you_mean`) and the valid ones."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -182,19 +183,6 @@ def get_condition(name: str) -> Condition:
         raise ValueError(
             f"condition {name!r} unknown; {did_you_mean(name, names)}expected one of {', '.join(names)}"
         ) from None
-
-
-def did_you_mean(name: object, names: Iterable[str]) -> str:
-    """``"did you mean 'gaussian_blur'? "`` for the closest of ``names`` (difflib), else ``""``;
-    the start of an error message about an unknown name (conditions, attacks, suites).
-
-    >>> did_you_mean("gausian_blur", ["fog", "gaussian_blur", "gaussian_noise"])
-    "did you mean 'gaussian_blur'? "
-    >>> did_you_mean("xyz", ["fog"])
-    ''
-    """
-    close = difflib.get_close_matches(str(name), list(names), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def _stable_int(text: str) -> int:

@@ -42,8 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ironsight.cluster.errors import InvalidInput
-from ironsight.robustness.conditions import did_you_mean
+from ironsight.cluster.errors import InvalidInput, did_you_mean
 from ironsight.robustness.stats import weighted_sum_interval
 
 SUM_TOLERANCE = 1e-9  # weights may sum to 1 up to float rounding (0.3 + 0.25 + ... != 1.0)

@@ -55,8 +55,7 @@ import operator
 import re
 from dataclasses import dataclass, field
 
-from ironsight.cluster.errors import InvalidInput
-from ironsight.robustness.conditions import did_you_mean
+from ironsight.cluster.errors import InvalidInput, did_you_mean
 
 HIGHER_IS_BETTER = {
     "accuracy": True, "corruption_accuracy": True, "robust_accuracy": True, "mix_accuracy": True,

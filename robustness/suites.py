@@ -44,7 +44,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.errors import InvalidInput, did_you_mean
 from ironsight.cluster.yamlfile import (
     MAX_MESSAGE_CHARS,
     clip,
@@ -56,7 +56,6 @@ from ironsight.robustness.attacks import DEFAULT_EPSILONS, default_epsilons, lis
 from ironsight.robustness.conditions import (
     IMAGENET_C_CONDITIONS,
     SEVERITIES,
-    did_you_mean,
     list_conditions,
 )
 from ironsight.robustness.mix import check_mix

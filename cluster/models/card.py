@@ -39,7 +39,6 @@ transforms crop: a 32-px model trained on whole 32-px images sees whole 32-px im
 
 from __future__ import annotations
 
-import difflib
 import posixpath
 from dataclasses import replace
 from typing import Literal
@@ -56,7 +55,7 @@ from pydantic import (
 )
 
 from ironsight.cluster import storage
-from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.errors import InvalidInput, did_you_mean
 from ironsight.cluster.models.registry import ModelInfo, get_model_info, list_models
 from ironsight.cluster.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ironsight.cluster.yamlfile import (
@@ -97,8 +96,8 @@ class ModelCard(BaseModel):
     @classmethod
     def _arch_registered(cls, arch: str | None) -> str | None:
         if arch is not None and arch not in list_models():
-            close = difflib.get_close_matches(arch, list_models(), n=3, cutoff=0.5)
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            close = did_you_mean(arch, list_models(), n=3, cutoff=0.5)
+            hint = f" ({close.rstrip()})" if close else ""
             raise ValueError(
                 f"{arch!r} is not a registered model{hint}; `ironsight models list` shows them"
             )

@@ -23,7 +23,6 @@ True
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.errors import InvalidInput, did_you_mean
 from ironsight.cluster.preprocess import Preprocess
 
 Builder = Callable[[int], nn.Module]
@@ -165,8 +164,7 @@ def get_model_info(name: str, weights_version: str | None = None) -> ModelInfo:
     try:
         return _REGISTRY[name].with_weights_version(weights_version)
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        hint = did_you_mean(name, _REGISTRY, n=3, cutoff=0.5)
         raise InvalidInput(
             f"model {name!r} is not registered; {hint}"
             f"`ironsight models list` shows all {len(_REGISTRY)} models "
