@@ -75,7 +75,7 @@ process 10:"python -m ironsight.jobs.cli classify";<module> (jobs/cli.py:303);_s
 process 10:"python -m ironsight.jobs.cli classify";process 11:"raylet";process 12:"ray::MapWorker";<module> (ray/_private/workers/default_worker.py:323);Predictor.__call__ (cluster/predictor.py:125);Conv2d.forward (torch/nn/modules/conv.py:565) 7
 process 10:"python -m ironsight.jobs.cli classify";process 11:"raylet";process 12:"ray::MapWorker";Thread.run (threading.py:982);Condition.wait (threading.py:327) 50
 process 10:"python -m ironsight.jobs.cli classify";process 11:"raylet";process 13:"ray::ReadAndDecode";<module> (ray/_private/workers/default_worker.py:323);read_and_decode (cluster/pipeline.py:150);decode_batch (cluster/decode.py:140);ImageFile.load (PIL/ImageFile.py:425) 5
-process 10:"python -m ironsight.jobs.cli classify";process 11:"raylet";process 13:"ray::ReadAndDecode";<module> (ray/_private/workers/default_worker.py:323);read_and_decode (cluster/pipeline.py:150);iter_shard (cluster/corpus.py:511) 1
+process 10:"python -m ironsight.jobs.cli classify";process 11:"raylet";process 13:"ray::ReadAndDecode";<module> (ray/_private/workers/default_worker.py:323);read_and_decode (cluster/pipeline.py:150);iter_shard (cluster/reader.py:211) 1
 process 10:"python -m ironsight.jobs.cli classify";process 14:"dashboard.py";<module> (ray/dashboard/dashboard.py:1);_find_and_load (<frozen importlib._bootstrap>:1) 4
 """
 
