@@ -577,7 +577,7 @@ def _examples(plan, shards, preprocess: Preprocess, cfg: AuditConfig, table: pa.
         for ex, cam in zip(out, maps, strict=True):
             ex.cam, ex.method = cam, method
         if method:
-            log.info("activation maps (%s) of %d examples: %.1f s", method, len(out), time.monotonic() - started)
+            log.debug("activation maps (%s) of %d examples: %.1f s", method, len(out), time.monotonic() - started)
     if report is not None:
         report["examples"] = {
             "misclassified_only": labeled,
