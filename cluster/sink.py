@@ -203,6 +203,9 @@ class LabelSink:
     _lock: OutputLock | None = None
     _last_flush: float = 0.0
     _dirty: bool = False
+    # commit() may run on several threads at once (ironsight.cluster.pipeline._assemble): the
+    # encode and the publish run in parallel, the bookkeeping and the manifest one at a time.
+    _guard: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @classmethod
     def open(
@@ -378,9 +381,10 @@ class LabelSink:
             sha256=hashlib.sha256(data).hexdigest(),
             file=name,
         )
-        self.committed[shard_id] = rec
-        self._dirty = True
-        self.flush_manifest()
+        with self._guard:
+            self.committed[shard_id] = rec
+            self._dirty = True
+            self.flush_manifest()
         return rec
 
     def manifest(self) -> dict[str, Any]:
@@ -396,10 +400,11 @@ class LabelSink:
         }
 
     def flush_manifest(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or (self._dirty and now - self._last_flush >= MANIFEST_FLUSH_S):
-            _write_json(self.out.join(MANIFEST), self.manifest())
-            self._last_flush, self._dirty = now, False
+        with self._guard:
+            now = time.monotonic()
+            if force or (self._dirty and now - self._last_flush >= MANIFEST_FLUSH_S):
+                _write_json(self.out.join(MANIFEST), self.manifest())
+                self._last_flush, self._dirty = now, False
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Flush the manifest and write ``_SUCCESS``: call only when every shard is committed.
