@@ -181,7 +181,7 @@ def plan_compare(cfg: CompareConfig) -> ComparePlan:
 
         objective = parse_objective(cfg.objective)
     _refuse_other_comparison(cfg)
-    corpus = corpus_mod.plan_corpus(  # the eval set once, before any model (whose errors name it)
+    corpus = corpus_mod.plan_corpus(  # once, before the models: its errors are not blamed on one
         cfg.input, image_column=cfg.image_column, id_column=cfg.id_column,
         label_column=cfg.label_column, max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
         allowed_roots=cfg.allowed_roots, can_skip=False,
@@ -320,11 +320,16 @@ def _predict_one(cfg: CompareConfig, prepared: ComparePlan, m: ModelEntry, varia
 
 def _profile_all(cfg: CompareConfig, prepared: ComparePlan) -> dict[str, dict]:
     """Each model's :class:`ModelProfile`, one model at a time in its own actor (one GPU on a
-    GPU cluster), so no other model's work disturbs the timings. A reused model keeps the
-    profile its entry.json holds."""
+    GPU cluster; on CPU the cores and torch threads one predictor actor gets), so no other
+    model's work disturbs the timings. A reused model keeps the profile its entry.json holds."""
     import ray
 
-    gpu = cfg.device != "cpu" and int(ray.cluster_resources().get("GPU", 0)) > 0
+    from ironsight.cluster.pipeline import plan_resources
+
+    res = plan_resources(cfg.actors, cfg.device)
+    gpu = res["num_gpus"] > 0
+    threads = None if gpu else res.get("threads")
+    cpus = 1 if gpu else min(threads or 1, float(ray.cluster_resources().get("CPU", 1)))
     out: dict[str, dict] = {}
     for m in cfg.models:
         entry = _read_entry(cfg.output, m.name) or {}
@@ -332,10 +337,10 @@ def _profile_all(cfg: CompareConfig, prepared: ComparePlan) -> dict[str, dict]:
             out[m.name] = entry["profile"]
             continue
         plan = prepared.audits[m.name]
-        actor = ray.remote(Profiler).options(num_gpus=1 if gpu else 0, num_cpus=1).remote()
+        actor = ray.remote(Profiler).options(num_gpus=1 if gpu else 0, num_cpus=cpus).remote()
         try:
             out[m.name] = ray.get(actor.profile.remote(m.source, plan.model.info.preprocess.crop,
-                                                       "cuda:0" if gpu else "cpu"))
+                                                       "cuda:0" if gpu else "cpu", threads))
         except ray.exceptions.RayError as exc:
             from ironsight.cluster.errors import ray_error_message
 
@@ -349,11 +354,11 @@ def _profile_all(cfg: CompareConfig, prepared: ComparePlan) -> dict[str, dict]:
 class Profiler:
     """The profiling actor's class (``ray.remote`` at use): loads one model, times it, exits."""
 
-    def profile(self, source: ModelSource, input_size: int, device: str) -> dict:
+    def profile(self, source: ModelSource, input_size: int, device: str, threads: int | None = None) -> dict:
         from ironsight.robustness.profiling import profile_model
 
         loaded = source.load(device)
-        return profile_model(loaded.module, input_size, device=device).to_dict()
+        return profile_model(loaded.module, input_size, device=device, threads=threads).to_dict()
 
 
 def _mix(table: pa.Table, suite: Suite) -> dict | None:
