@@ -46,7 +46,8 @@ import functools
 import io
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,30 @@ def as_error(value: Any) -> str | None:
     ('empty: zero-length image', None, None)
     """
     return value if isinstance(value, str) and value else None
+
+
+def error_reason(error: str) -> str:
+    """The reason of an error cell (``"reason: detail"``, the format of :data:`REASONS` and of
+    the read errors): the part before the first colon, what ``errors_by_reason`` counts.
+
+    >>> error_reason("too_large: 9000x9000 pixels"), error_reason("null_image")
+    ('too_large', 'null_image')
+    """
+    return error.split(":", 1)[0]
+
+
+def count_reasons(errors: Iterable[str | None], counts: Counter[str] | None = None) -> Counter[str]:
+    """How many error cells have each reason (:func:`error_reason`); ``None`` cells are not
+    errors. Adds to ``counts`` when given (a running count over batches) and returns it.
+
+    The one count behind ``errors_by_reason`` in classify's summary and the audit's report.
+
+    >>> dict(count_reasons(["empty: zero-length", None, "empty: zero-length", "decode_failed: x"]))
+    {'empty': 2, 'decode_failed': 1}
+    """
+    counts = Counter() if counts is None else counts
+    counts.update(error_reason(e) for e in errors if e is not None)
+    return counts
 
 
 def worker_identity() -> str:

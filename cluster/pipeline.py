@@ -36,6 +36,7 @@ from ironsight.cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK
     DECODE_BLOCK_ROWS,
     DEFAULT_MAX_PIXELS,
     as_error,
+    count_reasons,
     decode_rows,
     read_and_decode,
 )
@@ -643,9 +644,7 @@ def _assemble(
                 hashed += len(ids)
             else:
                 summary.duplicate_check_rows = hashed
-            for e in table.column("error").to_pylist():
-                if e is not None:
-                    errors_by_reason[e.split(":", 1)[0]] += 1
+            count_reasons(table.column("error").to_pylist(), errors_by_reason)
             progress.update(rec.rows, rec.errors)
 
     pool = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="ironsight-commit")

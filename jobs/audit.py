@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import metrics as job_metrics
 from ironsight.cluster import paths, reader, storage
-from ironsight.cluster.decode import worker_identity
+from ironsight.cluster.decode import count_reasons, worker_identity
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import ModelSource
 from ironsight.cluster.pipeline import (
@@ -448,7 +448,7 @@ def audit_report(table: pa.Table, clean_err: list[str], cfg: AuditConfig, plan: 
             "input": cfg.input,
             "images": total_rows - len(clean_err),
             "error_rows": len(clean_err),
-            "errors_by_reason": _reasons(clean_err),
+            "errors_by_reason": dict(count_reasons(clean_err)),
             "label_column": plan.label_column,
         },
         seed=cfg.seed,
@@ -479,14 +479,6 @@ def _select(plan: corpus_mod.CorpusPlan, max_images: int | None) -> tuple[list, 
             limits[s.index] = left
         left -= s.num_rows
     return shards, limits
-
-
-def _reasons(errors: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for e in errors:
-        key = e.split(":", 1)[0]
-        out[key] = out.get(key, 0) + 1
-    return out
 
 
 def _load_baseline(uri: str) -> dict:
