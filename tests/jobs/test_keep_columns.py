@@ -145,6 +145,18 @@ def test_an_output_of_the_old_format_is_refused_not_mixed(tmp_path):
     sink.close()
 
 
+def test_an_output_of_version_2_is_refused_naming_the_worker_columns_it_lacks(tmp_path):
+    sink = _sink(tmp_path)
+    sink.commit("s0", _rows())  # pred_worker / decode_worker left out: written as nulls
+    sink.close()
+    assert pq.read_table(tmp_path / "part-s0.parquet").column("pred_worker").null_count == 1
+    manifest = json.loads((tmp_path / "_manifest.json").read_text())
+    (tmp_path / "_manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    with pytest.raises(InvalidInput, match=r"output format version 2 \(no pred_worker and "
+                                           r"decode_worker columns\), and this Ironsight writes version 3"):
+        _sink(tmp_path)
+
+
 def test_a_missing_kept_column_exits_2_before_ray_through_the_cli(tmp_path):
     corpus = user_corpus(tmp_path)
     out = tmp_path / "labels"
