@@ -206,36 +206,52 @@ def test_audit_predicts_and_decodes_on_every_node(three_nodes, suite, tmp_path):
     nodes = three_nodes.live_prefixes()
     assert {_node(w) for w in table.column("pred_worker").to_pylist()} == nodes
     assert {_node(w) for w in table.column("decode_worker").to_pylist()} == nodes
-    keys = list(zip(*(table.column(c).to_pylist() for c in ("id", "kind", "condition", "severity", "eps")),
-                    strict=True))
+    keys = _prediction_keys(table)
     assert len(keys) == len(set(keys)) == 60 * 3  # clean, gaussian_noise@3, fgsm@8/255
     assert (out / "report.json").is_file()
 
 
-def _lose_a_node_mid_job(nodes: ThreeNodes, started, *, ready) -> threading.Thread:
-    """In the background: once every predictor actor is alive (the pool then starts
-    dispatching) and ``ready()`` says the job has not finished, kill the oldest worker node
-    outright, with the actor and the decode tasks on it. Records what it did in ``started``."""
+def _lose_a_node_mid_job(nodes: ThreeNodes, job, *, under_way) -> tuple[int, dict]:
+    """Run ``job()`` (a CLI job; returns its exit code) in this thread while, in the
+    background, the oldest worker node is killed outright once every predictor actor is
+    alive (the pool then starts dispatching) and ``under_way()`` says the job has not
+    finished, with the actor and the decode tasks on it. Returns the exit code and what the
+    background thread did (``removed``: the node id; ``ready_at_removal``; ``error``)."""
+    nodes.top_up()
+    done = threading.Event()
+    what: dict = {}
 
-    def run() -> None:
+    def lose() -> None:
         victim = nodes.workers[0]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             actors = nodes.predictor_nodes()
-            if len(actors) == ACTORS and actors.get(victim.node_id) == "ALIVE" and ready():
+            if len(actors) == ACTORS and actors.get(victim.node_id) == "ALIVE" and under_way():
                 break
             time.sleep(0.2)
         else:
-            started["error"] = "the job never had an actor alive on the victim node"
+            what["error"] = "the job never had an actor alive on the victim node"
             return
-        started["removed"] = victim.node_id
-        started["ready_at_removal"] = ready()
+        what["removed"] = victim.node_id
+        what["ready_at_removal"] = not done.is_set() and under_way()
         nodes.cluster.remove_node(victim, allow_graceful=False)
         nodes.workers.remove(victim)
 
-    thread = threading.Thread(target=run, name="lose-a-node", daemon=True)
+    thread = threading.Thread(target=lose, name="lose-a-node", daemon=True)
     thread.start()
-    return thread
+    try:
+        rc = job()
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert "error" not in what, what["error"]
+    assert what["ready_at_removal"], "the node was removed after the job had finished"
+    return rc, what
+
+
+def _prediction_keys(table) -> list[tuple]:
+    columns = ("id", "kind", "condition", "severity", "eps")
+    return list(zip(*(table.column(c).to_pylist() for c in columns), strict=True))
 
 
 def test_a_worker_node_lost_mid_classify_still_gives_every_row_once(three_nodes, tmp_path):
@@ -243,28 +259,17 @@ def test_a_worker_node_lost_mid_classify_still_gives_every_row_once(three_nodes,
     n = 600
     synthetic.write_corpus(str(corpus), n, rows_per_file=30, row_group_size=15, seed=7)
     out = tmp_path / "labels"
-    three_nodes.top_up()
-    done = threading.Event()
-    what: dict = {}
-
-    def under_way() -> bool:  # not every shard committed: the job is mid-way
-        return not done.is_set() and len(list(out.glob("part-*.parquet"))) < n // 30
-
-    thread = _lose_a_node_mid_job(three_nodes, what, ready=under_way)
-    try:
-        rc = _classify(three_nodes, str(corpus), out)
-    finally:
-        done.set()
-        thread.join(timeout=60)
-    assert "error" not in what, what["error"]
-    assert what["ready_at_removal"], "the node was removed after the job had finished"
+    rc, what = _lose_a_node_mid_job(
+        three_nodes, lambda: _classify(three_nodes, str(corpus), out),
+        under_way=lambda: len(list(out.glob("part-*.parquet"))) < n // 30,  # shards left to commit
+    )
     assert rc == 0
     assert (out / "_SUCCESS").is_file()
     table = pads.dataset(str(out), format="parquet").to_table()
     ids = table.column("id").to_pylist()
     assert len(ids) == n and len(set(ids)) == n and sorted(ids) == sorted(_ids(str(corpus)))
     assert table.column("error").null_count == n
-    # rows predicted after the loss ran on the nodes left and on the replacement
+    # the rows left after the loss were predicted on the nodes left
     assert {_node(w) for w in table.column("pred_worker").to_pylist()} - {what["removed"][:8]}
 
 
@@ -273,25 +278,12 @@ def test_a_worker_node_lost_mid_audit_still_finishes_with_each_prediction_once(t
     n = 90
     synthetic.write_corpus(str(eval_set), n, rows_per_file=10, row_group_size=10, seed=8)
     out = tmp_path / "audit"
-    three_nodes.top_up()
-    done = threading.Event()
-    what: dict = {}
-
-    def under_way() -> bool:  # the driver writes the outputs only at the end
-        return not done.is_set() and not (out / "predictions.parquet").exists()
-
-    thread = _lose_a_node_mid_job(three_nodes, what, ready=under_way)
-    try:
-        rc = _audit(three_nodes, str(eval_set), suite, out)
-    finally:
-        done.set()
-        thread.join(timeout=60)
-    assert "error" not in what, what["error"]
-    assert what["ready_at_removal"], "the node was removed after the audit had finished"
+    rc, _ = _lose_a_node_mid_job(
+        three_nodes, lambda: _audit(three_nodes, str(eval_set), suite, out),
+        under_way=lambda: not (out / "predictions.parquet").exists(),  # written at the end
+    )
     assert rc == 0
-    table = pq.read_table(out / "predictions.parquet")
-    keys = list(zip(*(table.column(c).to_pylist() for c in ("id", "kind", "condition", "severity", "eps")),
-                    strict=True))
+    keys = _prediction_keys(pq.read_table(out / "predictions.parquet"))
     assert len(keys) == len(set(keys)) == n * 3
     for name in ("report.json", "report.md", "report.html"):
         assert (out / name).is_file(), name
