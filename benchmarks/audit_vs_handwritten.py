@@ -7,7 +7,7 @@ corruption x severity, and under each attack x eps.
 | side        | what runs                                                                       |
 |-------------|---------------------------------------------------------------------------------|
 | handwritten | one process: PIL decode + torchvision resize/crop, ``imagecorruptions.corrupt`` per image, the model in batches under ``inference_mode``, torchattacks ``FGSM`` / ``PGD`` (random start, step ``2.5 eps / steps``) per batch, then a prediction of each adversarial batch |
-| ironsight   | what ``ironsight audit`` runs: an embedded Ray started (timed), ``run_audit`` (planning, decode and corruption tasks, predictor actors, attacks, reports) |
+| ironsight   | what ``ironsight audit`` runs: an embedded Ray started (timed), ``run_audit`` (planning, decode and corruption tasks, predictor actors, attacks, reports; activation maps off) |
 | corruption  | Ironsight's corruption step alone: ``decode_and_corrupt`` over the same shards in this process, once with the suite's conditions and once with none (decode only); the difference is the corruption's CPU seconds |
 
 Printed and written (``RESULTS/audit-vs-handwritten-<UTC>.json`` and ``.md``, ``-quick``
