@@ -157,13 +157,17 @@ class Run:
         return (self.ended_at - self.started_at).total_seconds()
 
     def headline(self) -> str:
-        """The one metric a table shows: accuracies for audits, rows and speed for labeling."""
+        """The one metric a table shows: accuracies for audits, rows and speed for labeling, the
+        models and the recommended one for a comparison."""
         m = self.metrics or {}
         if self.kind == "audit" and m.get("clean_accuracy") is not None:
             text = f"clean {m['clean_accuracy']:.3f}"
             if m.get("mean_corruption_accuracy") is not None:
                 text += f", corrupted {m['mean_corruption_accuracy']:.3f}"
             return text
+        if self.kind == "compare" and m.get("models"):
+            best = m.get("recommended")
+            return f"{len(m['models'])} models" + (f", recommended {best}" if best else "")
         if self.kind == "classify" and "rows" in m:
             return f"{m['rows']} rows, {m.get('error_rows', 0)} errors, {m.get('images_per_s', 0):.3g} img/s"
         return (self.error or "")[:60]
