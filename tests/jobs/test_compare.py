@@ -164,6 +164,8 @@ def test_the_run_is_recorded_in_the_history(compared, history_db):
     report = json.loads((compared / "models" / "wide" / "report.json").read_text())
     assert models["wide"]["clean_accuracy"] == report["clean"]["accuracy"]
     assert models["wide"]["mean_corruption_accuracy"] == report["summary"]["mean_corruption_accuracy"]
+    assert run.model == "small.card,wide.card,sharp.card"  # the cards, as an audit names its card
+    assert run.headline() == "3 models"  # no objective: none recommended
 
 
 @pytest.mark.cluster
