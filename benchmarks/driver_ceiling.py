@@ -69,7 +69,7 @@ def replay(cfg, plan, model, batches: list[dict], profile: bool) -> dict:
     from ironsight.cluster import pipeline
     from ironsight.cluster.sink import LabelSink
 
-    sink = LabelSink.open(cfg.output, spec_hash=pipeline.job_spec_hash(cfg, plan, model),
+    sink = LabelSink.open(cfg.output, spec_hash=pipeline.output_rows_hash(cfg, plan, model),
                           header=pipeline._sink_header(cfg, plan, model),
                           expected_shards=[s.shard_id for s in plan.shards])
     summary = pipeline.ClassifySummary(output=cfg.output, rows_total=plan.num_rows,
@@ -125,7 +125,7 @@ def feed(cfg, plan, model, template: dict) -> dict:
             fake_predictions, batch_size=1, num_cpus=0.5,
             fn_kwargs={"shards": {s.index: (s.row_start, s.num_rows) for s in plan.shards},
                        "template": template, "batch_size": cfg.batch_size})
-        sink = LabelSink.open(cfg.output, spec_hash=pipeline.job_spec_hash(cfg, plan, model),
+        sink = LabelSink.open(cfg.output, spec_hash=pipeline.output_rows_hash(cfg, plan, model),
                               header=pipeline._sink_header(cfg, plan, model),
                               expected_shards=[s.shard_id for s in plan.shards])
         summary = pipeline.ClassifySummary(output=cfg.output, rows_total=plan.num_rows,

@@ -11,7 +11,7 @@ one recording covers them), then folds the raw stacks into a text report:
        decode                 ironsight.cluster.decode (PIL open, draft, resize, crop) in decode tasks
        inference              the model's forward pass inside Predictor.__call__
        predictor glue         the rest of Predictor.__call__ (batch to tensor, softmax, top-k)
-       driver: plan           plan_corpus, validate_model, job_spec_hash, LabelSink.open
+       driver: plan           plan_corpus, validate_model, output_rows_hash, LabelSink.open
        driver: assembly       _stream's per-shard assembly, _shard_table, sink commits
        Ray overhead           any other frame in ray/ that is not waiting
        waiting                the innermost frame waits (threading waits, Ray's worker loop
@@ -77,7 +77,7 @@ def activity(frames: list[str]) -> str:
         return "read parquet"
     if _has(frames, "Predictor.__call__"):
         return "inference" if _has(frames, "torch/nn/modules") else "predictor glue"
-    if _has(frames, "plan_corpus", "validate_model", "job_spec_hash", "LabelSink.open"):
+    if _has(frames, "plan_corpus", "validate_model", "output_rows_hash", "LabelSink.open"):
         return "driver: plan"
     if _has(frames, "_shard_table", "LabelSink.commit", "flush_manifest") or (
             _has(frames, "_stream (cluster/pipeline.py") and not _has(frames, "ray/")):

@@ -48,7 +48,7 @@ from ironsight.cluster.predictor import (  # noqa: F401  (check_device: re-expor
     check_device,
     measure_cost,
 )
-from ironsight.cluster.sink import LabelSink, spec_hash
+from ironsight.cluster.sink import LabelSink, stable_hash
 
 log = logging.getLogger("ironsight")
 
@@ -351,9 +351,15 @@ def announce_preprocessing(model: LoadedModel) -> str:
     return line
 
 
-def job_spec_hash(cfg: ClassifyConfig, plan: corpus_mod.CorpusPlan, model: LoadedModel) -> str:
-    """Hash of what decides the output rows (not of batch size, actors or other tuning)."""
-    return spec_hash(
+def output_rows_hash(cfg: ClassifyConfig, plan: corpus_mod.CorpusPlan, model: LoadedModel) -> str:
+    """The OUTPUT's owner identity: a hash of what decides the output rows (corpus, model,
+    weights, preprocessing, top-k, pixel cap), not of batch size, actors or other tuning.
+
+    Stored as ``ironsight.spec_hash`` in every part file's footer and in the manifest; a run
+    with another hash is another job (refused without ``--overwrite``). Not the submission
+    identity (``ironsight.jobs.submit.validated_spec_hash``, every spec field).
+    """
+    return stable_hash(
         {
             "corpus": plan.fingerprint(),
             "model": model.info.name,
@@ -428,7 +434,7 @@ def completed_summary(
         return None
     sink = LabelSink.open(
         cfg.output,
-        spec_hash=job_spec_hash(cfg, plan, model),
+        spec_hash=output_rows_hash(cfg, plan, model),
         header=_sink_header(cfg, plan, model),
         expected_shards=[s.shard_id for s in plan.shards],
         overwrite=cfg.overwrite,
@@ -477,7 +483,7 @@ def run_classify(
     if model.info.num_classes < cfg.top_k:
         log.warning("top-k %d > %d classes; returning %d", cfg.top_k, model.info.num_classes, model.info.num_classes)
     announce_preprocessing(model)
-    digest = job_spec_hash(cfg, plan, model)
+    digest = output_rows_hash(cfg, plan, model)
     header = _sink_header(cfg, plan, model)
     sink = LabelSink.open(
         cfg.output,

@@ -64,7 +64,7 @@ Schema metadata of every part file:
 
 | key                        | value                                                        |
 |----------------------------|--------------------------------------------------------------|
-| ``ironsight.spec_hash``    | the job's :func:`spec_hash` (who wrote this file)            |
+| ``ironsight.spec_hash``    | the job's output identity (``ironsight.cluster.pipeline.output_rows_hash``, made with :func:`stable_hash`): who wrote this file |
 | ``ironsight.header``       | JSON: input, model name and weights sha256, top-k, versions  |
 | ``ironsight.preprocessing``| JSON: the model's resolved preprocessing (mode, resize, crop, interpolation, mean, std, weights_version), when the header has it |
 | ``ironsight.shard_id``     | the input shard this file labels                             |
@@ -166,10 +166,17 @@ def part_name(shard_id: str) -> str:
     return f"part-{shard_id}.parquet"
 
 
-def spec_hash(fields: dict[str, Any]) -> str:
-    """Stable short hash of everything that determines a job's output rows.
+def stable_hash(fields: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over ``fields`` as canonical JSON (keys sorted): the same
+    fields always give the same hash, in any order.
 
-    >>> spec_hash({"model": "resnet18", "top_k": 5}) == spec_hash({"top_k": 5, "model": "resnet18"})
+    The one hash behind both job identities, which hash different fields:
+    ``ironsight.cluster.pipeline.output_rows_hash`` (what decides the output rows: the
+    OUTPUT's owner, ``ironsight.spec_hash`` in footers and manifest) and
+    ``ironsight.jobs.submit.validated_spec_hash`` (every field of a validated spec: submission
+    ids and the history's ``spec_hash`` column).
+
+    >>> stable_hash({"model": "resnet18", "top_k": 5}) == stable_hash({"top_k": 5, "model": "resnet18"})
     True
     """
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
@@ -221,7 +228,8 @@ class LabelSink:
 
         Args:
             output_uri: local directory or ``s3://`` prefix.
-            spec_hash: :func:`spec_hash` of the job; an OUTPUT written by another spec is refused.
+            spec_hash: the job's output identity (``pipeline.output_rows_hash``); an OUTPUT
+                written by another identity is refused.
             header: manifest fields describing the run (model, weights hash, input...); its
                 ``preprocessing`` also becomes the Parquet metadata key ``ironsight.preprocessing``.
             expected_shards: shard ids of the planned corpus; part files of other shards in

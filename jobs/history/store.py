@@ -9,7 +9,7 @@ is serialized by an advisory lock.
 |------------------------|------------------------------------------------------------------|
 | `id`                   | run id, increasing                                               |
 | `job`, `kind`          | the spec's `name` and `kind` (classify / audit)                  |
-| `spec_hash`            | hash of the validated spec (every field, `ironsight.cluster.sink.spec_hash`) |
+| `spec_hash`            | hash of the validated spec (every field, `ironsight.jobs.submit.validated_spec_hash`) |
 | `model`, `weights_hash`| model name; sha256 of its weights when the run got that far      |
 | `scheduled_for`        | the schedule tick that started it (`ironsight schedule`), or null |
 | `started_at`, `ended_at` | UTC                                                            |

@@ -265,7 +265,7 @@ def test_remote_ticks_submit_once_per_tick_even_from_two_schedulers(authed, tmp_
     or a lost state dir) firing the same tick attaches to that job instead of running it again."""
     from ironsight.jobs.schedule import remote_launcher
     from ironsight.jobs.spec import load_spec
-    from ironsight.jobs.submit import job_client, job_spec_hash, scheduled_submission_id
+    from ironsight.jobs.submit import job_client, scheduled_submission_id, validated_spec_hash
 
     synthetic.write_corpus(str(tmp_path / "corpus"), 8, seed=1, rows_per_file=8, row_group_size=8)
     spec = tmp_path / "spec.yaml"
@@ -287,7 +287,7 @@ def test_remote_ticks_submit_once_per_tick_even_from_two_schedulers(authed, tmp_
         s.close()
         assert s.fired == [tick]
         runs.append(s.child)
-    sid = scheduled_submission_id("remote-labels", job_spec_hash(load_spec(str(spec))), tick)
+    sid = scheduled_submission_id("remote-labels", validated_spec_hash(load_spec(str(spec))), tick)
     assert [r.submission_id for r in runs] == [sid, sid]
     assert [j.submission_id for j in job_client(authed).list_jobs()].count(sid) == 1
     deadline = time.monotonic() + 300
