@@ -51,6 +51,9 @@ from ironsight.robustness.suites import AttackSpec, Suite, get_suite
 log = logging.getLogger("ironsight")
 
 EXAMPLES_PER_CONDITION = 2
+# An eval-set row's key: shard index << ROW_KEY_BITS | place in the shard (a shard holds far
+# fewer than 2**32 rows).
+ROW_KEY_BITS = 32
 _IMAGENET_CLASSES = 1000
 
 
@@ -123,15 +126,18 @@ def decode_and_corrupt(
     for shard_index in items["shard"]:
         shard = plan.shards[int(shard_index)]
         remaining = limits.get(shard.index, shard.num_rows)
+        position = 0  # the row's place in the shard: with the shard, the row's key (collect_predictions)
         for batch in reader.iter_shard(plan, shard, batch_rows=AUDIT_ROWS_PER_SHARD):
             if remaining <= 0:
                 break
             take = min(remaining, len(batch["id"]))
             remaining -= take
+            rows = (shard.index << ROW_KEY_BITS) + np.arange(position, position + take, dtype=np.int64)
+            position += take
             images, errors = decode_rows(batch["image"][:take], batch["error"][:take], preprocess)
             ids = np.asarray(batch["id"][:take], dtype=object)
             labels = np.asarray(batch["label"][:take], np.int64) if "label" in batch else np.full(take, -1, np.int64)
-            base = {"id": ids, "label_true": labels, "error": np.asarray(errors, dtype=object),
+            base = {"id": ids, "row": rows, "label_true": labels, "error": np.asarray(errors, dtype=object),
                     "decode_worker": np.full(take, worker_identity(), dtype=object)}
             yield _block(base, images, "clean", "clean", 0)
             ok = [i for i, e in enumerate(errors) if e is None]
@@ -162,7 +168,7 @@ class AuditPredictor(Predictor):
     """
 
     def __init__(self, source: ModelSource, *, attacks: tuple[AttackSpec, ...], seed: int, **kw) -> None:
-        super().__init__(source, top_k=1, passthrough=("id", "label_true", "kind", "condition", "severity", "eps", "decode_worker"), **kw)
+        super().__init__(source, top_k=1, passthrough=("id", "row", "label_true", "kind", "condition", "severity", "eps", "decode_worker"), **kw)
         self.attacks = attacks
         self.seed = seed
 
@@ -186,6 +192,7 @@ class AuditPredictor(Predictor):
         y = torch.from_numpy(batch["label_true"][rows]).to(self.device)
         fixed = {
             "id": batch["id"][rows],
+            "row": batch["row"][rows],
             "label_true": batch["label_true"][rows],
             "kind": np.full(m, "attack", dtype=object),
             "severity": np.zeros(m, np.int32),
@@ -371,9 +378,11 @@ def collect_predictions(predicted: Any, total: int, show_progress: bool | None,
     and decoded; null when a batch lacks them), and the error strings of the clean rows that
     did not decode.
 
-    Each (id, kind, condition, severity, eps) is kept once, the first time it arrives: Ray Data
+    Each (row, kind, condition, severity, eps) is kept once, the first time it arrives: Ray Data
     retries the batches a lost actor or node had in flight, so the same prediction may come
-    twice. The keys seen are held in a set (an eval set is small: ~100 bytes a prediction);
+    twice. ``row`` is the eval-set row (its shard and place, :data:`ROW_KEY_BITS`), not its id:
+    two rows that share an id are two images, both kept (a batch without ``row`` is keyed by
+    id). The keys seen are held in a set (an eval set is small: ~100 bytes a prediction);
     the duplicates dropped are counted in a debug line (``-v``). ``predicted`` is anything
     with Ray Data's ``iter_batches(batch_size=None, batch_format="numpy")``.
     """
@@ -390,7 +399,8 @@ def collect_predictions(predicted: Any, total: int, show_progress: bool | None,
         for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
             n = len(batch["id"])
             fresh = np.zeros(n, bool)
-            keys = zip(batch["id"].tolist(), batch["kind"].tolist(), batch["condition"].tolist(),
+            rows = batch["row" if "row" in batch else "id"]
+            keys = zip(rows.tolist(), batch["kind"].tolist(), batch["condition"].tolist(),
                        batch["severity"].tolist(), batch["eps"].tolist(), strict=True)
             for i, key in enumerate(keys):
                 if key not in seen:

@@ -81,3 +81,21 @@ def test_without_duplicates_nothing_is_dropped_and_old_batches_without_worker_co
     assert table.num_rows == 2 and clean_err == []
     assert table.column("pred_worker").null_count == 2  # unknown, not invented
     assert "duplicate" not in ironsight_log.text
+
+
+def test_two_rows_that_share_an_id_are_two_images_and_both_are_kept(ironsight_log):
+    """The key is the eval-set row (shard << 32 | place), not the id: an eval set that repeats an
+    id loses no image, while a retried batch of the same rows is still dropped."""
+    first = batch(["dup", "dup", "x"], pred=[1, 0, 1])
+    first["row"] = np.array([0, 1, 2], np.int64)
+    retried = batch(["dup", "dup", "x"], pred=[1, 0, 1], worker="cccccccc/33/-")
+    retried["row"] = first["row"].copy()
+    other_shard = batch(["dup"], pred=[1])
+    other_shard["row"] = np.array([(1 << 32) + 0], np.int64)
+
+    table, _ = collect_predictions(Redelivered([first, retried, other_shard]), total=4, show_progress=False)
+
+    assert table.column("id").to_pylist().count("dup") == 3  # rows 0 and 1 of shard 0, row 0 of shard 1
+    assert table.num_rows == 4
+    assert sorted(table.column("correct").to_pylist()) == [False, True, True, True]
+    assert "dropped 3 duplicate predictions" in ironsight_log.text
