@@ -1,41 +1,68 @@
-"""Exceptions shared by every layer; the CLI maps them to exit codes.
+"""Exceptions shared by every layer, and the one table of exit codes every command returns.
 
-| exception     | meaning                                              | CLI exit |
-|---------------|------------------------------------------------------|----------|
-| InvalidInput  | bad usage, spec, corpus, model file: nothing ran     | 2        |
-| JobFailed     | the job started and could not finish                 | 1        |
-| GateFailed    | an audit ran but its release gate failed             | 3        |
+| code | name                 | meaning                                                                | from |
+|------|----------------------|------------------------------------------------------------------------|------|
+| 0    | ``EXIT_OK``          | the command did its work (a job's error rows included)                 | |
+| 1    | ``EXIT_FAILED``      | the job started and could not finish                                   | ``JobFailed``, any other error |
+| 2    | ``EXIT_INVALID``     | bad usage, spec, corpus, model file or settings: nothing ran           | ``InvalidInput``, ``StorageError``, argparse |
+| 3    | ``EXIT_GATE_FAILED`` | an audit ran and its release gate failed                               | ``GateFailed`` |
+| 4    | ``EXIT_REGRESSED``   | a named audit regressed against the last succeeded run of its identity | ``ironsight.jobs.history`` |
+| 130  | ``EXIT_INTERRUPTED`` | interrupted by Ctrl-C (128 + SIGINT); committed work is kept           | |
+| 141  | ``EXIT_BROKEN_PIPE`` | stdout closed early (128 + SIGPIPE: output piped into ``head``)        | |
+| 143  | ``EXIT_SIGTERM``     | stopped by SIGTERM (128 + SIGTERM); committed work is kept             | |
+
+``EXIT_MEANINGS`` says each in a few words (``ironsight status`` shows a remote run's code with it).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import signal
 from collections.abc import Iterable
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_GATE_FAILED = 3
+EXIT_REGRESSED = 4  # distinct from 3: the gate passed (or there is none), the job got worse
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports it
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+EXIT_MEANINGS = {
+    EXIT_OK: "succeeded",
+    EXIT_FAILED: "failed",
+    EXIT_INVALID: "invalid input or spec",
+    EXIT_GATE_FAILED: "release gate failed",
+    EXIT_REGRESSED: "regressed against the previous successful run",
+    EXIT_INTERRUPTED: "interrupted",
+    EXIT_BROKEN_PIPE: "stdout closed early",
+    EXIT_SIGTERM: "stopped by SIGTERM",
+}
 
 
 class IronsightError(Exception):
     """Base class: every message is meant to be shown to a user as is."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class InvalidInput(IronsightError):
     """The user's input (flags, spec, corpus, model file) is wrong; nothing was run."""
 
-    exit_code = 2
+    exit_code = EXIT_INVALID
 
 
 class JobFailed(IronsightError):
     """The job started but could not finish; committed output stays valid."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class GateFailed(IronsightError):
     """An audit ran to completion and its release gate failed."""
 
-    exit_code = 3
+    exit_code = EXIT_GATE_FAILED
 
 
 # Terminal escapes Ray puts in task errors: CSI (colours, ``\x1b[36m``) and OSC (titles, links).

@@ -63,7 +63,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ironsight.cluster.errors import InvalidInput, IronsightError, JobFailed
+from ironsight.cluster.errors import EXIT_INVALID, InvalidInput, IronsightError, JobFailed
 
 T = TypeVar("T")
 log = logging.getLogger("ironsight.storage")
@@ -85,7 +85,7 @@ class StorageError(IronsightError):
     the settings (``AWS_ENDPOINT_URL``, the bucket in a URI, the credentials) are wrong.
     """
 
-    exit_code = 2
+    exit_code = EXIT_INVALID
 
 
 @dataclass(frozen=True)

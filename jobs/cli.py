@@ -1,10 +1,11 @@
 """The ``ironsight`` command line.
 
-Exit codes: 0 the job finished (error rows included), 2 bad usage or invalid input (nothing
+Exit codes: the one table in ``ironsight.cluster.errors`` (docs/cli.md), used by every
+command: 0 the job finished (error rows included), 2 bad usage or invalid input (nothing
 ran), 1 the job failed, 3 an audit's release gate failed, 4 a named audit regressed against
 the previous successful run of the same identity (``ironsight.jobs.history``), 130
-interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (128 + the signal's number, as a shell
-reports it).
+interrupted by Ctrl-C (SIGINT), 141 stdout closed early, 143 stopped by SIGTERM (128 + the
+signal's number, as a shell reports it).
 
 SIGTERM (``kill``, ``docker stop``, Kubernetes deleting the pod) stops a ``classify`` or
 ``audit`` the way Ctrl-C does: the run unwinds, Ray is shut down, the run is recorded as
@@ -33,7 +34,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from ironsight.cluster.errors import InvalidInput, IronsightError, close_matches
+from ironsight.cluster.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_REGRESSED,
+    EXIT_SIGTERM,
+    InvalidInput,
+    IronsightError,
+    close_matches,
+)
 from ironsight.jobs.observability import (
     LOG_FORMATS,
     configure_logging,
@@ -359,9 +368,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
-EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE; a shell reports 141 for a command a closed pipe ended
-
-
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -381,10 +387,7 @@ def _main(argv: Sequence[str] | None) -> int:
                     "the same command to resume", logging.ERROR)
             return EXIT_SIGTERM
         console("ironsight: interrupted; committed shards are kept, rerun to resume", logging.ERROR)
-        return 130
-
-
-EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+        return EXIT_INTERRUPTED
 
 
 # --- hints that name options: only the ones the running command accepts ---------------------
@@ -684,8 +687,6 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
 
 
 def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) -> int:
-    from ironsight.jobs.history import EXIT_REGRESSED
-
     result, record, regressions = audit_spec(spec, progress, verbose=verbose)
     # imported after the audit, so that a bad input is refused before torch is imported
     from ironsight.robustness.report import text_summary

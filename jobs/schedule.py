@@ -60,7 +60,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
-from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.errors import EXIT_FAILED, EXIT_OK, InvalidInput
 from ironsight.jobs.history.db import history_url
 from ironsight.jobs.history.recorder import SCHEDULED_FOR_ENV
 
@@ -311,10 +311,10 @@ class RemoteRun:
         except Exception as exc:  # the cluster went away: count the run as ended, badly
             log.warning("cannot get the status of %s (%s); counting it as ended",
                         self.submission_id, exc)
-            return 1
+            return EXIT_FAILED
         if not status.is_terminal():
             return None
-        return 0 if status == JobStatus.SUCCEEDED else 1
+        return EXIT_OK if status == JobStatus.SUCCEEDED else EXIT_FAILED
 
     def interrupt(self, grace_s: float = KILL_GRACE_S) -> None:
         self.client.stop_job(self.submission_id)
@@ -329,7 +329,7 @@ def remote_launcher(spec_path: str, address: str) -> Callable[[dt.datetime], Rem
 
     def launch(tick: dt.datetime) -> RemoteRun:
         spec = load_spec(spec_path)
-        sid = submit.scheduled_submission_id(spec.name, submit.validated_spec_hash(spec), tick)
+        sid = submit.scheduled_submission_id(spec.name, submit.job_spec_hash(spec), tick)
         result = submit.submit_spec(spec_path, submission_id=sid, client=client)
         log.info("tick %s: %s %s", tick.isoformat(), "submitted" if result.submitted
                  else f"already submitted ({result.status})", sid)

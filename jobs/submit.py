@@ -61,7 +61,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from ironsight.cluster.errors import InvalidInput, JobFailed
+from ironsight.cluster.errors import (
+    EXIT_FAILED,
+    EXIT_GATE_FAILED,
+    EXIT_INVALID,
+    EXIT_MEANINGS,
+    EXIT_OK,
+    EXIT_REGRESSED,
+    InvalidInput,
+    JobFailed,
+)
 from ironsight.cluster.raycluster import object_store_env  # non-secret object-store settings
 from ironsight.jobs.spec import AuditJob, ClassifyJob, load_spec, relative_paths_as_written
 
@@ -77,10 +86,10 @@ __all__ = [
     "add_commands",
     "follow",
     "job_client",
+    "job_spec_hash",
     "resolve_address",
     "scheduled_submission_id",
     "submit_spec",
-    "validated_spec_hash",
 ]
 
 # Looked up in this order when --address is not given.
@@ -120,24 +129,19 @@ class SubmitResult:
 # --- ids and hashes ---------------------------------------------------------------------------
 
 
-def validated_spec_hash(spec: ClassifyJob | AuditJob) -> str:
-    """The submission identity: a hash of every field of a validated spec, defaults and tuning
-    included (16 hex digits, :func:`ironsight.cluster.sink.stable_hash`).
-
-    Names scheduled runs (:func:`scheduled_submission_id`), is the job's
-    ``ironsight_spec_hash`` metadata and the history's ``spec_hash`` column. Not the OUTPUT's
-    owner identity (``ironsight.cluster.pipeline.output_rows_hash``, only what decides the rows).
+def job_spec_hash(spec: ClassifyJob | AuditJob) -> str:
+    """Stable 16-hex-digit hash of a validated spec (every field, defaults included).
 
     >>> a = AuditJob(input="/e", output="/o", model="demo_cnn", random_weights=True)
     >>> b = AuditJob(output="/o", input="/e", random_weights=True, model="demo_cnn", seed=0)
-    >>> validated_spec_hash(a) == validated_spec_hash(b), len(validated_spec_hash(a))
+    >>> job_spec_hash(a) == job_spec_hash(b), len(job_spec_hash(a))
     (True, 16)
-    >>> validated_spec_hash(a) == validated_spec_hash(a.model_copy(update={"seed": 1}))
+    >>> job_spec_hash(a) == job_spec_hash(a.model_copy(update={"seed": 1}))
     False
     """
-    from ironsight.cluster.sink import stable_hash
+    from ironsight.cluster.sink import spec_hash
 
-    return stable_hash(spec.model_dump(mode="json"))
+    return spec_hash(spec.model_dump(mode="json"))
 
 
 def scheduled_submission_id(job_name: str, spec_hash: str, scheduled_for: datetime) -> str:
@@ -146,7 +150,7 @@ def scheduled_submission_id(job_name: str, spec_hash: str, scheduled_for: dateti
     Args:
         job_name: the spec's ``name``; lowercased, anything but ``[a-z0-9-]`` becomes ``-``,
             cut to 40 characters.
-        spec_hash: :func:`validated_spec_hash` (or any hex digest); its first 12 characters are used,
+        spec_hash: :func:`job_spec_hash` (or any hex digest); its first 12 characters are used,
             so a changed spec is a different run.
         scheduled_for: the slot's time; a naive datetime is taken as UTC. Seconds are kept,
             microseconds dropped.
@@ -371,7 +375,7 @@ def submit_spec(
                     metadata={
                         "ironsight_job": spec.name,
                         "ironsight_kind": spec.kind,
-                        "ironsight_spec_hash": validated_spec_hash(spec),
+                        "ironsight_spec_hash": job_spec_hash(spec),
                     },
                     entrypoint_num_cpus=entrypoint_num_cpus,
                 )
@@ -483,9 +487,7 @@ def _finish(client: JobSubmissionClient, submission_id: str, status: str) -> int
 
 # `ironsight run` exit codes that mean something to whoever waits on the job: the input or
 # spec was invalid on the cluster (2), the release gate failed (3), the run regressed (4).
-PASSED_THROUGH_EXIT_CODES = (2, 3, 4)
-RUN_EXIT_MEANINGS = {0: "succeeded", 1: "failed", 2: "invalid input or spec", 3: "release gate failed",
-                     4: "regressed against the previous successful run", 130: "interrupted", 143: "stopped by SIGTERM"}
+PASSED_THROUGH_EXIT_CODES = (EXIT_INVALID, EXIT_GATE_FAILED, EXIT_REGRESSED)
 
 
 def exit_code_of(status: str, driver_exit_code: int | None) -> int:
@@ -501,10 +503,10 @@ def exit_code_of(status: str, driver_exit_code: int | None) -> int:
     1
     """
     if status == "SUCCEEDED":
-        return 0
+        return EXIT_OK
     if status == "FAILED" and driver_exit_code in PASSED_THROUGH_EXIT_CODES:
         return int(driver_exit_code)
-    return 1
+    return EXIT_FAILED
 
 
 # --- the CLI ----------------------------------------------------------------------------------
@@ -561,7 +563,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"  entrypoint: {info.entrypoint}")
     code = getattr(info, "driver_exit_code", None)
     if code is not None:
-        print(f"  exit code: {code}" + (f" ({RUN_EXIT_MEANINGS[code]})" if code in RUN_EXIT_MEANINGS else ""))
+        print(f"  exit code: {code}" + (f" ({EXIT_MEANINGS[code]})" if code in EXIT_MEANINGS else ""))
     for label, ms in (("started", info.start_time), ("ended", info.end_time)):
         if ms:
             print(f"  {label}: {datetime.fromtimestamp(ms / 1000, timezone.utc):%Y-%m-%d %H:%M:%S} UTC")

@@ -13,7 +13,8 @@
 
 Process liveness (which `running` runs were abandoned) is `ironsight.cluster.liveness`. This
 package exports the API the rest of Ironsight uses (and `add_commands`, for `ironsight.jobs.cli`);
-everything else is imported from its module.
+everything else is imported from its module. A regressed audit exits `EXIT_REGRESSED` (4), from
+the one exit-code table in `ironsight.cluster.errors`.
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ from ironsight.jobs.history.compare import (
 )
 from ironsight.jobs.history.db import default_history_url, history_url
 from ironsight.jobs.history.outcomes import Outcomes
-from ironsight.jobs.history.recorder import EXIT_REGRESSED, RunRecorder
+from ironsight.jobs.history.recorder import RunRecorder
 from ironsight.jobs.history.store import STATUSES, HistoryStore, Run
 
 __all__ = [
     "DEFAULT_MAX_DROP",
-    "EXIT_REGRESSED",
     "STATUSES",
     "HistoryStore",
     "Outcomes",

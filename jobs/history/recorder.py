@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ironsight.cluster.errors import GateFailed, IronsightError
+from ironsight.cluster.errors import EXIT_REGRESSED, GateFailed, IronsightError
 from ironsight.jobs.history.compare import (
     Regression,
     audit_metrics,
@@ -32,9 +32,14 @@ from ironsight.jobs.observability import console
 
 log = logging.getLogger("ironsight")
 
-EXIT_REGRESSED = 4  # distinct from 3 (release gate failed): the gate passed, the job got worse
 # Env var a scheduler sets for the run it starts: the tick (ISO 8601, UTC) it fires for.
 SCHEDULED_FOR_ENV = "IRONSIGHT_SCHEDULED_FOR"
+
+
+def _spec_hash(spec: Any) -> str:
+    from ironsight.cluster.sink import spec_hash
+
+    return spec_hash(spec.model_dump(mode="json"))
 
 
 def _model_name(spec: Any) -> str | None:
@@ -91,15 +96,13 @@ class RunRecorder:
         self._finished = False
 
     def __enter__(self) -> RunRecorder:
-        from ironsight.jobs.submit import validated_spec_hash  # the submission identity
-
         try:
             self.store = self.store or HistoryStore()
             self.store.mark_abandoned()
             self.run_id = self.store.start(
                 job=self.spec.name,
                 kind=self.spec.kind,
-                spec_hash=validated_spec_hash(self.spec),
+                spec_hash=_spec_hash(self.spec),
                 model=_model_name(self.spec),
                 output=self.spec.output,
                 scheduled_for=_scheduled_for(),

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ironsight.cluster import synthetic
+from ironsight.cluster.errors import EXIT_REGRESSED
 from ironsight.jobs.history import (
-    EXIT_REGRESSED,
     HistoryStore,
     Outcomes,
     RunRecorder,

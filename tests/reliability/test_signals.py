@@ -15,7 +15,7 @@ import time
 import pyarrow.dataset as pads
 import pytest
 
-from ironsight.cluster import synthetic
+from ironsight.cluster import errors, synthetic
 from ironsight.cluster.sink import SUCCESS
 from ironsight.jobs import cli
 from tests.reliability.conftest import IRONSIGHT, REPO, part_files
@@ -42,7 +42,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_exits_143(monkeypatch, capfd):
 
     monkeypatch.setattr(cli, "_dispatch", dispatch)
     started = time.monotonic()
-    assert cli.main(["models", "list"]) == cli.EXIT_SIGTERM == 143
+    assert cli.main(["models", "list"]) == errors.EXIT_SIGTERM == 143
     assert time.monotonic() - started < 4 and cleaned == [True]
     assert signal.getsignal(signal.SIGTERM) is before  # restored after the job
     assert capfd.readouterr().err.count(MESSAGE) == 1
