@@ -329,7 +329,7 @@ def remote_launcher(spec_path: str, address: str) -> Callable[[dt.datetime], Rem
 
     def launch(tick: dt.datetime) -> RemoteRun:
         spec = load_spec(spec_path)
-        sid = submit.scheduled_submission_id(spec.name, submit.job_spec_hash(spec), tick)
+        sid = submit.scheduled_submission_id(spec.name, submit.validated_spec_hash(spec), tick)
         result = submit.submit_spec(spec_path, submission_id=sid, client=client)
         log.info("tick %s: %s %s", tick.isoformat(), "submitted" if result.submitted
                  else f"already submitted ({result.status})", sid)

@@ -86,10 +86,10 @@ __all__ = [
     "add_commands",
     "follow",
     "job_client",
-    "job_spec_hash",
     "resolve_address",
     "scheduled_submission_id",
     "submit_spec",
+    "validated_spec_hash",
 ]
 
 # Looked up in this order when --address is not given.
@@ -129,19 +129,24 @@ class SubmitResult:
 # --- ids and hashes ---------------------------------------------------------------------------
 
 
-def job_spec_hash(spec: ClassifyJob | AuditJob) -> str:
-    """Stable 16-hex-digit hash of a validated spec (every field, defaults included).
+def validated_spec_hash(spec: ClassifyJob | AuditJob) -> str:
+    """The submission identity: a hash of every field of a validated spec, defaults and tuning
+    included (16 hex digits, :func:`ironsight.cluster.sink.stable_hash`).
+
+    Names scheduled runs (:func:`scheduled_submission_id`), is the job's
+    ``ironsight_spec_hash`` metadata and the history's ``spec_hash`` column. Not the OUTPUT's
+    owner identity (``ironsight.cluster.pipeline.output_rows_hash``, only what decides the rows).
 
     >>> a = AuditJob(input="/e", output="/o", model="demo_cnn", random_weights=True)
     >>> b = AuditJob(output="/o", input="/e", random_weights=True, model="demo_cnn", seed=0)
-    >>> job_spec_hash(a) == job_spec_hash(b), len(job_spec_hash(a))
+    >>> validated_spec_hash(a) == validated_spec_hash(b), len(validated_spec_hash(a))
     (True, 16)
-    >>> job_spec_hash(a) == job_spec_hash(a.model_copy(update={"seed": 1}))
+    >>> validated_spec_hash(a) == validated_spec_hash(a.model_copy(update={"seed": 1}))
     False
     """
-    from ironsight.cluster.sink import spec_hash
+    from ironsight.cluster.sink import stable_hash
 
-    return spec_hash(spec.model_dump(mode="json"))
+    return stable_hash(spec.model_dump(mode="json"))
 
 
 def scheduled_submission_id(job_name: str, spec_hash: str, scheduled_for: datetime) -> str:
@@ -150,7 +155,7 @@ def scheduled_submission_id(job_name: str, spec_hash: str, scheduled_for: dateti
     Args:
         job_name: the spec's ``name``; lowercased, anything but ``[a-z0-9-]`` becomes ``-``,
             cut to 40 characters.
-        spec_hash: :func:`job_spec_hash` (or any hex digest); its first 12 characters are used,
+        spec_hash: :func:`validated_spec_hash` (or any hex digest); its first 12 characters are used,
             so a changed spec is a different run.
         scheduled_for: the slot's time; a naive datetime is taken as UTC. Seconds are kept,
             microseconds dropped.
@@ -375,7 +380,7 @@ def submit_spec(
                     metadata={
                         "ironsight_job": spec.name,
                         "ironsight_kind": spec.kind,
-                        "ironsight_spec_hash": job_spec_hash(spec),
+                        "ironsight_spec_hash": validated_spec_hash(spec),
                     },
                     entrypoint_num_cpus=entrypoint_num_cpus,
                 )

@@ -36,12 +36,6 @@ log = logging.getLogger("ironsight")
 SCHEDULED_FOR_ENV = "IRONSIGHT_SCHEDULED_FOR"
 
 
-def _spec_hash(spec: Any) -> str:
-    from ironsight.cluster.sink import spec_hash
-
-    return spec_hash(spec.model_dump(mode="json"))
-
-
 def _model_name(spec: Any) -> str | None:
     if hasattr(spec, "model_label"):  # a comparison (CompareJob): its models, comma-separated
         return spec.model_label()
@@ -96,13 +90,15 @@ class RunRecorder:
         self._finished = False
 
     def __enter__(self) -> RunRecorder:
+        from ironsight.jobs.submit import validated_spec_hash  # the submission identity
+
         try:
             self.store = self.store or HistoryStore()
             self.store.mark_abandoned()
             self.run_id = self.store.start(
                 job=self.spec.name,
                 kind=self.spec.kind,
-                spec_hash=_spec_hash(self.spec),
+                spec_hash=validated_spec_hash(self.spec),
                 model=_model_name(self.spec),
                 output=self.spec.output,
                 scheduled_for=_scheduled_for(),
