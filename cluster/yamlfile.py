@@ -21,8 +21,8 @@ format each problem themselves: the field path and message cut with :func:`clip`
 (if any) through :func:`short_repr` (:mod:`reprlib`: 6 items, 3 levels), the list cut with
 :func:`first_problems`.
 
-Every problem is an :class:`~ironsight.cluster.errors.InvalidInput` (exit 2; :class:`YamlRefused` for
-the limits) whose message starts with the caller's ``source`` (``gate file g.yaml``) and
+Every problem is a :class:`ConfigInvalid` (an :class:`~ironsight.cluster.errors.InvalidInput`,
+exit 2; :class:`YamlRefused` for the limits) whose message starts with the caller's ``source`` (``gate file g.yaml``) and
 gives the line and column; a message never quotes more than ``SNIPPET_CHARS`` of the input
 and never a full ``repr`` of a loaded value (that of a small aliased document can be
 gigabytes). A stream holds one document, as for ``yaml.safe_load``.
@@ -35,21 +35,24 @@ to refuse a card, suite or gate that is a FIFO, a device or too large before Ray
 >>> parse_yaml("a: 1\\na: 2\\n", source="gate file g.yaml")
 Traceback (most recent call last):
 ...
-ironsight.cluster.errors.InvalidInput: gate file g.yaml is not valid YAML: line 2, column 1: key 'a' appears twice (first on line 1); give each key once
+ironsight.cluster.yamlfile.ConfigInvalid: gate file g.yaml is not valid YAML: line 2, column 1: key 'a' appears twice (first on line 1); give each key once
 """
 
 from __future__ import annotations
 
 import os
 import reprlib
-from typing import Any
+import typing
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode
 
 from ironsight.cluster import storage
-from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.errors import InvalidInput, did_you_mean
 
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: room for a card listing some 20,000 class names
 MAX_DEPTH = 100
@@ -114,7 +117,14 @@ def short_repr(value: Any, limit: int = SNIPPET_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}..."
 
 
-class YamlRefused(InvalidInput):
+class ConfigInvalid(InvalidInput):
+    """A configuration file (model card, job spec, gate, suite) that cannot be used: unreadable,
+    not YAML, over a limit, or a field its kind's model refuses. The one error of this
+    module's loaders; every message starts with the file (``gate file g.yaml``) and, for a
+    field, names its path (``gate file g.yaml: clean_acc: unknown key; ...``). Exit 2."""
+
+
+class YamlRefused(ConfigInvalid):
     """A document over a limit of the module table (it may be valid YAML): too deep, too many
     values after aliases, an alias cycle."""
 
@@ -270,8 +280,8 @@ def parse_yaml(text: str, *, source: str) -> Any:
             starts with it.
 
     Raises:
-        YamlRefused: too deep, too many values after aliases, an alias cycle (an InvalidInput).
-        InvalidInput: not YAML, a duplicate key, or a scalar Python cannot represent; the
+        YamlRefused: too deep, too many values after aliases, an alias cycle (a ConfigInvalid).
+        ConfigInvalid: not YAML, a duplicate key, or a scalar Python cannot represent; the
             message gives the line and column.
     """
     loader = None
@@ -281,7 +291,7 @@ def parse_yaml(text: str, *, source: str) -> Any:
     except _Refused as exc:
         raise YamlRefused(f"{source} is refused: {_describe(exc)}") from None
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{source} is not valid YAML: {_describe(exc)}") from None
+        raise ConfigInvalid(f"{source} is not valid YAML: {_describe(exc)}") from None
     except RecursionError:  # not expected under MAX_DEPTH; never a traceback
         raise YamlRefused(f"{source} is refused: values are nested too deeply") from None
     finally:
@@ -299,7 +309,7 @@ def check_config_file(uri_or_path: str, *, what: str, max_bytes: int = MAX_CONFI
     job runs, and :func:`load_yaml` checks it again when it is read.
 
     Raises:
-        InvalidInput: naming ``what``, the path and the reason.
+        ConfigInvalid: naming ``what``, the path and the reason.
     """
     name = str(uri_or_path)
     if "://" in name and not name.startswith("file://"):
@@ -311,8 +321,12 @@ def check_config_file(uri_or_path: str, *, what: str, max_bytes: int = MAX_CONFI
         st = storage.check_regular_file(path, what)
     except (FileNotFoundError, PermissionError):  # a dangling link, an unreadable folder
         return
+    except ConfigInvalid:
+        raise
+    except InvalidInput as exc:
+        raise ConfigInvalid(str(exc)) from None
     if st.st_size > max_bytes:
-        raise InvalidInput(
+        raise ConfigInvalid(
             f"{what} {name} is larger than {max_bytes:,} bytes, the most Ironsight reads for "
             f"a {what}; is it the right file?"
         )
@@ -328,25 +342,136 @@ def load_yaml(uri_or_path: str, *, what: str, max_bytes: int = MAX_CONFIG_BYTES)
         max_bytes: a larger file is refused without being read past ``max_bytes + 1``.
 
     Raises:
-        InvalidInput: missing, unreadable, not a regular file, too large, not UTF-8, or any
+        ConfigInvalid: missing, unreadable, not a regular file, too large, not UTF-8, or any
             :func:`parse_yaml` problem.
         JobFailed: S3 stayed unreachable (from :func:`ironsight.cluster.storage.with_retries`).
     """
     name = str(uri_or_path)  # as the user wrote it
-    loc = storage.resolve(name)
     try:
+        loc = storage.resolve(name)
         raw = storage.read_bytes(loc, max_bytes=max_bytes, what=what)
     except FileNotFoundError:
-        raise InvalidInput(f"{what} {name} does not exist") from None
+        raise ConfigInvalid(f"{what} {name} does not exist") from None
     except PermissionError:
-        raise InvalidInput(f"{what} {name} cannot be read: permission denied") from None
+        raise ConfigInvalid(f"{what} {name} cannot be read: permission denied") from None
     except IsADirectoryError:
-        raise InvalidInput(f"{what} {name} is a directory; expected a YAML file") from None
+        raise ConfigInvalid(f"{what} {name} is a directory; expected a YAML file") from None
+    except ConfigInvalid:
+        raise
+    except InvalidInput as exc:  # not a regular file, too large, a bad URI: the same class
+        raise ConfigInvalid(str(exc)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(
+        raise ConfigInvalid(
             f"{what} {name} is not UTF-8 text (byte {exc.start:,} is 0x{raw[exc.start]:02x}); "
             "is it the right file?"
         ) from None
     return parse_yaml(text, source=f"{what} {name}")
+
+
+# --- validation: the kind's pydantic model, one message shape for every kind -----------------
+
+
+def unknown_key_message(key: object, valid: Iterable[str]) -> str:
+    """What to say about a key a file may not have: a did-you-mean and every valid key.
+
+    >>> unknown_key_message("gaet", ["gate", "seed"])
+    "unknown key; did you mean 'gate'? valid keys: gate, seed"
+    """
+    valid = list(valid)
+    return f"unknown key; {did_you_mean(key, valid)}valid keys: {', '.join(valid)}"
+
+
+def problem_lines(exc: ValidationError, source: str, model: type[BaseModel] | None = None,
+                  *, root: str = "(file)") -> list[str]:
+    """``{source}: {field.path}: {message}`` per problem of a pydantic ``exc``, the first
+    :data:`MAX_PROBLEMS` of them, then a count.
+
+    Values are never echoed (a spec may hold a secret; a loaded value may be huge): a
+    message a validator built from a value is clipped to :data:`MAX_MESSAGE_CHARS`. An
+    unknown key gets a did-you-mean and the valid keys of the model it was found in
+    (``model`` at the top level).
+    """
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = clip(".".join(str(p) for p in err["loc"]) or root)
+        msg = clip(err["msg"].removeprefix("Value error, "), MAX_MESSAGE_CHARS)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model, err["loc"][:-1]) if model is not None else None
+            msg = (unknown_key_message(err["loc"][-1], valid) if valid is not None
+                   else "unknown key (check the spelling)")
+        lines.append(f"{source}: {loc}: {msg}")
+    return first_problems(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The field names of the model at ``loc`` inside ``model`` (list indexes skipped), or
+    None when ``loc`` leads to something that is not a pydantic model."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        inner = _model_in(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_config(data: Any, model: type[M], *, source: str, shape: str,
+                    error: type[ConfigInvalid] = ConfigInvalid) -> M:
+    """``data`` (a loaded YAML document) validated by ``model``, the kind's pydantic model.
+
+    Args:
+        source: the file as messages name it (``"gate file g.yaml"``).
+        shape: the keys a document of this kind starts with, for the message about an empty
+            or non-mapping document (``"clean_accuracy_min: 0.8, ..."``).
+        error: the class raised, :class:`ConfigInvalid` or a subclass a kind keeps for its
+            callers (``robustness.suites.SuiteError``).
+
+    Raises:
+        ConfigInvalid: ``{source}: {field}: {message}``, one line per problem.
+
+    >>> from pydantic import BaseModel, ConfigDict
+    >>> class Gate(BaseModel):
+    ...     model_config = ConfigDict(extra="forbid")
+    ...     clean_accuracy_min: float | None = None
+    >>> validate_config({"clean_acc": 0.8}, Gate, source="gate file g.yaml", shape="...")
+    Traceback (most recent call last):
+    ...
+    ironsight.cluster.yamlfile.ConfigInvalid: gate file g.yaml: clean_acc: unknown key; did you mean 'clean_accuracy_min'? valid keys: clean_accuracy_min
+    """
+    if not isinstance(data, dict):
+        got = "an empty document" if data is None else f"a YAML {type(data).__name__}"
+        raise error(f"{source}: expected a YAML mapping ({shape}), got {got}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error("\n".join(problem_lines(exc, source, model))) from None
+
+
+def load_config(uri_or_path: str, model: type[M], *, what: str, shape: str,
+                error: type[ConfigInvalid] = ConfigInvalid) -> M:
+    """Read the YAML file at ``uri_or_path`` (local path or ``s3://``, :func:`load_yaml`) and
+    validate it with ``model`` (:func:`validate_config`): the one loader of every file kind
+    (model card, job spec, gate, suite). Every problem is a :class:`ConfigInvalid` whose
+    message starts with ``"{what} {uri_or_path}"`` and names the field.
+    """
+    data = load_yaml(uri_or_path, what=what)
+    return validate_config(data, model, source=f"{what} {uri_or_path}", shape=shape, error=error)

@@ -50,7 +50,8 @@ from pydantic import ValidationError, model_validator
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.models import LoadedModel, ModelInfo, ModelSource, Normalize
 from ironsight.cluster.preprocess import Preprocess
-from ironsight.jobs.spec import AuditJob, ClassifyJob, format_validation_error
+from ironsight.cluster.yamlfile import problem_lines
+from ironsight.jobs.spec import AuditJob, ClassifyJob
 
 __all__ = ["AuditOutcome", "ClassifyResult", "ModuleSource", "audit", "classify", "module_sha256"]
 
@@ -201,7 +202,8 @@ def _spec(kind: type, module_kind: type, spec: Any, fields: dict[str, Any], modu
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(format_validation_error(exc, f"ironsight.{kind.__name__[:-3].lower()}()", kind)) from None
+        source = f"ironsight.{kind.__name__[:-3].lower()}()"
+        raise InvalidInput("\n".join(problem_lines(exc, source, kind))) from None
 
 
 def _module_source(spec: Any, module: Any, preprocess: Preprocess | None,

@@ -16,7 +16,6 @@ import os
 import posixpath
 import types
 import typing
-from collections.abc import Iterable
 from typing import Any, Literal, Union
 
 from pydantic import (
@@ -35,11 +34,13 @@ from ironsight.cluster import paths
 from ironsight.cluster.errors import InvalidInput, close_matches, did_you_mean
 from ironsight.cluster.yamlfile import (
     MAX_MESSAGE_CHARS,
+    ConfigInvalid,
     check_config_file,
     clip,
     first_problems,
     load_yaml,
     short_repr,
+    validate_config,
 )
 
 
@@ -567,35 +568,6 @@ class CompareJob(RunOptions, _WithinRoots):
         return out
 
 
-def unknown_key_message(key: str, valid: Iterable[str]) -> str:
-    """What to say about a key a file may not have: a did-you-mean and every valid key.
-
-    >>> unknown_key_message("gaet", ["gate", "seed"])
-    "unknown key; did you mean 'gate'? valid keys: gate, seed"
-    """
-    valid = list(valid)
-    return f"unknown key; {did_you_mean(key, valid)}valid keys: {', '.join(valid)}"
-
-
-def format_validation_error(exc: ValidationError, source: str,
-                            model: type[BaseModel] | None = None) -> str:
-    """One line per problem, each naming the field path: ``spec.yaml: top_k: must be >= 1``.
-
-    Values are never echoed (``include_input=False``); a message a validator built from a
-    value is clipped, and past :data:`ironsight.cluster.yamlfile.MAX_PROBLEMS` the rest are counted.
-    An unknown key gets a did-you-mean and the valid keys of ``model``.
-    """
-    lines = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = clip(".".join(str(p) for p in err["loc"]) or "(spec)")
-        msg = clip(err["msg"].removeprefix("Value error, "), MAX_MESSAGE_CHARS)
-        if err["type"] == "extra_forbidden":
-            msg = (unknown_key_message(err["loc"][-1], model.model_fields) if model is not None
-                   else "unknown key (check the spelling; `ironsight validate --help` lists the keys)")
-        lines.append(f"{source}: {loc}: {msg}")
-    return "\n".join(first_problems(lines))
-
-
 def load_spec(path: str, *, check_files: bool = False) -> ClassifyJob | AuditJob:
     """Read and validate a YAML job spec; errors name the file and the field path.
 
@@ -613,26 +585,23 @@ def load_spec(path: str, *, check_files: bool = False) -> ClassifyJob | AuditJob
     """
     data = load_yaml(path, what="spec file")
     if not isinstance(data, dict):
-        raise InvalidInput(f"{path}: a job spec is a YAML mapping (key: value), got {type(data).__name__}")
+        raise ConfigInvalid(f"{path}: a job spec is a YAML mapping (key: value), got {type(data).__name__}")
     kind = data.get("kind", "classify")
     model = SPEC_KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
         close = did_you_mean(kind, SPEC_KINDS) if isinstance(kind, str) else ""
         hint = f"; {close.rstrip()}" if close else ""
-        raise InvalidInput(
+        raise ConfigInvalid(
             f"{path}: kind: {short_repr(kind)} is not a job kind; expected one of "
             f"{sorted(SPEC_KINDS)}{hint}"
         )
     data, written = resolve_relative_paths(data, model, spec_dir(path))
-    try:
-        spec = model.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInput(format_validation_error(exc, path, model)) from None
+    spec = validate_config(data, model, source=path, shape="kind: ..., input: ..., output: ...")
     spec._written_paths = written
     if check_files:
         problems = referenced_file_problems(spec, path)
         if problems:
-            raise InvalidInput("\n".join(first_problems(problems)))
+            raise ConfigInvalid("\n".join(first_problems(problems)))
     return spec
 
 

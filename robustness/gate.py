@@ -52,19 +52,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from ironsight.cluster.errors import InvalidInput
-from ironsight.cluster.yamlfile import (
-    MAX_MESSAGE_CHARS,
-    clip,
-    first_problems,
-    load_yaml,
-    short_repr,
-)
+from ironsight.cluster.yamlfile import load_config, validate_config
 from ironsight.robustness import compare, stats
 
 EPS_TOLERANCE = 1e-4  # "0.0078" in a gate file means 2/255 = 0.00784; budgets differ by >= 1/255
@@ -171,51 +163,36 @@ class GateResult:
         }
 
 
-def _loc(loc: tuple) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+_GATE_SHAPE = "thresholds such as 'clean_accuracy_min: 0.8'"
 
 
 def parse_gate(data: object, *, source: str = "gate") -> Gate:
-    """Validate a gate given as a dict (the parsed YAML).
+    """Validate a gate given as a dict (the parsed YAML), with
+    :func:`ironsight.cluster.yamlfile.validate_config` (the message shape of every file kind).
 
     Raises:
-        InvalidInput: Naming the source and the field path of every problem.
+        ConfigInvalid: ``{source}: {field}: {message}`` for every problem (an InvalidInput).
 
     >>> parse_gate({"clean_accuracy_min": 0.8}).clean_accuracy_min
     0.8
-    >>> parse_gate({"clean_acc": 0.8}, source="g.yaml")
+    >>> parse_gate({"clean_acc": 0.8}, source="gate file g.yaml")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ironsight.cluster.errors.InvalidInput: invalid gate in g.yaml: clean_acc: Extra inputs are not permitted (got 0.8)
+    ironsight.cluster.yamlfile.ConfigInvalid: gate file g.yaml: clean_acc: unknown key; did you mean 'clean_accuracy_min'? valid keys: clean_accuracy_min, ...
     """
-    if not isinstance(data, dict):
-        raise InvalidInput(
-            f"invalid gate in {source}: expected a mapping of thresholds such as "
-            f"'clean_accuracy_min: 0.8', got {type(data).__name__}"
-        )
-    try:
-        return Gate.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(first_problems([
-            (f"{clip(_loc(e['loc']))}: " if e["loc"] else "")
-            + f"{clip(e['msg'], MAX_MESSAGE_CHARS)} (got {short_repr(e['input'])})"
-            for e in exc.errors(include_url=False)
-        ]))
-        raise InvalidInput(f"invalid gate in {source}: {problems}") from None
+    return validate_config(data, Gate, source=source, shape=_GATE_SHAPE)
 
 
 def load_gate(path: str | os.PathLike) -> Gate:
-    """Read and validate a gate YAML file (local path or ``s3://``).
-
-    The file is read by :func:`ironsight.cluster.yamlfile.load_yaml`: a regular file of at most 1 MiB,
-    without duplicate keys, alias bombs or deep nesting.
+    """Read and validate a gate YAML file (local path or ``s3://``): the one loader of every
+    file kind, :func:`ironsight.cluster.yamlfile.load_config` (a regular file of at most
+    1 MiB, without duplicate keys, alias bombs or deep nesting).
 
     Raises:
-        InvalidInput: The file is missing, not a regular file, too large, is not YAML, or a
+        ConfigInvalid: The file is missing, not a regular file, too large, is not YAML, or a
             field is unknown or out of range; the message names the file and the field path.
     """
-    data = load_yaml(os.fspath(path), what="gate file")
-    return parse_gate(data, source=os.fspath(path))
+    return load_config(os.fspath(path), Gate, what="gate file", shape=_GATE_SHAPE)
 
 
 def _f(x: float, other: float | None = None) -> str:

@@ -42,15 +42,15 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ironsight.cluster.errors import InvalidInput, did_you_mean
 from ironsight.cluster.yamlfile import (
     MAX_MESSAGE_CHARS,
+    ConfigInvalid,
     clip,
-    first_problems,
-    load_yaml,
-    short_repr,
+    load_config,
+    validate_config,
 )
 from ironsight.robustness.attacks import DEFAULT_EPSILONS, default_epsilons, list_attacks
 from ironsight.robustness.conditions import (
@@ -144,9 +144,10 @@ def list_suites() -> list[str]:
     return sorted(_BUILTIN)
 
 
-class SuiteError(InvalidInput, ValueError):
-    """A suite name or file is wrong: :class:`~ironsight.cluster.errors.InvalidInput` (exit 2), and still a
-    ``ValueError`` for callers written when this module raised that."""
+class SuiteError(ConfigInvalid, ValueError):
+    """A suite name or file is wrong: the loaders' :class:`~ironsight.cluster.yamlfile.ConfigInvalid`
+    (an InvalidInput, exit 2), and still a ``ValueError`` for callers written when this module
+    raised that."""
 
 
 def _looks_like_a_file(name_or_path: str) -> bool:
@@ -238,40 +239,33 @@ class _SuiteModel(BaseModel):
         return v
 
 
-def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
+_SUITE_SHAPE = "keys name, conditions, severities, attacks"
+
+
+def parse_suite(data: Any, *, source: str = "suite <string>") -> Suite:
     """Validate a suite given as plain data (a parsed YAML mapping).
 
     Args:
         data: The mapping (``name``, ``conditions``, ``severities``, ``attacks``, ``mix``).
-        source: Where it came from, for error messages (``"file nightly.yaml"``, or a job
-            spec field).
+        source: Where it came from, for error messages (``"suite file nightly.yaml"``, or a
+            job spec field).
 
     Raises:
-        SuiteError: naming the source and every bad field; values are quoted clipped.
+        SuiteError: ``{source}: {field}: {message}`` for every bad field
+            (:func:`ironsight.cluster.yamlfile.validate_config`, the shape of every file kind).
 
     >>> parse_suite({"name": "mini", "conditions": ["contrast"], "severities": [2]}).conditions
     ('contrast',)
-    >>> parse_suite({"name": "x", "severity": [2]}, source="file nightly.yaml")
+    >>> parse_suite({"name": "x", "severity": [2]}, source="suite file nightly.yaml")
     Traceback (most recent call last):
     ...
-    ironsight.robustness.suites.SuiteError: suite file nightly.yaml is invalid: severity: Extra inputs are not permitted (got [2])
+    ironsight.robustness.suites.SuiteError: suite file nightly.yaml: severity: unknown key; did you mean 'severities'? valid keys: name, conditions, severities, attacks, mix
     """
-    if data is None:
-        raise SuiteError(f"suite {source} is empty; expected keys name, conditions, "
-                         "severities, attacks")
-    if not isinstance(data, dict):
-        raise SuiteError(f"suite {source} is a {type(data).__name__}; expected a mapping with "
-                         "keys name, conditions, severities, attacks")
-    try:
-        m = _SuiteModel.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(first_problems([
-            f"{clip('.'.join(str(p) for p in err['loc']) or '<root>')}: "
-            f"{clip(err['msg'].removeprefix('Value error, '), MAX_MESSAGE_CHARS)}"
-            + ("" if err["type"] == "missing" else f" (got {short_repr(err['input'])})")
-            for err in e.errors(include_url=False)
-        ]))
-        raise SuiteError(f"suite {source} is invalid: {problems}") from None
+    return _to_suite(validate_config(data, _SuiteModel, source=source, shape=_SUITE_SHAPE,
+                                     error=SuiteError), source)
+
+
+def _to_suite(m: _SuiteModel, source: str) -> Suite:
     conditions = tuple(list_conditions()) if m.conditions == "all" else tuple(m.conditions)
     attacks = tuple(
         AttackSpec(a.name, tuple(float(e) for e in (a.eps or default_epsilons(a.name))),
@@ -283,18 +277,25 @@ def parse_suite(data: Any, *, source: str = "<suite>") -> Suite:
         try:
             mix = check_mix(m.mix, conditions)
         except InvalidInput as exc:
-            raise SuiteError(clip(f"suite {source} is invalid: {exc}", MAX_MESSAGE_CHARS)) from None
+            raise SuiteError(clip(f"{source}: {exc}", MAX_MESSAGE_CHARS)) from None
     return Suite(m.name, conditions, tuple(m.severities), attacks, mix)
 
 
 def load_suite(path: str) -> Suite:
     """Read and validate a suite YAML file (see the module docstring for the format).
 
-    The file is read by :func:`ironsight.cluster.yamlfile.load_yaml`: a regular file (local or
-    ``s3://``) of at most 1 MiB, without duplicate keys, alias bombs or deep nesting.
+    The file is read by :func:`ironsight.cluster.yamlfile.load_config`, the loader of every
+    file kind: a regular file (local or ``s3://``) of at most 1 MiB, without duplicate keys,
+    alias bombs or deep nesting, validated as :func:`parse_suite` does.
+
+    Raises:
+        SuiteError: a :class:`~ironsight.cluster.yamlfile.ConfigInvalid` naming the file and
+            the field.
     """
     try:
-        data = load_yaml(path, what="suite file")
-    except InvalidInput as exc:
+        m = load_config(path, _SuiteModel, what="suite file", shape=_SUITE_SHAPE, error=SuiteError)
+    except SuiteError:
+        raise
+    except InvalidInput as exc:  # the file itself (missing, not YAML): still a SuiteError
         raise SuiteError(str(exc)) from None
-    return parse_suite(data, source=f"file {path}")
+    return _to_suite(m, f"suite file {path}")

@@ -49,7 +49,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -58,13 +57,7 @@ from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput, did_you_mean
 from ironsight.cluster.models.registry import ModelInfo, get_model_info, list_models
 from ironsight.cluster.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ironsight.cluster.yamlfile import (
-    MAX_MESSAGE_CHARS,
-    clip,
-    first_problems,
-    load_yaml,
-    parse_yaml,
-)
+from ironsight.cluster.yamlfile import load_config, parse_yaml, validate_config
 
 CardFormat = Literal["safetensors", "state_dict", "torch_export", "torchscript"]
 Triple = tuple[float, float, float]
@@ -236,10 +229,6 @@ class ModelCard(BaseModel):
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def _field_path(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) if loc else "(card)"
-
-
 def parse_card(text: str, uri: str = "<string>") -> ModelCard:
     """Validate card YAML ``text``; errors name ``uri`` and each bad field's path.
 
@@ -250,31 +239,17 @@ def parse_card(text: str, uri: str = "<string>") -> ModelCard:
     >>> parse_card(text)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ironsight.cluster.errors.InvalidInput: model card <string> is invalid:
-      width: unknown field; allowed: name, format, arch, weights, ...
+    ironsight.cluster.yamlfile.ConfigInvalid: model card <string>: width: unknown key; valid keys: name, format, arch, weights, ...
     """
     data = parse_yaml(text, source=f"model card {uri}")
     return _validate_card(data, uri)
 
 
+_CARD_SHAPE = "name: ..., format: ..., weights: ..."
+
+
 def _validate_card(data: object, uri: str) -> ModelCard:
-    if not isinstance(data, dict):
-        raise InvalidInput(
-            f"model card {uri} must be a YAML mapping (name: ..., format: ..., weights: ...), "
-            f"got {type(data).__name__}"
-        )
-    try:
-        card = ModelCard.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False):
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown field; allowed: {', '.join(ModelCard.model_fields)}"
-            problems.append(f"{clip(_field_path(err['loc']))}: {clip(msg, MAX_MESSAGE_CHARS)}")
-        raise InvalidInput(
-            f"model card {uri} is invalid:\n" + "\n".join(f"  {p}" for p in first_problems(problems))
-        ) from None
+    card = validate_config(data, ModelCard, source=f"model card {uri}", shape=_CARD_SHAPE)
     card._uri = uri
     return card
 
@@ -286,4 +261,6 @@ def load_card(uri: str) -> ModelCard:
     a device (``/dev/zero``) or a 10 MB file is refused before parsing (:func:`load_yaml`).
     """
     loc = storage.resolve(uri)
-    return _validate_card(load_yaml(loc.uri, what="model card"), loc.uri)
+    card = load_config(loc.uri, ModelCard, what="model card", shape=_CARD_SHAPE)
+    card._uri = loc.uri
+    return card

@@ -74,7 +74,7 @@ def test_a_missing_gate_fails_naming_the_field_and_the_resolved_path(specs, caps
 
 
 @pytest.mark.parametrize(("extra", "needle"), [
-    ("gate: gate.yaml\n", "invalid gate in"),
+    ("gate: gate.yaml\n", "gate.yaml: clean_accuracy_min: "),
     ("suite: suite.yaml\n", "suite"),
     ("suite: quik\n", "suite: suite 'quik' unknown; did you mean 'quick'? expected one of"),
     ("model_card: card.yaml\n", "model card"),
@@ -137,7 +137,7 @@ def test_a_card_file_is_validated_on_its_own(specs, capsys):
     assert "valid model card 'shapes' (safetensors" in out
     (specs / "card.yaml").write_text(CARD + "widht: 3\n")
     rc, _, err = _validate(capsys, str(specs / "card.yaml"))
-    assert rc == 2 and "widht: unknown field" in err and "invalid card" in err
+    assert rc == 2 and "widht: unknown key" in err and "invalid card" in err
 
 
 def test_a_bad_gate_file_on_its_own_exits_2(specs, capsys):

@@ -342,9 +342,9 @@ def test_validation_errors_do_not_echo_a_large_value(tmp_path):
     suite.write_text("name: big\n" + big_aliased("severities"))
     with pytest.raises(InvalidInput) as err:
         get_suite(str(suite))
-    assert "severities.0: Input should be a valid integer (got [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, ...])" \
-        in str(err.value)
-    assert str(err.value).endswith("; ... and 971 more problems")  # 990 + the unknown key `row`
+    assert f"suite file {suite}: severities.0: Input should be a valid integer\n" in str(err.value)
+    assert "[0.5" not in str(err.value)  # values are never echoed, in any file kind
+    assert str(err.value).endswith("\n... and 971 more problems")  # 990 + the unknown key `row`
     assert len(str(err.value)) < 5_000
 
     gate = tmp_path / "gate.yaml"

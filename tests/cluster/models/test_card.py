@@ -36,7 +36,7 @@ def _net(num_classes: int = 8) -> nn.Module:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"colour": "red"}, r"colour: unknown field; allowed: name, format"),
+        ({"colour": "red"}, r"colour: unknown key; .*valid keys: name, format"),
         ({"format": "onnx"}, r"format: Input should be 'safetensors', 'state_dict'"),
         ({"arch": "resnet5"}, r"arch: 'resnet5' is not a registered model \(did you mean "
                               r"'resnet50'"),
@@ -58,7 +58,7 @@ def test_bad_card_fields_name_the_field_and_file(change, expected, tmp_path):
     path.write_text(_yaml({k: v for k, v in fields.items() if v is not None or k == "weights"}))
     with pytest.raises(InvalidInput, match=expected) as err:
         load_card(str(path))
-    assert f"model card {path} is invalid" in str(err.value)
+    assert str(err.value).startswith(f"model card {path}: ")
 
 
 @pytest.mark.parametrize(
@@ -81,12 +81,12 @@ def test_cards_without_arch_need_their_own_metadata(fields, expected, tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("name: [unclosed", "is not valid YAML"), ("- a\n- b\n", "must be a YAML mapping")],
+    [("name: [unclosed", " is not valid YAML"), ("- a\n- b\n", ": expected a YAML mapping")],
 )
 def test_card_that_is_not_a_mapping(text, expected, tmp_path):
     path = tmp_path / "card.yaml"
     path.write_text(text)
-    with pytest.raises(InvalidInput, match=rf"model card {path} {expected}"):
+    with pytest.raises(InvalidInput, match=rf"model card {path}{expected}"):
         load_card(str(path))
 
 
