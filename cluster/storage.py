@@ -45,8 +45,10 @@ locally (after fsync) and does a single PUT on S3, so a reader never sees half a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
+import io
 import logging
 import os
 import posixpath
@@ -55,9 +57,9 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -378,9 +380,8 @@ def makedirs(loc: Location) -> None:
 
 
 def publish_bytes(loc: Location, data: bytes | pa.Buffer) -> None:
-    """Make ``data`` appear at ``loc`` atomically: all of it or nothing.
+    """Make ``data`` appear at ``loc`` atomically: all of it or nothing (:func:`publishing`).
 
-    Locally: write ``.NAME.tmp-<uuid>`` in the same directory, fsync, ``os.replace``.
     On S3: one PUT of a buffer smaller than the multipart threshold is atomic by itself.
     """
     if loc.is_s3:
@@ -391,12 +392,38 @@ def publish_bytes(loc: Location, data: bytes | pa.Buffer) -> None:
 
         with_retries(put, what=f"writing {loc.uri}")
         return
-    directory = os.path.dirname(loc.path)
+    with publishing(loc) as f:
+        f.write(memoryview(data))
+
+
+@contextlib.contextmanager
+def publishing(loc: Location) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at ``loc`` atomically when the block ends: the one
+    atomic publish of Ironsight (outputs, manifests, reports, packed corpora, schedule state).
+
+    Locally: written as ``.NAME.tmp-<8 hex>`` beside ``loc`` (the name the OUTPUT cleanup
+    knows as Ironsight's own), fsynced, ``os.replace``-d onto ``loc``, then the folder fsynced.
+    If the block raises, the temporary file is removed and ``loc`` is left as it was.
+    On S3: written to memory, then one PUT (:func:`publish_bytes`).
+
+    >>> import tempfile
+    >>> loc = resolve(os.path.join(tempfile.mkdtemp(), "state.json"))
+    >>> with publishing(loc) as f:
+    ...     _ = f.write(b"{}")
+    >>> open(loc.path).read(), sorted(os.listdir(os.path.dirname(loc.path)))
+    ('{}', ['state.json'])
+    """
+    if loc.is_s3:
+        buf = io.BytesIO()
+        yield buf
+        publish_bytes(loc, buf.getvalue())
+        return
+    directory = os.path.dirname(loc.path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(loc.path)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
-            f.write(memoryview(data))
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, loc.path)

@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import posixpath
-import uuid
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ironsight.cluster import corpus, paths, reader
+from ironsight.cluster import corpus, paths, reader, storage
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.footer import ImageLayout
 
@@ -87,10 +85,10 @@ def pack_folder(folder: str, out: str, *, label_from_folder: bool = False,
     if label_from_folder:
         fields += [("label", pa.int64()), ("label_name", pa.string())]
     schema = pa.schema(fields)
-    tmp = posixpath.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
     rows = 0
     try:
-        with pq.ParquetWriter(tmp, schema, compression="none") as writer:
+        with (storage.publishing(storage.resolve(target)) as f,
+              pq.ParquetWriter(f, schema, compression="none") as writer):
             for shard in plan.shards:
                 for batch in reader.iter_shard(plan, shard, batch_rows=rows_per_group):
                     bad = [(i, e) for i, e in zip(batch["id"], batch["error"], strict=True) if e]
@@ -105,12 +103,8 @@ def pack_folder(folder: str, out: str, *, label_from_folder: bool = False,
                         cols["label_name"] = tops
                     writer.write_table(pa.table(cols, schema=schema))
                     rows += len(batch["id"])
-        os.replace(tmp, target)
     except OSError as exc:
         raise InvalidInput(f"cannot write OUT {out}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return rows
 
 

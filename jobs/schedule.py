@@ -60,6 +60,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
+from ironsight.cluster import storage
 from ironsight.cluster.errors import EXIT_FAILED, EXIT_OK, InvalidInput
 from ironsight.jobs.history.db import history_url
 from ironsight.jobs.history.recorder import SCHEDULED_FOR_ENV
@@ -72,7 +73,7 @@ UTC = dt.timezone.utc
 OVERLAP_POLICIES = ("skip", "queue")
 KILL_GRACE_S = 30.0  # an interrupted run gets this long to record its end before SIGKILL
 MAX_SLEEP_S = 60.0  # wake at least this often, so a clock jump is noticed within a minute
-# A scheduled job's name names its state files (`<name>.json`, `.json.tmp`, `.lock`): file
+# A scheduled job's name names its state files (`<name>.json`, `.<name>.json.tmp-<8 hex>`, `.lock`): file
 # names are at most 255 bytes (NAME_MAX), so a ~250-character name failed with ENAMETOOLONG.
 MAX_JOB_NAME = 100
 # Ticks passed over looking for one that is not a repeated wall-clock time (at most one in a
@@ -212,15 +213,11 @@ class TickState:
             ) from exc
 
     def save(self, tick: dt.datetime) -> None:
-        """Atomically record `tick` as handled (write, fsync, rename)."""
-        tmp = self.path.with_suffix(".json.tmp")
+        """Atomically record `tick` as handled (`ironsight.cluster.storage.publish_bytes`:
+        write beside it, fsync, rename)."""
         data = {"job": self.job, "last_tick": tick.astimezone(UTC).isoformat(),
                 "saved_at": dt.datetime.now(UTC).isoformat(timespec="seconds")}
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        storage.publish_bytes(storage.resolve(str(self.path)), json.dumps(data).encode("utf-8"))
 
     def lock(self) -> None:
         """Hold an exclusive lock for this job until `unlock` (or process exit)."""

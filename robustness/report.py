@@ -56,6 +56,7 @@ from importlib import metadata
 
 import pyarrow as pa
 
+from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput
 from ironsight.robustness import compare, mce, metrics, stats
 from ironsight.robustness.schema import REPORT_SCHEMA_VERSION, Example, validate_predictions
@@ -666,9 +667,6 @@ def write_reports(report: dict, out_dir: str, examples: Sequence[Example] = ()) 
     paths = {}
     for key, (name, text) in contents.items():
         path = os.path.join(out_dir, name)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        storage.publish_bytes(storage.resolve(path), text.encode("utf-8"))  # atomic
         paths[key] = path
     return paths

@@ -93,6 +93,41 @@ def test_publish_failure_keeps_old_file_and_cleans_up(tmp_path):
     assert os.listdir(tmp_path) == ["f.bin"]
 
 
+def test_publishing_a_stream_fails_whole_and_keeps_the_old_file(tmp_path):
+    loc = storage.resolve(str(tmp_path / "labels.parquet"))
+    storage.publish_bytes(loc, b"old")
+    with pytest.raises(RuntimeError, match="writer died"), storage.publishing(loc) as f:
+        f.write(b"half of a new file")
+        raise RuntimeError("writer died")
+    assert storage.read_bytes(loc) == b"old"
+    assert os.listdir(tmp_path) == ["labels.parquet"]
+    with storage.publishing(loc) as f:
+        f.write(b"new ")
+        f.write(b"file")
+    assert storage.read_bytes(loc) == b"new file"
+
+
+def test_publishing_to_s3_is_one_put(s3_bucket):
+    loc = storage.resolve(f"{s3_bucket}/reports/report.json")
+    with storage.publishing(loc) as f:
+        f.write(b"{}")
+    assert storage.read_bytes(loc) == b"{}"
+
+
+def test_schedule_state_is_published_atomically(tmp_path):
+    """The schedule's tick state goes through storage.publish_bytes: no ``.json.tmp`` of its
+    own is left beside it."""
+    import datetime as dt
+
+    from ironsight.jobs.schedule import TickState
+
+    state = TickState(tmp_path, "nightly")
+    tick = dt.datetime(2026, 11, 25, 2, 0, tzinfo=dt.timezone.utc)
+    state.save(tick)
+    assert state.load() == tick
+    assert [n for n in os.listdir(tmp_path) if "tmp" in n] == []
+
+
 def test_exists_delete_and_missing(tmp_path):
     loc = storage.resolve(str(tmp_path / "x"))
     assert not storage.exists(loc)
