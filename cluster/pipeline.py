@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 
 from ironsight.cluster import corpus as corpus_mod
-from ironsight.cluster import metrics as job_metrics
 from ironsight.cluster import paths, reader
 from ironsight.cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK_ROWS: ironsight.jobs.audit imports them from here)
     DECODE_BLOCK_ROWS,
@@ -48,6 +47,7 @@ from ironsight.cluster.predictor import (  # noqa: F401  (check_device: re-expor
     check_device,
     measure_cost,
 )
+from ironsight.cluster.progress import Progress, structured_logs
 from ironsight.cluster.sink import LabelSink, stable_hash
 
 log = logging.getLogger("ironsight")
@@ -344,7 +344,7 @@ def announce_preprocessing(model: LoadedModel) -> str:
     metadata key ``ironsight.preprocessing``); a JSON log handler gets it as a log record.
     """
     line = f"model {model.info.name}: {model.info.preprocess.summary()}"
-    if _Progress._structured_logs():
+    if structured_logs():
         log.info("preprocessing: %s", line, extra={"preprocessing": model.info.preprocess.to_dict()})
     else:
         print(f"[ironsight] {line}", file=sys.stderr, flush=True)
@@ -609,7 +609,7 @@ def _assemble(
     by_index = {s.index: s for s in pending}
     partial: dict[int, _Partial] = {}
     class_names = model.info.class_names
-    progress = _Progress(sum(s.num_rows for s in pending), progress_enabled)
+    progress = Progress(sum(s.num_rows for s in pending), progress_enabled)
     errors_by_reason: Counter[str] = Counter(summary.errors_by_reason)
     workers: Counter[str] = Counter()
     # A 64-bit hash per labeled row, to count ids given to several rows: 8 bytes a row, so the
@@ -759,81 +759,6 @@ def _strings(values: np.ndarray | None, n: int) -> pa.Array:
         return pa.nulls(n, pa.string())
     return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
 
-
-class _Progress:
-    """Progress of a job: a live tqdm bar on a terminal, a plain line every 10 s otherwise.
-
-    | stderr is                        | shown                                                   |
-    |----------------------------------|---------------------------------------------------------|
-    | a terminal (or ``enabled=True``) | a tqdm bar (rows, images/s, ETA), redrawn in place      |
-    | a file or pipe (logs, CI, jobs)  | ``[ironsight] 2000/20000 rows (10%), 610 images/s, 0 error rows, ETA 30s``: one line every 10 s and one at the end, no carriage returns |
-    | JSON logs (``--log-format json``)| the same as an ``ironsight.progress`` record with rows_done, rows_total, images_per_s, error_rows, eta_s |
-
-    ``enabled=False`` (``--no-progress``) means lines, never a bar. Classify calls ``update``
-    once per committed shard, which also records the job's metrics
-    (:mod:`ironsight.cluster.metrics`); the audit counts predictions (``noun="predictions"``,
-    no metrics).
-    """
-
-    INTERVAL_S = 10.0
-
-    def __init__(self, total: int, enabled: bool | None, *, desc: str = "labeling", unit: str = "img",
-                 noun: str = "rows", metrics: bool = True) -> None:
-        self.total, self.done, self.errors = total, 0, 0
-        self.desc, self.noun = desc, noun
-        self.started = self.last_log = time.monotonic()
-        self.metrics = job_metrics.ProgressMetrics() if metrics else None
-        tty = sys.stderr.isatty() if enabled is None else enabled
-        self.bar = None
-        if tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, smoothing=0.1)
-
-    def update(self, rows: int, errors: int = 0) -> None:
-        self.done += rows
-        self.errors += errors
-        now = time.monotonic()
-        rate = self.done / max(now - self.started, 1e-9)
-        if self.metrics is not None:
-            self.metrics.shard_committed(rows, errors, rate)
-        if self.bar is not None:
-            self.bar.update(rows)
-            if self.metrics is not None:
-                self.bar.set_postfix(errors=self.errors, refresh=False)
-            return
-        if now - self.last_log >= self.INTERVAL_S or self.done >= self.total:
-            self.last_log = now
-            eta = max(self.total - self.done, 0) / rate if rate else math.inf
-            pct = f"{100 * self.done / max(self.total, 1):.0f}%"
-            if self.metrics is not None:
-                line = (f"{self.done}/{self.total} rows ({pct}), {rate:.0f} images/s,"
-                        f" {self.errors} error rows, ETA {eta:.0f}s")
-            else:
-                line = f"{self.desc}: {self.done}/{self.total} {self.noun} ({pct}), {rate:.0f} {self.noun}/s, ETA {eta:.0f}s"
-            if self._structured_logs():
-                fields = {"rows_done": self.done, "rows_total": self.total, "images_per_s": round(rate, 2),
-                          "error_rows": self.errors, "eta_s": round(eta, 1) if math.isfinite(eta) else None}
-                logging.getLogger("ironsight.progress").info(line, extra=fields)
-            else:
-                print(f"[ironsight] {line}", file=sys.stderr, flush=True)
-
-    @staticmethod
-    def _structured_logs() -> bool:
-        """A root handler formats records as JSON (its formatter says ``structured = True``)."""
-        return any(getattr(h.formatter, "structured", False) for h in logging.getLogger().handlers)
-
-    def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.rate(self.done / max(time.monotonic() - self.started, 1e-9))
-        if self.bar is not None:
-            self.bar.close()
-
-
-def progress(total: int, enabled: bool | None, *, desc: str, noun: str) -> _Progress:
-    """A progress display for another stage than labeling (the audit's predictions): a bar
-    on a terminal, a line every 10 s otherwise (:class:`_Progress`), no job metrics."""
-    return _Progress(total, enabled, desc=desc, unit=noun[:4], noun=noun, metrics=False)
 
 
 def _versions() -> dict[str, str]:

@@ -212,10 +212,11 @@ def write_corpus(
     written = []
     files = math.ceil(n / rows_per_file) if n else 0
     bar = None
-    if progress:
-        from tqdm import tqdm
+    if progress:  # a bar on a terminal, a line every 10 s in a log
+        from ironsight.cluster.progress import progress as progress_display
 
-        bar = tqdm(total=n, unit="img", desc=f"generating {os.path.basename(loc.uri) or loc.uri}")
+        bar = progress_display(n, None, desc=f"generating {os.path.basename(loc.uri) or loc.uri}",
+                               noun="images")
     for file_index, table in iter_tables(n, seed=seed, rows_per_file=rows_per_file, size=size,
                                          fmt=fmt, layout=layout, prefix=prefix):
         sink = pa.BufferOutputStream()

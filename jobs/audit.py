@@ -37,10 +37,10 @@ from ironsight.cluster.pipeline import (
     decode_rows,
     decode_task_args,
     plan_resources,
-    progress,
 )
 from ironsight.cluster.predictor import Predictor, as_error
 from ironsight.cluster.preprocess import Preprocess
+from ironsight.cluster.progress import progress
 from ironsight.cluster.sink import WORKER_COLUMNS
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
 from ironsight.robustness.attacks import run_attack
@@ -388,7 +388,7 @@ def collect_predictions(predicted: Any, total: int, show_progress: bool | None,
     """
     import ray
 
-    # A bar on a terminal, a line every 10 s in logs (ironsight.cluster.pipeline._Progress).
+    # A bar on a terminal, a line every 10 s in logs (ironsight.cluster.progress.Progress).
     bar = progress(total, show_progress, desc=desc, noun="predictions")
     names = ("id", "kind", "condition", "severity", "eps", "label_true", "label", "score", "error",
              "worker", "decode_worker")

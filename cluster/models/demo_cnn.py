@@ -196,10 +196,10 @@ def _render(
     rng = np.random.default_rng([seed, 7])
     chunk = 500
     bar = None
-    if progress:
-        from tqdm import tqdm
+    if progress:  # a bar on a terminal, a line every 10 s in a log
+        from ironsight.cluster.progress import progress as progress_display
 
-        bar = tqdm(total=n, unit="img", desc=desc)
+        bar = progress_display(n, None, desc=desc, noun="images")
     xs, ys = [], []
     for start in range(0, n, chunk):
         x, y = synthetic.render_arrays(seed, start, min(chunk, n - start), size=64)
@@ -274,7 +274,8 @@ def train_demo_model(
         seed: initialization, shuffling and augmentation seed.
         threads: torch CPU threads; default: the cores not already busy (see
             :func:`idle_cores`).
-        progress: show tqdm bars on stderr.
+        progress: show progress on stderr (:mod:`ironsight.cluster.progress`: a bar on a
+            terminal, a line every 10 s otherwise).
 
     Returns:
         ``(weights_uri, card_uri, eval_accuracy)``.
@@ -330,9 +331,9 @@ def _fit(
     )
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ironsight.cluster.progress import progress as progress_display
 
-        bar = tqdm(total=epochs * steps_per_epoch, unit="step", desc=desc)
+        bar = progress_display(epochs * steps_per_epoch, None, desc=desc, noun="steps")
     started = time.perf_counter()
     for _ in range(epochs):
         model.train()
