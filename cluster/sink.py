@@ -150,7 +150,7 @@ def output_schema(kept: pa.Schema | None = None) -> pa.Schema:
         InvalidInput: a kept column has the name of an output column.
 
     >>> output_schema(pa.schema([("path", pa.string())])).names[-2:]
-    ['error', 'path']
+    ['decode_worker', 'path']
     """
     fields = list(kept or ())
     clash = [f.name for f in fields if f.name in LABELS_SCHEMA.names]
@@ -366,6 +366,9 @@ class LabelSink:
         """
         if shard_id in self.committed:
             raise AssertionError(f"shard {shard_id} committed twice")  # a bug, never user input
+        for name in WORKER_COLUMNS:
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
         kept = pa.schema([f for f in table.schema if f.name not in LABELS_SCHEMA.names])
         schema = output_schema(kept)
         table = table.select(schema.names).cast(schema).replace_schema_metadata(
