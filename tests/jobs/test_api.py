@@ -21,6 +21,7 @@ import ironsight
 from ironsight.cluster import synthetic
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.preprocess import Preprocess
+from ironsight.cluster.sink import WORKER_COLUMNS
 from ironsight.jobs.api import ModuleSource, module_sha256
 from ironsight.jobs.history import HistoryStore
 
@@ -161,6 +162,9 @@ def test_classify_through_the_api_writes_the_rows_the_cli_writes(no_ray, tmp_pat
     assert set(api_rows[0]) == set(cli_rows[0])
     for a, c in zip(api_rows, cli_rows, strict=True):
         for column, value in a.items():  # labels, names and errors equal; scores to float noise
+            if column in WORKER_COLUMNS:  # where a row ran differs between two runs by design
+                assert value and c[column], (column, a["id"])
+                continue
             floats = isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float))
             assert value == (pytest.approx(c[column], abs=1e-5) if floats else c[column]), (column, a["id"])
     assert result.to_dict()["rows"] == 60 and result.output == str(tmp_path / "api")
