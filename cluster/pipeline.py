@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -47,7 +46,7 @@ from ironsight.cluster.predictor import (  # noqa: F401  (check_device: re-expor
     check_device,
     measure_cost,
 )
-from ironsight.cluster.progress import Progress, structured_logs
+from ironsight.cluster.progress import Progress, status
 from ironsight.cluster.sink import LabelSink, stable_hash
 
 log = logging.getLogger("ironsight")
@@ -344,10 +343,7 @@ def announce_preprocessing(model: LoadedModel) -> str:
     metadata key ``ironsight.preprocessing``); a JSON log handler gets it as a log record.
     """
     line = f"model {model.info.name}: {model.info.preprocess.summary()}"
-    if structured_logs():
-        log.info("preprocessing: %s", line, extra={"preprocessing": model.info.preprocess.to_dict()})
-    else:
-        print(f"[ironsight] {line}", file=sys.stderr, flush=True)
+    status(line, preprocessing=model.info.preprocess.to_dict())
     return line
 
 

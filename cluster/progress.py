@@ -26,6 +26,16 @@ def structured_logs() -> bool:
     return any(getattr(h.formatter, "structured", False) for h in logging.getLogger().handlers)
 
 
+def status(line: str, **extra: object) -> None:
+    """One status line for the person at the console: ``[ironsight] LINE`` on stderr, like the
+    progress lines; with JSON logs, an INFO record of the ``ironsight`` logger carrying
+    ``extra``. Not for warnings and errors (``ironsight.jobs.observability.console``)."""
+    if structured_logs():
+        logging.getLogger("ironsight").info(line, extra=extra)
+    else:
+        print(f"[ironsight] {line}", file=sys.stderr, flush=True)
+
+
 class Progress:
     """Progress of a job: a live tqdm bar on a terminal, a plain line every 10 s otherwise.
 

@@ -42,6 +42,7 @@ from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import paths, storage
 from ironsight.cluster.errors import InvalidInput, JobFailed
 from ironsight.cluster.models import ModelSource
+from ironsight.cluster.progress import status
 from ironsight.jobs.audit import (
     MAX_REPORT_BYTES,
     AuditConfig,
@@ -235,7 +236,7 @@ def run_compare(cfg: CompareConfig, *, prepared: ComparePlan | None = None) -> C
     _write_marker(cfg)
     todo = [m for m in cfg.models if m.name not in prepared.finished]
     for name in prepared.finished:
-        log.info("model %s: already compared into %s with the same identity; reusing its report", name, cfg.output)
+        status(f"model {name}: already compared into {cfg.output} with the same identity; reusing its report")
     examples = _predict_all(cfg, prepared, todo)
     profiles = _profile_all(cfg, prepared) if cfg.profile else {}
     entries = []
@@ -283,7 +284,7 @@ def _predict_all(cfg: CompareConfig, prepared: ComparePlan, todo: list[ModelEntr
         plan = prepared.audits[members[0].name]
         ds = variants_dataset(plan.corpus, plan.shards, plan.limits, plan.model.info.preprocess, cfg.suite, cfg.seed)
         if len(members) > 1:  # decoded and corrupted once, read by each model
-            log.info("decoding the variants once for %s", ", ".join(m.name for m in members))
+            status(f"decoding the variants once for {', '.join(m.name for m in members)}")
             ds = ds.materialize()
         for m in members:
             variants[m.name] = ds
@@ -314,7 +315,7 @@ def _predict_one(cfg: CompareConfig, prepared: ComparePlan, m: ModelEntry, varia
     _write_outputs(acfg.output, report, table, examples)
     _write_entry(cfg.output, m.name, {"identity": prepared.identities[m.name], "name": m.name,
                                       "random_weights": m.source.random_weights, "profile": None})
-    log.info("model %s: clean accuracy %s, written to %s", m.name, report["clean"].get("accuracy"), acfg.output)
+    status(f"model {m.name}: clean accuracy {report['clean'].get('accuracy')}, written to {acfg.output}")
     return examples
 
 

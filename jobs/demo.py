@@ -154,7 +154,7 @@ def run_demo(
     return 0
 
 
-COMPARE_OBJECTIVE = "max accuracy s.t. p95_ms <= 20"  # what `ironsight demo compare` recommends by
+COMPARE_OBJECTIVE = "max accuracy s.t. p50_ms <= 50 and params_m <= 1"  # what `ironsight demo compare` recommends by
 
 
 def run_demo_compare(

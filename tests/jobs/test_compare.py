@@ -134,7 +134,7 @@ def test_each_model_equals_its_own_audit_to_the_last_digit(compared, setup, mode
 
 
 @pytest.mark.cluster
-def test_a_rerun_reuses_finished_models_and_reruns_only_the_lost_one(compared, setup, ironsight_log):
+def test_a_rerun_reuses_finished_models_and_reruns_only_the_lost_one(compared, setup, capfd):
     parquet = {m: compared / "models" / m / "predictions.parquet" for m in ("small", "wide", "sharp")}
     before = {m: p.stat().st_mtime_ns for m, p in parquet.items()}
     # "crash" after small and wide were written: sharp's entry (written last) is gone
@@ -146,8 +146,9 @@ def test_a_rerun_reuses_finished_models_and_reruns_only_the_lost_one(compared, s
     after = {m: p.stat().st_mtime_ns for m, p in parquet.items()}
     assert after["small"] == before["small"] and after["wide"] == before["wide"]
     assert after["sharp"] != before["sharp"]
-    assert "model small: already compared" in ironsight_log.text
-    assert "model sharp: already compared" not in ironsight_log.text
+    said = capfd.readouterr().err  # the console's [ironsight] status lines
+    assert "[ironsight] model small: already compared" in said
+    assert "model sharp: already compared" not in said
     assert (compared / "models" / "sharp" / "entry.json").is_file()
 
 
