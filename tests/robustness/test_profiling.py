@@ -4,7 +4,6 @@ consistent, the RSS measure sees a known activation, failures give None with a r
 from __future__ import annotations
 
 import doctest
-import logging
 import time
 
 import pytest
@@ -100,11 +99,11 @@ def test_ru_maxrss_fallback_says_so(monkeypatch):
     assert any("ru_maxrss" in n for n in p.notes)
 
 
-def test_flops_failure_is_logged_and_noted(caplog):
-    with caplog.at_level(logging.WARNING, logger="ironsight"):
-        p = profile_model(nn.Sequential(nn.Flatten(), nn.ReLU()), 8, batch_sizes=(1,), max_seconds=0.2)
+def test_flops_failure_is_logged_and_noted(ironsight_log):
+    # ironsight_log, not caplog: late in the full suite caplog missed these records
+    p = profile_model(nn.Sequential(nn.Flatten(), nn.ReLU()), 8, batch_sizes=(1,), max_seconds=0.2)
     assert p.flops_per_image is None and any("FLOPs not counted" in n for n in p.notes)
-    assert "FLOPs not counted" in caplog.text
+    assert "FLOPs not counted" in ironsight_log.text
 
 
 def test_time_budget_bounds_the_run_and_threads_are_restored():
