@@ -650,8 +650,8 @@ def _assemble(
             progress.update(rec.rows, rec.errors)
 
     pool = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="ironsight-commit")
+    it = iter(batches)
     try:
-        it = iter(batches)
         while True:
             t0 = clock()
             batch = next(it, None)
@@ -690,6 +690,13 @@ def _assemble(
     finally:
         # no commit outlives this call: the sink closes and releases OUTPUT's lock next
         pool.shutdown(wait=True, cancel_futures=True)
+        # Ray Data's iterator is a generator whose `finally` shuts its executor down (actors,
+        # tasks, their CPUs). Close it now: on an error the traceback keeps this frame, and with
+        # it `it`, alive, so a rerun in the same Ray (a resume from Python) would find the failed
+        # run's actors still holding the CPUs and wait forever.
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
     progress.close()
     sink.flush_manifest(force=True)
     summary.errors_by_reason = dict(errors_by_reason)
