@@ -78,7 +78,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -87,6 +87,8 @@ from ironsight.cluster.errors import did_you_mean
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 ConditionFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+# fn(x, severity, rng) on a float tensor (N, 3, H, W) in [0, 1], on any device; see .batch
+BatchedFn = Callable[..., object]
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,11 @@ class Condition:
         stochastic: False when the output does not depend on ``rng`` (same for every key).
         imagenet_c_extra: True on ImageNet-C's 4 held-out extras (speckle_noise,
             gaussian_blur, spatter, saturate): ImageNet-C's definitions, not in its mCE.
+        batched: the condition on a batch of tensors, ``batched(x, severity, rng)`` with ``x``
+            (N, 3, H, W) float in [0, 1] on any device and ``rng`` a
+            :class:`~ironsight.robustness.conditions.batch.BatchRng`
+            (:func:`register_batched`). When set it is THE definition: :func:`apply_condition`
+            runs it on a batch of one on the CPU, so a single image and a batch agree.
     """
 
     name: str
@@ -113,6 +120,7 @@ class Condition:
     imagenet_c: bool = False
     stochastic: bool = True
     imagenet_c_extra: bool = False
+    batched: BatchedFn | None = None
 
 
 _REGISTRY: dict[str, Condition] = {}
@@ -141,6 +149,27 @@ def register_condition(
                              "extra; pick one")
         _REGISTRY[name] = Condition(name, fn, description, family, imagenet_c, stochastic,
                                     imagenet_c_extra)
+        return fn
+
+    return deco
+
+
+def register_batched(name: str) -> Callable[[BatchedFn], BatchedFn]:
+    """Decorator giving the registered condition ``name`` its batched tensor definition.
+
+    ``fn(x, severity, rng)``: ``x`` (N, 3, H, W) float32 in [0, 1] on the caller's device
+    (the audit's predictor: the GPU when there is one); random draws only from ``rng``
+    (:class:`~ironsight.robustness.conditions.batch.BatchRng`: per image, seeded from
+    ``(seed, name, key)``, so image i's result does not depend on the rest of the batch, the
+    device or the severity); returns the same shape (clipping and uint8 rounding are the
+    caller's). Import torch inside ``fn``: importing the registry must not import torch.
+    """
+
+    def deco(fn: BatchedFn) -> BatchedFn:
+        cond = get_condition(name)
+        if cond.batched is not None:
+            raise ValueError(f"condition {name!r} already has a batched definition")
+        _REGISTRY[name] = replace(cond, batched=fn)
         return fn
 
     return deco
@@ -227,7 +256,12 @@ def apply_condition(name: str, image: np.ndarray, severity: int, *, seed: int,
     else:
         raise ValueError(f"image for condition {name!r} is {image.dtype}; expected uint8 or "
                          "float in [0, 1]")
-    out = cond.fn(x, severity, condition_rng(name, seed=seed, key=key))
+    if cond.batched is not None:
+        from ironsight.robustness.conditions.batch import run_batched_one
+
+        out = run_batched_one(cond, x, severity, seed=seed, key=key)
+    else:
+        out = cond.fn(x, severity, condition_rng(name, seed=seed, key=key))
     out = np.clip(np.asarray(out, np.float32), 0.0, 1.0)
     if out.shape != image.shape:
         raise AssertionError(f"condition {name!r} changed shape {image.shape} -> {out.shape}")
