@@ -1,8 +1,10 @@
 """Image conditions (corruptions) at five severities, in a registry.
 
-Each condition is one pure function ``fn(x, severity, rng) -> x'`` on a float image
-``(H, W, 3)`` in [0, 1], its severity table on its first line (the bethgelab/imagecorruptions
-style), randomness drawn only from the explicit ``rng``. :func:`apply_condition` is the entry
+Each condition is one pure function ``fn(x, severity, rng) -> x'``, its severity table on its
+first line (the bethgelab/imagecorruptions style), randomness drawn only from the explicit
+``rng``: either on a float image ``(H, W, 3)`` in [0, 1] (NumPy) or, registered with
+``batched=True``, on a batch of tensors ``(N, 3, H, W)`` on any device (:mod:`.batch`; one
+definition per condition). :func:`apply_condition` is the entry
 point: it takes a ``uint8`` (or float [0, 1]) image, seeds ``rng`` from
 ``(seed, condition name, key)`` and returns the same dtype and shape.
 
@@ -78,7 +80,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -97,7 +99,8 @@ class Condition:
 
     Attributes:
         name: Registry key, e.g. ``"gaussian_noise"``.
-        fn: ``fn(x, severity, rng)`` on an ``(H, W, 3)`` float image in [0, 1].
+        fn: ``fn(x, severity, rng)`` on an ``(H, W, 3)`` float image in [0, 1]; None for a
+            condition defined only on batches (``batched``).
         description: One line for reports.
         family: ``lighting``, ``blur``, ``noise``, ``weather``, ``occlusion``, ``clutter`` or
             ``digital``.
@@ -109,12 +112,13 @@ class Condition:
         batched: the condition on a batch of tensors, ``batched(x, severity, rng)`` with ``x``
             (N, 3, H, W) float in [0, 1] on any device and ``rng`` a
             :class:`~ironsight.robustness.conditions.batch.BatchRng`
-            (:func:`register_batched`). When set it is THE definition: :func:`apply_condition`
-            runs it on a batch of one on the CPU, so a single image and a batch agree.
+            (``register_condition(..., batched=True)``). When set it is THE definition:
+            :func:`apply_condition` runs it on a batch of one on the CPU, so a single image
+            and a batch agree.
     """
 
     name: str
-    fn: ConditionFn
+    fn: ConditionFn | None
     description: str
     family: str
     imagenet_c: bool = False
@@ -128,9 +132,19 @@ _REGISTRY: dict[str, Condition] = {}
 
 def register_condition(
     name: str, *, description: str, family: str, imagenet_c: bool = False,
-    stochastic: bool = True, imagenet_c_extra: bool = False,
+    stochastic: bool = True, imagenet_c_extra: bool = False, batched: bool = False,
 ) -> Callable[[ConditionFn], ConditionFn]:
     """Decorator adding ``fn`` to the registry under ``name``; a duplicate name raises.
+
+    With ``batched=False`` (default) ``fn`` is the NumPy definition on one ``(H, W, 3)``
+    image (``Condition.fn``). With ``batched=True`` it is the batched tensor definition
+    (``Condition.batched``, ``Condition.fn`` is None): ``fn(x, severity, rng)`` with ``x``
+    (N, 3, H, W) float32 in [0, 1] on the caller's device (the audit's predictor: the GPU
+    when there is one) and ``rng`` a
+    :class:`~ironsight.robustness.conditions.batch.BatchRng` (per image, seeded from
+    ``(seed, name, key)``, so image i's result does not depend on the rest of the batch, the
+    device or the severity); it returns the same shape (clipping and uint8 rounding are the
+    caller's). Import torch inside ``fn``: importing the registry must not import torch.
 
     >>> @register_condition("doc_invert", description="negative", family="digital",
     ...                     stochastic=False)
@@ -138,7 +152,15 @@ def register_condition(
     ...     return 1.0 - x
     >>> get_condition("doc_invert").family
     'digital'
-    >>> _ = _REGISTRY.pop("doc_invert")
+    >>> @register_condition("doc_dim", description="darker", family="lighting",
+    ...                     stochastic=False, batched=True)
+    ... def doc_dim(x, severity, rng):  # x: (N, 3, H, W) tensor
+    ...     return x * (1.0 - 0.1 * severity)
+    >>> get_condition("doc_dim").fn is None, get_condition("doc_dim").batched is doc_dim
+    (True, True)
+    >>> int(apply_condition("doc_dim", np.full((4, 4, 3), 200, np.uint8), 5, seed=0, key="k")[0, 0, 0])
+    100
+    >>> _ = _REGISTRY.pop("doc_invert"), _REGISTRY.pop("doc_dim")
     """
 
     def deco(fn: ConditionFn) -> ConditionFn:
@@ -147,29 +169,9 @@ def register_condition(
         if imagenet_c and imagenet_c_extra:
             raise ValueError(f"condition {name!r} is tagged both ImageNet-C and ImageNet-C "
                              "extra; pick one")
-        _REGISTRY[name] = Condition(name, fn, description, family, imagenet_c, stochastic,
-                                    imagenet_c_extra)
-        return fn
-
-    return deco
-
-
-def register_batched(name: str) -> Callable[[BatchedFn], BatchedFn]:
-    """Decorator giving the registered condition ``name`` its batched tensor definition.
-
-    ``fn(x, severity, rng)``: ``x`` (N, 3, H, W) float32 in [0, 1] on the caller's device
-    (the audit's predictor: the GPU when there is one); random draws only from ``rng``
-    (:class:`~ironsight.robustness.conditions.batch.BatchRng`: per image, seeded from
-    ``(seed, name, key)``, so image i's result does not depend on the rest of the batch, the
-    device or the severity); returns the same shape (clipping and uint8 rounding are the
-    caller's). Import torch inside ``fn``: importing the registry must not import torch.
-    """
-
-    def deco(fn: BatchedFn) -> BatchedFn:
-        cond = get_condition(name)
-        if cond.batched is not None:
-            raise ValueError(f"condition {name!r} already has a batched definition")
-        _REGISTRY[name] = replace(cond, batched=fn)
+        _REGISTRY[name] = Condition(name, None if batched else fn, description, family,
+                                    imagenet_c, stochastic, imagenet_c_extra,
+                                    fn if batched else None)
         return fn
 
     return deco

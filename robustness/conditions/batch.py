@@ -2,8 +2,8 @@
 
 The audit's predictor gets each batch of clean images once and makes every (condition,
 severity) variant of it where the model is (the GPU when there is one): :func:`corrupt_batch`.
-A condition with a batched definition (``Condition.batched``, :func:`register_batched
-<ironsight.robustness.conditions.register_batched>`) runs on the whole batch as tensor
+A condition with a batched definition (``Condition.batched``, :func:`register_condition(...,
+batched=True) <ironsight.robustness.conditions.register_condition>`) runs on the whole batch as tensor
 operations; one without runs its NumPy definition image by image on the CPU (the weather
 family, glass blur's shuffles...) and the result is moved to the device.
 
@@ -24,8 +24,8 @@ instead of drawing them again.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
