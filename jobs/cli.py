@@ -50,14 +50,9 @@ from ironsight.jobs.observability import (
     job_context,
     resolve_format,
 )
-from ironsight.jobs.spec import (
-    AuditJob,
-    ClassifyJob,
-    CompareJob,
-    add_spec_arguments,
-    load_spec,
-    spec_from_args,
-)
+from ironsight.jobs.spec import AuditJob, ClassifyJob, CompareJob
+from ironsight.jobs.spec_args import add_spec_arguments, spec_from_args
+from ironsight.jobs.spec_file import load_spec
 
 EPILOG_CLASSIFY = textwrap.dedent(
     """\
@@ -557,7 +552,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         spec = spec_from_args(ClassifyJob, args)
         return _run_classify(spec, _progress(args), verbose=args.verbose)
     if args.command == "validate":
-        from ironsight.jobs.spec import validate_file
+        from ironsight.jobs.spec_checks import validate_file
 
         print(validate_file(args.spec, args.kind))
         return 0
@@ -612,7 +607,7 @@ def check_before_torch(spec: ClassifyJob | AuditJob) -> Any:
     Parsing the card, loading the weights and the device come next, after torch's import.
     """
     from ironsight.cluster import storage
-    from ironsight.jobs.spec import missing_model_files
+    from ironsight.jobs.spec_checks import missing_model_files
 
     storage.check_input(spec.input, spec.effective_roots())
     storage.check_bucket(storage.resolve(spec.output))

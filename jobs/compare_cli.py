@@ -62,7 +62,7 @@ def _derived_name(choice: Any) -> str:
 def compare_spec(spec: Any, progress: bool | None, *, verbose: bool = False) -> tuple[CompareResult, Any]:
     """Run a ``CompareJob`` as ``ironsight compare`` does (checks first, history, SIGTERM, Ray);
     returns ``(CompareResult, RunRecorder)``."""
-    from ironsight.jobs.spec import missing_model_files
+    from ironsight.jobs.spec_checks import missing_model_files
 
     storage.check_input(spec.input, spec.effective_roots())  # a missing eval set: before torch
     storage.check_bucket(storage.resolve(spec.output))

@@ -2,7 +2,7 @@
 (`ironsight deploy static` writes the reference manifests of deploy/kuberay/).
 
 The spec is validated first, with the local model card, suite and gate it names
-(`ironsight.jobs.spec.load_spec(check_files=True)`, the checks of `ironsight validate`), then
+(`ironsight.jobs.spec_file.load_spec(check_files=True)`, the checks of `ironsight validate`), then
 stored verbatim in a ConfigMap that the RayJob's entrypoint (`ironsight run
 /etc/ironsight/spec.yaml`) reads; those files go into the same ConfigMap, mounted where the
 spec's paths resolve in the pod. See `ironsight.jobs.k8s.render_manifests` for the files and
@@ -42,7 +42,7 @@ from ironsight.jobs.k8s import (
     write_manifests,
     write_static_manifests,
 )
-from ironsight.jobs.spec import load_spec, relative_paths_as_written
+from ironsight.jobs.spec_file import load_spec, relative_paths_as_written
 
 __all__ = ["add_commands", "k8s_name", "referenced_files"]
 

@@ -320,7 +320,7 @@ class RemoteRun:
 def remote_launcher(spec_path: str, address: str) -> Callable[[dt.datetime], RemoteRun]:
     """Submit `spec_path` to the cluster per tick, at most once per tick (deterministic id)."""
     from ironsight.jobs import submit
-    from ironsight.jobs.spec import load_spec
+    from ironsight.jobs.spec_file import load_spec
 
     client = submit.job_client(address)
 
@@ -487,7 +487,7 @@ def _default_state_dir() -> Path:
 
 
 def _schedule_command(args: Any) -> int:
-    from ironsight.jobs.spec import load_spec
+    from ironsight.jobs.spec_file import load_spec
 
     spec = load_spec(args.spec)  # a bad spec fails now, not at 2 am
     check_job_name(spec.name)

@@ -72,7 +72,8 @@ from ironsight.cluster.errors import (
     JobFailed,
 )
 from ironsight.cluster.raycluster import object_store_env  # non-secret object-store settings
-from ironsight.jobs.spec import AuditJob, ClassifyJob, load_spec, relative_paths_as_written
+from ironsight.jobs.spec import AuditJob, ClassifyJob
+from ironsight.jobs.spec_file import load_spec, relative_paths_as_written
 
 if TYPE_CHECKING:  # ray is imported lazily: importing the CLI must not pay for it
     from ray.job_submission import JobSubmissionClient

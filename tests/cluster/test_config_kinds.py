@@ -13,7 +13,7 @@ from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.models.card import load_card
 from ironsight.cluster.yamlfile import ConfigInvalid
-from ironsight.jobs.spec import load_spec
+from ironsight.jobs.spec_file import load_spec
 from ironsight.robustness.gate import load_gate
 from ironsight.robustness.suites import load_suite
 

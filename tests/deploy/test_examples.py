@@ -12,7 +12,7 @@ import yaml
 from ironsight.jobs.cli import main
 from ironsight.jobs.k8s import pod_path
 from ironsight.jobs.k8s.params import SPEC_DIR
-from ironsight.jobs.spec import load_spec, relative_paths_as_written
+from ironsight.jobs.spec_file import load_spec, relative_paths_as_written
 from ironsight.robustness.gate import load_gate
 from ironsight.robustness.suites import get_suite
 from tests.deploy.security import security_findings

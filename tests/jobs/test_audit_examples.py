@@ -144,7 +144,8 @@ def test_a_model_the_maps_fail_on_still_gets_its_examples(setup, ironsight_log):
 def test_no_activation_maps_is_a_flag_and_a_spec_key():
     import argparse
 
-    from ironsight.jobs.spec import AuditJob, add_spec_arguments
+    from ironsight.jobs.spec import AuditJob
+    from ironsight.jobs.spec_args import add_spec_arguments
 
     parser = argparse.ArgumentParser()
     add_spec_arguments(parser, AuditJob)

@@ -129,7 +129,8 @@ def test_sigkill_mid_run_then_rerun_resumes_exactly_once(tmp_path):
 def test_torch_compile_is_a_flag_and_a_spec_key():
     import argparse
 
-    from ironsight.jobs.spec import ClassifyJob, add_spec_arguments, spec_from_args
+    from ironsight.jobs.spec import ClassifyJob
+    from ironsight.jobs.spec_args import add_spec_arguments, spec_from_args
 
     parser = argparse.ArgumentParser()
     add_spec_arguments(parser, ClassifyJob)

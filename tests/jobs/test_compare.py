@@ -233,7 +233,8 @@ def test_another_comparison_in_output_is_refused(setup, tmp_path, monkeypatch, c
 def test_a_compare_spec_resolves_its_models_against_its_folder(setup, tmp_path, capsys):
     import shutil
 
-    from ironsight.jobs.spec import CompareJob, load_spec
+    from ironsight.jobs.spec import CompareJob
+    from ironsight.jobs.spec_file import load_spec
 
     specs = tmp_path / "specs"
     shutil.copytree(os.path.dirname(setup["cards"]["small"]), specs / "cards")

@@ -11,7 +11,7 @@ import pytest
 
 from ironsight.cluster import synthetic
 from ironsight.jobs.cli import main
-from ironsight.jobs.spec import load_spec
+from ironsight.jobs.spec_file import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 AUDIT = ("kind: audit\nname: nightly\ninput: eval/\noutput: out/\nmodel: demo_cnn\n"

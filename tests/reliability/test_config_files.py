@@ -26,7 +26,7 @@ from ironsight.cluster import synthetic
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.models.card import load_card
 from ironsight.cluster.yamlfile import MAX_NODES
-from ironsight.jobs.spec import load_spec
+from ironsight.jobs.spec_file import load_spec
 from ironsight.robustness.gate import load_gate
 from ironsight.robustness.suites import get_suite
 from tests.reliability.conftest import IRONSIGHT, REPO

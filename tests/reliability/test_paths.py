@@ -20,7 +20,8 @@ from ironsight.cluster import corpus, reader, storage, synthetic
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.paths import ENV_ALLOWED_ROOTS
 from ironsight.cluster.pipeline import run_classify
-from ironsight.jobs.spec import AuditJob, ClassifyJob, load_spec
+from ironsight.jobs.spec import AuditJob, ClassifyJob
+from ironsight.jobs.spec_file import load_spec
 from tests.reliability.conftest import cli, config, read_output
 
 GOOD = synthetic.encode(synthetic.render_image(1, 0, 48)[0])
