@@ -447,7 +447,7 @@ def audit_report(table: pa.Table, clean_err: list[str], cfg: AuditConfig, plan: 
                  model: Any, total_rows: int, *, baseline: dict | None = None,
                  baseline_predictions: pa.Table | None = None) -> dict[str, Any]:
     """report.json's content for one model's predictions (no gate, no history yet)."""
-    from ironsight.robustness.report import build_report
+    from ironsight.robustness.report.build import build_report
 
     info = model.info
     report = build_report(
@@ -693,7 +693,7 @@ def _write_outputs(output: str, report: dict, table: pa.Table, examples) -> dict
 
 
 def _write_outputs_to(output: str, report: dict, table: pa.Table, examples) -> dict[str, str]:
-    from ironsight.robustness.report import write_reports
+    from ironsight.robustness.report.write import write_reports
 
     out = storage.resolve(output)
     if out.is_s3:  # write_reports writes local files: render them aside, then upload each

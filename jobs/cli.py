@@ -684,7 +684,7 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
 def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) -> int:
     result, record, regressions = audit_spec(spec, progress, verbose=verbose)
     # imported after the audit, so that a bad input is refused before torch is imported
-    from ironsight.robustness.report import text_summary
+    from ironsight.robustness.report.text import text_summary
 
     print(text_summary(result.report))
     print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")

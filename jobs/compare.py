@@ -225,11 +225,8 @@ def run_compare(cfg: CompareConfig, *, prepared: ComparePlan | None = None) -> C
         InvalidInput: a bad eval set, suite, model, objective or OUTPUT; nothing ran.
         JobFailed: a model's pipeline or profiling failed (finished models are kept).
     """
-    from ironsight.robustness.compare_report import (
-        CompareEntry,
-        build_compare_report,
-        write_compare_reports,
-    )
+    from ironsight.robustness.report.comparison import CompareEntry, build_compare_report
+    from ironsight.robustness.report.write import write_compare_reports
 
     started = time.monotonic()
     prepared = prepared or plan_compare(cfg)

@@ -102,7 +102,7 @@ def summary_lines(result: CompareResult) -> list[str]:
         reused = " [reused]" if e.name in result.reused else ""
         acc = clean.get("accuracy")
         lines.append(f"  {e.name:<20} accuracy {_pct(acc)}  corruption accuracy {_pct(mca)}{mark}{reused}")
-    from ironsight.robustness.compare_report import recommendation_lines
+    from ironsight.robustness.report.comparison import recommendation_lines
 
     lines += recommendation_lines(result.report)
     lines.append(f"reports: {result.paths.get('html')} (and compare.json, compare.md; models/NAME/ per model)")

@@ -127,7 +127,7 @@ def run_demo(
     )
     print(f"bulk-labeling {corpus_size} images on an embedded Ray...")
     from ironsight.jobs.audit import AuditConfig, resolve_suite, run_audit
-    from ironsight.robustness.report import text_summary
+    from ironsight.robustness.report.text import text_summary
 
     audit_dir = root / "audit"
     with connect(None, quiet=not verbose):

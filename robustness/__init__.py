@@ -17,7 +17,7 @@ _HOMES = {
     "IMAGENET_C_CONDITIONS": "conditions", "SEVERITIES": "conditions", "apply_condition": "conditions",
     "get_condition": "conditions", "list_conditions": "conditions", "register_condition": "conditions",
     "Gate": "gate", "GateResult": "gate", "evaluate_gate": "gate", "load_gate": "gate",
-    "build_report": "report", "text_summary": "report", "write_reports": "report",
+    "build_report": "report.build", "text_summary": "report.text", "write_reports": "report.write",
     "PREDICTIONS_SCHEMA": "schema", "REPORT_SCHEMA_VERSION": "schema", "Example": "schema",
     "AttackSpec": "suites", "Suite": "suites", "get_suite": "suites", "list_suites": "suites",
 }

@@ -403,7 +403,7 @@ def evaluate_gate(report: dict, gate: Gate, baseline: dict | None = None) -> Gat
     """Check a report against a gate.
 
     Args:
-        report: The dict from :func:`ironsight.robustness.report.build_report`.
+        report: The dict from :func:`ironsight.robustness.report.build.build_report`.
         gate: Thresholds from :func:`load_gate`.
         baseline: A previous ``report.json`` dict, for ``max_drop_vs_baseline``. When None,
             the comparison stored by ``build_report(..., baseline=...)`` in

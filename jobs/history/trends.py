@@ -92,7 +92,7 @@ def trend_series(runs: list[Run]) -> list[TrendSeries]:
 
 
 def _png_data_uri(fig: Any) -> str:
-    """A matplotlib `Figure` as an inline PNG (as `ironsight.robustness.html` embeds plots)."""
+    """A matplotlib `Figure` as an inline PNG (as `ironsight.robustness.report.plots` draws them)."""
     import base64
     import io
 

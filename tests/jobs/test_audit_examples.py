@@ -16,7 +16,9 @@ from ironsight.cluster import synthetic
 from ironsight.cluster.models import ModelSource
 from ironsight.jobs.audit import EXAMPLES_PER_CONDITION, AuditConfig, _examples, resolve_suite
 from ironsight.robustness.conditions import apply_condition
-from ironsight.robustness.report import dumps, example_lines, to_markdown
+from ironsight.robustness.report.build import dumps
+from ironsight.robustness.report.markdown import to_markdown
+from ironsight.robustness.report.tables import example_lines
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA, REPORT_JSON_SCHEMA
 
 SUITE = """\
@@ -99,7 +101,7 @@ def test_maps_off_keeps_the_images(setup):
 
 
 def test_markdown_mentions_the_examples(setup):
-    from ironsight.robustness.report import build_report
+    from ironsight.robustness.report.build import build_report
 
     root, plan, model, ids, labels = setup
     table = _table(ids, labels, {("occlusion", 3): {ids[1]}})

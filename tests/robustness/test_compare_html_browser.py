@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from ironsight.robustness.compare_report import build_compare_report, write_compare_reports
 from ironsight.robustness.objective import parse_objective
+from ironsight.robustness.report.comparison import build_compare_report
+from ironsight.robustness.report.write import write_compare_reports
 from tests.robustness.test_compare_report import make_entries
 
 # the audit page's checks, run here against compare.html (page_result below)

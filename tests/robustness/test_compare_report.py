@@ -12,16 +12,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ironsight.robustness.compare_report import (
+from ironsight.robustness.objective import METRICS, parse_objective
+from ironsight.robustness.report.build import build_report
+from ironsight.robustness.report.comparison import (
     CompareEntry,
     build_compare_report,
-    compare_markdown,
     pareto_front,
     ranking_rows,
-    write_compare_reports,
 )
-from ironsight.robustness.objective import METRICS, parse_objective
-from ironsight.robustness.report import build_report
+from ironsight.robustness.report.markdown import compare_markdown
+from ironsight.robustness.report.write import write_compare_reports
 from ironsight.robustness.schema import Example
 
 CLASSES = ["cat", "dog", "bird", "fish"]
@@ -171,7 +171,7 @@ def test_markdown_has_the_tables_the_mark_and_the_examples(entries):
 
 
 def test_html_is_self_contained_with_plots_and_activation_maps(entries):
-    from ironsight.robustness.compare_html import compare_html
+    from ironsight.robustness.report.html import compare_html
 
     report = build_compare_report(entries, suite="quick", data={}, objective=parse_objective("max accuracy"))
     page = compare_html(report, entries)

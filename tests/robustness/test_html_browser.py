@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from ironsight.robustness.gate import evaluate_gate, parse_gate
-from ironsight.robustness.report import build_report, write_reports
+from ironsight.robustness.report.build import build_report
+from ironsight.robustness.report.write import write_reports
 from ironsight.robustness.schema import Example
 
 CHROMIUM = "/usr/bin/chromium"

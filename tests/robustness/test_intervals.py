@@ -14,7 +14,9 @@ import pytest
 
 from ironsight.robustness import compare, mce, stats
 from ironsight.robustness.gate import evaluate_gate, parse_gate
-from ironsight.robustness.report import build_report, dumps, text_summary, to_markdown
+from ironsight.robustness.report.build import build_report, dumps
+from ironsight.robustness.report.markdown import to_markdown
+from ironsight.robustness.report.text import text_summary
 from ironsight.robustness.schema import REPORT_JSON_SCHEMA
 
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross", "ring", "arrow"]
@@ -118,7 +120,7 @@ def markdown(report):
 
 @pytest.fixture(scope="module")
 def page(report):
-    from ironsight.robustness.html import render_html
+    from ironsight.robustness.report.html import render_html
 
     return render_html(report)
 
@@ -231,17 +233,17 @@ def test_text_summary_states_the_clean_interval(report, table):
 
 
 def test_html_curves_draw_the_interval_bands(report):
-    from ironsight.robustness import html
+    from ironsight.robustness.report import plots
 
     bare = json.loads(dumps(report))
     for entry in [bare["clean"], *bare["conditions"], *bare["attacks"]]:
         entry["ci95"] = None
-    assert html._severity_plot(report) != html._severity_plot(bare)
-    assert html._attack_plot(report) != html._attack_plot(bare)
+    assert plots.severity_plot(report) != plots.severity_plot(bare)
+    assert plots.attack_plot(report) != plots.attack_plot(bare)
 
 
 def test_preprocessing_shown_in_the_header_and_allowed_by_the_schema(report):
-    from ironsight.robustness.html import render_html
+    from ironsight.robustness.report.html import render_html
 
     with_pre = json.loads(dumps(report))
     with_pre["preprocessing"] = {
@@ -323,7 +325,7 @@ def test_one_point_wobble_is_within_noise(wobble):
 
 
 def test_every_cell_kind_gets_a_change_in_json_markdown_and_html(dropped):
-    from ironsight.robustness.html import render_html
+    from ironsight.robustness.report.html import render_html
 
     cells = {c["key"]: c for c in dropped["summary"]["baseline"]["cells"]}
     assert set(cells) == {

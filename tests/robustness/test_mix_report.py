@@ -14,7 +14,7 @@ from ironsight.cluster import synthetic
 from ironsight.cluster.models import ModelSource, get_model_info
 from ironsight.jobs.audit import audit_report
 from ironsight.robustness.mix import expected_accuracy
-from ironsight.robustness.report import to_markdown
+from ironsight.robustness.report.markdown import to_markdown
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA
 from ironsight.robustness.suites import get_suite
 

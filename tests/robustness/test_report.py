@@ -13,13 +13,10 @@ import pytest
 
 from ironsight.cluster.errors import InvalidInput
 from ironsight.robustness.gate import evaluate_gate, parse_gate
-from ironsight.robustness.report import (
-    build_report,
-    dumps,
-    text_summary,
-    to_markdown,
-    write_reports,
-)
+from ironsight.robustness.report.build import build_report, dumps
+from ironsight.robustness.report.markdown import to_markdown
+from ironsight.robustness.report.text import text_summary
+from ironsight.robustness.report.write import write_reports
 from ironsight.robustness.schema import REPORT_JSON_SCHEMA, REPORT_SCHEMA_VERSION, Example
 
 CLASS_NAMES = ["cat", "dog"]
@@ -230,7 +227,7 @@ GATES = {"none": None, "pass": {"clean_accuracy_min": 0.5}, "fail": {"clean_accu
 @pytest.fixture(scope="module")
 def pages():
     """report.html for each gate in GATES (rendered once: matplotlib is the slow part)."""
-    from ironsight.robustness.html import render_html
+    from ironsight.robustness.report.html import render_html
 
     out = {}
     for key, gate in GATES.items():
@@ -261,7 +258,7 @@ def test_html_escapes_names(pages):
 
 
 def test_clean_only_report_renders_without_condition_or_attack_sections():
-    from ironsight.robustness.html import render_html
+    from ironsight.robustness.report.html import render_html
 
     report = make_report(table=pa.Table.from_pylist(rows("clean", "clean", 0, 0.0, [0, 1, 0, 0])))
     assert report["conditions"] == [] and report["attacks"] == []
@@ -272,7 +269,7 @@ def test_clean_only_report_renders_without_condition_or_attack_sections():
 
 
 def test_html_per_condition_table_shows_baseline_columns():
-    from ironsight.robustness.html import render_html
+    from ironsight.robustness.report.html import render_html
 
     report = make_report(baseline=make_report(table=predictions(clean=(0, 1, 0, 1))))
     page = render_html(report)
@@ -294,7 +291,7 @@ def test_html_per_condition_table_shows_baseline_columns():
     ],
 )
 def test_example_images_become_white_uint8_hwc(image):
-    from ironsight.robustness.html import to_uint8_hwc
+    from ironsight.robustness.report.html import to_uint8_hwc
 
     out = to_uint8_hwc(image)
     assert (out.shape, out.dtype, int(out.min())) == ((4, 5, 3), np.uint8, 255)
@@ -306,8 +303,10 @@ def test_report_modules_import_neither_ray_nor_pyplot():
 
     code = (
         "import sys\n"
-        "import ironsight.robustness.gate, ironsight.robustness.html, ironsight.robustness.metrics, ironsight.robustness.report\n"
-        "import ironsight.robustness.schema\n"
+        "import ironsight.robustness.gate, ironsight.robustness.metrics, ironsight.robustness.schema\n"
+        "import ironsight.robustness.report.build, ironsight.robustness.report.comparison\n"
+        "import ironsight.robustness.report.html, ironsight.robustness.report.write\n"
+        "import ironsight.robustness.report.markdown, ironsight.robustness.report.text\n"
         "print(sorted(m for m in ('ray', 'matplotlib.pyplot') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,15 +1,24 @@
-"""``report.html``: one self-contained page with the audit's plots, tables and gate verdict.
+"""``report.html`` and ``compare.html``: self-contained pages with the plots, tables and verdicts.
 
 Everything is inline: CSS in a ``<style>`` block, plots and example images as base64 PNG
 ``data:`` URIs, no scripts and no external URL, so the file can be mailed, attached to a CI
-run or opened offline. Plots are drawn with matplotlib's object API (``Figure`` rendered by
-the Agg canvas): no ``pyplot``, no change to the global backend or rcParams.
+run or opened offline. The plots are :mod:`~ironsight.robustness.report.plots`' (matplotlib's
+object API: no ``pyplot``, no change to the global backend or rcParams).
 
 Uncertainty is drawn, not only printed: the severity and attack curves carry a shaded band
 per line, the 95% Wilson score interval of each point (``ci95`` in report.json), and the clean
 accuracy a grey band; tables show ``accuracy [low, high] (n=...)``. The header states the
 number of images and the smallest drop they can detect, the preprocessing when the report
 has it, and why mCE against AlexNet is absent when it is.
+
+compare.html is built the same way. Sections: recommendation, the ranking tables, the three
+Pareto plots (accuracy vs images/s, clean vs corruption accuracy, accuracy vs memory;
+Pareto-optimal models drawn filled, ringed and joined by the front, random-weights models as
+grey crosses), the per-condition accuracy of every model on one chart, and per model its
+misclassified examples with their activation maps.
+
+The rows are :mod:`~ironsight.robustness.report.tables`' and
+:mod:`~ironsight.robustness.report.comparison`'s: the Markdown shows the same.
 """
 
 from __future__ import annotations
@@ -21,14 +30,29 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
+from ironsight.robustness.report import comparison
+from ironsight.robustness.report.plots import (
+    attack_plot,
+    conditions_plot,
+    confusion_plot,
+    heatmap,
+    pareto_plot,
+    severity_plot,
+)
+from ironsight.robustness.report.tables import (
+    ci_text,
+    example_lines,
+    header_lines,
+    num,
+    pct,
+    result_tables,
+    summary_rows,
+)
 from ironsight.robustness.schema import Example
 
 MAX_EXAMPLES = 120  # ~10 KB each as PNG: keeps the page a few MB at most
-_DPI = 110
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0;
@@ -61,13 +85,6 @@ th{background:#eaeef2} td:first-child,th:first-child{text-align:left}
 """
 
 
-def png_data_uri(fig: Figure) -> str:
-    canvas = FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    canvas.print_png(buf)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def to_uint8_hwc(image) -> np.ndarray:
     """An example image as (H, W, 3) uint8, from uint8 HxWx3 or float [0, 1] HxWx3 / 3xHxW.
 
@@ -94,180 +111,6 @@ def image_data_uri(image: np.ndarray) -> str:
 
 def escape(text) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def _severity_plot(report: dict) -> str | None:
-    conds = report["conditions"]
-    if not conds:
-        return None
-    fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
-    ax = fig.add_subplot()
-    clean = report["clean"]["accuracy"]
-    clean_ci = report["clean"].get("ci95")
-    names = sorted({c["name"] for c in conds})
-    cmap = palette(len(names))
-    for color, name in zip(cmap, names, strict=True):
-        cells = sorted(
-            (c for c in conds if c["name"] == name and c["accuracy"] is not None),
-            key=lambda c: c["severity"],
-        )
-        xs = [c["severity"] for c in cells]
-        ys = [100 * c["accuracy"] for c in cells]
-        bands = [c.get("ci95") for c in cells]
-        if clean is not None:
-            xs, ys = [0, *xs], [100 * clean, *ys]
-            bands = [clean_ci, *bands]
-        ax.plot(xs, ys, marker="o", ms=4, lw=1.6, color=color, label=name)
-        _band(ax, xs, bands, color)
-    if clean is not None:
-        ax.axhline(100 * clean, color="#444", ls="--", lw=1, label="clean")
-        if clean_ci:
-            ax.axhspan(100 * clean_ci[0], 100 * clean_ci[1], color="#444", alpha=0.08, lw=0)
-    ax.set_xlabel("severity (0 = clean)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_xticks(range(0, max(c["severity"] for c in conds) + 1))
-    ax.grid(alpha=0.3)
-    ax.set_title("Accuracy vs corruption severity (bands: 95% Wilson score interval)", fontsize=10)
-    ax.legend(
-        fontsize=7,
-        ncol=2 if len(names) > 8 else 1,
-        loc="center left",
-        bbox_to_anchor=(1.01, 0.5),
-        frameon=False,
-    )
-    fig.tight_layout()
-    return png_data_uri(fig)
-
-
-def _band(ax, xs: list, bands: list, color) -> None:
-    """Shade the 95% intervals around one curve (points without an interval are skipped)."""
-    pts = [(x, b) for x, b in zip(xs, bands, strict=True) if b]
-    if len(pts) >= 2:
-        ax.fill_between(
-            [x for x, _ in pts],
-            [100 * b[0] for _, b in pts],
-            [100 * b[1] for _, b in pts],
-            color=color,
-            alpha=0.15,
-            lw=0,
-        )
-    elif pts:
-        x, b = pts[0]
-        ax.errorbar(
-            [x], [50 * (b[0] + b[1])], yerr=[[50 * (b[1] - b[0])]], color=color, lw=1,
-            capsize=3, fmt="none",
-        )
-
-
-def palette(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20" if n > 10 else "tab10"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _attack_plot(report: dict) -> str | None:
-    attacks = report["attacks"]
-    if not attacks:
-        return None
-    fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
-    ax = fig.add_subplot()
-    names = sorted({a["name"] for a in attacks})
-    for color, name in zip(palette(len(names)), names, strict=True):
-        rows = sorted(
-            (a for a in attacks if a["name"] == name and a["accuracy"] is not None),
-            key=lambda a: a["eps"],
-        )
-        xs = [255 * a["eps"] for a in rows]
-        ax.plot(
-            xs,
-            [100 * a["accuracy"] for a in rows],
-            marker="o",
-            ms=4,
-            lw=1.6,
-            color=color,
-            label=name,
-        )
-        _band(ax, xs, [a.get("ci95") for a in rows], color)
-    chance = 100 / len(report["class_names"])
-    ax.axhline(chance, color="#a40e26", ls=":", lw=1, label=f"chance ({chance:.0f}%)")
-    ax.set_xlabel("eps × 255 (pixel units)")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.set_title("Robust accuracy vs attack budget (bands: 95% Wilson score interval)", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    return png_data_uri(fig)
-
-
-def _heatmap(report: dict) -> str | None:
-    conds = [c for c in report["conditions"]]
-    if not conds:
-        return None
-    names = sorted({c["name"] for c in conds})
-    sevs = sorted({c["severity"] for c in conds})
-    grid = np.full((len(names), len(sevs)), np.nan)
-    for c in conds:
-        if c["accuracy"] is not None:
-            grid[names.index(c["name"]), sevs.index(c["severity"])] = 100 * c["accuracy"]
-    fig = Figure(figsize=(5.2, 0.9 + 0.32 * len(names)), dpi=_DPI)
-    ax = fig.add_subplot()
-    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(sevs)), [str(s) for s in sevs])
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("severity")
-    for i in range(len(names)):
-        for j in range(len(sevs)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, label="accuracy (%)")
-    ax.set_title("Accuracy by condition and severity")
-    fig.tight_layout()
-    return png_data_uri(fig)
-
-
-def _confusion_plot(report: dict) -> str | None:
-    cm = np.asarray(report["clean"]["confusion_matrix"])
-    if cm.size == 0 or cm.sum() == 0:
-        return None
-    names = report["class_names"]
-    size = min(9.0, 2.4 + 0.45 * len(names))
-    fig = Figure(figsize=(size, size * 0.85), dpi=_DPI)
-    ax = fig.add_subplot()
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if len(names) <= 20:
-        for i in range(len(names)):
-            for j in range(len(names)):
-                if cm[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        str(cm[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if frac[i, j] > 0.5 else "black",
-                    )
-    fig.colorbar(im, ax=ax, label="fraction of the true class")
-    ax.set_title("Clean confusion matrix")
-    fig.tight_layout()
-    return png_data_uri(fig)
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -368,8 +211,6 @@ def example_cells(examples: Sequence[Example], class_names: Sequence[str]) -> st
 
 
 def _examples(report: dict, examples: Sequence[Example]) -> str:
-    from ironsight.robustness.report import example_lines
-
     lines = example_lines(report)
     if not examples and not lines:
         return ""
@@ -381,7 +222,7 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     """Render the report as one self-contained HTML page.
 
     Args:
-        report: The dict from :func:`ironsight.robustness.report.build_report`.
+        report: The dict from :func:`ironsight.robustness.report.build.build_report`.
         examples: Images with their predictions, shown in a grid (at most
             :data:`MAX_EXAMPLES`).
 
@@ -400,43 +241,36 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     ]
     if report.get("preprocessing"):
         meta_rows.insert(2, ["preprocessing", json.dumps(report["preprocessing"], sort_keys=True)])
-    from ironsight.robustness.report import (  # report imports this module at call time
-        ci_text,
-        header_lines,
-        result_tables,
-        summary_rows,
-    )
-
     ci = clean.get("ci95")
     cards = [
         card(
             "clean accuracy"
             + (f" · 95% CI [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}], n={clean.get('n_labeled')}" if ci else ""),
-            _pct(s["clean_accuracy"]),
+            pct(s["clean_accuracy"]),
         ),
-        card("mean corruption accuracy", _pct(s["mean_corruption_accuracy"])),
-        card("clean ECE (15 bins)", _num(clean["ece"])),
-        card("clean macro F1", _num(clean["macro_f1"])),
+        card("mean corruption accuracy", pct(s["mean_corruption_accuracy"])),
+        card("clean ECE (15 bins)", num(clean["ece"])),
+        card("clean macro F1", num(clean["macro_f1"])),
     ]
     if s.get("mce") is not None:
-        cards.append(card("mCE vs baseline", _num(s["mce"])))
-        cards.append(card("relative mCE vs baseline", _num(s["relative_mce"])))
+        cards.append(card("mCE vs baseline", num(s["mce"])))
+        cards.append(card("relative mCE vs baseline", num(s["relative_mce"])))
     if s.get("alexnet"):
-        cards.append(card("mCE vs AlexNet (ImageNet-C)", _num(s["alexnet"]["mce"])))
+        cards.append(card("mCE vs AlexNet (ImageNet-C)", num(s["alexnet"]["mce"])))
 
     plots = []
     for uri, caption in (
         (
-            _severity_plot(report),
+            severity_plot(report),
             "Accuracy per condition as severity grows; dashed: clean; shaded bands: 95% Wilson "
             "score interval of each point.",
         ),
-        (_heatmap(report), "Accuracy (%) of each condition x severity cell."),
+        (heatmap(report), "Accuracy (%) of each condition x severity cell."),
         (
-            _attack_plot(report),
+            attack_plot(report),
             "Robust accuracy per attack as the budget eps grows; bands: 95% Wilson score interval.",
         ),
-        (_confusion_plot(report), "Clean confusion matrix, rows normalized; numbers are counts."),
+        (confusion_plot(report), "Clean confusion matrix, rows normalized; numbers are counts."),
     ):
         if uri:
             plots.append(figure(uri, caption))
@@ -479,10 +313,10 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
                     names[i],
                     ci_text(clean["per_class"][i])
                     if clean.get("per_class")
-                    else _pct(clean["per_class_accuracy"][i]),
-                    _num(clean["precision"][i]),
-                    _num(clean["recall"][i]),
-                    _num(clean["f1"][i]),
+                    else pct(clean["per_class_accuracy"][i]),
+                    num(clean["precision"][i]),
+                    num(clean["recall"][i]),
+                    num(clean["f1"][i]),
                     clean["support"][i],
                 ]
                 for i in range(len(names))
@@ -492,3 +326,59 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
     parts.append("<h2>Run</h2>" + html_table(["", "value"], meta_rows))
     parts.append("</main></body></html>")
     return "\n".join(p for p in parts if p)
+
+
+def compare_html(report: dict, entries) -> str:
+    """The comparison as one self-contained HTML page.
+
+    Args:
+        report: :func:`ironsight.robustness.report.comparison.build_compare_report`'s dict.
+        entries: the :class:`~ironsight.robustness.report.comparison.CompareEntry` list, for
+            the example images (their ``examples``).
+    """
+    names = [r["model"] for r in report["models"]]
+    title = "Model comparison: " + ", ".join(names)
+    rec = report.get("recommendation")
+    parts = [page_start(title), bullets(comparison.header_lines(report), "compare-header")]
+    lines = comparison.recommendation_lines(report)  # objective, verdict, reason, exclusions
+    if rec is None:
+        head, rest, cls = lines[0], [], "warn"
+    else:
+        head, rest, cls = lines[1], [lines[0], *lines[2:]], "pass" if rec.get("winner") else "fail"
+    items = "".join(f"<li>{escape(x)}</li>" for x in rest)
+    parts.append(f'<div id="recommendation" class="banner {cls}">{escape(head)}'
+                 + (f"<ul>{items}</ul>" if items else "") + "</div>")
+    for title_, header, rows in comparison.ranking_tables(report):
+        parts.append(f"<h2>{escape(title_)}</h2>" + html_table(header, rows))
+    plots = []
+    captions = {
+        "accuracy_vs_images_per_s": "Clean accuracy vs throughput at the best batch size.",
+        "accuracy_vs_corruption": "Clean vs mean corruption accuracy.",
+        "accuracy_vs_memory": "Clean accuracy vs peak inference memory (lower is better).",
+    }
+    for key, x, y, hi in comparison.PARETO_PLOTS:
+        uri = pareto_plot(report, key, x, y, hi)
+        if uri:
+            plots.append(figure(uri, captions[key] + " Filled, ringed, ★: Pareto-optimal (no other model "
+                                 "is as good on both axes and better on one); grey crosses: random weights."))
+    uri = conditions_plot(report)
+    if uri:
+        plots.append(figure(uri, "Accuracy of every model per condition (mean over the suite's severities) "
+                             "and clean; hatched: random weights."))
+    if plots:
+        parts.append("<h2>Plots</h2><div class='plots'>" + "".join(plots) + "</div>")
+    else:
+        parts.append("<p class='meta'>No plot: no model has the numbers the plots need "
+                     "(profiling off, or no corruption in the suite).</p>")
+    by_name = {e.name: e for e in entries}
+    shown = [r for r in report["models"] if r["model"] in by_name]
+    if any(by_name[r["model"]].examples or (report.get("examples") or {}).get(r["model"]) for r in shown):
+        parts.append("<h2>Misclassified examples</h2>")
+        for r in shown:
+            e = by_name[r["model"]]
+            notes = example_lines({"examples": (report.get("examples") or {}).get(r["model"])})
+            parts.append(f"<h3>{escape(comparison.model_label(r))}</h3>" + bullets(notes)
+                         + (example_cells(e.examples, e.report.get("class_names") or report["class_names"])
+                            if e.examples else ""))
+    parts.append("</main></body></html>")
+    return "\n".join(parts)

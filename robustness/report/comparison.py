@@ -37,16 +37,9 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 
-from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput
-from ironsight.robustness.report import (
-    _md_table,
-    _num,
-    _pct,
-    dumps,
-    example_lines,
-    software_versions,
-)
+from ironsight.robustness.report.build import software_versions
+from ironsight.robustness.report.tables import num, pct
 
 COMPARE_SCHEMA_VERSION = "1.0"
 ACCURACY_METRICS = ("accuracy", "corruption_accuracy", "robust_accuracy", "mix_accuracy", "f1")
@@ -223,7 +216,7 @@ def _acc(row: dict, key: str, ci_key: str | None = None) -> str:
     ci = row.get(ci_key) if ci_key else None
     if value is None:
         return "—"
-    text = f"{_pct(value)} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else _pct(value)
+    text = f"{pct(value)} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else pct(value)
     return _marked(row, text)
 
 
@@ -239,10 +232,10 @@ def ranking_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
         "model", "clean accuracy [95% CI]", "macro precision", "macro recall", "macro F1",
         "p50 ms", "p95 ms", "images/s (batch)", "peak memory MB", "params M", "GFLOPs",
         "mean corruption accuracy", "mix accuracy [95% CI]"],
-        [[model_label(r), _acc(r, "accuracy", "accuracy_ci"), *(_marked(r, _num(r[k])) for k in ("precision", "recall", "f1")),
-          _num(r["p50_ms"], 2), _num(r["p95_ms"], 2),
+        [[model_label(r), _acc(r, "accuracy", "accuracy_ci"), *(_marked(r, num(r[k])) for k in ("precision", "recall", "f1")),
+          num(r["p50_ms"], 2), num(r["p95_ms"], 2),
           "—" if r["images_per_s"] is None else f"{r['images_per_s']:.1f} ({r['best_batch_size']})",
-          _num(r["memory_mb"], 1), _sig(r["params_m"]), _sig(r["gflops"]),
+          num(r["memory_mb"], 1), _sig(r["params_m"]), _sig(r["gflops"]),
           _acc(r, "corruption_accuracy"), _acc(r, "mix_accuracy", "mix_ci")] for r in rows])]
     if report["families"]:
         tables.append(("Accuracy per condition family", ["model", *report["families"]],
@@ -298,36 +291,3 @@ def header_lines(report: dict) -> list[str]:
     if kinds:
         lines.append("peak memory: " + ", ".join(sorted(kinds)) + " (cuda_max_allocated on GPU, process RSS delta on CPU)")
     return lines
-
-
-def compare_markdown(report: dict) -> str:
-    """The comparison as Markdown: recommendation, tables, Pareto fronts, examples."""
-    names = ", ".join(r["model"] for r in report["models"])
-    out = [f"# Model comparison: {names}", "", f"- created: {report['created_at']}  "]
-    out += [f"- {line}  " for line in header_lines(report)]
-    out += ["", "## Recommendation", ""] + [f"- {line}" for line in recommendation_lines(report)] + [""]
-    for title, header, rows in ranking_tables(report):
-        out += [f"## {title}", ""] + _md_table(header, rows)
-    examples = report.get("examples") or {}
-    if any(examples.values()):
-        out += ["## Misclassified examples (images and activation maps in compare.html)", ""]
-        for name, section in examples.items():
-            out += [f"### {name}", ""] + [f"- {line}" for line in example_lines({"examples": section})] + [""]
-    return "\n".join(out)
-
-
-def write_compare_reports(output: str, report: dict, entries) -> dict[str, str]:
-    """``compare.json``, ``compare.md`` and ``compare.html`` into OUTPUT (a local folder or an
-    ``s3://`` prefix), each published atomically; returns ``{"json": uri, "markdown": uri, "html": uri}``."""
-    from ironsight.robustness.compare_html import compare_html
-
-    out = storage.resolve(output)
-    if not out.is_s3:
-        storage.makedirs(out)
-    paths = {}
-    for key, name, text in (("json", "compare.json", dumps(report)), ("markdown", "compare.md", compare_markdown(report)),
-                            ("html", "compare.html", compare_html(report, entries))):
-        target = out.join(name)
-        storage.publish_bytes(target, text.encode("utf-8"))
-        paths[key] = target.uri
-    return paths
