@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ironsight.cluster import storage
+from ironsight.cluster import storage, storage_errors
 from ironsight.cluster.errors import InvalidInput, did_you_mean
 
 IMAGE_NAMES = ("image", "img", "bytes", "content")  # preferred when several columns qualify
@@ -110,7 +110,7 @@ def _read_footer(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str
             head = f.read_at(4, 0) if tail[-4:] != b"PAR1" else b"PAR1"
             return head, tail
 
-    head, tail = storage.with_retries(read_tail, what=f"reading the footer of {uri}")
+    head, tail = storage_errors.with_retries(read_tail, what=f"reading the footer of {uri}")
     if head != b"PAR1":
         return BadFile("not a Parquet file (no PAR1 magic bytes)")
     if tail[-4:] != b"PAR1":

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ironsight.cluster import paths, storage
+from ironsight.cluster import paths, storage, storage_errors
 from ironsight.cluster.corpus import CorpusPlan, Shard
 from ironsight.cluster.errors import InvalidInput, JobFailed
 from ironsight.cluster.footer import ImageLayout
@@ -83,7 +83,7 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
     wanted = [plan.image_column, plan.id_column, plan.label_column]
     columns = list(dict.fromkeys(c for c in wanted if c is not None))
     fetcher = _Fetcher(loc, plan.allowed_roots)
-    source = storage.with_retries(lambda: loc.fs.open_input_file(loc.path),
+    source = storage_errors.with_retries(lambda: loc.fs.open_input_file(loc.path),
                                   what=f"opening {shard.file}")
     reopened: list = []
     try:
@@ -103,7 +103,7 @@ def iter_shard(plan: CorpusPlan, shard: Shard, *, batch_rows: int = 256) -> Iter
 
         def reopen() -> pq.ParquetFile:
             """A fresh handle on the file, after a dropped connection mid-read."""
-            fresh = storage.with_retries(lambda: loc.fs.open_input_file(loc.path),
+            fresh = storage_errors.with_retries(lambda: loc.fs.open_input_file(loc.path),
                                          what=f"reopening {shard.file}")
             reopened.append(fresh)
             return pq.ParquetFile(fresh)
@@ -136,7 +136,7 @@ def read_kept(plan: CorpusPlan, shard: Shard) -> pa.Table:
             than planned (it changed since).
     """
     loc = storage.resolve(shard.file)
-    source = storage.with_retries(lambda: loc.fs.open_input_file(loc.path),
+    source = storage_errors.with_retries(lambda: loc.fs.open_input_file(loc.path),
                                   what=f"opening {shard.file}")
     try:
         try:
@@ -204,12 +204,12 @@ def _checked_batches(parquet: pq.ParquetFile, shard: Shard, claimed: list[int],
             except (pa.ArrowException, OSError, ValueError) as exc:
                 why = " ".join(str(exc).split())  # pyarrow's messages span lines
                 failures += 1
-                if reopen is None or not _network_error(exc) or failures >= storage.max_attempts():
+                if reopen is None or not _network_error(exc) or failures >= storage_errors.max_attempts():
                     tries = f" (after {failures} attempts)" if failures > 1 else ""
                     raise JobFailed(f"reading {shard.file} row group {rg} failed{tries}: {why}") from exc
                 log.debug("reading %s row group %d: %s; reopening (attempt %d of %d)",
-                          shard.file, rg, why, failures + 1, storage.max_attempts())
-                storage.backoff_sleep(failures)
+                          shard.file, rg, why, failures + 1, storage_errors.max_attempts())
+                storage_errors.backoff_sleep(failures)
                 parquet = reopen()
         if got != expected:
             raise JobFailed(
@@ -229,7 +229,7 @@ def _network_error(exc: BaseException) -> bool:
     """A transient object-store error while streaming (the AWS SDK's own errors, a dropped or
     timed-out connection): worth reopening the file. A corrupt page is not."""
     network = isinstance(exc, (ConnectionError, TimeoutError)) or "AWS Error" in str(exc)
-    return network and storage.is_transient(exc)
+    return network and storage_errors.is_transient(exc)
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:

@@ -90,7 +90,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ironsight.cluster import storage
+from ironsight.cluster import storage, storage_errors
 from ironsight.cluster.errors import InvalidInput, JobFailed
 from ironsight.cluster.liveness import process_exists, process_identity
 
@@ -248,7 +248,7 @@ class LabelSink:
             lock = OutputLock.acquire(out)
         except OSError as exc:
             raise InvalidInput(
-                f"cannot write to OUTPUT {out.uri}: {storage.os_reason(exc)} (creating {LOCK})"
+                f"cannot write to OUTPUT {out.uri}: {storage_errors.os_reason(exc)} (creating {LOCK})"
             ) from None
         try:
             sink = cls._open_locked(out, spec_hash, header, set(expected_shards), overwrite)
@@ -383,7 +383,7 @@ class LabelSink:
         except OSError as exc:
             raise JobFailed(
                 f"could not commit shard {shard_id}: writing {self.out.join(name).uri} failed: "
-                f"{storage.os_reason(exc)}. The shards committed before it ({len(self.committed)}) "
+                f"{storage_errors.os_reason(exc)}. The shards committed before it ({len(self.committed)}) "
                 "stay; fix OUTPUT and rerun the same command to resume."
             ) from exc
         rec = ShardRecord(
@@ -467,7 +467,7 @@ def _write_json(loc: storage.Location, obj: Any) -> None:
     try:
         storage.publish_bytes(loc, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
     except OSError as exc:
-        raise JobFailed(f"writing {loc.uri} failed: {storage.os_reason(exc)}") from exc
+        raise JobFailed(f"writing {loc.uri} failed: {storage_errors.os_reason(exc)}") from exc
 
 
 def _prepare_folder(out: storage.Location) -> None:
@@ -482,7 +482,7 @@ def _prepare_folder(out: storage.Location) -> None:
     try:
         storage.makedirs(out)
     except OSError as exc:
-        raise InvalidInput(f"cannot create OUTPUT {out.uri}: {storage.os_reason(exc)}") from None
+        raise InvalidInput(f"cannot create OUTPUT {out.uri}: {storage_errors.os_reason(exc)}") from None
 
 
 def _remove_stale_temps(out: storage.Location) -> None:

@@ -344,7 +344,7 @@ def load_yaml(uri_or_path: str, *, what: str, max_bytes: int = MAX_CONFIG_BYTES)
     Raises:
         ConfigInvalid: missing, unreadable, not a regular file, too large, not UTF-8, or any
             :func:`parse_yaml` problem.
-        JobFailed: S3 stayed unreachable (from :func:`ironsight.cluster.storage.with_retries`).
+        JobFailed: S3 stayed unreachable (from :func:`ironsight.cluster.storage_errors.with_retries`).
     """
     name = str(uri_or_path)  # as the user wrote it
     try:

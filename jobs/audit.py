@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import metrics as job_metrics
-from ironsight.cluster import paths, reader, storage
+from ironsight.cluster import paths, reader, storage, storage_errors
 from ironsight.cluster.decode import count_reasons, worker_identity
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import ModelSource
@@ -676,7 +676,7 @@ def _prepare_output(output: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InvalidInput(f"cannot write to OUTPUT {output}: {storage.os_reason(exc)}") from None
+        raise InvalidInput(f"cannot write to OUTPUT {output}: {storage_errors.os_reason(exc)}") from None
 
 
 def _write_outputs(output: str, report: dict, table: pa.Table, examples) -> dict[str, str]:
@@ -689,7 +689,7 @@ def _write_outputs(output: str, report: dict, table: pa.Table, examples) -> dict
         return _write_outputs_to(output, report, table, examples)
     except OSError as exc:
         where = getattr(exc, "filename", None) or output
-        raise JobFailed(f"writing the audit's results to {where} failed: {storage.os_reason(exc)}") from exc
+        raise JobFailed(f"writing the audit's results to {where} failed: {storage_errors.os_reason(exc)}") from exc
 
 
 def _write_outputs_to(output: str, report: dict, table: pa.Table, examples) -> dict[str, str]:

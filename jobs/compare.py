@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ironsight.cluster import corpus as corpus_mod
-from ironsight.cluster import paths, storage
+from ironsight.cluster import paths, storage, storage_errors
 from ironsight.cluster.errors import InvalidInput, JobFailed
 from ironsight.cluster.models import ModelSource
 from ironsight.cluster.progress import status
@@ -258,7 +258,7 @@ def run_compare(cfg: CompareConfig, *, prepared: ComparePlan | None = None) -> C
     try:
         written = write_compare_reports(cfg.output, report, entries)
     except OSError as exc:
-        raise JobFailed(f"writing the comparison to {cfg.output} failed: {storage.os_reason(exc)}") from exc
+        raise JobFailed(f"writing the comparison to {cfg.output} failed: {storage_errors.os_reason(exc)}") from exc
     ran = [m.name for m in todo]
     return CompareResult(report=report, entries=entries, paths=written, ran=ran,
                          reused=[m.name for m in cfg.models if m.name not in ran],
@@ -385,7 +385,7 @@ def _write_entry(output: str, name: str, entry: dict) -> None:
     try:
         storage.publish_bytes(target, json.dumps(entry, indent=2, sort_keys=True).encode())
     except OSError as exc:
-        raise JobFailed(f"writing {target.uri} failed: {storage.os_reason(exc)}") from exc
+        raise JobFailed(f"writing {target.uri} failed: {storage_errors.os_reason(exc)}") from exc
 
 
 def _marker(cfg: CompareConfig) -> dict:

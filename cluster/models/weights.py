@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from ironsight.cluster import storage
+from ironsight.cluster import storage, storage_errors
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.models.card import ModelCard, load_card
 from ironsight.cluster.models.formats import (
@@ -207,7 +207,7 @@ def _network_from_file(
 ) -> tuple[nn.Module, str]:
     loc = storage.resolve(uri)
     where = f" (named by model card {card.uri})" if card is not None else ""
-    kind = storage.with_retries(lambda: loc.fs.get_file_info(loc.path).type,
+    kind = storage_errors.with_retries(lambda: loc.fs.get_file_info(loc.path).type,
                                 what=f"checking {loc.uri}")
     if kind == pafs.FileType.Directory:
         raise InvalidInput(f"weights path {loc.uri}{where} is a directory; pass the file in it")

@@ -213,7 +213,7 @@ def render_trend_html(job: str, runs: list[Run], *, last: int, source: str) -> s
 def write_trend_html(store: HistoryStore, job: str, out: str, last: int = TREND_LAST) -> int:
     """Write `job`'s trend page to `out` (a local path or s3:// URI, written atomically);
     returns the number of plots. A job without runs is refused (InvalidInput)."""
-    from ironsight.cluster import storage
+    from ironsight.cluster import storage, storage_errors
 
     runs = store.runs(job=job, last=last)
     if not runs:
@@ -225,5 +225,5 @@ def write_trend_html(store: HistoryStore, job: str, out: str, last: int = TREND_
     try:
         storage.publish_bytes(storage.resolve(out), page.encode("utf-8"))
     except OSError as exc:
-        raise InvalidInput(f"--html {out}: cannot write the trend page: {storage.os_reason(exc)}") from exc
+        raise InvalidInput(f"--html {out}: cannot write the trend page: {storage_errors.os_reason(exc)}") from exc
     return page.count("<figure ")

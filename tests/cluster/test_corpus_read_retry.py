@@ -4,7 +4,7 @@ already yielded (each row once), within the storage retry budget; other errors f
 import pyarrow.parquet as pq
 import pytest
 
-from ironsight.cluster import corpus, reader, storage, synthetic
+from ironsight.cluster import corpus, reader, storage_errors, synthetic
 from ironsight.cluster.errors import JobFailed
 
 DROPPED = OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 56, "
@@ -41,7 +41,7 @@ def _failing(monkeypatch, error: BaseException, times: int, after_batches: int =
             yield batch
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", iter_batches)
-    monkeypatch.setattr(storage, "backoff_sleep", lambda failures: None)
+    monkeypatch.setattr(storage_errors, "backoff_sleep", lambda failures: None)
     return calls
 
 

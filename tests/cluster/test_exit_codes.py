@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ironsight.cluster import errors
-from ironsight.cluster.storage import StorageError
+from ironsight.cluster.storage_errors import StorageError
 from ironsight.jobs import submit
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"

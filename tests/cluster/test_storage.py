@@ -7,7 +7,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from ironsight.cluster import storage
+from ironsight.cluster import storage, storage_errors
 from ironsight.cluster.errors import InvalidInput, JobFailed
 
 
@@ -162,10 +162,10 @@ class Flaky:
 def test_with_retries(failures, exc, calls, outcome):
     fn = Flaky(failures, exc)
     if outcome == "ok":
-        assert storage.with_retries(fn, what="reading thing", attempts=4, base_delay=0) == "ok"
+        assert storage_errors.with_retries(fn, what="reading thing", attempts=4, base_delay=0) == "ok"
     else:
         with pytest.raises(outcome) as info:
-            storage.with_retries(fn, what="reading thing", attempts=4, base_delay=0)
+            storage_errors.with_retries(fn, what="reading thing", attempts=4, base_delay=0)
         if outcome is JobFailed:
             assert str(info.value) == ("reading thing failed after 4 attempts: "
                                        "connection reset")
@@ -196,6 +196,6 @@ def test_s3_round_trip(s3_bucket):
 def test_s3_filesystem_follows_environment(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")  # wins over AWS_ENDPOINT_URL
     monkeypatch.setenv("IRONSIGHT_S3_MAX_ATTEMPTS", "1")
-    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)  # skip the outer backoff
+    monkeypatch.setattr(storage_errors.time, "sleep", lambda seconds: None)  # skip the outer backoff
     with pytest.raises(JobFailed, match="listing s3://nowhere"):
         storage.list_files(storage.resolve("s3://nowhere/*.parquet"))

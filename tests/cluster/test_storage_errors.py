@@ -1,4 +1,4 @@
-"""ironsight.cluster.storage sorts object-store errors: what no retry fixes fails at once, with
+"""ironsight.cluster.storage_errors sorts object-store errors: what no retry fixes fails at once, with
 the fix named; throttling and 5xx are retried within the budget, each retry logged.
 
 Every error here is a real one, as pyarrow raises it: from the moto S3 server (a missing
@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
-from ironsight.cluster import storage
+from ironsight.cluster import storage, storage_errors
 from ironsight.cluster.errors import InvalidInput, JobFailed
-from ironsight.cluster.storage import StorageError
+from ironsight.cluster.storage_errors import StorageError
 from tests.conftest import moto_process
 
 
@@ -67,7 +67,7 @@ def error_server(monkeypatch):
 @pytest.fixture
 def no_backoff(monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr(storage.time, "sleep", waits.append)
+    monkeypatch.setattr(storage_errors.time, "sleep", waits.append)
     return waits
 
 
@@ -172,14 +172,14 @@ def test_local_permanent_errors_are_not_retried(tmp_path, no_backoff):
         raise PermissionError(13, "Permission denied", str(tmp_path / "f"))
 
     with pytest.raises(JobFailed, match=r"^reading f failed: permission denied \("):
-        storage.with_retries(denied, what="reading f")
+        storage_errors.with_retries(denied, what="reading f")
     assert calls == [1] and no_backoff == []
 
 
 def test_a_bad_attempts_setting_is_refused(monkeypatch):
     monkeypatch.setenv("IRONSIGHT_S3_MAX_ATTEMPTS", "ten")
     with pytest.raises(InvalidInput, match="IRONSIGHT_S3_MAX_ATTEMPTS='ten' is not a whole number"):
-        storage.with_retries(lambda: 1, what="x")
+        storage_errors.with_retries(lambda: 1, what="x")
 
 
 # ---- credentials checked by a moto server with IAM auth on, in its own process -----------
