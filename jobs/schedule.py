@@ -320,9 +320,10 @@ class RemoteRun:
 def remote_launcher(spec_path: str, address: str) -> Callable[[dt.datetime], RemoteRun]:
     """Submit `spec_path` to the cluster per tick, at most once per tick (deterministic id)."""
     from ironsight.jobs import submit
+    from ironsight.jobs.rayjobs import job_client
     from ironsight.jobs.spec_file import load_spec
 
-    client = submit.job_client(address)
+    client = job_client(address)
 
     def launch(tick: dt.datetime) -> RemoteRun:
         spec = load_spec(spec_path)

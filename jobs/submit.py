@@ -1,4 +1,4 @@
-"""Submitting job specs to a Ray cluster through the Ray Jobs API, with token authentication.
+"""Submitting job specs to a Ray cluster through the Ray Jobs API: ``submit``, ``status``, ``logs``, ``stop``.
 
 ```
 ironsight submit SPEC.yaml --address http://HEAD:8265 [--wait] [--follow] [--submission-id ID]
@@ -28,12 +28,8 @@ byte (no shell quoting, no size limit of an env var) and the entrypoint stays re
   driver, joining the cluster, does not pass them to ``ray.init`` again (Ray refuses a driver
   runtime env that repeats a variable of the job's: :func:`ironsight.cluster.raycluster.forwarded_env`).
 
-**Token authentication.** Ray 2.60's ``JobSubmissionClient`` adds ``Authorization: Bearer``
-itself only when ``RAY_AUTH_MODE=token`` is set in *this* process. Ironsight sends the header
-whenever a token is found, in Ray's order: ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``,
-and (with ``RAY_AUTH_MODE=token``) ``~/.ray/auth_token``. The token is never printed or logged.
-A cluster that answers 401 gives "refused: the cluster requires a token, set RAY_AUTH_TOKEN"
-(exit 2); a 403 says the token was rejected (exit 2); an unreachable head exits 1.
+**Token authentication** and the Jobs API's errors (401/403 exit 2, an unreachable head exits
+1) are :mod:`ironsight.jobs.rayjobs`, the client these commands use.
 
 **Exactly one run per schedule slot.** :func:`scheduled_submission_id` derives a stable
 ``submission_id`` from the job name, spec hash and scheduled time. Submitting an id that already
@@ -44,20 +40,17 @@ submit cannot run a job twice. Without ``--submission-id`` every submit gets a f
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import sys
 import tempfile
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -72,6 +65,15 @@ from ironsight.cluster.errors import (
     JobFailed,
 )
 from ironsight.cluster.raycluster import object_store_env  # non-secret object-store settings
+from ironsight.jobs.rayjobs import (
+    LOG_TAIL_LINES,
+    client_address,
+    existing_status,
+    follow,
+    job_client,
+    log_tail,
+    plain_errors,
+)
 from ironsight.jobs.spec import AuditJob, ClassifyJob
 from ironsight.jobs.spec_file import load_spec, relative_paths_as_written
 
@@ -79,37 +81,17 @@ if TYPE_CHECKING:  # ray is imported lazily: importing the CLI must not pay for 
     from ray.job_submission import JobSubmissionClient
 
 __all__ = [
-    "ADDRESS_ENV",
-    "AuthRefused",
-    "ClusterUnreachable",
     "SPEC_FILENAME",
     "SubmitResult",
     "add_commands",
-    "follow",
-    "job_client",
-    "resolve_address",
+    "exit_code_of",
     "scheduled_submission_id",
     "submit_spec",
     "validated_spec_hash",
 ]
 
-# Looked up in this order when --address is not given.
-ADDRESS_ENV = ("IRONSIGHT_JOBS_ADDRESS", "RAY_ADDRESS")
 # The only file in the shipped working dir; the entrypoint runs it.
 SPEC_FILENAME = "ironsight-spec.yaml"
-# Lines of the driver log shown when a job fails: enough for a Python traceback.
-LOG_TAIL_LINES = 40
-# Status polling interval: the Jobs API is cheap, and a human watches this.
-POLL_S = 1.0
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-class ClusterUnreachable(JobFailed):
-    """The Jobs API at the address did not answer (exit 1)."""
-
-
-class AuthRefused(InvalidInput):
-    """The cluster refused the request: no token, or a wrong one (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +114,7 @@ class SubmitResult:
 
 def validated_spec_hash(spec: ClassifyJob | AuditJob) -> str:
     """The submission identity: a hash of every field of a validated spec, defaults and tuning
-    included (16 hex digits, :func:`ironsight.cluster.sink.stable_hash`).
+    included (16 hex digits, :func:`ironsight.cluster.output_format.stable_hash`).
 
     Names scheduled runs (:func:`scheduled_submission_id`), is the job's
     ``ironsight_spec_hash`` metadata and the history's ``spec_hash`` column. Not the OUTPUT's
@@ -145,7 +127,7 @@ def validated_spec_hash(spec: ClassifyJob | AuditJob) -> str:
     >>> validated_spec_hash(a) == validated_spec_hash(a.model_copy(update={"seed": 1}))
     False
     """
-    from ironsight.cluster.sink import stable_hash
+    from ironsight.cluster.output_format import stable_hash
 
     return stable_hash(spec.model_dump(mode="json"))
 
@@ -188,121 +170,6 @@ def _fresh_submission_id(job_name: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-")[:40].strip("-") or "job"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"ironsight-{slug}-{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-# --- the client -------------------------------------------------------------------------------
-
-
-def resolve_address(address: str | None) -> str:
-    """The Jobs API address: the argument, else ``IRONSIGHT_JOBS_ADDRESS``, else ``RAY_ADDRESS``.
-
-    A bare ``HOST:PORT`` gets ``http://``.
-
-    >>> resolve_address("127.0.0.1:8265")
-    'http://127.0.0.1:8265'
-    """
-    for value in (address, *(os.environ.get(name) for name in ADDRESS_ENV)):
-        if value:
-            value = value.strip().rstrip("/")
-            return value if "://" in value else f"http://{value}"
-    raise InvalidInput(
-        "no cluster address: pass --address http://HEAD:8265 (the Ray dashboard port) or set "
-        "IRONSIGHT_JOBS_ADDRESS"
-    )
-
-
-def _token() -> str | None:
-    """The auth token, looked up as Ray does; None when there is none. Never log the result."""
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if token:
-        return token
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if not path and os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-        default = Path.home() / ".ray" / "auth_token"
-        path = str(default) if default.is_file() else None
-    if path:
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as exc:
-            raise InvalidInput(
-                f"RAY_AUTH_TOKEN_PATH={path} cannot be read ({exc.strerror}); point it at the "
-                "token file or set RAY_AUTH_TOKEN"
-            ) from None
-        if not token:
-            raise InvalidInput(f"token file {path} is empty; write the cluster's token into it")
-        return token
-    return None
-
-
-@contextmanager
-def _plain_errors(address: str, submission_id: str | None = None) -> Iterator[None]:
-    """Turn the Jobs SDK's exceptions into ours, with messages that say what to do."""
-    import requests
-    from ray.exceptions import AuthenticationError
-
-    try:
-        yield
-    except AuthenticationError as exc:
-        if "Authentication failed" in str(exc):  # 403: a token was sent and is wrong
-            raise AuthRefused(
-                f"refused: the cluster at {address} rejected the token; set RAY_AUTH_TOKEN (or "
-                "RAY_AUTH_TOKEN_PATH) to the cluster's token"
-            ) from None
-        raise AuthRefused(
-            f"refused: the cluster at {address} requires a token, set RAY_AUTH_TOKEN"
-        ) from None
-    except (ConnectionError, requests.exceptions.ConnectionError):
-        raise ClusterUnreachable(
-            f"cannot reach the Ray Jobs API at {address}: is the head running and its dashboard "
-            "port (default 8265) reachable from here? Check --address or IRONSIGHT_JOBS_ADDRESS"
-        ) from None
-    except RuntimeError as exc:
-        text = str(exc)
-        if submission_id is not None and "status code 404" in text:
-            raise InvalidInput(
-                f"no job {submission_id!r} on the cluster at {address}; list jobs with "
-                f"`ray job list --address {address}`"
-            ) from None
-        raise JobFailed(f"the Jobs API at {address} failed: {text}") from None
-
-
-def job_client(address: str | None = None) -> JobSubmissionClient:
-    """A ``JobSubmissionClient`` for ``address`` that sends the auth token when one is set.
-
-    Args:
-        address: ``http://HEAD:8265``; default from ``IRONSIGHT_JOBS_ADDRESS``, then ``RAY_ADDRESS``.
-
-    Raises:
-        ClusterUnreachable: nothing answers at the address (exit 1).
-        AuthRefused: the cluster requires a token and none (or a wrong one) was sent (exit 2).
-    """
-    from ray.job_submission import JobSubmissionClient
-
-    url = resolve_address(address)
-    token = _token()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    with _plain_errors(url):
-        client = JobSubmissionClient(url, headers=headers)
-        # The constructor only asks /api/version, which may answer without a token: ask a
-        # guarded endpoint too, so a missing token is reported here, before anything is sent.
-        client.list_jobs()
-    return client
-
-
-def _client_address(client: JobSubmissionClient) -> str:
-    return getattr(client, "_address", "the cluster")
-
-
-def _existing_status(client: JobSubmissionClient, submission_id: str) -> str | None:
-    """The status of ``submission_id`` on the cluster, or None when there is no such job."""
-    address = _client_address(client)
-    try:
-        with _plain_errors(address, submission_id):
-            return str(client.get_job_status(submission_id).value)
-    except InvalidInput as exc:
-        if isinstance(exc, AuthRefused):
-            raise
-        return None
 
 
 # --- submit -----------------------------------------------------------------------------------
@@ -350,19 +217,19 @@ def submit_spec(
         address: the Jobs API (``http://HEAD:8265``); ignored when ``client`` is given.
         submission_id: the job's id; when a job with this id exists, nothing is submitted and
             its status is returned. Default: a fresh id.
-        client: a client from :func:`job_client` to reuse.
+        client: a client from :func:`ironsight.jobs.rayjobs.job_client` to reuse.
         entrypoint_num_cpus: CPUs reserved for the job's driver (default: Ray's, none).
 
     Raises:
         InvalidInput: the spec is invalid or names relative paths (nothing was submitted).
-        AuthRefused, ClusterUnreachable: see :func:`job_client`.
+        AuthRefused, ClusterUnreachable: see :func:`ironsight.jobs.rayjobs.job_client`.
     """
     spec = load_spec(spec_path)
     _check_cluster_paths(spec, spec_path)
     client = client or job_client(address)
-    url = _client_address(client)
+    url = client_address(client)
     if submission_id is not None:
-        status = _existing_status(client, submission_id)
+        status = existing_status(client, submission_id)
         if status is not None:
             return SubmitResult(submission_id, submitted=False, status=status)
     sid = submission_id or _fresh_submission_id(spec.name)
@@ -373,7 +240,7 @@ def submit_spec(
         if env:
             runtime_env["env_vars"] = env
         try:
-            with _plain_errors(url):
+            with plain_errors(url):
                 client.submit_job(
                     entrypoint=f"ironsight run {SPEC_FILENAME} --no-progress",
                     submission_id=sid,
@@ -387,104 +254,21 @@ def submit_spec(
                 )
         except JobFailed as exc:
             # Two submits of one id raced: the loser sees the winner's job.
-            status = _existing_status(client, sid) if "already exists" in str(exc) else None
+            status = existing_status(client, sid) if "already exists" in str(exc) else None
             if status is None:
                 raise
             return SubmitResult(sid, submitted=False, status=status)
     return SubmitResult(sid, submitted=True, status="PENDING")
 
 
-# --- following a job --------------------------------------------------------------------------
-
-
-def _log_tail(client: JobSubmissionClient, submission_id: str, lines: int = LOG_TAIL_LINES) -> str:
-    with _plain_errors(_client_address(client), submission_id):
-        logs = client.get_job_logs(submission_id)
-    return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
-
-
-async def _tail(client: JobSubmissionClient, submission_id: str, out: TextIO) -> None:
-    async for chunk in client.tail_job_logs(submission_id):
-        out.write(chunk)
-        out.flush()
-
-
-async def _follow(
-    client: JobSubmissionClient,
-    submission_id: str,
-    logs: bool,
-    on_status: Callable[[str], None],
-    out: TextIO,
-    poll_s: float,
-    timeout_s: float | None,
-) -> str:
-    tail = asyncio.ensure_future(_tail(client, submission_id, out)) if logs else None
-    seen = None
-    start = time.monotonic()
-    try:
-        while True:
-            status = str((await asyncio.to_thread(client.get_job_status, submission_id)).value)
-            if status != seen:
-                on_status(status)
-                seen = status
-            if status in TERMINAL:
-                break
-            if timeout_s is not None and time.monotonic() - start > timeout_s:
-                raise JobFailed(
-                    f"job {submission_id} still {status} after {timeout_s:.0f} s; it keeps "
-                    f"running: `ironsight status {submission_id}` or `ironsight stop {submission_id}`"
-                )
-            await asyncio.sleep(poll_s)
-        if tail is not None:
-            # The log socket closes once the driver's log is drained; give it a moment.
-            await asyncio.wait_for(asyncio.shield(tail), timeout=10)
-    except asyncio.TimeoutError:
-        pass
-    finally:
-        if tail is not None and not tail.done():
-            tail.cancel()
-    return seen
-
-
-def follow(
-    client: JobSubmissionClient,
-    submission_id: str,
-    *,
-    logs: bool = False,
-    on_status: Callable[[str], None] | None = None,
-    out: TextIO | None = None,
-    poll_s: float = POLL_S,
-    timeout_s: float | None = None,
-) -> str:
-    """Wait for a job to reach a terminal state; return it (``SUCCEEDED``, ``FAILED``, ``STOPPED``).
-
-    Args:
-        client: from :func:`job_client`.
-        submission_id: the job.
-        logs: stream the driver's log to ``out`` while waiting.
-        on_status: called with each new status (default: print ``ID: STATUS`` to stderr).
-        out: where logs go (default stdout).
-        poll_s: seconds between status polls.
-        timeout_s: give up waiting (the job keeps running) and raise ``JobFailed``.
-    """
-    if on_status is None:
-
-        def on_status(status: str) -> None:
-            print(f"{submission_id}: {status}", file=sys.stderr, flush=True)
-
-    with _plain_errors(_client_address(client), submission_id):
-        return asyncio.run(
-            _follow(client, submission_id, logs, on_status, out or sys.stdout, poll_s, timeout_s)
-        )
-
 
 def _finish(client: JobSubmissionClient, submission_id: str, status: str) -> int:
     if status == "SUCCEEDED":
         return 0
-    with _plain_errors(_client_address(client), submission_id):
+    with plain_errors(client_address(client), submission_id):
         info = client.get_job_info(submission_id)
     print(f"{submission_id}: {status}: {info.message or ''}".rstrip(": "), file=sys.stderr)
-    tail = _log_tail(client, submission_id)
+    tail = log_tail(client, submission_id)
     if tail:
         print(f"--- last {LOG_TAIL_LINES} log lines of {submission_id} ---", file=sys.stderr)
         print(tail, file=sys.stderr)
@@ -546,7 +330,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     _check_cluster_paths(load_spec(args.spec), args.spec)
     client = job_client(args.address)
     result = submit_spec(args.spec, submission_id=args.submission_id, client=client)
-    url = _client_address(client)
+    url = client_address(client)
     if result.submitted:
         print(f"submitted {result.submission_id} to {url}")
     else:
@@ -561,7 +345,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     client = job_client(args.address)
-    with _plain_errors(_client_address(client), args.id):
+    with plain_errors(client_address(client), args.id):
         info = client.get_job_info(args.id)
     print(f"{args.id}: {info.status.value}")
     if info.message:
@@ -581,14 +365,14 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     if args.follow:
         follow(client, args.id, logs=True, on_status=lambda status: None)
         return 0
-    with _plain_errors(_client_address(client), args.id):
+    with plain_errors(client_address(client), args.id):
         sys.stdout.write(client.get_job_logs(args.id))
     return 0
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     client = job_client(args.address)
-    with _plain_errors(_client_address(client), args.id):
+    with plain_errors(client_address(client), args.id):
         stopped = client.stop_job(args.id)
         status = client.get_job_status(args.id).value
     if stopped:

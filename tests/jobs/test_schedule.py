@@ -263,9 +263,10 @@ authed = _submit.authed
 def test_remote_ticks_submit_once_per_tick_even_from_two_schedulers(authed, tmp_path) -> None:
     """--address: each tick is a job with a deterministic id; a second scheduler (another host,
     or a lost state dir) firing the same tick attaches to that job instead of running it again."""
+    from ironsight.jobs.rayjobs import job_client
     from ironsight.jobs.schedule import remote_launcher
     from ironsight.jobs.spec_file import load_spec
-    from ironsight.jobs.submit import job_client, scheduled_submission_id, validated_spec_hash
+    from ironsight.jobs.submit import scheduled_submission_id, validated_spec_hash
 
     synthetic.write_corpus(str(tmp_path / "corpus"), 8, seed=1, rows_per_file=8, row_group_size=8)
     spec = tmp_path / "spec.yaml"

@@ -20,7 +20,8 @@ import yaml
 
 from ironsight.cluster import synthetic
 from ironsight.jobs.cli import main
-from ironsight.jobs.submit import job_client, scheduled_submission_id
+from ironsight.jobs.rayjobs import job_client
+from ironsight.jobs.submit import scheduled_submission_id
 from tests.conftest import parent_pids
 
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -108,7 +108,7 @@ def test_inside_a_job_the_driver_forwards_nothing_the_job_already_sets(monkeypat
 
 
 def _job_env(address: str, submission_id: str) -> dict:
-    from ironsight.jobs.submit import job_client
+    from ironsight.jobs.rayjobs import job_client
 
     info = job_client(address).get_job_info(submission_id)
     return (info.runtime_env or {}).get("env_vars", {})
@@ -134,8 +134,8 @@ def test_submit_succeeds_with_aws_settings_in_the_shell(s3_shell, tmp_path, caps
 
 @pytest.mark.cluster
 def test_schedule_address_tick_succeeds_with_aws_settings_in_the_shell(s3_shell, tmp_path):
+    from ironsight.jobs.rayjobs import job_client
     from ironsight.jobs.schedule import remote_launcher
-    from ironsight.jobs.submit import job_client
 
     spec = _spec(tmp_path, "schedule-env")
     run = remote_launcher(str(spec), s3_shell)(dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.timezone.utc))
