@@ -119,7 +119,7 @@ def test_schedule_state_is_published_atomically(tmp_path):
     own is left beside it."""
     import datetime as dt
 
-    from ironsight.jobs.schedule import TickState
+    from ironsight.jobs.cron import TickState
 
     state = TickState(tmp_path, "nightly")
     tick = dt.datetime(2026, 11, 25, 2, 0, tzinfo=dt.timezone.utc)

@@ -20,8 +20,9 @@ import pytest
 
 from ironsight.cluster import synthetic
 from ironsight.cluster.errors import InvalidInput
+from ironsight.jobs.cron import CronSchedule, TickState
 from ironsight.jobs.history import HistoryStore
-from ironsight.jobs.schedule import CronSchedule, Scheduler, TickState, local_launcher
+from ironsight.jobs.schedule import Scheduler, local_launcher
 
 UTC = dt.timezone.utc
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]

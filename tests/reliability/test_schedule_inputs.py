@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ironsight.cluster.errors import InvalidInput
-from ironsight.jobs.schedule import MAX_JOB_NAME, CronSchedule, TickState
+from ironsight.jobs.cron import MAX_JOB_NAME, CronSchedule, TickState
 from tests.reliability.conftest import cli
 
 UTC = dt.timezone.utc
