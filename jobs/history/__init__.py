@@ -3,7 +3,8 @@
 | module     | holds                                                                      |
 |------------|----------------------------------------------------------------------------|
 | `db`       | the database URL (`history_url`, `IRONSIGHT_HISTORY_URL`, `--history-db`), the engine, `safe_url` (password masked) |
-| `store`    | `HistoryStore` (schema, migrations, abandoned runs) and its rows, `Run`    |
+| `schema`   | the tables, `SCHEMA_VERSION`, `HistoryDatabase` (the connection; creates or upgrades the schema) |
+| `store`    | `HistoryStore` (the queries: record, read, abandoned runs) and its rows, `Run` |
 | `outcomes` | `Outcomes`: an audit's per-image correctness, what pairs two runs image by image |
 | `compare`  | `run_identity`, headline metrics, `compare_metrics` / `detect_regressions` (the regression rule) |
 | `recorder` | `RunRecorder`: records one job run and judges a named audit against its reference |

@@ -1,31 +1,15 @@
-"""The run history's store: one row a run, in the SQL database of `ironsight.jobs.history.db`.
+"""The run history's queries: one row a run (`Run`), recorded and read by `HistoryStore`.
 
-The schema is created on first use and its version kept in `ironsight_meta`. Many processes
-and hosts may record into one PostgreSQL database at once: ids come from the server's
-sequence, each run's end is one `UPDATE` of its own row, and creating or upgrading the schema
-is serialized by an advisory lock.
+The tables, their schema version and the connection are `ironsight.jobs.history.schema`
+(`HistoryDatabase`, which `HistoryStore` extends with the queries below).
 
-| table `ironsight_runs` | meaning                                                          |
-|------------------------|------------------------------------------------------------------|
-| `id`                   | run id, increasing                                               |
-| `job`, `kind`          | the spec's `name` and `kind` (classify / audit)                  |
-| `spec_hash`            | hash of the validated spec (every field, `ironsight.jobs.submit.validated_spec_hash`) |
-| `model`, `weights_hash`| model name; sha256 of its weights when the run got that far      |
-| `scheduled_for`        | the schedule tick that started it (`ironsight schedule`), or null |
-| `started_at`, `ended_at` | UTC                                                            |
-| `status`               | running, succeeded, failed, gate_failed, regressed, abandoned    |
-| `output`               | OUTPUT location                                                  |
-| `metrics`              | headline metrics JSON (see `classify_metrics`, `audit_metrics`)  |
-|                        | audits add their gate's floors, `gate_thresholds` (for `history --html`) |
-| `error`                | first line of the error of a failed run, credentials redacted    |
-| `host`, `pid`          | the host and process id that recorded the run (schema 2)         |
-| `process_start`        | that process's identity: pid namespace, boot id, start time in clock ticks (schema 2) |
-| `identity`, `identity_parts` | what an audit measured (`run_identity`): sha256 and its readable parts (schema 3) |
-
-Table `ironsight_outcomes` (schema 3): `run_id`, `data`, the per-image correctness of an
-audit's clean and condition cells (`Outcomes`), kept only for the latest succeeded judged run
-of each identity (older ones are deleted as newer ones succeed). Opening a schema 2 database
-creates the table and adds the columns; older rows have no identity and are never a reference.
+| method             | what it does                                                          |
+|--------------------|-----------------------------------------------------------------------|
+| `start`, `finish`  | record a run as `running`; record how it ended (one `UPDATE` of its own row) |
+| `mark_abandoned`   | mark `abandoned` the `running` runs of this host whose process is gone |
+| `runs`, `get`      | runs, oldest first (of one job, the last N); one run by id            |
+| `previous_success` | the latest `succeeded` run of a job (of one identity) before a run    |
+| `save_outcomes`, `outcomes` | an audit's per-image outcomes, kept for the reference run only |
 
 Abandoned runs: a process SIGKILLed (or OOM-killed, or its machine rebooted) never records its
 end. When `ironsight history` lists runs, and when a run starts, every `running` run recorded
@@ -33,89 +17,32 @@ on this host whose process is gone, or whose pid now belongs to another process 
 time differs), is marked `abandoned` with the error "process N on HOST exited without
 recording an end" (`ironsight.cluster.liveness`). A run recorded on another host (or in
 another pid namespace) cannot be checked from here: it stays `running` and the table shows its
-host. Rows written by schema 1 (no pid) are left as they are. Opening a schema 1 database adds
-the columns (`ALTER TABLE ... ADD COLUMN`, safe with other processes doing the same) and sets
-the version to 2.
+host. Rows written by schema 1 (no pid) are left as they are.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.liveness import process_exists, process_identity
-from ironsight.jobs.history.db import (
-    as_utc,
-    create_engine,
-    error_line,
-    history_url,
-    redact,
-    safe_url,
-    utcnow,
-)
+from ironsight.jobs.history.db import as_utc, redact, utcnow
 from ironsight.jobs.history.outcomes import Outcomes
+from ironsight.jobs.history.schema import OUTCOMES, RUNS, HistoryDatabase
 
 log = logging.getLogger("ironsight")
 
-SCHEMA_VERSION = 3
+__all__ = ["STATUSES", "HistoryStore", "Run"]
+
 STATUSES = ("running", "succeeded", "failed", "gate_failed", "regressed", "abandoned")
 _ERROR_CHARS = 500
-
-_meta = sa.MetaData()
-_meta_table = sa.Table(
-    "ironsight_meta",
-    _meta,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(256), nullable=False),
-)
-_runs = sa.Table(
-    "ironsight_runs",
-    _meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("job", sa.String(256), nullable=False, index=True),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("spec_hash", sa.String(64)),
-    sa.Column("model", sa.String(256)),
-    sa.Column("weights_hash", sa.String(64)),
-    sa.Column("scheduled_for", sa.DateTime(timezone=True)),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("ended_at", sa.DateTime(timezone=True)),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("output", sa.Text),
-    sa.Column("metrics", sa.JSON),
-    sa.Column("error", sa.Text),
-    sa.Column("host", sa.String(256)),
-    # schema 2: which process recorded the run, to find runs whose process died
-    sa.Column("pid", sa.Integer),
-    sa.Column("process_start", sa.String(128)),
-    # schema 3: what the run measured (see `run_identity`); runs compare only within one
-    sa.Column("identity", sa.String(64)),
-    sa.Column("identity_parts", sa.JSON),
-)
-# Schema 3: per-image correctness of an audit's clean and condition cells (see `Outcomes`),
-# kept for the latest succeeded run of each identity so the next run can pair its images.
-_outcomes = sa.Table(
-    "ironsight_outcomes",
-    _meta,
-    sa.Column("run_id", sa.Integer, primary_key=True),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-)
-# Columns each schema version added, in order: opening an older database adds them.
-_ADDED_COLUMNS = {2: ("pid", "process_start"), 3: ("identity", "identity_parts")}
-
-# PostgreSQL advisory lock held while the schema is created or upgraded (any 64-bit number
-# that no other application on the server uses for its own lock: "ironsigh" in ASCII).
-_SCHEMA_LOCK_KEY = 0x69726F6E73696768
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +108,7 @@ class Run:
         return out
 
 
-class HistoryStore:
+class HistoryStore(HistoryDatabase):
     """Run history in a SQL database; the schema is created on first use.
 
     Args:
@@ -194,155 +121,6 @@ class HistoryStore:
     >>> [(r.job, r.status, r.metrics["clean_accuracy"]) for r in store.runs()]
     [('nightly', 'succeeded', 0.9)]
     """
-
-    def __init__(self, url: str | None = None) -> None:
-        self.url = history_url(url)
-        try:
-            self.engine = create_engine(self.url)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            fix = (
-                "use postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE and install its "
-                "driver, psycopg 3: pip install 'ironsight[postgres]'"
-                if self.url.startswith("postgresql") else
-                "pass a SQLAlchemy URL like sqlite:////path/history.db or "
-                "postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE and install its driver"
-            )
-            raise InvalidInput(
-                f"history database URL {self._safe_url()!r} cannot be used "
-                f"({error_line(exc, self.url)}); {fix}"
-            ) from exc
-        if self.engine.dialect.name == "sqlite":
-            db = self.engine.url.database
-            if db and db != ":memory:":
-                try:
-                    Path(db).parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise InvalidInput(
-                        f"cannot create the run history's directory {Path(db).parent}: {exc}; "
-                        "set IRONSIGHT_HOME or --history-db to a writable place"
-                    ) from exc
-        self._init_schema()
-
-    def _safe_url(self) -> str:
-        return safe_url(self.url)
-
-    def _open_error(self, exc: BaseException) -> InvalidInput:
-        """Why the database cannot be opened: its URL (password masked), the driver's reason
-        and what to check."""
-        if self.engine.dialect.name == "sqlite":
-            fix = "check the path or URL (IRONSIGHT_HISTORY_URL / --history-db)"
-        else:
-            fix = ("check the host, port, database, user and password in IRONSIGHT_HISTORY_URL / "
-                   "--history-db and that the server accepts connections from this host")
-        return InvalidInput(
-            f"cannot open the run history at {self._safe_url()}: "
-            f"{error_line(exc, self.url)}; {fix}"
-        )
-
-    @contextlib.contextmanager
-    def _schema_lock(self) -> Iterator[None]:
-        """Hold the PostgreSQL schema lock while the schema is created or upgraded.
-
-        Two processes creating the same table at once in PostgreSQL: one fails on a unique
-        index of the catalog, not with "already exists". So processes opening a new (or
-        older) database queue on an advisory lock and the later ones find the schema done.
-        SQLite locks the whole file for DDL; there the retry in `_init_schema` suffices.
-        """
-        if self.engine.dialect.name != "postgresql":
-            yield
-            return
-        with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            conn.commit()
-            try:
-                yield
-            finally:
-                try:
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-                    conn.commit()
-                except sa.exc.SQLAlchemyError:
-                    conn.invalidate()  # closing the session releases the lock
-
-    def _init_schema(self) -> None:
-        try:
-            with self._schema_lock():
-                self._create_or_upgrade_schema()
-        except sa.exc.SQLAlchemyError as exc:  # the lock's own connection
-            raise self._open_error(exc) from exc
-
-    def _create_or_upgrade_schema(self) -> None:
-        try:
-            # create_all checks, then creates: two processes opening a new database at once
-            # (a scheduler and the run it starts) can both pass the check; the loser retries.
-            for attempt in range(3):
-                try:
-                    _meta.create_all(self.engine, checkfirst=True)
-                    break
-                except sa.exc.OperationalError as exc:
-                    if "already exists" not in str(exc) or attempt == 2:
-                        raise
-            with self.engine.begin() as conn:
-                row = conn.execute(
-                    sa.select(_meta_table.c.value).where(_meta_table.c.key == "schema_version")
-                ).first()
-                if row is None:
-                    conn.execute(
-                        sa.insert(_meta_table).values(key="schema_version", value=str(SCHEMA_VERSION))
-                    )
-                    return
-        except sa.exc.IntegrityError:
-            return  # another process created it at the same moment
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._open_error(exc) from exc
-        if int(row.value) > SCHEMA_VERSION:
-            raise InvalidInput(
-                f"run history {self._safe_url()} has schema version {row.value}, newer than this "
-                f"Ironsight's {SCHEMA_VERSION}; upgrade Ironsight or use another --history-db"
-            )
-        if int(row.value) < SCHEMA_VERSION:
-            self._migrate(int(row.value))
-
-    def _migrate(self, version: int) -> None:
-        """Add the columns of the schema versions after `version`, then record the new version.
-
-        Another process may be migrating the same database: a column it added first is not
-        an error, and the version only ever moves up.
-        """
-        try:
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for name in _ADDED_COLUMNS.get(target, ()):
-                    present = {c["name"] for c in sa.inspect(self.engine).get_columns(_runs.name)}
-                    if name in present:
-                        continue
-                    column = _runs.c[name]
-                    ddl = f"ALTER TABLE {_runs.name} ADD COLUMN {name} {column.type.compile(self.engine.dialect)}"
-                    try:
-                        with self.engine.begin() as conn:
-                            conn.execute(sa.text(ddl))
-                    except sa.exc.OperationalError as exc:
-                        if "duplicate column" not in str(exc).lower():
-                            raise
-            with self.engine.begin() as conn:
-                conn.execute(
-                    sa.update(_meta_table)
-                    .where(_meta_table.c.key == "schema_version",
-                           sa.cast(_meta_table.c.value, sa.Integer) < SCHEMA_VERSION)
-                    .values(value=str(SCHEMA_VERSION))
-                )
-        except sa.exc.SQLAlchemyError as exc:
-            raise InvalidInput(
-                f"cannot upgrade the run history at {self._safe_url()} from schema {version} to "
-                f"{SCHEMA_VERSION}: {str(exc).splitlines()[0]}; check that it is writable"
-            ) from exc
-        log.info("run history %s upgraded from schema %d to %d", self._safe_url(), version, SCHEMA_VERSION)
-
-    @property
-    def schema_version(self) -> int:
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                sa.select(_meta_table.c.value).where(_meta_table.c.key == "schema_version")
-            ).scalar_one()
-        return int(value)
 
     def start(
         self,
@@ -359,7 +137,7 @@ class HistoryStore:
         """Record a run as `running`; returns its id."""
         with self.engine.begin() as conn:
             result = conn.execute(
-                sa.insert(_runs).values(
+                sa.insert(RUNS).values(
                     job=job,
                     kind=kind,
                     spec_hash=spec_hash,
@@ -407,7 +185,7 @@ class HistoryStore:
             values["identity"] = identity
             values["identity_parts"] = identity_parts
         with self.engine.begin() as conn:
-            done = conn.execute(sa.update(_runs).where(_runs.c.id == run_id).values(**values))
+            done = conn.execute(sa.update(RUNS).where(RUNS.c.id == run_id).values(**values))
         if done.rowcount != 1:
             raise InvalidInput(f"run {run_id} is not in the history at {self._safe_url()}")
 
@@ -420,8 +198,8 @@ class HistoryStore:
         untouched.
         """
         host = socket.gethostname()
-        query = sa.select(_runs.c.id, _runs.c.pid, _runs.c.process_start).where(
-            _runs.c.status == "running", _runs.c.host == host, _runs.c.pid.is_not(None)
+        query = sa.select(RUNS.c.id, RUNS.c.pid, RUNS.c.process_start).where(
+            RUNS.c.status == "running", RUNS.c.host == host, RUNS.c.pid.is_not(None)
         )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
@@ -431,8 +209,8 @@ class HistoryStore:
                 continue
             with self.engine.begin() as conn:
                 done = conn.execute(
-                    sa.update(_runs)
-                    .where(_runs.c.id == run_id, _runs.c.status == "running")
+                    sa.update(RUNS)
+                    .where(RUNS.c.id == run_id, RUNS.c.status == "running")
                     .values(status="abandoned",
                             error=f"process {pid} on {host} exited without recording an end")
                 )
@@ -444,9 +222,9 @@ class HistoryStore:
 
     def runs(self, job: str | None = None, last: int | None = None) -> list[Run]:
         """Runs, oldest first; only `job`'s when given, only the `last` N when given."""
-        query = sa.select(_runs).order_by(_runs.c.id.desc())
+        query = sa.select(RUNS).order_by(RUNS.c.id.desc())
         if job is not None:
-            query = query.where(_runs.c.job == job)
+            query = query.where(RUNS.c.job == job)
         if last is not None:
             query = query.limit(last)
         with self.engine.connect() as conn:
@@ -455,7 +233,7 @@ class HistoryStore:
 
     def get(self, run_id: int) -> Run:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(_runs).where(_runs.c.id == run_id)).first()
+            row = conn.execute(sa.select(RUNS).where(RUNS.c.id == run_id)).first()
         if row is None:
             raise InvalidInput(f"run {run_id} is not in the history at {self._safe_url()}")
         return self._run(row)
@@ -464,13 +242,13 @@ class HistoryStore:
         """The latest `succeeded` run of `job` older than `before_run_id`, or None; with
         `identity`, only a run of that identity (rows from before schema 3 have none)."""
         query = (
-            sa.select(_runs)
-            .where(_runs.c.job == job, _runs.c.status == "succeeded", _runs.c.id < before_run_id)
-            .order_by(_runs.c.id.desc())
+            sa.select(RUNS)
+            .where(RUNS.c.job == job, RUNS.c.status == "succeeded", RUNS.c.id < before_run_id)
+            .order_by(RUNS.c.id.desc())
             .limit(1)
         )
         if identity is not None:
-            query = query.where(_runs.c.identity == identity)
+            query = query.where(RUNS.c.identity == identity)
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return None if row is None else self._run(row)
@@ -481,15 +259,15 @@ class HistoryStore:
         data = outcomes.to_bytes()
         with self.engine.begin() as conn:
             if identity is not None:
-                older = sa.select(_runs.c.id).where(_runs.c.identity == identity, _runs.c.id < run_id)
-                conn.execute(sa.delete(_outcomes).where(_outcomes.c.run_id.in_(older)))
-            conn.execute(sa.delete(_outcomes).where(_outcomes.c.run_id == run_id))
-            conn.execute(sa.insert(_outcomes).values(run_id=run_id, data=data))
+                older = sa.select(RUNS.c.id).where(RUNS.c.identity == identity, RUNS.c.id < run_id)
+                conn.execute(sa.delete(OUTCOMES).where(OUTCOMES.c.run_id.in_(older)))
+            conn.execute(sa.delete(OUTCOMES).where(OUTCOMES.c.run_id == run_id))
+            conn.execute(sa.insert(OUTCOMES).values(run_id=run_id, data=data))
 
     def outcomes(self, run_id: int) -> Outcomes | None:
         """The per-image outcomes kept for `run_id`, or None (not kept, pruned, unreadable)."""
         with self.engine.connect() as conn:
-            data = conn.execute(sa.select(_outcomes.c.data).where(_outcomes.c.run_id == run_id)).scalar()
+            data = conn.execute(sa.select(OUTCOMES.c.data).where(OUTCOMES.c.run_id == run_id)).scalar()
         if data is None:
             return None
         try:

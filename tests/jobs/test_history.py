@@ -25,7 +25,7 @@ from ironsight.jobs.history import (
     detect_regressions,
     history_url,
 )
-from ironsight.jobs.history.store import SCHEMA_VERSION
+from ironsight.jobs.history.schema import SCHEMA_VERSION
 from ironsight.jobs.spec import AuditJob, ClassifyJob
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from ironsight.cluster.errors import InvalidInput
 from ironsight.jobs.history import HistoryStore, RunRecorder, history_url
-from ironsight.jobs.history.store import SCHEMA_VERSION
+from ironsight.jobs.history.schema import SCHEMA_VERSION
 from ironsight.jobs.spec import ClassifyJob
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
