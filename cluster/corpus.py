@@ -374,7 +374,7 @@ def _bad_files(problems: list[tuple[str, str]], headline: str, advice: str) -> I
 
 def _skip_advice(can_skip: bool) -> str:
     """The end of a bad-files refusal. Written with the flag; the CLI rewrites it as the spec
-    key for ``run`` (``ironsight.jobs.cli.fit_hints``); a job without the option gets none."""
+    key for ``run`` (``ironsight.jobs.cli_parser.fit_hints``); a job without the option gets none."""
     return ", or pass --skip-bad-files to leave them out" if can_skip else ""
 
 

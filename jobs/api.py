@@ -1,7 +1,7 @@
 """The Python API: ``ironsight.classify(...)`` and ``ironsight.audit(...)``.
 
 The same jobs as ``ironsight classify`` / ``ironsight audit``, from Python, through the same
-code (:func:`ironsight.jobs.cli.classify_spec`, :func:`ironsight.jobs.cli.audit_spec`): the
+code (:func:`ironsight.jobs.run_spec.classify_spec`, :func:`ironsight.jobs.run_spec.audit_spec`): the
 spec is validated by the same models (:class:`~ironsight.jobs.spec.ClassifyJob`,
 :class:`~ironsight.jobs.spec.AuditJob`), the run is recorded in the run history
 (``ironsight history`` lists it), and the outputs are the CLI's.
@@ -317,7 +317,7 @@ def classify(spec: ClassifyJob | Mapping[str, Any] | None = None, /, *, module: 
     ...                             random_weights=True, top_k=3)  # doctest: +SKIP
     >>> result.to_dict()["rows"], result.table(["id", "pred_label_name"])  # doctest: +SKIP
     """
-    from ironsight.jobs.cli import classify_spec
+    from ironsight.jobs.run_spec import classify_spec
 
     job = _spec(ClassifyJob, ModuleClassifyJob, spec, fields, module)
     source = None if module is None else _module_source(job, module, preprocess, class_names)
@@ -359,7 +359,7 @@ def audit(spec: AuditJob | Mapping[str, Any] | None = None, /, *, module: Any = 
     ...                       max_images=200)  # doctest: +SKIP
     >>> out.clean_accuracy, out.paths["html"]  # doctest: +SKIP
     """
-    from ironsight.jobs.cli import audit_spec
+    from ironsight.jobs.run_spec import audit_spec
 
     job = _spec(AuditJob, ModuleAuditJob, spec, fields, module)
     source = None if module is None else _module_source(job, module, preprocess, class_names)

@@ -21,18 +21,12 @@ cleanup is not cut short; SIGKILL still ends everything at once (committed shard
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import os
-import re
-import signal
 import sys
 import textwrap
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, NoReturn
+from collections.abc import Iterable, Sequence
 
 from ironsight.cluster.errors import (
     EXIT_BROKEN_PIPE,
@@ -41,15 +35,15 @@ from ironsight.cluster.errors import (
     EXIT_SIGTERM,
     InvalidInput,
     IronsightError,
-    close_matches,
 )
+from ironsight.jobs.cli_parser import Parser, VersionAction, fit_hints, help_formatter
 from ironsight.jobs.observability import (
     LOG_FORMATS,
     configure_logging,
     console,
-    job_context,
     resolve_format,
 )
+from ironsight.jobs.run_spec import Terminated, audit_spec, classify_spec
 from ironsight.jobs.spec import AuditJob, ClassifyJob, CompareJob
 from ironsight.jobs.spec_args import add_spec_arguments, spec_from_args
 from ironsight.jobs.spec_file import load_spec
@@ -95,115 +89,14 @@ EPILOG_COMPARE = textwrap.dedent(
 COMMAND_MODULES: tuple[str, ...] = ("ironsight.jobs.history", "ironsight.jobs.submit", "ironsight.jobs.deploy_cli", "ironsight.jobs.schedule", "ironsight.jobs.pack")
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32, width=100)
-
-
-class Parser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` as every ``ironsight`` command uses it (subcommands inherit
-    it through ``add_subparsers``).
-
-    | what                       | plain argparse (3.11)          | here                            |
-    |----------------------------|--------------------------------|---------------------------------|
-    | ``--max-image 3``          | taken as ``--max-images``      | refused (``allow_abbrev=False``)|
-    | an unknown option          | ``unrecognized arguments``,    | that command's usage and a      |
-    |                            | with the root parser's usage   | did-you-mean among its options  |
-    | ``invalid choice: 'gaet'`` | the choices                    | and ``did you mean 'gate'?``    |
-    | ``epilog_factory``         |                                | builds the epilog for ``-h``    |
-    """
-
-    def __init__(self, *args: object, epilog_factory: Callable[[], str] | None = None, **kwargs: object) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.epilog_factory = epilog_factory
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
-        ns, extras = super().parse_known_args(args, namespace)
-        # The innermost (sub)command parser records itself; its namespace is copied upwards.
-        if not hasattr(ns, _PARSER_ATTR):
-            setattr(ns, _PARSER_ATTR, self)
-        return ns, extras
-
-    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
-        ns, extras = self.parse_known_args(args, namespace)
-        owner: Parser = getattr(ns, _PARSER_ATTR, self)
-        delattr(ns, _PARSER_ATTR)
-        self.command_parser = owner  # the (sub)command that parsed them: fit_hints
-        if extras:
-            owner.error(f"unrecognized arguments: {' '.join(extras)}{owner.suggest_options(extras)}")
-        return ns
-
-    def option_strings(self) -> list[str]:
-        """This parser's long options, ``--help`` included."""
-        return [o for o in self._option_string_actions if o.startswith("--")]
-
-    def suggest_options(self, words: Sequence[str]) -> str:
-        """``; did you mean --max-images?`` for the unknown options among ``words``."""
-        known = self.option_strings()
-        hints = []
-        for word in words:
-            if not word.startswith("-"):
-                continue
-            flag = word.split("=", 1)[0]
-            close = close_matches(flag, known)
-            if close and close[0] not in hints:
-                hints.append(close[0])
-        return f"; did you mean {' or '.join(hints)}?" if hints else ""
-
-    def error(self, message: str) -> NoReturn:
-        choice = _INVALID_CHOICE.search(message)
-        if choice:
-            options = re.findall(r"'([^']*)'", choice.group(2))
-            close = close_matches(choice.group(1), options)
-            if close:
-                message += f"; did you mean {close[0]!r}?"
-        super().error(message)
-
-    def format_help(self) -> str:
-        if self.epilog_factory is not None and self.epilog is None:
-            self.epilog = self.epilog_factory()
-        return super().format_help()
-
-
-_PARSER_ATTR = "_ironsight_parser"
-_INVALID_CHOICE = re.compile(r"invalid choice: '(.*?)' \(choose from (.*)\)")
-
-
-class _Version(argparse.Action):
-    """``--version``: ``ironsight 0.1.0 (python 3.11.9, torch 2.14.1, ray 2.60.0)``, from the
-    installed distributions' metadata (nothing is imported)."""
-
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
-                         help="print Ironsight's version (and Python's, torch's and Ray's) and exit")
-
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
-        print(version_line())
-        parser.exit()
-
-
-def version_line() -> str:
-    """``ironsight X.Y.Z (python …, torch …, ray …)``; a missing distribution reads ``not installed``."""
-    from importlib import metadata
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    python = ".".join(map(str, sys.version_info[:3]))
-    return f"ironsight {version('ironsight')} (python {python}, torch {version('torch')}, ray {version('ray')})"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ironsight",
         description="Bulk-label image archives and audit classifier robustness, on Ray.",
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
         epilog="Run `ironsight COMMAND --help` for a command's options. Start with `ironsight demo`.",
     )
-    parser.add_argument("--version", action=_Version)
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details and Ray's own output")
     parser.add_argument(
         "--log-format", choices=LOG_FORMATS, default=None,
@@ -218,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="label every image of a Parquet corpus with top-k classes, exactly once",
         description="Label every row of INPUT with the model's top-k classes, into OUTPUT.",
         epilog=EPILOG_CLASSIFY,
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     add_spec_arguments(p, ClassifyJob)
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
@@ -230,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report.md, report.html and predictions.parquet into OUTPUT. Exit 0 when the audit ran "
         "and the gate passed (or no gate), 3 when the gate failed, 2 for bad input, 1 on failure.",
         epilog=EPILOG_AUDIT,
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     add_spec_arguments(p, AuditJob)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -243,12 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         "into OUTPUT with each model's audit under OUTPUT/models/NAME. Rerunning resumes: a "
         "finished model is not run again. Exit 0 done, 2 bad input, 1 failure.",
         epilog=EPILOG_COMPARE,
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     add_spec_arguments(p, CompareJob)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("conditions", help="list the registered conditions and attacks", formatter_class=_formatter)
+    p = sub.add_parser("conditions", help="list the registered conditions and attacks", formatter_class=help_formatter)
     csub = p.add_subparsers(dest="conditions_command", metavar="{list}", required=True)
     csub.add_parser("list", help="conditions with their family and description, then attacks and suites")
 
@@ -257,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a job spec (YAML) on the embedded Ray or --address",
         description="Run the job a YAML spec describes. Keys are the flags of its kind "
         "(`ironsight classify --help`), with underscores: top_k: 3.",
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     p.add_argument("spec", metavar="SPEC.yaml")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
@@ -269,14 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         "spec with the local model card, suite and gate it names, or a gate, suite or model card "
         "on its own (the kind is told from the keys, or --kind). Relative paths in a spec start "
         "at the spec's folder. Exit 0 valid, 2 invalid; errors name the file and the field.",
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
         epilog_factory=_validate_keys,
     )
     p.add_argument("spec", metavar="FILE.yaml")
     p.add_argument("--kind", choices=("spec", "gate", "suite", "card"), default=None,
                    help="what FILE.yaml is (default: told from its keys)")
 
-    p = sub.add_parser("models", help="list the registered models or show one", formatter_class=_formatter)
+    p = sub.add_parser("models", help="list the registered models or show one", formatter_class=help_formatter)
     msub = p.add_subparsers(dest="models_command", metavar="{list,show}", required=True)
     pl = msub.add_parser("list", help="registered models, their input sizes and classes")
     pl.add_argument("filter", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*'")
@@ -291,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The whole bulk-labeling path on this machine, with data it makes itself: "
         "a procedurally generated corpus of shape images, a small CNN trained on CPU (cached), "
         "and `classify` on an embedded Ray, scored against the known labels.",
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     p.add_argument("--workdir", default="ironsight-demo", help="where data and outputs go (default: ./ironsight-demo)")
     p.add_argument("--corpus-size", type=int, default=20_000, help="images to bulk-label (default: 20000)")
@@ -304,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
     dsub = p.add_subparsers(dest="demo_command", metavar="{compare}", required=False)
     pc = dsub.add_parser(
-        "compare", formatter_class=_formatter,
+        "compare", formatter_class=help_formatter,
         help="train two more small models of other shapes and compare them with the demo CNN",
         description="Train two small models of other shapes than the demo CNN on CPU (seconds "
         "each; cached), then `ironsight compare` all three on demo eval images with the quick "
@@ -317,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
 
     for module in COMMAND_MODULES:
-        importlib.import_module(module).add_commands(sub, _formatter)
+        importlib.import_module(module).add_commands(sub, help_formatter)
     return parser
 
 
@@ -385,161 +278,6 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
 
 
-# --- hints that name options: only the ones the running command accepts ---------------------
-
-_FLAG = re.compile(r"(?<![\w/.\-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
-# Where an option has a setting every command reads, that is what a command without the option
-# is told to set.
-FLAG_ENV = {"--history-db": "IRONSIGHT_HISTORY_URL"}
-
-
-def fit_hints(message: str, root: argparse.ArgumentParser) -> str:
-    """Rephrase the options an error message names so that each works for the command that
-    printed it (``root.command_parser``, set by :meth:`Parser.parse_args`).
-
-    Library code names an option the way ``classify``/``audit`` spell it (``--skip-bad-files``,
-    ``--overwrite``, ``--label-column``); a spec key is the same option with underscores.
-
-    | the option named is …                                 | becomes                            |
-    |-------------------------------------------------------|------------------------------------|
-    | accepted by the command (or before it: ``--verbose``) | left as it is                      |
-    | written with its command (``ironsight history --html``) | left as it is                    |
-    | a spec key, and the command reads a spec (``run``,    | ``overwrite: true``,               |
-    | ``validate``, ``submit``, ``schedule``, ``deploy``)   | ``weights: PATH_OR_URI``, ``name`` |
-    | also an environment variable (:data:`FLAG_ENV`)       | that variable                      |
-    | another command's option                              | ``ironsight CMD --flag``           |
-
-    Words that are no ``ironsight`` option (a path ``x--y``) are left alone.
-
-    >>> root = build_parser()
-    >>> _ = root.parse_args(["run", "spec.yaml"])
-    >>> fit_hints("fix them, or pass --skip-bad-files to leave them out", root)
-    'fix them, or pass `skip_bad_files: true` to leave them out'
-    >>> fit_hints("pass --weights PATH_OR_URI or --model-card CARD.yaml", root)
-    'pass `weights: PATH_OR_URI` or `model_card: CARD.yaml`'
-    >>> _ = root.parse_args(["models", "show", "x"])
-    >>> fit_hints("not registered (or pass --model-card for your own)", root)
-    'not registered (or pass `ironsight classify --model-card` for your own)'
-    """
-    owner = getattr(root, "command_parser", None)
-    if not isinstance(owner, Parser) or not isinstance(root, Parser):
-        return message
-    accepted = set(owner.option_strings()) | set(root.option_strings())
-    owners = _option_owners(root)
-    spec_actions = _spec_actions(root) if _reads_spec(owner) else {}
-    out: list[str] = []
-    pos = 0
-    for m in _FLAG.finditer(message):
-        flag, (start, end) = m.group(0), m.span()
-        if flag in accepted or flag not in owners or _named_with_command(message, start):
-            continue
-        quote = "" if message[start - 1:start] == "`" else "`"
-        action = spec_actions.get(flag)
-        if action is not None:
-            metavar = action.metavar if isinstance(action.metavar, str) else None
-            if action.nargs == 0:
-                text = f"{action.dest}: true"
-            elif metavar and message.startswith(f" {metavar}", end):
-                text, end = f"{action.dest}: {metavar}", end + 1 + len(metavar)
-            else:
-                text = action.dest
-            text = f"{quote}{text}{quote}"
-        elif flag in FLAG_ENV:
-            text = FLAG_ENV[flag]
-        else:
-            text = f"{quote}ironsight {owners[flag][0]} {flag}{quote}"
-        out.append(message[pos:start] + text)
-        pos = end
-    fitted = "".join(out) + message[pos:]
-    for env in FLAG_ENV.values():  # "IRONSIGHT_HISTORY_URL / --history-db" named it twice
-        fitted = re.sub(rf"{env}(\s*(?:/|or)\s*){env}\b", env, fitted)
-    return fitted
-
-
-def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-          ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
-    """Every (sub)command parser under ``parser`` with its command words, ``parser`` first."""
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _walk(sub, (*path, name))
-
-
-def _option_owners(root: argparse.ArgumentParser) -> dict[str, list[str]]:
-    """``--flag`` -> the commands that accept it, in ``ironsight --help`` order."""
-    owners: dict[str, list[str]] = {}
-    for path, parser in _walk(root):
-        if path and isinstance(parser, Parser):
-            for flag in parser.option_strings():
-                owners.setdefault(flag, []).append(" ".join(path))
-    return owners
-
-
-def _reads_spec(parser: argparse.ArgumentParser) -> bool:
-    """The command reads a job spec: its positional is ``spec`` (run, validate, submit, ...)."""
-    return any(not a.option_strings and a.dest == "spec" for a in parser._actions)
-
-
-def _spec_actions(root: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """``--flag`` -> its action in ``classify``/``audit``, for the options that are spec keys."""
-    from ironsight.jobs.spec import SPEC_KINDS
-
-    actions: dict[str, argparse.Action] = {}
-    for path, parser in _walk(root):
-        if len(path) == 1 and path[0] in SPEC_KINDS:
-            for action in parser._actions:
-                if action.dest in SPEC_KINDS[path[0]].model_fields:
-                    for flag in action.option_strings:
-                        actions.setdefault(flag, action)
-    return actions
-
-
-def _named_with_command(message: str, at: int) -> bool:
-    """The option at ``at`` is written with its command (```ironsight history nightly --html```)."""
-    since = max(message.rfind(c, 0, at) for c in "`\n;(")
-    return "ironsight " in message[since + 1:at]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: unwinds the job like Ctrl-C does (``finally`` blocks run, Ray shuts down)."""
-
-    def __init__(self, signum: int = signal.SIGTERM) -> None:
-        self.signal_name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {self.signal_name}")
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[Callable[[], None]]:
-    """Make SIGTERM raise :class:`Terminated` in the main thread for the duration of the block.
-
-    Yields ``install``: call it again after ``ray.init``, which puts its own handler in place
-    (``sys.exit(15)``, plus a C++ one that prints a stack). The handler raises once; later
-    SIGTERMs are ignored while the job unwinds. The previous handler is restored on exit.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-    raised = False
-
-    def on_sigterm(signum: int, _frame: object) -> None:
-        nonlocal raised
-        if raised:
-            return
-        raised = True
-        raise Terminated(signum)
-
-    def install() -> None:
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-    previous = signal.getsignal(signal.SIGTERM)
-    install()
-    try:
-        yield install
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
 def _progress(args: argparse.Namespace) -> bool | None:
     return False if getattr(args, "no_progress", False) else None
 
@@ -593,30 +331,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise InvalidInput(f"unknown command {args.command!r}")
 
 
-def check_before_torch(spec: ClassifyJob | AuditJob) -> Any:
-    """What a job can check with pyarrow alone, before torch and Ray are imported; returns
-    INPUT's plan (``spec.plan_input()``) for the job to reuse.
-
-    | checked                                        | refused with (exit 2)                 |
-    |------------------------------------------------|---------------------------------------|
-    | INPUT exists, inside the allowed roots         | "INPUT ... does not exist"            |
-    | OUTPUT's bucket exists (``s3://``)             | the bucket named                      |
-    | a local ``--weights`` or ``--model-card`` file exists | the file named, with a did-you-mean |
-    | INPUT's footers and columns                    | the file and column named             |
-
-    Parsing the card, loading the weights and the device come next, after torch's import.
-    """
-    from ironsight.cluster import storage
-    from ironsight.jobs.spec_checks import missing_model_files
-
-    storage.check_input(spec.input, spec.effective_roots())
-    storage.check_bucket(storage.resolve(spec.output))
-    missing = missing_model_files(spec)
-    if missing:
-        raise InvalidInput(missing[0])
-    return spec.plan_input()
-
-
 def _run_compare(spec: CompareJob, progress: bool | None, *, verbose: bool = False) -> int:
     from ironsight.jobs.compare_cli import compare_spec, summary_lines
 
@@ -631,60 +345,10 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
     return 0
 
 
-def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = False,
-                  source: Any = None) -> tuple[Any, Any]:
-    """Run a classify spec as ``ironsight classify`` does (history, SIGTERM, Ray); returns
-    ``(ClassifySummary, RunRecorder)``. ``source`` replaces ``spec.source()`` (the Python
-    API's in-memory module, ``ironsight.jobs.api``)."""
-
-    corpus = check_before_torch(spec)  # a missing INPUT, a wrong column: in a second
-    from ironsight.cluster.predictor import check_device
-
-    check_device(spec.device, spec.address)  # --device cuda with no GPU here: torch alone, no Ray
-    from ironsight.cluster.pipeline import (
-        ClassifyConfig,
-        completed_summary,
-        plan_classify,
-        run_classify,
-        validate_model,
-    )
-    from ironsight.cluster.raycluster import connect
-    from ironsight.jobs.history import RunRecorder
-
-    cfg = ClassifyConfig(
-        input=spec.input,
-        output=spec.output,
-        source=spec.source() if source is None else source,
-        top_k=spec.top_k,
-        batch_size=spec.batch_size,
-        actors=spec.actors,
-        image_column=spec.image_column,
-        id_column=spec.id_column,
-        max_rows_per_shard=spec.max_rows_per_shard,
-        skip_bad_files=spec.skip_bad_files,
-        overwrite=spec.overwrite,
-        device=spec.device,
-        torch_compile=spec.torch_compile,
-        progress=progress,
-        allowed_roots=spec.effective_roots(),
-        keep_columns=tuple(spec.keep_columns or ()),
-    )
-    with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
-        plan = plan_classify(cfg, corpus=corpus)  # the flags; the footers were read above
-        model = validate_model(cfg.source)  # the card and weights, before Ray
-        summary = completed_summary(cfg, plan, model)  # a finished job: done, Ray never starts
-        if summary is None:
-            with connect(spec.address, quiet=not verbose):
-                reinstall()  # ray.init replaced it
-                summary = run_classify(cfg, plan=plan, model=model)
-        record.classify_succeeded(summary)
-    return summary, record
-
-
 def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) -> int:
     result, record, regressions = audit_spec(spec, progress, verbose=verbose)
     # imported after the audit, so that a bad input is refused before torch is imported
-    from ironsight.robustness.report.text import text_summary
+    from ironsight.robustness.report import text_summary
 
     print(text_summary(result.report))
     print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")
@@ -692,50 +356,6 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
         console(record.regression_text())
         return EXIT_REGRESSED
     return 0
-
-
-def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
-               source: Any = None) -> tuple[Any, Any, list]:
-    """Run an audit spec as ``ironsight audit`` does (history, SIGTERM, Ray); returns
-    ``(AuditResult, RunRecorder, regressions)``; a failed gate raises ``GateFailed`` after the
-    reports are written. ``source`` replaces ``spec.source()`` (``ironsight.jobs.api``)."""
-
-    corpus = check_before_torch(spec)  # a missing eval set, a wrong column: in a second
-    from ironsight.cluster.predictor import check_device
-
-    check_device(spec.device, spec.address)  # --device cuda with no GPU here: torch alone, no Ray
-    from ironsight.cluster.raycluster import connect
-    from ironsight.jobs.audit import AuditConfig, plan_audit, resolve_suite, run_audit
-    from ironsight.jobs.history import RunRecorder
-
-    cfg = AuditConfig(
-        input=spec.input,
-        output=spec.output,
-        source=spec.source() if source is None else source,
-        suite=resolve_suite(spec.suite, spec.severities),
-        label_column=spec.label_column,
-        image_column=spec.image_column,
-        id_column=spec.id_column,
-        max_images=spec.max_images,
-        seed=spec.seed,
-        baseline=spec.baseline,
-        gate=spec.gate,
-        overwrite=spec.overwrite,
-        activation_maps=spec.activation_maps,
-        batch_size=spec.batch_size,
-        actors=spec.actors,
-        device=spec.device,
-        progress=progress,
-        allowed_roots=spec.effective_roots(),
-    )
-    with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
-        prepared = plan_audit(cfg, corpus=corpus)  # gate, baseline, model, OUTPUT
-        with connect(spec.address, quiet=not verbose):
-            reinstall()  # ray.init replaced it
-            # the run history judges the audit before report.json is written (its "history")
-            result = run_audit(dataclasses.replace(cfg, history=record.judge_audit), prepared=prepared)
-        regressions = record.audit_finished(result.report)
-    return result, record, regressions
 
 
 def _conditions() -> int:

@@ -78,9 +78,9 @@ def compare_spec(spec: Any, progress: bool | None, *, verbose: bool = False) -> 
 
     check_device(spec.device, spec.address)
     from ironsight.cluster.raycluster import connect
-    from ironsight.jobs.cli import sigterm_interrupts
     from ironsight.jobs.history import RunRecorder
     from ironsight.jobs.observability import job_context
+    from ironsight.jobs.run_spec import sigterm_interrupts
 
     cfg = compare_config_from_spec(spec, progress)
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):

@@ -11,6 +11,7 @@ both are validated into the same pydantic model, so a flag and a spec key are th
 | ``ironsight.jobs.spec_args``   | the command line from the models (``add_spec_arguments``, ``spec_from_args``) |
 | ``ironsight.jobs.spec_file``   | ``load_spec``: a YAML spec, relative paths resolved          |
 | ``ironsight.jobs.spec_checks`` | the files a spec names, and ``ironsight validate``          |
+| ``ironsight.jobs.run_spec``    | a spec run as the CLI runs it (``config_from_spec``, ``classify_spec``, ``audit_spec``) |
 
 >>> spec = ClassifyJob(input="in/", output="out/", model="resnet18", random_weights=True)
 >>> spec.top_k, spec.batch_size

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ironsight.cluster import errors, synthetic
-from ironsight.jobs import cli
+from ironsight.jobs import cli, cli_parser
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 FLAG = re.compile(r"(?<![\w/.\-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
@@ -174,7 +174,7 @@ def _flags_with_their_command(stderr: str, command: list[str]) -> list[tuple[lis
 
 def _command_words() -> set[str]:
     words = set()
-    for path, _ in cli._walk(cli.build_parser()):
+    for path, _ in cli_parser._walk(cli.build_parser()):
         words.update(path)
     return words
 
@@ -250,7 +250,7 @@ def test_typos_get_a_did_you_mean(argv, said, work, in_process):
 
 def test_an_unknown_option_is_never_taken_as_a_prefix_of_another(in_process):
     parser = cli.build_parser()
-    for path, sub in cli._walk(parser):
+    for path, sub in cli_parser._walk(parser):
         assert sub.allow_abbrev is False, path
     code, stderr = in_process("models", "show", "resnet50", "--weights-v", "IMAGENET1K_V1")
     assert code == 2 and "usage: ironsight models show" in stderr and "--weights-version?" in stderr
@@ -324,6 +324,6 @@ def test_the_examples_in_the_docstrings_hold():
 
     from ironsight.robustness import conditions
 
-    for module in (cli, conditions):
+    for module in (cli_parser, conditions):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted >= 1 and result.failed == 0, module.__name__

@@ -17,7 +17,7 @@ import pytest
 
 from ironsight.cluster import errors, synthetic
 from ironsight.cluster.sink import SUCCESS
-from ironsight.jobs import cli
+from ironsight.jobs import cli, run_spec
 from tests.reliability.conftest import IRONSIGHT, REPO, part_files
 
 MESSAGE = ("ironsight: interrupted by SIGTERM; committed shards are kept, rerun the same command "
@@ -30,7 +30,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_exits_143(monkeypatch, capfd):
     cleaned: list[bool] = []
 
     def dispatch(_args) -> int:
-        with cli.sigterm_interrupts():
+        with run_spec.sigterm_interrupts():
             try:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(5)  # interrupted at once
