@@ -1,6 +1,6 @@
-"""Image operations shared by several condition families: ImageNet-C's spatial scale, the lazy
-albumentations import and a seeded transform, OpenCV resizing, skimage's Gaussian filter and
-imagecorruptions' clipped zoom.
+"""Image operations shared by several condition families' NumPy definitions (tensor versions
+for the batched ones are in ``_torch_ops``): the lazy albumentations import and a seeded
+transform, OpenCV resizing, skimage's Gaussian filter and imagecorruptions' clipped zoom.
 """
 
 from __future__ import annotations
@@ -19,11 +19,6 @@ import numpy as np  # noqa: E402
 
 if TYPE_CHECKING:
     import albumentations
-
-
-def _scale(x: np.ndarray) -> float:
-    """Spatial scale of ImageNet-C's 224 px parameters for this image."""
-    return min(x.shape[0], x.shape[1]) / 224.0
 
 
 def _albumentations():  # noqa: ANN202 - returns the module
