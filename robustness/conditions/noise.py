@@ -1,42 +1,92 @@
 """Noise conditions: ImageNet-C's Gaussian, shot and impulse noise and its extra speckle noise
 (the family ``noise``; definitions in :mod:`ironsight.robustness.conditions`).
+
+Batched tensor definitions (``x`` (N, 3, H, W) in [0, 1], ``rng`` a
+:class:`~ironsight.robustness.conditions.batch.BatchRng`). The normal and uniform draws are
+made before the severity is used, so the five severities of one image share them (common
+random numbers): the same noise field scaled by the severity, the same values flipped (a
+superset at a higher severity). Poisson counts depend on their rates, so on the severity;
+each severity draws them from the same generator state (:func:`poisson`), as NumPy's did.
+
+| condition      | draws per value          | definition                                     |
+|----------------|--------------------------|------------------------------------------------|
+| gaussian_noise | one normal z             | x + c z (albumentations GaussNoise, per chan.) |
+| shot_noise     | one Poisson count        | Poisson(x c) / c                               |
+| impulse_noise  | two uniforms u, s        | 1[s < 1/2] where u < c, else x (skimage s&p)   |
+| speckle_noise  | one normal z             | x + x c z                                      |
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ironsight.robustness.conditions import register_condition
-from ironsight.robustness.conditions._ops import _albu, _albumentations
+
+if TYPE_CHECKING:
+    import torch
+
+    from ironsight.robustness.conditions.batch import BatchRng
+
+def poisson(rng: BatchRng, rates: torch.Tensor) -> torch.Tensor:
+    """Poisson counts for ``rates`` (N, ...): image i's from a CPU generator seeded by a draw
+    of image i's own (``rng.integers``, replayed after ``rng.rewind()``).
+
+    So every severity starts image i's Poisson draws from the same state, as the NumPy
+    definitions did (a fresh ``condition_rng`` per severity): a batch and each image alone
+    agree for any list of severities. (``BatchRng.poisson`` draws on from the generators'
+    current state, so after a first severity it no longer matches the image alone.) The
+    counts depend on the rates, hence on the severity, as NumPy's did. Drawn on the CPU with
+    ``torch.poisson`` (about NumPy's speed), returned on ``rates``' device.
+
+    >>> import torch
+    >>> from ironsight.robustness.conditions.batch import BatchRng
+    >>> rng = BatchRng("doc", ["a", "b"], seed=0)
+    >>> first = poisson(rng, torch.full((2, 4), 5.0))
+    >>> rng.rewind(); bool((poisson(rng, torch.full((2, 4), 5.0)) == first).all())
+    True
+    >>> alone = poisson(BatchRng("doc", ["b"], seed=0), torch.full((1, 4), 5.0))
+    >>> bool((alone[0] == first[1]).all())
+    True
+    """
+    import torch
+
+    seeds = rng.integers(0, 2**62, 1)[:, 0].tolist()
+    cpu = rates.detach().float().cpu()
+    out = torch.stack([torch.poisson(cpu[i], generator=torch.Generator().manual_seed(seed))
+                       for i, seed in enumerate(seeds)])
+    return out.to(rates.device, non_blocking=True)
 
 
-@register_condition("gaussian_noise", family="noise", imagenet_c=True,
+@register_condition("gaussian_noise", family="noise", imagenet_c=True, batched=True,
                     description="ImageNet-C gaussian noise: additive, per pixel and channel")
-def gaussian_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def gaussian_noise(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
+    import torch
+
     c = (0.08, 0.12, 0.18, 0.26, 0.38)[severity - 1]
-    return _albu(_albumentations().GaussNoise(std_range=(c, c), mean_range=(0.0, 0.0), per_channel=True,
-                              noise_scale_factor=1.0, p=1.0), x, rng)
+    return torch.add(x, rng.normal(*x.shape[1:]), alpha=c).clamp_(0.0, 1.0)
 
 
-@register_condition("shot_noise", family="noise", imagenet_c=True,
+@register_condition("shot_noise", family="noise", imagenet_c=True, batched=True,
                     description="ImageNet-C shot noise: Poisson photon counts")
-def shot_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def shot_noise(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     c = (60, 25, 12, 5, 3)[severity - 1]
-    return np.clip(rng.poisson(x * c) / c, 0, 1)
+    return (poisson(rng, x * c) / c).clamp_(0.0, 1.0)
 
 
-@register_condition("impulse_noise", family="noise", imagenet_c=True,
+@register_condition("impulse_noise", family="noise", imagenet_c=True, batched=True,
                     description="ImageNet-C impulse noise: salt and pepper per channel")
-def impulse_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def impulse_noise(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
+    import torch
+
     c = (0.03, 0.06, 0.09, 0.17, 0.27)[severity - 1]
     # skimage random_noise(mode="s&p", amount=c): each value flips with probability c, half
     # to 0 and half to 1; drawing u once makes a higher severity flip a superset of values
-    u, salt = rng.random(x.shape), rng.random(x.shape) < 0.5
-    return np.where(u < c, salt.astype(np.float32), x)
+    u, salt = rng.rand(*x.shape[1:]), rng.rand(*x.shape[1:]) < 0.5
+    return torch.where(u < c, salt.to(x.dtype), x)
 
 
-@register_condition("speckle_noise", family="noise", imagenet_c_extra=True,
+@register_condition("speckle_noise", family="noise", imagenet_c_extra=True, batched=True,
                     description="ImageNet-C extra speckle noise: x + x * gaussian")
-def speckle_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def speckle_noise(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     c = (0.15, 0.2, 0.35, 0.45, 0.6)[severity - 1]
-    return np.clip(x + x * rng.standard_normal(x.shape, dtype=np.float32) * c, 0, 1)
+    return (x + x * rng.normal(*x.shape[1:]) * c).clamp_(0.0, 1.0)
