@@ -127,7 +127,7 @@ def glass_blur(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     s = scale(x)
     sigma, d = c[0] * s, max(1, round(c[1] * s))
     b, ch, h, w = x.shape
-    y = torch.floor(gaussian(x, sigma).clamp(0, 1) * 255) / 255  # the reference's np.uint8()
+    y = gaussian(x, sigma).clamp_(0, 1).mul_(255).floor_().div_(255)  # the reference's np.uint8()
     # The reference visits the pixels (i, j), i in (d, h - d], j in (d, w - d], bottom-right
     # first, and swaps each with the one at offset (dy, dx) in [-d, d - 1]^2, one at a time
     # (a Python loop, ~1 s per pass at 224 px). Swapped values are picked up again later in
@@ -138,14 +138,14 @@ def glass_blur(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     hops = 1 if d == 1 else 2
     ii = torch.arange(h, device=x.device).view(h, 1)
     jj = torch.arange(w, device=x.device).view(1, w)
-    inside = (ii > d) & (ii <= h - d) & (jj > d) & (jj <= w - d)
+    inside = ((ii > d) & (ii <= h - d) & (jj > d) & (jj <= w - d)).to(x.dtype)
+    base = ii * w + jj  # a visited pixel's source stays in the image: i + dy in [1, h - 1]
     y = y.reshape(b, ch, h * w)
     for _ in range(c[2] * hops):
         # uniforms, not integers in [-d, d): the k-th pass draws the same at every severity
-        dy, dx = (torch.floor(rng.rand(2, h, w) * (2 * d)).long() - d).unbind(1)  # (N, h, w)
-        src_i = torch.where(inside, (ii + dy).clamp(0, h - 1), ii)
-        src_j = torch.where(inside, (jj + dx).clamp(0, w - 1), jj)
-        index = (src_i * w + src_j).reshape(b, 1, h * w).expand(b, ch, -1)
+        u = torch.floor(rng.rand(2, h, w) * (2 * d)) - d  # (N, 2, h, w): dy, dx, exact in float
+        offset = (u[:, 0] * w + u[:, 1]) * inside
+        index = (base + offset.long()).reshape(b, 1, h * w).expand(b, ch, -1)
         y = y.gather(2, index)
     return gaussian(y.reshape(b, ch, h, w), sigma)
 
