@@ -42,11 +42,11 @@ from ironsight.robustness.report.plots import (
     severity_plot,
 )
 from ironsight.robustness.report.tables import (
-    ci_text,
     example_lines,
     header_lines,
     num,
     pct,
+    per_class_table,
     result_tables,
     summary_rows,
 )
@@ -303,26 +303,8 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
             parts.append(f"<h2>{escape(title)}</h2>")
             section = title
         parts.append(html_table(header, rows))
-    names = report["class_names"]
     parts.append("<h2>Clean data per class</h2>")
-    parts.append(
-        html_table(
-            ["class", "accuracy [95% CI]", "precision", "recall", "F1", "support"],
-            [
-                [
-                    names[i],
-                    ci_text(clean["per_class"][i])
-                    if clean.get("per_class")
-                    else pct(clean["per_class_accuracy"][i]),
-                    num(clean["precision"][i]),
-                    num(clean["recall"][i]),
-                    num(clean["f1"][i]),
-                    clean["support"][i],
-                ]
-                for i in range(len(names))
-            ],
-        )
-    )
+    parts.append(html_table(*per_class_table(report)))  # the rows report.md shows
     parts.append("<h2>Run</h2>" + html_table(["", "value"], meta_rows))
     parts.append("</main></body></html>")
     return "\n".join(p for p in parts if p)

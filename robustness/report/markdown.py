@@ -13,12 +13,10 @@ from collections.abc import Sequence
 
 from ironsight.robustness.report import comparison
 from ironsight.robustness.report.tables import (
-    ci_text,
     example_lines,
     gate_lines,
     header_lines,
-    num,
-    pct,
+    per_class_table,
     result_tables,
     summary_rows,
 )
@@ -56,31 +54,7 @@ def to_markdown(report: dict) -> str:
     out += _md_table(["metric", "value"], summary_rows(report))
 
     out += ["## Clean data", ""]
-    per_class = clean.get("per_class")
-    out += _md_table(
-        ["class", "accuracy [95% CI]", "precision", "recall", "F1", "support"],
-        [
-            [
-                names[i],
-                ci_text(per_class[i]) if per_class else pct(clean["per_class_accuracy"][i]),
-                num(clean["precision"][i]),
-                num(clean["recall"][i]),
-                num(clean["f1"][i]),
-                clean["support"][i],
-            ]
-            for i in range(len(names))
-        ]
-        + [
-            [
-                "macro",
-                "",
-                num(clean["macro_precision"]),
-                num(clean["macro_recall"]),
-                num(clean["macro_f1"]),
-                clean["n_labeled"],
-            ]
-        ],
-    )
+    out += _md_table(*per_class_table(report))
     out += ["Confusion matrix (rows: true class, columns: predicted class)", ""]
     out += _md_table(
         ["true \\ predicted", *names],

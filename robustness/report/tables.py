@@ -10,6 +10,7 @@ dict, and laid out by :mod:`~ironsight.robustness.report.markdown` (report.md),
 | :func:`example_lines` | what the example images are and how their maps were made              |
 | :func:`summary_rows`  | the summary table's (metric, value) rows                              |
 | :func:`result_tables` | the per-condition, condition x severity and attack x eps tables        |
+| :func:`per_class_table` | the clean data per class, and the macro row                         |
 | :func:`gate_lines`    | the release gate's verdict lines                                      |
 
 Every cell is a display string (or an int): a renderer escapes and lays out, it computes nothing.
@@ -208,6 +209,35 @@ def result_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
             rows.append(row)
         tables.append(("Adversarial attacks", header, rows))
     return tables
+
+
+def per_class_table(report: dict) -> tuple[list[str], list[list]]:
+    """(header, rows) of the clean data per class: accuracy with its interval, precision,
+    recall, F1 and support, then the macro row; report.md and report.html show these rows.
+
+    >>> header, rows = per_class_table({"class_names": ["cat"], "clean": {
+    ...     "per_class": [{"accuracy": 0.5, "ci95": [0.1, 0.9], "n_labeled": 2}],
+    ...     "precision": [1.0], "recall": [0.5], "f1": [0.667], "support": [2],
+    ...     "macro_precision": 1.0, "macro_recall": 0.5, "macro_f1": 0.667, "n_labeled": 2}})
+    >>> rows
+    [['cat', '50.0% [10.0, 90.0] (n=2)', '1.000', '0.500', '0.667', 2], ['macro', '', '1.000', '0.500', '0.667', 2]]
+    """
+    clean, names = report["clean"], report["class_names"]
+    per_class = clean.get("per_class")
+    rows = [
+        [
+            names[i],
+            ci_text(per_class[i]) if per_class else pct(clean["per_class_accuracy"][i]),
+            num(clean["precision"][i]),
+            num(clean["recall"][i]),
+            num(clean["f1"][i]),
+            clean["support"][i],
+        ]
+        for i in range(len(names))
+    ]
+    rows.append(["macro", "", num(clean["macro_precision"]), num(clean["macro_recall"]),
+                 num(clean["macro_f1"]), clean["n_labeled"]])
+    return ["class", "accuracy [95% CI]", "precision", "recall", "F1", "support"], rows
 
 
 def summary_rows(report: dict) -> list[list[str]]:

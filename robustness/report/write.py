@@ -1,10 +1,21 @@
-"""Writing the reports: every file rendered in memory and published whole
-(:func:`ironsight.cluster.storage.publish_bytes`), so a reader never sees half a report.
+"""Writing the reports straight to OUTPUT, a local folder or an ``s3://`` prefix.
+
+Every file is rendered in memory first (a renderer that fails writes nothing), then each is
+published whole where it belongs (:func:`ironsight.cluster.storage.publish_bytes`: locally a
+temporary file beside it, fsynced and renamed; on S3 one PUT), so a reader never sees half a
+file and nothing is written locally to be uploaded afterwards.
+
+| function                  | files                                        |
+|---------------------------|----------------------------------------------|
+| :func:`write_reports`     | ``report.json``, ``report.md``, ``report.html`` |
+| :func:`write_compare_reports` | ``compare.json``, ``compare.md``, ``compare.html`` |
+
+A failed write raises the ``OSError`` (or :class:`~ironsight.cluster.storage.StorageError`)
+as it came; the job names OUTPUT in its one-line error.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from ironsight.cluster import storage
@@ -14,44 +25,50 @@ from ironsight.robustness.report.markdown import compare_markdown, to_markdown
 from ironsight.robustness.schema import Example
 
 
-def write_reports(report: dict, out_dir: str, examples: Sequence[Example] = ()) -> dict[str, str]:
-    """Write ``report.json``, ``report.md`` and ``report.html`` into a local directory.
+def publish_texts(output: str, files: Sequence[tuple[str, str, str]]) -> dict[str, str]:
+    """Each ``(key, name, text)`` of ``files`` published whole as OUTPUT/name (UTF-8); a local
+    OUTPUT is created when missing. Returns ``{key: URI}`` (an absolute path locally).
 
-    Each file is written under a temporary name and renamed, so a reader never sees half
-    a report.
-
-    Args:
-        report: The dict from :func:`~ironsight.robustness.report.build.build_report` (with ``gate`` filled or not).
-        out_dir: Local directory, created when missing.
-        examples: Images to show in the HTML report.
-
-    Returns:
-        ``{"json": path, "markdown": path, "html": path}``.
+    >>> import os, tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "new")
+    >>> paths = publish_texts(out, [("notes", "notes.md", "# hi")])
+    >>> paths == {"notes": os.path.join(out, "notes.md")}, sorted(os.listdir(out))
+    (True, ['notes.md'])
     """
-    os.makedirs(out_dir, exist_ok=True)
-    contents = {
-        "json": ("report.json", dumps(report)),
-        "markdown": ("report.md", to_markdown(report)),
-        "html": ("report.html", render_html(report, examples)),
-    }
-    paths = {}
-    for key, (name, text) in contents.items():
-        path = os.path.join(out_dir, name)
-        storage.publish_bytes(storage.resolve(path), text.encode("utf-8"))  # atomic
-        paths[key] = path
-    return paths
-
-
-def write_compare_reports(output: str, report: dict, entries) -> dict[str, str]:
-    """``compare.json``, ``compare.md`` and ``compare.html`` into OUTPUT (a local folder or an
-    ``s3://`` prefix), each published atomically; returns ``{"json": uri, "markdown": uri, "html": uri}``."""
     out = storage.resolve(output)
-    if not out.is_s3:
-        storage.makedirs(out)
+    storage.makedirs(out)
     paths = {}
-    for key, name, text in (("json", "compare.json", dumps(report)), ("markdown", "compare.md", compare_markdown(report)),
-                            ("html", "compare.html", compare_html(report, entries))):
+    for key, name, text in files:
         target = out.join(name)
         storage.publish_bytes(target, text.encode("utf-8"))
         paths[key] = target.uri
     return paths
+
+
+def write_reports(report: dict, output: str, examples: Sequence[Example] = ()) -> dict[str, str]:
+    """``report.json``, ``report.md`` and ``report.html`` straight into OUTPUT.
+
+    Args:
+        report: The dict from :func:`~ironsight.robustness.report.build.build_report` (with
+            ``gate`` filled or not).
+        output: A local folder (created when missing) or an ``s3://`` prefix.
+        examples: Images to show in the HTML report.
+
+    Returns:
+        ``{"json": uri, "markdown": uri, "html": uri}``.
+    """
+    return publish_texts(output, [
+        ("json", "report.json", dumps(report)),
+        ("markdown", "report.md", to_markdown(report)),
+        ("html", "report.html", render_html(report, examples)),
+    ])
+
+
+def write_compare_reports(output: str, report: dict, entries) -> dict[str, str]:
+    """``compare.json``, ``compare.md`` and ``compare.html`` straight into OUTPUT (a local
+    folder or an ``s3://`` prefix); returns ``{"json": uri, "markdown": uri, "html": uri}``."""
+    return publish_texts(output, [
+        ("json", "compare.json", dumps(report)),
+        ("markdown", "compare.md", compare_markdown(report)),
+        ("html", "compare.html", compare_html(report, entries)),
+    ])

@@ -297,17 +297,59 @@ def test_example_images_become_white_uint8_hwc(image):
     assert (out.shape, out.dtype, int(out.min())) == ((4, 5, 3), np.uint8, 255)
 
 
-def test_report_modules_import_neither_ray_nor_pyplot():
+def loaded_after_importing(modules: list[str], watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has loaded after importing ``modules``."""
     import subprocess
     import sys
 
-    code = (
-        "import sys\n"
-        "import ironsight.robustness.gate, ironsight.robustness.metrics, ironsight.robustness.schema\n"
-        "import ironsight.robustness.report.build, ironsight.robustness.report.comparison\n"
-        "import ironsight.robustness.report.html, ironsight.robustness.report.write\n"
-        "import ironsight.robustness.report.markdown, ironsight.robustness.report.text\n"
-        "print(sorted(m for m in ('ray', 'matplotlib.pyplot') if m in sys.modules))\n"
-    )
+    code = f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n" \
+           f"print(sorted(m for m in {watched!r} if m in sys.modules))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return json.loads(out.stdout.replace("'", '"'))
+
+
+def test_report_modules_import_neither_ray_nor_pyplot():
+    report_modules = [f"ironsight.robustness.report.{m}" for m in
+                      ("build", "comparison", "html", "markdown", "plots", "tables", "text", "write")]
+    modules = ["ironsight.robustness.gate", "ironsight.robustness.metrics", "ironsight.robustness.schema",
+               *report_modules]
+    assert loaded_after_importing(modules, ("ray", "matplotlib.pyplot")) == []
+
+
+def test_markdown_and_html_show_the_same_per_class_rows(report, pages):
+    from ironsight.robustness.report.html import escape
+    from ironsight.robustness.report.tables import per_class_table
+
+    header, rows = per_class_table(report)
+    assert [r[0] for r in rows] == [*CLASS_NAMES, "macro"]
+    md = to_markdown(report)
+    assert "| " + " | ".join(header) + " |" in md
+    for row in rows:  # the same rows, one laid out as Markdown, one as HTML (the macro row too)
+        assert "| " + " | ".join(str(c) for c in row) + " |" in md
+        assert "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" in pages["none"]
+
+
+def test_write_reports_publishes_each_file_straight_to_s3(s3_bucket, gated_report, tmp_path, monkeypatch):
+    import boto3
+
+    monkeypatch.chdir(tmp_path)  # a report rendered aside, or an s3:/ folder, would land here
+    ex = [Example("clean", 0, np.zeros((8, 8, 3), np.uint8), 0, 1)]
+    paths = write_reports(gated_report, f"{s3_bucket}/nightly/run-7", ex)
+    names = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
+    assert paths == {key: f"{s3_bucket}/nightly/run-7/{name}" for key, name in names.items()}
+    s3 = boto3.client("s3")
+    bucket = s3_bucket.removeprefix("s3://")
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    assert sorted(o["Key"] for o in listed) == sorted(f"nightly/run-7/{n}" for n in names.values())
+    body = {n: s3.get_object(Bucket=bucket, Key=f"nightly/run-7/{n}")["Body"].read().decode() for n in names.values()}
+    assert body["report.json"] == dumps(gated_report) and body["report.md"] == to_markdown(gated_report)
+    assert body["report.html"].startswith("<!DOCTYPE html>") and 'id="gate-banner"' in body["report.html"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_and_markdown_renderers_load_no_plotting():
+    """The CLI's summary and report.md need no matplotlib: the renderers import the shared
+    tables, not each other (report.html is the only one that draws)."""
+    modules = [f"ironsight.robustness.report.{m}" for m in ("build", "markdown", "tables", "text")]
+    watched = ("matplotlib", "PIL", "ironsight.robustness.report.html", "ironsight.robustness.report.plots")
+    assert loaded_after_importing(modules, watched) == []
