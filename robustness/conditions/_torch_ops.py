@@ -288,7 +288,10 @@ def displace(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tenso
     import torch.nn.functional as F
 
     h, w = x.shape[-2:]
-    jj = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
-    ii = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
-    grid = torch.stack([(2 * (jj + dx) + 1) / w - 1, (2 * (ii + dy) + 1) / h - 1], dim=-1)
+    # pixel j's centre is (2 j + 1) / w - 1 in grid_sample's [-1, 1] (align_corners=False)
+    gy, gx = torch.meshgrid((2 * torch.arange(h, device=x.device, dtype=x.dtype) + 1) / h - 1,
+                            (2 * torch.arange(w, device=x.device, dtype=x.dtype) + 1) / w - 1,
+                            indexing="ij")
+    per_pixel = torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)
+    grid = torch.stack([dx, dy], dim=-1).mul_(per_pixel).add_(torch.stack([gx, gy], dim=-1))
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
