@@ -10,7 +10,8 @@ pass scales as well as it can; the target is at most 1.3x that product.
 
 Where the time goes, measured per component in one process on the same images:
   decode      bytes -> (N, H, W, 3) uint8, once
-  conditions  every condition x severity applied to every image (CPU)
+  conditions  every condition x severity made from every image, as the audit's actors make them
+              (corrupt_batch on the decoded batch as a tensor on the CPU, this process's threads)
   inference   one forward pass per variant
   attacks     every attack x epsilon (forward + backward per step)
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ironsight.cluster.raycluster import connect
     from ironsight.jobs.audit import AuditConfig, run_audit
     from ironsight.robustness.attacks import run_attack
-    from ironsight.robustness.conditions import apply_condition
+    from ironsight.robustness.conditions.batch import corrupt_batch
     from ironsight.robustness.suites import Suite, get_suite
 
     eval_dir = os.path.join(args.workdir, f"eval-{args.images}")
@@ -81,13 +82,14 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.perf_counter()
     images, _ = decode_batch(blobs, loaded.info.preprocess)
     parts["decode"] = time.perf_counter() - t
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W) in [0, 1]
     t = time.perf_counter()
     for cond in suite.conditions:
-        for sev in suite.severities:
-            for i in range(len(images)):
-                apply_condition(cond, images[i], sev, seed=0, key=ids[i])
+        for lo in range(0, len(x), 256):
+            for _ in corrupt_batch(cond, x[lo:lo + 256], suite.severities, seed=0, keys=ids[lo:lo + 256],
+                                   threads=torch.get_num_threads()):
+                pass
     parts["conditions"] = time.perf_counter() - t
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W) in [0, 1]
     t = time.perf_counter()
     with torch.inference_mode():
         for _ in range(variants - n_attack):

@@ -7,14 +7,14 @@ corruption x severity, and under each attack x eps.
 | side        | what runs                                                                       |
 |-------------|---------------------------------------------------------------------------------|
 | handwritten | one process: PIL decode + torchvision resize/crop, ``imagecorruptions.corrupt`` per image, the model in batches under ``inference_mode``, torchattacks ``FGSM`` / ``PGD`` (random start, step ``2.5 eps / steps``) per batch, then a prediction of each adversarial batch |
-| ironsight   | what ``ironsight audit`` runs: an embedded Ray started (timed), ``run_audit`` (planning, decode and corruption tasks, predictor actors, attacks, reports; activation maps off) |
-| corruption  | Ironsight's corruption step alone: ``decode_and_corrupt`` over the same shards in this process, once with the suite's conditions and once with none (decode only); the difference is the corruption's CPU seconds |
+| ironsight   | what ``ironsight audit`` runs: an embedded Ray started (timed), ``run_audit`` (planning, decode tasks, predictor actors that make every variant on their device and predict it, attacks, reports; activation maps off) |
+| corruption  | Ironsight's corruption step alone, as its actors run it: the same shards decoded in this process (``decode_eval_rows``, timed apart), then ``corrupt_batch`` of every condition at every severity on each decoded block as a CPU tensor, on the torch threads of this process |
 
 Printed and written (``RESULTS/audit-vs-handwritten-<UTC>.json`` and ``.md``, ``-quick``
 appended for a smoke run): variants/s of each side (variants = images x (1 + corruptions x severities + attacks x eps)), the ratio
-ironsight / handwritten (target >= 2x), and the corruption share: corruption CPU seconds over
-the audit's wall time (on one core) and over its CPU budget (wall x the cores Ray was given),
-and the handwritten side's own corruption share (its timers).
+ironsight / handwritten (target >= 2x), and the corruption share: the corruption step's
+seconds over the audit's wall time, and its CPU seconds over the audit's CPU budget (wall x the
+cores Ray was given), and the handwritten side's own corruption share (its timers).
 
 The default corruptions are 8 of the 16 that the reference package runs on numpy 2
 (``fog``, ``glass_blur`` and ``gaussian_blur`` do not: tests/robustness/test_imagenet_c_reference.py).
@@ -128,12 +128,14 @@ def handwritten(corpus: str, model: str, weights: str, args) -> dict:
 
 def ironsight_audit(corpus: str, out: str, model: str, weights: str, args) -> dict:
     """``ironsight audit`` of the same variants on an embedded Ray, and its corruption step
-    alone (``decode_and_corrupt`` with and without conditions, in this process)."""
+    alone (``corrupt_batch`` on the decoded blocks, in this process)."""
     import ray
+    import torch
 
     from ironsight.cluster.models import ModelSource
     from ironsight.cluster.raycluster import connect
-    from ironsight.jobs.audit import AuditConfig, decode_and_corrupt, plan_audit, run_audit
+    from ironsight.jobs.audit import AuditConfig, decode_eval_rows, plan_audit, run_audit
+    from ironsight.robustness.conditions.batch import corrupt_batch
     from ironsight.robustness.suites import AttackSpec, Suite
 
     suite = Suite(name="handwritten", conditions=tuple(args.corruptions), severities=tuple(args.severities),
@@ -148,22 +150,26 @@ def ironsight_audit(corpus: str, out: str, model: str, weights: str, args) -> di
         result = run_audit(cfg)
     wall = time.perf_counter() - start
 
-    # the corruption step alone, one core, over the same shards
+    # the corruption step alone, as the actors run it: corrupt_batch on each decoded block
     prepared = plan_audit(AuditConfig(input=corpus, output=out + "-plan", source=cfg.source, suite=suite))
     shutil.rmtree(out + "-plan", ignore_errors=True)
-    step = {}
-    for label, conditions in (("decode", ()), ("decode_and_corrupt", suite.conditions)):
-        s = time.perf_counter()
-        for shard in prepared.shards:
-            for _ in decode_and_corrupt({"shard": np.array([shard.index])}, plan=prepared.corpus,
-                                        preprocess=prepared.model.info.preprocess, conditions=conditions,
-                                        severities=suite.severities, seed=0, limits=prepared.limits):
+    s = time.perf_counter()
+    blocks = [b for shard in prepared.shards for b in decode_eval_rows(
+        {"shard": np.array([shard.index])}, plan=prepared.corpus, preprocess=prepared.model.info.preprocess,
+        limits=prepared.limits, block_rows=args.batch_size)]
+    decode_s = time.perf_counter() - s
+    threads = torch.get_num_threads()
+    s, cpu = time.perf_counter(), time.process_time()
+    for b in blocks:
+        x = torch.from_numpy(b["image"]).permute(0, 3, 1, 2).float().div_(255.0)
+        keys = [str(k) for k in b["id"]]
+        for name in suite.conditions:
+            for _ in corrupt_batch(name, x, suite.severities, seed=0, keys=keys, threads=threads):
                 pass
-        step[label] = time.perf_counter() - s
-    corrupt_s = max(0.0, step["decode_and_corrupt"] - step["decode"])
-    return {"seconds": {"ray_start": ray_start, "run_audit": result.wall_s, "wall": wall, **step,
-                        "corrupt": corrupt_s},
-            "predictions": result.rows, "ray_cpus": cpus}
+    corrupt_s, corrupt_cpu = time.perf_counter() - s, time.process_time() - cpu
+    return {"seconds": {"ray_start": ray_start, "run_audit": result.wall_s, "wall": wall, "decode": decode_s,
+                        "corrupt": corrupt_s, "corrupt_cpu": corrupt_cpu},
+            "predictions": result.rows, "ray_cpus": cpus, "corrupt_threads": threads}
 
 
 def render(r: dict) -> str:
@@ -181,7 +187,7 @@ def render(r: dict) -> str:
         f"| handwritten (one process) | {h['seconds']['wall']:.1f} | {h['variants_per_s']:.1f} | "
         f"{h['seconds']['corrupt']:.1f} | {h['corruption_share']:.0%} of its wall |",
         f"| ironsight audit (Ray start + run_audit) | {i['seconds']['wall']:.1f} | {i['variants_per_s']:.1f} | "
-        f"{i['seconds']['corrupt']:.1f} (one core) | {i['corruption_share_of_wall']:.0%} of wall, "
+        f"{i['seconds']['corrupt']:.1f} ({i['corrupt_threads']} threads) | {i['corruption_share_of_wall']:.0%} of wall, "
         f"{i['corruption_share_of_cpu']:.0%} of {i['ray_cpus']} cores x wall |",
         "",
         f"ironsight / handwritten: **{r['ratio']:.2f}x** (target >= {TARGET:.0f}x: "
@@ -190,8 +196,9 @@ def render(r: dict) -> str:
         f"Handwritten timers: decode {h['seconds']['decode']:.1f} s, corruption {h['seconds']['corrupt']:.1f} s, "
         f"prediction {h['seconds']['predict']:.1f} s, attacks {h['seconds']['attack']:.1f} s. Ironsight: Ray start "
         f"{i['seconds']['ray_start']:.1f} s, run_audit {i['seconds']['run_audit']:.1f} s (reports included); its "
-        f"decode alone {i['seconds']['decode']:.1f} s, decode + corruption {i['seconds']['decode_and_corrupt']:.1f} s "
-        "on one core.",
+        f"decode alone {i['seconds']['decode']:.1f} s, its corruption step (corrupt_batch on the decoded blocks, "
+        f"CPU tensors) {i['seconds']['corrupt']:.1f} s on {i['corrupt_threads']} threads "
+        f"({i['seconds']['corrupt_cpu']:.1f} s of CPU).",
     ]
     return "\n".join(lines)
 
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         side["variants_per_s"] = variants / side["seconds"]["wall"]
     hand["corruption_share"] = hand["seconds"]["corrupt"] / hand["seconds"]["wall"]
     iron["corruption_share_of_wall"] = iron["seconds"]["corrupt"] / iron["seconds"]["wall"]
-    iron["corruption_share_of_cpu"] = iron["seconds"]["corrupt"] / (iron["seconds"]["wall"] * max(1, iron["ray_cpus"]))
+    iron["corruption_share_of_cpu"] = iron["seconds"]["corrupt_cpu"] / (iron["seconds"]["wall"] * max(1, iron["ray_cpus"]))
     result = {
         "stamp": noop.utc_stamp(), "quick": args.quick, "images": args.images, "model": args.model,
         "source_px": args.source_px, "crop": hand["crop"], "corruptions": list(args.corruptions),

@@ -15,6 +15,7 @@ What happens when the GPU runs out of memory, and where host memory comes from:
 | a single image still runs out of memory     | that row only gets ``inference_failed: OutOfMemoryError: ...``; the rest are labelled |
 | any other ``RuntimeError`` in the model     | every decoded row of the batch gets ``inference_failed: ...``; the job goes on |
 | a batch on CUDA                             | copied through ONE page-locked host buffer per actor (:class:`HostStaging`), grown when a batch is larger, never allocated per batch |
+| a float tensor already on the device (an audit's corrupted variant, :meth:`Predictor.predict`) | predicted as it is, split on OOM the same way (chunks are views on the device) |
 
 Batch in (``dict[str, np.ndarray]``): ``image`` (N, H, W, 3) uint8, ``error`` (N,) object
 (None or ``reason: detail``), plus pass-through columns (``id``, ``shard``, ``row``...).
@@ -182,6 +183,7 @@ class Predictor:
         self.device = pick_device(device)
         if self.device == "cpu":
             torch.set_num_threads(max(1, cpu_threads or _ray_cpus() or 1))
+        self.threads = torch.get_num_threads()  # the actor's CPU threads (its CPU-side work too)
         loaded = source.load(self.device)
         self.model = loaded.module.to(self.device).eval()
         self.num_classes = loaded.info.num_classes
@@ -199,8 +201,14 @@ class Predictor:
         self.max_batch: int | None = None
         self.worker = f"{worker_identity()}/{_gpu_ids()}"  # node/pid/gpus: where rows were predicted
 
-    def logits(self, images: np.ndarray):
-        """(N, H, W, 3) uint8 -> (N, num_classes) float32 logits on the CPU."""
+    def to_device(self, images: np.ndarray):
+        """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1] on the actor's device.
+
+        uint8 crosses the bus (4x fewer bytes than float), through the actor's one pinned
+        buffer on CUDA (:class:`HostStaging`); the copy is finished by the time a prediction
+        returns (its logits come back to the CPU), before the next ``to_device`` reuses the
+        buffer.
+        """
         import torch
 
         if self.device == "cuda":  # through the actor's one pinned buffer (HostStaging)
@@ -208,6 +216,15 @@ class Predictor:
         else:
             x = torch.from_numpy(np.ascontiguousarray(images))  # (N, H, W, 3) uint8
         x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W) float32 in [0, 1]
+        if self.device == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x):
+        """(N, 3, H, W) float32 in [0, 1] on the device -> (N, num_classes) float32 logits on
+        the CPU (under autocast on CUDA, channels-last)."""
+        import torch
+
         if self.device == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -218,10 +235,33 @@ class Predictor:
                 out = self.model(x)
         return out.float().cpu()
 
+    def logits(self, images: np.ndarray):
+        """(N, H, W, 3) uint8 -> (N, num_classes) float32 logits on the CPU."""
+        return self.forward(self.to_device(images))
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = batch["image"]
-        n = len(images)
         errors = np.array([as_error(e) for e in batch["error"]], dtype=object)
+        ok = np.array([e is None for e in errors], dtype=bool)
+        out: dict[str, Any] = {k: batch[k] for k in self.passthrough if k in batch}
+        out.update(self.predict(batch["image"][ok] if ok.any() else None, errors))
+        out["worker"] = np.full(len(errors), self.worker, dtype=object)
+        return out
+
+    def predict(self, inputs, errors: np.ndarray) -> dict[str, np.ndarray]:
+        """Top-k of the rows whose ``errors`` entry is None; the other rows keep their error.
+
+        Args:
+            inputs: those rows' images: (M, H, W, 3) uint8, or (M, 3, H, W) float32 in [0, 1]
+                already on the device (:meth:`to_device`, a corrupted variant); None when M is 0.
+            errors: (N,) object, None or ``reason: detail`` per row.
+
+        Returns:
+            ``label`` (N,) int64 (-1 on error), ``score`` (N,) float32, ``topk_labels`` (N, k)
+            int64, ``topk_scores`` (N, k) float32 and ``error`` (N,) object: a CUDA OOM is split
+            (:meth:`top_k_split`), any other ``RuntimeError`` fails the predicted rows.
+        """
+        n = len(errors)
+        errors = np.array(errors, dtype=object)
         ok = np.array([e is None for e in errors], dtype=bool)
         labels = np.full(n, -1, np.int64)
         scores = np.zeros(n, np.float32)
@@ -229,7 +269,7 @@ class Predictor:
         topk_scores = np.zeros((n, self.top_k), np.float32)
         if ok.any():
             try:
-                top_i, top_p, failed = self.top_k_split(images[ok])
+                top_i, top_p, failed = self.top_k_split(inputs)
                 topk_labels[ok] = top_i
                 topk_scores[ok] = top_p
                 labels[ok] = topk_labels[ok, 0]
@@ -239,20 +279,13 @@ class Predictor:
             except RuntimeError as exc:  # not an OOM: rows fail, the job goes on
                 msg = _failure(exc)
                 errors = np.array([e if e is not None else msg for e in errors], dtype=object)
-        out: dict[str, Any] = {k: batch[k] for k in self.passthrough if k in batch}
-        out.update(
-            label=labels,
-            score=scores,
-            topk_labels=topk_labels,
-            topk_scores=topk_scores,
-            error=errors,
-            worker=np.full(n, self.worker, dtype=object),
-        )
-        return out
+        return {"label": labels, "score": scores, "topk_labels": topk_labels, "topk_scores": topk_scores,
+                "error": errors}
 
-
-    def top_k_split(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k of ``images`` (M, H, W, 3) uint8, splitting on CUDA out-of-memory.
+    def top_k_split(self, images) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k of ``images``, splitting on CUDA out-of-memory: (M, H, W, 3) uint8, or a
+        (M, 3, H, W) float32 tensor in [0, 1] on the device (its chunks are views: nothing is
+        copied back to the host to split it).
 
         Runs in chunks of :attr:`max_batch` once an OOM has set it. A chunk that runs out of
         GPU memory is split in halves, each retried (recursively); only a single image that
@@ -275,7 +308,9 @@ class Predictor:
         import torch
 
         try:
-            probs = torch.softmax(self.logits(images[lo:hi]), dim=1)  # (n, C) float32
+            chunk = images[lo:hi]
+            logits = self.logits(chunk) if isinstance(chunk, np.ndarray) else self.forward(chunk)
+            probs = torch.softmax(logits, dim=1)  # (n, C) float32
             top_p, top_i = probs.topk(self.top_k, dim=1)
             labels[lo:hi], scores[lo:hi] = top_i.numpy(), top_p.numpy()
             return

@@ -1,9 +1,10 @@
-"""The distributed robustness audit: eval set -> decode -> conditions -> predict/attack -> report.
+"""The distributed robustness audit: eval set -> decode -> predict/corrupt/attack -> report.
 
-    plan (footers) ──► CPU task per shard: read, decode ONCE, emit the clean block and one
-    block per (condition, severity) ──► AuditPredictor actors (one per GPU): predict every
-    block; for clean rows also run each attack at each epsilon ──► driver: predictions table
-    ──► metrics, report.json/md/html, release gate
+    plan (footers) ──► CPU task per shard: read, decode ONCE, emit clean blocks ──►
+    AuditPredictor actors (one per GPU): the clean batch onto the device once, predicted; each
+    condition's severities made there as tensors (corrupt_batch) and predicted; each attack at
+    each epsilon on the clean rows ──► driver: predictions table ──► metrics,
+    report.json/md/html, release gate
 
 Corruptions are pure functions of (image id, condition, severity, seed), so any variant can be
 regenerated later: the report's example images are recomputed in the driver for a few ids
@@ -29,19 +30,14 @@ import pyarrow.parquet as pq
 from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import metrics as job_metrics
 from ironsight.cluster import paths, reader, storage, storage_errors
-from ironsight.cluster.decode import count_reasons, worker_identity
+from ironsight.cluster.decode import DEFAULT_MAX_PIXELS, count_reasons, decode_rows, worker_identity
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import ModelSource
-from ironsight.cluster.pipeline import (
-    announce_preprocessing,
-    decode_rows,
-    decode_task_args,
-    plan_resources,
-)
-from ironsight.cluster.predictor import Predictor, as_error
+from ironsight.cluster.output_format import WORKER_COLUMNS
+from ironsight.cluster.pipeline import announce_preprocessing, decode_task_args, plan_resources
+from ironsight.cluster.predictor import CostProfile, Predictor, as_error, measure_cost
 from ironsight.cluster.preprocess import Preprocess
 from ironsight.cluster.progress import progress
-from ironsight.cluster.sink import WORKER_COLUMNS
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
 from ironsight.robustness.attacks import run_attack
 from ironsight.robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
@@ -112,17 +108,22 @@ def resolve_suite(name_or_path: str, severities: list[int] | None) -> Suite:
     return suite
 
 
-def decode_and_corrupt(
+def decode_eval_rows(
     items: dict[str, np.ndarray],
     *,
     plan: corpus_mod.CorpusPlan,
     preprocess: Preprocess,
-    conditions: tuple[str, ...],
-    severities: tuple[int, ...],
-    seed: int,
     limits: dict[int, int],
+    block_rows: int,
 ):
-    """Ray Data UDF (CPU task): decode a shard once, yield the clean block and every variant."""
+    """Ray Data UDF (CPU task): decode a shard's eval rows once; yield clean blocks of at most
+    ``block_rows`` rows (so that the predictor actors share a shard's images).
+
+    Yields ``id``, ``row`` (the eval-set row's key: shard << :data:`ROW_KEY_BITS` | place in the
+    shard), ``label_true`` (-1 without a label column), ``image`` (N, H, W, 3) uint8, ``error``
+    and ``decode_worker``; a shard stops at its ``--max-images`` limit (``limits``). The
+    variants are made from these on the predictor's device (:class:`AuditPredictor`).
+    """
     for shard_index in items["shard"]:
         shard = plan.shards[int(shard_index)]
         remaining = limits.get(shard.index, shard.num_rows)
@@ -137,68 +138,85 @@ def decode_and_corrupt(
             images, errors = decode_rows(batch["image"][:take], batch["error"][:take], preprocess)
             ids = np.asarray(batch["id"][:take], dtype=object)
             labels = np.asarray(batch["label"][:take], np.int64) if "label" in batch else np.full(take, -1, np.int64)
-            base = {"id": ids, "row": rows, "label_true": labels, "error": np.asarray(errors, dtype=object),
-                    "decode_worker": np.full(take, worker_identity(), dtype=object)}
-            yield _block(base, images, "clean", "clean", 0)
-            ok = [i for i, e in enumerate(errors) if e is None]
-            for name in conditions:
-                for severity in severities:
-                    variant = images.copy()
-                    for i in ok:
-                        variant[i] = apply_condition(name, images[i], severity, seed=seed, key=str(ids[i]))
-                    yield _block(base, variant, "corruption", name, severity)
-
-
-def _block(base: dict, images: np.ndarray, kind: str, condition: str, severity: int) -> dict[str, Any]:
-    n = len(images)
-    return {
-        **base,
-        "image": images,
-        "kind": np.full(n, kind, dtype=object),
-        "condition": np.full(n, condition, dtype=object),
-        "severity": np.full(n, severity, np.int32),
-        "eps": np.zeros(n, np.float64),
-    }
+            worker = worker_identity()
+            for lo in range(0, take, max(1, block_rows)):
+                hi = min(take, lo + max(1, block_rows))
+                yield {"id": ids[lo:hi], "row": rows[lo:hi], "label_true": labels[lo:hi], "image": images[lo:hi],
+                       "error": np.asarray(errors[lo:hi], dtype=object),
+                       "decode_worker": np.full(hi - lo, worker, dtype=object)}
 
 
 class AuditPredictor(Predictor):
-    """A :class:`Predictor` that also attacks: for clean rows, each attack at each epsilon.
+    """A :class:`Predictor` that makes and predicts every variant of a clean batch.
 
-    Attacks run in float32 (no autocast) with the model in eval mode, on the actor's device.
+    | step | on the actor's device |
+    |------|------------------------|
+    | clean | the batch's decoded rows go to the device once (:meth:`Predictor.to_device`: the pinned staging buffer on CUDA) and are predicted |
+    | corruptions | for each suite condition, :func:`~ironsight.robustness.conditions.batch.corrupt_batch` on that device tensor (batched tensor ops where the condition has them; NumPy image by image on :attr:`threads` threads otherwise), each severity predicted as it comes |
+    | attacks | for clean rows that were predicted and have a label: each attack at each epsilon, in float32 (no autocast), model in eval mode |
+
+    One output row per (row, kind, condition, severity, eps), as :func:`collect_predictions`
+    keys them; a row that did not decode keeps its error in the clean row and in each
+    corruption row (no attack). A variant equals :func:`~ironsight.robustness.conditions.apply_condition`
+    on the image alone (what the report's examples show), rounded to 256 levels.
     """
 
-    def __init__(self, source: ModelSource, *, attacks: tuple[AttackSpec, ...], seed: int, **kw) -> None:
-        super().__init__(source, top_k=1, passthrough=("id", "row", "label_true", "kind", "condition", "severity", "eps", "decode_worker"), **kw)
+    def __init__(self, source: ModelSource, *, attacks: tuple[AttackSpec, ...], seed: int,
+                 conditions: tuple[str, ...] = (), severities: tuple[int, ...] = (), **kw) -> None:
+        super().__init__(source, top_k=1, passthrough=("id", "row", "label_true", "decode_worker"), **kw)
         self.attacks = attacks
         self.seed = seed
+        self.conditions = conditions
+        self.severities = severities
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = super().__call__(batch)
-        parts = [out]
-        clean = np.array([k == "clean" and as_error(e) is None for k, e in zip(batch["kind"], out["error"], strict=True)])
-        if self.attacks and clean.any():
-            parts += self._attack(batch, clean)
-        return {k: np.concatenate([p[k] for p in parts]) for k in out}
+        from ironsight.robustness.conditions.batch import corrupt_batch
 
-    def _attack(self, batch: dict[str, np.ndarray], clean: np.ndarray) -> list[dict[str, np.ndarray]]:
+        errors = np.array([as_error(e) for e in batch["error"]], dtype=object)
+        ok = np.array([e is None for e in errors], dtype=bool)
+        x = self.to_device(batch["image"][ok]) if ok.any() else None  # (M, 3, H, W) float32 in [0, 1]
+        keys = [str(k) for k in batch["id"][ok]]
+        clean = self.predict(x, errors)
+        parts = [self._rows(batch, clean, "clean", "clean", 0)]
+        for name in self.conditions:
+            variants = (corrupt_batch(name, x, self.severities, seed=self.seed, keys=keys, threads=self.threads)
+                        if x is not None else ((s, None) for s in self.severities))
+            for severity, variant in variants:
+                parts.append(self._rows(batch, self.predict(variant, errors), "corruption", name, severity))
+        attacked = np.array([e is None for e in clean["error"]], bool) & (batch["label_true"] >= 0)
+        if self.attacks and attacked.any():
+            parts += self._attack(batch, x, (np.cumsum(ok) - 1)[attacked], attacked)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _rows(self, batch: dict[str, np.ndarray], predicted: dict[str, np.ndarray], kind: str,
+              condition: str, severity: int) -> dict[str, np.ndarray]:
+        n = len(batch["id"])
+        return {
+            **{k: batch[k] for k in self.passthrough},
+            **predicted,
+            "kind": np.full(n, kind, dtype=object),
+            "condition": np.full(n, condition, dtype=object),
+            "severity": np.full(n, severity, np.int32),
+            "eps": np.zeros(n, np.float64),
+            "worker": np.full(n, self.worker, dtype=object),
+        }
+
+    def _attack(self, batch: dict[str, np.ndarray], x, places: np.ndarray, rows: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The attacks on the batch's ``rows`` (mask), whose images are ``x[places]``."""
         import torch
 
-        rows = clean & (batch["label_true"] >= 0)  # attacks need the true label
         m = int(rows.sum())
-        if m == 0:
-            return []
-        x = torch.from_numpy(np.ascontiguousarray(batch["image"][rows])).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (M, 3, H, W) float32 in [0, 1]
+        x = x[torch.as_tensor(places, device=x.device)]  # (M, 3, H, W) float32 in [0, 1], on the device
         y = torch.from_numpy(batch["label_true"][rows]).to(self.device)
         fixed = {
             "id": batch["id"][rows],
             "row": batch["row"][rows],
             "label_true": batch["label_true"][rows],
+            "decode_worker": batch["decode_worker"][rows],
             "kind": np.full(m, "attack", dtype=object),
             "severity": np.zeros(m, np.int32),
             "error": np.full(m, None, dtype=object),
             "worker": np.full(m, self.worker, dtype=object),
-            "decode_worker": batch["decode_worker"][rows],
         }
         parts = []
         for spec in self.attacks:
@@ -298,9 +316,11 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
     plan, shards, limits, model = prepared.corpus, prepared.shards, prepared.limits, prepared.model
     gate, baseline, baseline_predictions = prepared.gate, prepared.baseline, prepared.baseline_predictions
     announce_preprocessing(model)
-    variants = variants_dataset(plan, shards, limits, model.info.preprocess, cfg.suite, cfg.seed)
-    predicted = predict_variants(variants, cfg.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
-                                 actors=cfg.actors, device=cfg.device)
+    clean = clean_dataset(plan, shards, limits, model.info.preprocess, cfg.batch_size)
+    predicted = predict_variants(clean, cfg.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
+                                 actors=cfg.actors, device=cfg.device,
+                                 cost=lambda: audit_cost(model, plan, cfg.suite),
+                                 inputs=clean_blocks(shards, limits, cfg.batch_size))
     total_rows = sum(limits.get(s.index, s.num_rows) for s in shards)
     table, clean_err = collect_predictions(predicted, total_rows * variants_per_image(cfg.suite), cfg.progress)
     inference_s = time.monotonic() - started
@@ -324,39 +344,41 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
     return result
 
 
-def variants_dataset(plan: corpus_mod.CorpusPlan, shards: list, limits: dict[int, int],
-                     preprocess: Preprocess, suite: Suite, seed: int) -> Any:
-    """A Ray Dataset of every image's clean block and its (condition, severity) variants,
-    decoded once per shard in CPU tasks (:func:`decode_and_corrupt`)."""
+def clean_dataset(plan: corpus_mod.CorpusPlan, shards: list, limits: dict[int, int],
+                  preprocess: Preprocess, block_rows: int) -> Any:
+    """A Ray Dataset of the eval rows, decoded once per shard in CPU tasks
+    (:func:`decode_eval_rows`), in blocks of ``block_rows`` rows: the clean images only."""
     import ray.data
 
     items = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
     return items.map_batches(
-        decode_and_corrupt,
+        decode_eval_rows,
         batch_size=1,
-        fn_kwargs={
-            "plan": plan,
-            "preprocess": preprocess,
-            "conditions": suite.conditions,
-            "severities": suite.severities,
-            "seed": seed,
-            "limits": limits,
-        },
-        **decode_task_args(),  # keeps corruption work in CPU tasks, unfused from the predictors
+        fn_kwargs={"plan": plan, "preprocess": preprocess, "limits": limits, "block_rows": block_rows},
+        **decode_task_args(),  # a separate operator from the predictors (see decode_task_args)
     )
 
 
-def predict_variants(variants: Any, source: ModelSource, suite: Suite, *, seed: int, batch_size: int,
-                     actors: int | None, device: str) -> Any:
-    """``variants`` through a pool of :class:`AuditPredictor` actors (one per GPU, or sized to
-    the cores): predictions for every block, and the suite's attacks on the clean rows."""
+def predict_variants(clean: Any, source: ModelSource, suite: Suite, *, seed: int, batch_size: int,
+                     actors: int | None, device: str, cost: Callable[[], CostProfile] | None = None,
+                     inputs: int | None = None) -> Any:
+    """``clean`` (:func:`clean_dataset`) through a pool of :class:`AuditPredictor` actors (one
+    per GPU, or sized to the cores): every variant made and predicted on the actor's device,
+    and the suite's attacks on the clean rows.
+
+    On CPU the pool is planned from ``cost`` (:func:`audit_cost`: decode per image against
+    the model's work per image, every variant counted) by
+    :func:`~ironsight.cluster.pipeline.plan_resources`: decoding is light next to it, so the
+    actors get the cores and one decode task runs beside them. ``inputs``: the clean blocks.
+    """
     from ray.data import ActorPoolStrategy
 
-    res = plan_resources(actors, device)
-    return variants.map_batches(
+    res = plan_resources(actors, device, cost=cost, inputs=inputs)
+    return clean.map_batches(
         AuditPredictor,
         fn_constructor_kwargs={
             "source": source, "attacks": suite.attacks, "seed": seed,
+            "conditions": suite.conditions, "severities": suite.severities,
             "device": res["device"], "cpu_threads": res.get("threads"),
         },
         compute=ActorPoolStrategy(size=res["size"]),
@@ -364,6 +386,40 @@ def predict_variants(variants: Any, source: ModelSource, suite: Suite, *, seed: 
         num_cpus=res["num_cpus"],
         batch_size=batch_size,
     )
+
+
+def model_passes(suite: Suite) -> int:
+    """The model's forward passes per image, in an audit's actor: clean, each (condition,
+    severity), and per (attack, eps > 0) about 3 a step (forward and backward; FGSM is one step)
+    plus the prediction of the adversarial image.
+
+    >>> from ironsight.robustness.suites import AttackSpec
+    >>> model_passes(Suite("s", ("fog",), (1, 2), (AttackSpec("fgsm", (0.0, 0.01)), AttackSpec("pgd", (0.01,), steps=10))))
+    39
+    """
+    attacks = sum(1 + (3 * (1 if a.name == "fgsm" else a.steps) if eps else 0) for a in suite.attacks for eps in a.eps)
+    return 1 + len(suite.conditions) * len(suite.severities) + attacks
+
+
+def audit_cost(model: Any, plan: corpus_mod.CorpusPlan, suite: Suite) -> CostProfile:
+    """This audit's :class:`~ironsight.cluster.predictor.CostProfile`: decode per image as
+    measured (:func:`~ironsight.cluster.predictor.measure_cost`), the model's time per image
+    times :func:`model_passes` (the corruptions' own CPU time is not counted: it only adds to
+    the actors' side)."""
+    one = measure_cost(model, plan, max_pixels=DEFAULT_MAX_PIXELS)
+    k = model_passes(suite)
+    return CostProfile(decode_ms=one.decode_ms, model_ms=one.model_ms * k,
+                       model_ms_2=None if one.model_ms_2 is None else one.model_ms_2 * k)
+
+
+def clean_blocks(shards: list, limits: dict[int, int], block_rows: int) -> int:
+    """How many blocks :func:`decode_eval_rows` yields (the predictor actors' inputs)."""
+    per = AUDIT_ROWS_PER_SHARD
+    total = 0
+    for s in shards:
+        rows = limits.get(s.index, s.num_rows)
+        total += sum(-(-min(per, rows - lo) // max(1, block_rows)) for lo in range(0, rows, per))
+    return total
 
 
 def variants_per_image(suite: Suite) -> int:

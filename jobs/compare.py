@@ -1,10 +1,10 @@
 """``ironsight compare``: several models on one eval set and suite, side by side.
 
     check everything: objective, OUTPUT, eval set, each model (run once on CPU) ──► Ray
-    per distinct preprocessing: the variants (clean + every condition x severity) decoded
-        ONCE in CPU tasks (jobs.audit.variants_dataset), materialized when two or more models
-        share them
-    per model: jobs.audit.predict_variants on its own actors ──► OUTPUT/models/NAME/ report.json,
+    per distinct preprocessing: the eval rows decoded ONCE in CPU tasks (jobs.audit.clean_dataset),
+        materialized (clean images only) when two or more models share them
+    per model: jobs.audit.predict_variants on its own actors, which make every (condition,
+        severity) variant on their device ──► OUTPUT/models/NAME/ report.json,
         report.md, report.html, predictions.parquet (what `ironsight audit` writes for it), then
         entry.json: the model's identity, which marks it finished
     per model in turn: one profiling actor (num_gpus=1 on GPU) ──► latency, throughput, memory,
@@ -49,11 +49,13 @@ from ironsight.jobs.audit import (
     AuditPlan,
     _examples,
     _write_outputs,
+    audit_cost,
     audit_report,
+    clean_blocks,
+    clean_dataset,
     collect_predictions,
     plan_audit,
     predict_variants,
-    variants_dataset,
     variants_per_image,
 )
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
@@ -266,8 +268,9 @@ def run_compare(cfg: CompareConfig, *, prepared: ComparePlan | None = None) -> C
 
 
 def _predict_all(cfg: CompareConfig, prepared: ComparePlan, todo: list[ModelEntry]) -> dict[str, list]:
-    """Every model of ``todo`` through its actors; the variants of each preprocessing decoded
-    once. Returns each model's report examples."""
+    """Every model of ``todo`` through its actors; the eval rows of each preprocessing decoded
+    once (the clean images: each model's actors make the variants on their device). Returns
+    each model's report examples."""
     import ray
 
     groups: dict[str, list[ModelEntry]] = {}
@@ -276,18 +279,18 @@ def _predict_all(cfg: CompareConfig, prepared: ComparePlan, todo: list[ModelEntr
         groups.setdefault(key, []).append(m)
     gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 0
     together = len(todo) > 1 and gpus >= len(todo)
-    variants: dict[str, Any] = {}
+    decoded: dict[str, Any] = {}
     for members in groups.values():
         plan = prepared.audits[members[0].name]
-        ds = variants_dataset(plan.corpus, plan.shards, plan.limits, plan.model.info.preprocess, cfg.suite, cfg.seed)
-        if len(members) > 1:  # decoded and corrupted once, read by each model
-            status(f"decoding the variants once for {', '.join(m.name for m in members)}")
+        ds = clean_dataset(plan.corpus, plan.shards, plan.limits, plan.model.info.preprocess, cfg.batch_size)
+        if len(members) > 1:  # decoded once, read by each model
+            status(f"decoding the eval set once for {', '.join(m.name for m in members)}")
             ds = ds.materialize()
         for m in members:
-            variants[m.name] = ds
+            decoded[m.name] = ds
 
     def one(m: ModelEntry) -> list:
-        return _predict_one(cfg, prepared, m, variants[m.name], actors=1 if together else cfg.actors)
+        return _predict_one(cfg, prepared, m, decoded[m.name], actors=1 if together else cfg.actors)
 
     if together:  # one GPU (one actor) each, all at once
         with ThreadPoolExecutor(max_workers=len(todo)) as pool:
@@ -296,14 +299,16 @@ def _predict_all(cfg: CompareConfig, prepared: ComparePlan, todo: list[ModelEntr
     return {m.name: one(m) for m in todo}
 
 
-def _predict_one(cfg: CompareConfig, prepared: ComparePlan, m: ModelEntry, variants: Any, *,
+def _predict_one(cfg: CompareConfig, prepared: ComparePlan, m: ModelEntry, clean: Any, *,
                  actors: int | None) -> list:
     """One model's predictions and reports, as ``run_audit`` writes them, then its entry.json."""
     plan = prepared.audits[m.name]
     acfg = cfg.audit_config(m)
     total_rows = sum(plan.limits.get(s.index, s.num_rows) for s in plan.shards)
-    predicted = predict_variants(variants, m.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
-                                 actors=actors, device=cfg.device)
+    predicted = predict_variants(clean, m.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
+                                 actors=actors, device=cfg.device,
+                                 cost=lambda: audit_cost(plan.model, plan.corpus, cfg.suite),
+                                 inputs=clean_blocks(plan.shards, plan.limits, cfg.batch_size))
     table, clean_err = collect_predictions(predicted, total_rows * variants_per_image(cfg.suite),
                                            cfg.progress, desc=m.name)
     report = audit_report(table, clean_err, acfg, plan.corpus, plan.model, total_rows)

@@ -146,3 +146,25 @@ def test_cuda_predictor_reuses_one_pinned_buffer():
     outs = [p(batch(n, seed=n)) for n in (32, 32, 7, 32)]
     assert p.staging.allocations == 1 and p.staging._buf.is_pinned()
     assert all((o["label"] >= 0).all() for o in outs)
+
+
+def test_a_float_tensor_on_the_device_is_predicted_as_its_uint8_images_and_split_on_oom():
+    """Predictor.predict takes the images already on the device (an audit's variants): the
+    same top-k as the uint8 batch, and a CUDA OOM splits the tensor as it splits a batch."""
+    b = batch(9, seed=7, errors=(2,))
+    expected = Predictor(SOURCE, device="cpu", cpu_threads=1, top_k=3)(b)
+    p = Predictor(SOURCE, device="cpu", cpu_threads=1, top_k=3)
+    p.model = OomAbove(p.model, limit=2)
+    ok = np.array([e is None for e in b["error"]])
+    x = p.to_device(b["image"][ok])
+    assert isinstance(x, torch.Tensor) and x.shape == (8, 3, 64, 64) and x.dtype == torch.float32
+    out = p.predict(x, b["error"])
+    assert out["error"].tolist() == expected["error"].tolist()
+    assert out["label"].tolist() == expected["label"].tolist() and out["label"][2] == -1
+    np.testing.assert_allclose(out["topk_scores"], expected["topk_scores"], rtol=1e-5, atol=1e-6)
+    assert p.max_batch == 2 and 8 in p.model.sizes  # tried whole, then split
+    p.model.sizes.clear()
+    again = p.predict(x, b["error"])  # the next tensor goes in chunks that fit
+    assert max(p.model.sizes) <= 2 and again["label"].tolist() == expected["label"].tolist()
+    nothing = p.predict(None, np.array(["empty: zero-length image"] * 2, object))  # no decoded row
+    assert nothing["label"].tolist() == [-1, -1] and nothing["error"][0].startswith("empty:")

@@ -1,0 +1,128 @@
+"""The audit's actors make the variants on their device (jobs.audit.AuditPredictor), from clean
+blocks decoded once per shard (jobs.audit.decode_eval_rows); no Ray: the UDFs are called as
+Ray Data calls them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ironsight.cluster import corpus as corpus_mod
+from ironsight.cluster import synthetic
+from ironsight.cluster.models import ModelSource
+from ironsight.cluster.predictor import CostProfile, Predictor
+from ironsight.jobs import audit
+from ironsight.jobs.audit import (
+    ROW_KEY_BITS,
+    AuditPredictor,
+    audit_cost,
+    clean_blocks,
+    decode_eval_rows,
+    model_passes,
+)
+from ironsight.robustness.conditions import apply_condition
+from ironsight.robustness.suites import AttackSpec, Suite
+
+SOURCE = ModelSource(name="demo_cnn", random_weights=True)
+CONDITIONS = ("gaussian_noise", "contrast")
+SEVERITIES = (1, 4)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def clean_batch(n: int, errors: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    """What decode_eval_rows yields: decoded images, row keys, labels, errors."""
+    images = np.stack([np.asarray(synthetic.render_image(5, i, 48)[0]) for i in range(n)])
+    return {
+        "id": np.array([f"img-{i}" for i in range(n)], object),
+        "row": np.arange(n, dtype=np.int64) + (3 << ROW_KEY_BITS),
+        "label_true": np.array([i % 8 if i != 1 else -1 for i in range(n)], np.int64),  # row 1: no label
+        "image": images,
+        "error": np.array(["truncated: cut short" if i in errors else None for i in range(n)], object),
+        "decode_worker": np.full(n, "node/7", object),
+    }
+
+
+def test_one_row_per_variant_and_each_corruption_predicted_as_apply_condition_makes_it():
+    b = clean_batch(6, errors=(2,))
+    p = AuditPredictor(SOURCE, attacks=(AttackSpec("fgsm", (0.0, 2 / 255), steps=1),), seed=3,
+                       conditions=CONDITIONS, severities=SEVERITIES, device="cpu", cpu_threads=1)
+    out = p(b)
+    keys = list(zip(out["row"].tolist(), out["kind"].tolist(), out["condition"].tolist(),
+                    out["severity"].tolist(), out["eps"].tolist(), strict=True))
+    assert len(keys) == len(set(keys))
+    # clean + 2 x 2 corruptions for every row (the decode error too); attacks on the 4 labeled
+    # rows that decoded (not row 1: no label; not row 2: no image), at 2 eps
+    assert len(keys) == 6 * (1 + 4) + 4 * 2
+    assert set(out) >= {"id", "row", "label_true", "decode_worker", "label", "score", "error", "worker"}
+    assert set(out["decode_worker"]) == {"node/7"} and set(out["worker"]) == {p.worker}
+
+    reference = Predictor(SOURCE, device="cpu", cpu_threads=1, top_k=1)
+    ok = [i for i in range(6) if i != 2]
+    for name in CONDITIONS:
+        for severity in SEVERITIES:
+            sel = (out["condition"] == name) & (out["severity"] == severity)
+            got = {int(r): (int(lab), float(s), e) for r, lab, s, e in
+                   zip(out["row"][sel], out["label"][sel], out["score"][sel], out["error"][sel], strict=True)}
+            assert got[int(b["row"][2])][0] == -1 and got[int(b["row"][2])][2].startswith("truncated:")
+            # the image alone through apply_condition: what the report's example shows
+            alone = np.stack([apply_condition(name, b["image"][i], severity, seed=3, key=str(b["id"][i])) for i in ok])
+            ref = reference({"image": alone, "error": np.full(len(ok), None, object)})
+            for j, i in enumerate(ok):
+                label, score, error = got[int(b["row"][i])]
+                assert error is None and label == ref["label"][j], (name, severity, i)
+                assert score == pytest.approx(float(ref["score"][j]), abs=2e-3)
+    clean = out["kind"] == "clean"
+    eps0 = (out["kind"] == "attack") & (out["eps"] == 0)
+    assert dict(zip(out["row"][eps0].tolist(), out["label"][eps0].tolist(), strict=True)) == {
+        r: lab for r, lab, t in zip(out["row"][clean].tolist(), out["label"][clean].tolist(),
+                                    b["label_true"].tolist(), strict=True) if t >= 0 and lab >= 0}
+
+
+def test_a_batch_of_decode_errors_only_yields_error_rows_and_no_attack():
+    b = clean_batch(3, errors=(0, 1, 2))
+    p = AuditPredictor(SOURCE, attacks=(AttackSpec("fgsm", (2 / 255,), steps=1),), seed=0,
+                       conditions=CONDITIONS, severities=SEVERITIES, device="cpu", cpu_threads=1)
+    out = p(b)
+    assert len(out["row"]) == 3 * 5 and "attack" not in set(out["kind"])
+    assert all(e.startswith("truncated:") for e in out["error"]) and (out["label"] == -1).all()
+
+
+def test_decode_eval_rows_yields_clean_blocks_within_the_limit_and_clean_blocks_counts_them(tmp_path):
+    synthetic.write_corpus(str(tmp_path / "eval"), 30, seed=1, rows_per_file=15, row_group_size=5, size=32)
+    plan = corpus_mod.plan_corpus(str(tmp_path / "eval"), label_column="label", max_rows_per_shard=256)
+    pre = SOURCE.validate().info.preprocess
+    shards = list(plan.shards)
+    limits = {shards[-1].index: 4}  # --max-images stops inside the last shard
+    blocks = [blk for s in shards for blk in decode_eval_rows({"shard": np.array([s.index])}, plan=plan,
+                                                              preprocess=pre, limits=limits, block_rows=4)]
+    assert len(blocks) == clean_blocks(shards, limits, 4)
+    assert all(len(blk["id"]) <= 4 for blk in blocks)
+    assert set(blocks[0]) == {"id", "row", "label_true", "image", "error", "decode_worker"}
+    rows = np.concatenate([blk["row"] for blk in blocks])
+    assert len(rows) == len(set(rows.tolist())) == sum(limits.get(s.index, s.num_rows) for s in shards)
+    assert (rows >> ROW_KEY_BITS).max() == shards[-1].index
+    assert all(blk["image"].shape[1:] == (pre.crop, pre.crop, 3) for blk in blocks)
+    assert (np.concatenate([blk["label_true"] for blk in blocks]) >= 0).all()
+
+
+def test_the_cpu_plan_counts_every_variant_so_the_actors_get_the_cores(monkeypatch):
+    from ironsight.cluster.pipeline import plan_resources
+
+    suite = Suite("s", CONDITIONS, (1, 2, 3, 4, 5), (AttackSpec("fgsm", (2 / 255,), steps=1),))
+    assert model_passes(suite) == 1 + 10 + 4
+    one = CostProfile(decode_ms=2.0, model_ms=1.0, model_ms_2=0.55)  # decode-heavy for one pass
+    monkeypatch.setattr(audit, "measure_cost", lambda model, plan, max_pixels: one)
+    cost = audit_cost(None, None, suite)
+    assert cost.model_ms == 15.0 and cost.decode_ms == 2.0
+    classify = plan_resources(None, "cpu", resources={"CPU": 8.0}, cost=one)
+    audited = plan_resources(None, "cpu", resources={"CPU": 8.0}, cost=cost)
+    assert classify["decode_tasks"] == 5  # one clean pass: decoding is most of the work
+    assert audited["decode_tasks"] == 1  # every variant counted: one decode task, the rest to actors
+    assert audited["size"] * audited["num_cpus"] == pytest.approx(7.0)
