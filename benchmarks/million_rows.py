@@ -30,8 +30,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import noop  # noqa: E402
-from resume_cost import _committed_rows, _env, _success  # noqa: E402
+from resume_cost import _committed_rows, _env, _success, run_watched  # noqa: E402
 
 KILL_ATTEMPTS = 3
 
@@ -53,55 +51,6 @@ def command(corpus: str, out: str, card: str, args: argparse.Namespace) -> list[
     cmd = head + ["classify", corpus, out, "--model-card", card, "--no-progress",
                   "--max-rows-per-shard", str(args.max_rows_per_shard)]
     return cmd + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
-
-
-def parts(out: str) -> int:
-    if not os.path.isdir(out):
-        return 0
-    return sum(n.startswith("part-") and n.endswith(".parquet") for n in os.listdir(out))
-
-
-def run(cmd: list[str], env: dict, log_path: str, interval: float, timeout: float, *,
-        kill_after_parts: int | None = None, out: str | None = None, sig: str = "term") -> dict:
-    """Run ``cmd`` sampling its RSS; with ``kill_after_parts``, signal it once OUT has that many
-    part files. Returns wall seconds, exit code, the RSS samples, when OUT got its first new part
-    file (the end of start-up) and when the signal was sent."""
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                start_new_session=True)
-        start = time.perf_counter()
-        killed_at = first_commit = None
-        before = parts(out) if out else 0
-        with noop.RssSampler(proc.pid, interval) as rss:
-            try:
-                while proc.poll() is None:
-                    if time.perf_counter() - start > timeout:
-                        raise RuntimeError(f"{cmd[1]} ran past {timeout:.0f}s. Log: {log_path}")
-                    if first_commit is None and out and parts(out) > before:
-                        first_commit = time.perf_counter() - start
-                    if killed_at is None and kill_after_parts is not None and parts(out) >= kill_after_parts:
-                        killed_at = time.perf_counter() - start
-                        if sig == "kill":
-                            os.killpg(proc.pid, signal.SIGKILL)
-                        else:
-                            proc.send_signal(signal.SIGTERM)
-                    time.sleep(0.05)
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                if killed_at is not None and sig == "term":
-                    # the driver shuts its Ray down on SIGTERM; anything it left goes now
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-    wall = time.perf_counter() - start
-    if killed_at is None and proc.returncode != 0:
-        with open(log_path) as f:
-            raise RuntimeError(f"{' '.join(cmd[:3])} exited {proc.returncode}:\n{f.read()[-3000:]}")
-    return {"wall_s": wall, "exit": proc.returncode, "killed_at_s": killed_at, "first_commit_s": first_commit,
-            "rss": rss.samples}
 
 
 def rss_summary(samples: list[tuple[float, float]], since: float | None = None) -> dict:
@@ -214,8 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(path, ignore_errors=True)
     runs: dict[str, dict] = {}
 
-    runs["full"] = run(command(corpus, outs["full"], card, args), env, outs["full"] + ".log",
-                       args.interval, args.timeout, out=outs["full"])
+    runs["full"] = run_watched(command(corpus, outs["full"], card, args), env, outs["full"] + ".log",
+                               args.timeout, out=outs["full"], rss_interval=args.interval)
     full = _success(outs["full"])
     runs["full"]["rows"] = full["rows"]
     shards = full["shards_total"]
@@ -224,8 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"only {shards} shards: too few to kill mid-run; lower --max-rows-per-shard")
     for attempt in range(1, KILL_ATTEMPTS + 1):
         shutil.rmtree(outs["killed"], ignore_errors=True)
-        killed = run(command(corpus, outs["killed"], card, args), env, outs["killed"] + ".log",
-                     args.interval, args.timeout, kill_after_parts=kill_after, out=outs["killed"], sig=args.signal)
+        killed = run_watched(command(corpus, outs["killed"], card, args), env, outs["killed"] + ".log",
+                             args.timeout, out=outs["killed"], kill_after_parts=kill_after, sig=args.signal,
+                             rss_interval=args.interval)
         n_parts, committed = _committed_rows(outs["killed"])
         if killed["killed_at_s"] is not None and n_parts < shards:
             break
@@ -236,8 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
         manifest_rows = json.load(f).get("committed_rows", 0)
     killed["rows"] = committed
     runs["killed"] = killed
-    runs["resumed"] = run(command(corpus, outs["killed"], card, args), env, outs["killed"] + ".resume.log",
-                          args.interval, args.timeout, out=outs["killed"])
+    runs["resumed"] = run_watched(command(corpus, outs["killed"], card, args), env,
+                                  outs["killed"] + ".resume.log", args.timeout, out=outs["killed"],
+                                  rss_interval=args.interval)
     resumed = _success(outs["killed"])
     runs["resumed"]["rows"] = resumed["rows"]
     remainder = full["rows_total"] - committed

@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -173,42 +171,17 @@ def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
 
     Yields the environment that points Ironsight (pyarrow's ``endpoint_override``) at it; the
     caller's ``os.environ`` is updated for the block and restored after. Its own process, so
-    serving requests takes no CPU from the driver being measured.
+    serving requests takes no CPU from the driver being measured (``local_s3.moto_server``).
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # moto's fake keys
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
-    saved = {k: os.environ.get(k) for k in (*env, "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE")}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the moto server did not start") from None
-                time.sleep(0.1)
-        for k in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            os.environ.pop(k, None)
-        os.environ.update(env)
-        import boto3
+    from local_s3 import AWS_OVERRIDES, moto_env, moto_server, patched_environ
 
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        proc.wait(timeout=30)
+    with moto_server() as endpoint:
+        env = moto_env(endpoint)
+        with patched_environ(env, unset=AWS_OVERRIDES):
+            import boto3
+
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+            yield env
 
 
 def utc_stamp() -> str:

@@ -16,8 +16,9 @@ Measured in a fresh subprocess per store (so nothing is warm in the interpreter)
                  (after imports; the peak is reset through ``/proc/self/clear_refs``, so
                  Linux only); ``traced_mb``: peak Python allocations (tracemalloc)
 
-With ``--s3`` the same files are uploaded to a moto S3 server on 127.0.0.1 (started here, as
-tests/conftest.py does) and planned from ``s3://``: footer reads then go through HTTP.
+With ``--s3`` the same files are uploaded to a moto S3 server on 127.0.0.1 (started here in a
+process of its own, ``local_s3.moto_server``) and planned from ``s3://``: footer reads then go
+through HTTP.
 
     python benchmarks/plan_scale.py                          # 1,000 files x 10,000 rows
     python benchmarks/plan_scale.py --files 100 --rows-per-file 1000 --s3
@@ -36,7 +37,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
+
+import local_s3  # noqa: E402
 
 # Runs in a fresh interpreter: imports first, then the baseline RSS, then the measured part.
 PLAN_SNIPPET = """
@@ -114,9 +118,10 @@ def disk_mb(path: str) -> float:
     return sum(e.stat().st_size for e in os.scandir(path) if e.is_file()) / 2**20
 
 
-def measure(uri: str, max_rows: int, env: dict[str, str] | None = None) -> dict:
+def measure(uri: str, max_rows: int) -> dict:
+    """Plan ``uri`` in a fresh interpreter (this process's environment: for s3://, the endpoint)."""
     code = PLAN_SNIPPET.format(root=ROOT, uri=uri, max_rows=max_rows)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
         raise RuntimeError(f"planning {uri} failed: {last}\n{proc.stderr[-3000:]}")
@@ -139,33 +144,10 @@ def upload(local: str, endpoint: str, bucket: str) -> float:
 
 def measure_s3(local: str, max_rows: int) -> tuple[dict, float]:
     """Start moto on loopback, upload the corpus, plan it from s3:// in a subprocess."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_PROFILE")}
-        env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",  # moto's fake keys
-                   AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # for boto3 in this process
-        try:
-            upload_s = upload(local, endpoint, "plan-bench")
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        return measure("s3://plan-bench/corpus", max_rows, env=env), upload_s
-    finally:
-        server.stop()
+    with local_s3.moto_server() as endpoint, \
+            local_s3.patched_environ(local_s3.moto_env(endpoint), unset=local_s3.AWS_OVERRIDES):
+        upload_s = upload(local, endpoint, "plan-bench")
+        return measure("s3://plan-bench/corpus", max_rows), upload_s
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,6 +22,7 @@ run pays Ray's and the actors' start-up).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 KILL_ATTEMPTS = 3
@@ -63,42 +65,72 @@ def _committed_rows(out: str) -> tuple[int, int]:
     return len(parts), sum(pq.read_metadata(os.path.join(out, n)).num_rows for n in parts)
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: float) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[2:5])} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return elapsed
+def part_files(out: str) -> int:
+    """Part files committed in a local OUTPUT so far (0 before the folder exists)."""
+    if not os.path.isdir(out):
+        return 0
+    return sum(n.startswith("part-") and n.endswith(".parquet") for n in os.listdir(out))
 
 
-def _run_and_kill(cmd: list[str], env: dict[str, str], out: str, kill_after_parts: int,
-                  timeout: float) -> float:
-    """Start ``cmd`` in its own session; SIGKILL its process group at ``kill_after_parts`` parts.
+def run_watched(cmd: list[str], env: dict[str, str], log_path: str, timeout: float, *,
+                out: str | None = None, kill_after_parts: int | None = None, sig: str = "kill",
+                rss_interval: float | None = None) -> dict:
+    """Run ``cmd`` in a session of its own (its output in ``log_path``) until it exits.
 
-    Returns the seconds from start to the kill.
+    | keyword            | what it adds                                                      |
+    |--------------------|-------------------------------------------------------------------|
+    | ``out``            | ``first_commit_s``: when OUT got its first new part file (start-up is over) |
+    | ``kill_after_parts`` | ``killed_at_s``: the signal once OUT has that many part files   |
+    | ``sig``            | ``kill``: SIGKILL to the whole process group (driver, raylet, workers); ``term``: SIGTERM to the command, as ``docker stop`` or Kubernetes send it, then SIGKILL to what it left once it exits |
+    | ``rss_interval``   | ``rss``: the command's resident memory every so many seconds (``noop.RssSampler``) |
+
+    Returns ``wall_s`` (until the command exited), ``exit``, ``killed_at_s``,
+    ``first_commit_s`` (None when not reached) and ``rss`` (``(seconds, MB)`` samples).
+
+    Raises:
+        RuntimeError: the command ran past ``timeout`` seconds, or exited non-zero without
+            having been signalled (with the tail of its log).
     """
-    log_path = out + ".log"
     with open(log_path, "w") as log:
-        start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                 start_new_session=True)
-        try:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the run ended (exit {proc.returncode}) before {kill_after_parts} "
-                                       f"parts were committed; use a larger --images. Log: {log_path}")
-                if time.perf_counter() - start > timeout:
-                    raise RuntimeError(f"no {kill_after_parts} parts after {timeout:.0f}s. Log: {log_path}")
-                if os.path.isdir(out) and sum(
-                        n.startswith("part-") and n.endswith(".parquet") for n in os.listdir(out)) >= kill_after_parts:
-                    break
-                time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        return time.perf_counter() - start
+        start = time.perf_counter()
+        killed_at = first_commit = None
+        before = part_files(out) if out else 0
+        if rss_interval:
+            import noop
+
+            sampler = noop.RssSampler(proc.pid, rss_interval)
+        else:
+            sampler = contextlib.nullcontext()
+        with sampler as rss:
+            try:
+                while proc.poll() is None:
+                    if time.perf_counter() - start > timeout:
+                        raise RuntimeError(f"{' '.join(cmd[:5])} ran past {timeout:.0f}s. Log: {log_path}")
+                    if first_commit is None and out and part_files(out) > before:
+                        first_commit = time.perf_counter() - start
+                    if killed_at is None and kill_after_parts is not None and part_files(out) >= kill_after_parts:
+                        killed_at = time.perf_counter() - start
+                        if sig == "kill":
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        else:
+                            proc.send_signal(signal.SIGTERM)
+                    time.sleep(0.05)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if killed_at is not None and sig == "term":
+                    # the driver shuts its Ray down on SIGTERM; anything it left goes now
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+    wall = time.perf_counter() - start
+    if killed_at is None and proc.returncode != 0:
+        with open(log_path) as f:
+            raise RuntimeError(f"{' '.join(cmd[:5])} exited {proc.returncode}:\n{f.read()[-3000:]}")
+    return {"wall_s": wall, "exit": proc.returncode, "killed_at_s": killed_at, "first_commit_s": first_commit,
+            "rss": rss.samples if rss is not None else []}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -127,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     for path in outs.values():
         shutil.rmtree(path, ignore_errors=True)
 
-    full_s = _run(_cli_args(corpus, outs["full"], args), env, args.timeout)
+    full_s = run_watched(_cli_args(corpus, outs["full"], args), env, outs["full"] + ".log", args.timeout)["wall_s"]
     full = _success(outs["full"])
     shards = full["shards_total"]
     kill_after = max(1, math.ceil(shards * args.kill_at))
@@ -138,17 +170,19 @@ def main(argv: list[str] | None = None) -> dict:
     # after the run's work is done; such a run measures nothing: run it again (a fresh OUTPUT).
     for attempt in range(1, KILL_ATTEMPTS + 1):
         shutil.rmtree(outs["killed"], ignore_errors=True)
-        killed_s = _run_and_kill(_cli_args(corpus, outs["killed"], args), env,
-                                 outs["killed"], kill_after, args.timeout)
+        killed = run_watched(_cli_args(corpus, outs["killed"], args), env, outs["killed"] + ".log",
+                             args.timeout, out=outs["killed"], kill_after_parts=kill_after, sig="kill")
+        killed_s = killed["wall_s"]
         parts_at_kill, committed_rows = _committed_rows(outs["killed"])
-        if parts_at_kill < shards:
+        if killed["killed_at_s"] is not None and parts_at_kill < shards:
             break
         print(f"attempt {attempt}: all {shards} shards were committed before the kill landed", file=sys.stderr)
     else:
         raise RuntimeError(f"the kill landed after the last commit {KILL_ATTEMPTS} times; use a larger "
                            "--images or a smaller --batch-size")
     remainder = full["rows_total"] - committed_rows
-    resumed_s = _run(_cli_args(corpus, outs["killed"], args), env, args.timeout)
+    resumed_s = run_watched(_cli_args(corpus, outs["killed"], args), env, outs["killed"] + ".resume.log",
+                            args.timeout)["wall_s"]
     resumed = _success(outs["killed"])
     extra = (resumed["rows"] - remainder) / remainder if remainder else 0.0
 

@@ -6,20 +6,17 @@ import contextlib
 import logging
 import os
 import random
+import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-# The S3 fixture points every AWS client in this process at the local moto server.
-_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-# Set elsewhere, these would win over the fixture's endpoint, region or credentials.
-_AWS_UNSET = ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+# The one moto launcher and environment patch, shared with the benchmarks (see its docstring).
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from local_s3 import AWS_OVERRIDES, moto_env, moto_server, patched_environ  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +24,8 @@ def s3_server():
     """A real moto S3 server on 127.0.0.1 (free port); yields its endpoint URL.
 
     Sets ``AWS_ENDPOINT_URL`` and fake credentials for the session and restores the previous
-    environment afterwards (``monkeypatch`` is function-scoped, hence by hand).
+    environment afterwards (``monkeypatch`` is function-scoped, hence ``patched_environ``). In
+    this process, unlike :func:`moto_process`: the tests' requests are few and small.
     """
     from moto.server import ThreadedMotoServer
 
@@ -36,19 +34,10 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    names = (*_AWS_ENV, "AWS_ENDPOINT_URL", *_AWS_UNSET)
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(_AWS_ENV, AWS_ENDPOINT_URL=endpoint)
-    for name in _AWS_UNSET:
-        os.environ.pop(name, None)
     try:
-        yield endpoint
+        with patched_environ(moto_env(endpoint), unset=AWS_OVERRIDES):
+            yield endpoint
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         server.stop()
 
 
@@ -137,31 +126,8 @@ def moto_process(no_auth_calls: int):
     ``no_auth_calls`` requests (``INITIAL_NO_AUTH_ACTION_COUNT``); yields its endpoint URL.
 
     A process of its own, unlike :func:`s3_server`: IAM checking is a server-wide setting."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(no_auth_calls))
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("the moto server did not start")
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": str(no_auth_calls)}) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(BENCH))
 import driver_ceiling  # noqa: E402
 import million_rows  # noqa: E402
 import noop  # noqa: E402
+import resume_cost  # noqa: E402
 
 
 def _labels(out: str):
@@ -71,21 +72,63 @@ def test_rss_sampler_samples_a_live_process_and_stops_at_its_exit():
     assert million_rows.rss_summary(flat, since=10)["growth_mb"] == 0.0
 
 
-def test_run_signals_the_command_once_enough_parts_exist(tmp_path):
-    """million_rows.run: SIGTERM lands after the 3rd part file, while the command still runs."""
+def _writes_parts(out, *, child_pid_file=None) -> str:
+    """A command that writes a part file into ``out`` every 0.1 s (50 in all), exiting 143 on
+    SIGTERM; with ``child_pid_file``, it first starts a sleeping child in its process group."""
+    child = ("import subprocess\n"
+             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+             f"open({str(child_pid_file)!r}, 'w').write(str(c.pid))\n") if child_pid_file else ""
+    return ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n" + child +
+            f"os.makedirs({str(out)!r})\n"
+            "for i in range(50):\n"
+            f"    open(os.path.join({str(out)!r}, f'part-{{i}}.parquet'), 'w').close(); time.sleep(0.1)\n")
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for init counts as exited)."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_run_watched_sends_sigterm_once_enough_parts_exist(tmp_path):
+    """million_rows' runs: SIGTERM lands after the 3rd part file, while the command still runs."""
     out = tmp_path / "out"
-    script = ("import os, signal, sys, time\n"
-              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
-              f"os.makedirs({str(out)!r})\n"
-              "for i in range(50):\n"
-              f"    open(os.path.join({str(out)!r}, f'part-{{i}}.parquet'), 'w').close(); time.sleep(0.1)\n")
-    r = million_rows.run([sys.executable, "-c", script], dict(os.environ), str(tmp_path / "log"), 0.1, 60,
-                         kill_after_parts=3, out=str(out))
+    r = resume_cost.run_watched([sys.executable, "-c", _writes_parts(out)], dict(os.environ), str(tmp_path / "log"),
+                                60, out=str(out), kill_after_parts=3, sig="term", rss_interval=0.1)
     assert r["exit"] == 143 and r["killed_at_s"] is not None and r["first_commit_s"] <= r["killed_at_s"]
-    assert 3 <= million_rows.parts(str(out)) < 50 and r["rss"]
+    assert 3 <= resume_cost.part_files(str(out)) < 50 and r["rss"]
     with pytest.raises(RuntimeError, match="exited 3"):
-        million_rows.run([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ),
-                         str(tmp_path / "log2"), 0.1, 60)
+        resume_cost.run_watched([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ),
+                                str(tmp_path / "log2"), 60)
+
+
+def test_run_watched_sigkills_the_whole_process_group_once_enough_parts_exist(tmp_path):
+    """resume_cost's kill (and million_rows --signal kill): the command and its children, as a
+    crash takes the driver, the raylet and the workers."""
+    out, pid_file = tmp_path / "out", tmp_path / "child.pid"
+    r = resume_cost.run_watched([sys.executable, "-c", _writes_parts(out, child_pid_file=pid_file)],
+                                dict(os.environ), str(tmp_path / "log"), 60, out=str(out), kill_after_parts=2)
+    assert r["exit"] == -9 and r["killed_at_s"] is not None and r["rss"] == []
+    assert 2 <= resume_cost.part_files(str(out)) < 50
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_run_watched_kills_a_command_that_runs_past_its_timeout(tmp_path):
+    pid_file = tmp_path / "pid"
+    script = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n"
+    with pytest.raises(RuntimeError, match="ran past"):
+        resume_cost.run_watched([sys.executable, "-c", script], dict(os.environ), str(tmp_path / "log"), 5)
+    assert _gone(int(pid_file.read_text()), within_s=1)
 
 
 def test_driver_ceiling_replays_into_a_local_folder_and_s3(tmp_path):
