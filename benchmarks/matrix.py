@@ -67,7 +67,7 @@ TARGET_RECIPE, TARGET_MODEL = 1.5, 0.8
 def _plan(cost) -> dict:
     import ray
 
-    from ironsight.cluster.pipeline import plan_resources
+    from ironsight.cluster.engine import plan_resources
 
     res = plan_resources(None, "cpu", resources=ray.cluster_resources(), cost=cost)
     return {k: res[k] for k in ("size", "threads", "num_cpus", "decode_tasks")}

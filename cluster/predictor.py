@@ -64,7 +64,7 @@ def check_device(device: str, address: str | None) -> None:
     no cluster to join (``RAY_ADDRESS``, a local ``ray start``) the embedded Ray gets exactly
     this machine's GPUs, so torch not seeing one here means the job cannot run. A job that
     joins a cluster is checked against the cluster's GPUs once connected
-    (``ironsight.cluster.pipeline.plan_resources``): its driver may well run on a CPU-only head node.
+    (``ironsight.cluster.engine.plan_resources``): its driver may well run on a CPU-only head node.
 
     Raises:
         InvalidInput: ``device == "cuda"``, no cluster to join, and ``torch.cuda.is_available()``

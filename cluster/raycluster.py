@@ -22,7 +22,7 @@ reaches the Ray session's log files (``/tmp/ray/session_*/logs``):
 | ``(raylet) ...``, ``(MapWorker pid=...) ...`` lines        | workers' output forwarded to the driver | ``log_to_driver=False``               |
 | ``[... E ...] core_worker.cc: ... constructor arguments in the object store ...`` | the driver's C++ core worker, about every Ray Data actor pool | dropped from descriptor 2 (:func:`_quiet_native_stderr`) |
 | ``Starting execution of Dataset``, ``Progress bars disabled``, ``execution finished in ...`` | the ``ray.data`` logger's own console handler, DataContext printing | :func:`quiet_ray_data` |
-| ``RayDeprecationWarning: ray_remote_args_fn ...``           | was ours: no longer used (``ironsight.cluster.pipeline.decode_task_args``) | gone                     |
+| ``RayDeprecationWarning: ray_remote_args_fn ...``           | was ours: no longer used (``ironsight.cluster.engine.decode_task_args``) | gone                     |
 
 Joining a cluster, the non-secret object-store settings of this process (:data:`FORWARDED_ENV`)
 go to the workers as the runtime env's ``env_vars``, except those a job's runtime env already

@@ -31,10 +31,11 @@ from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import metrics as job_metrics
 from ironsight.cluster import paths, reader, storage, storage_errors
 from ironsight.cluster.decode import DEFAULT_MAX_PIXELS, count_reasons, decode_rows, worker_identity
+from ironsight.cluster.engine import decode_task_args, plan_resources
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import ModelSource
 from ironsight.cluster.output_format import WORKER_COLUMNS
-from ironsight.cluster.pipeline import announce_preprocessing, decode_task_args, plan_resources
+from ironsight.cluster.pipeline import announce_preprocessing
 from ironsight.cluster.predictor import CostProfile, Predictor, as_error, measure_cost
 from ironsight.cluster.preprocess import Preprocess
 from ironsight.cluster.progress import progress
@@ -368,7 +369,7 @@ def predict_variants(clean: Any, source: ModelSource, suite: Suite, *, seed: int
 
     On CPU the pool is planned from ``cost`` (:func:`audit_cost`: decode per image against
     the model's work per image, every variant counted) by
-    :func:`~ironsight.cluster.pipeline.plan_resources`: decoding is light next to it, so the
+    :func:`~ironsight.cluster.engine.plan_resources`: decoding is light next to it, so the
     actors get the cores and one decode task runs beside them. ``inputs``: the clean blocks.
     """
     from ray.data import ActorPoolStrategy

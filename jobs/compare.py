@@ -327,7 +327,7 @@ def _profile_all(cfg: CompareConfig, prepared: ComparePlan) -> dict[str, dict]:
     model's work disturbs the timings. A reused model keeps the profile its entry.json holds."""
     import ray
 
-    from ironsight.cluster.pipeline import plan_resources
+    from ironsight.cluster.engine import plan_resources
 
     res = plan_resources(cfg.actors, cfg.device)
     gpu = res["num_gpus"] > 0

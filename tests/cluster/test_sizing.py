@@ -8,14 +8,9 @@ import os
 import pytest
 
 from ironsight.cluster import synthetic
+from ironsight.cluster.engine import MIN_THREAD_EFFICIENCY, decode_task_args, plan_resources
 from ironsight.cluster.models import ModelSource
-from ironsight.cluster.pipeline import (
-    MIN_THREAD_EFFICIENCY,
-    ClassifyConfig,
-    decode_task_args,
-    plan_resources,
-    run_classify,
-)
+from ironsight.cluster.pipeline import ClassifyConfig, run_classify
 from ironsight.cluster.predictor import CostProfile
 
 

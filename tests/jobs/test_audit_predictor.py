@@ -113,7 +113,7 @@ def test_decode_eval_rows_yields_clean_blocks_within_the_limit_and_clean_blocks_
 
 
 def test_the_cpu_plan_counts_every_variant_so_the_actors_get_the_cores(monkeypatch):
-    from ironsight.cluster.pipeline import plan_resources
+    from ironsight.cluster.engine import plan_resources
 
     suite = Suite("s", CONDITIONS, (1, 2, 3, 4, 5), (AttackSpec("fgsm", (2 / 255,), steps=1),))
     assert model_passes(suite) == 1 + 10 + 4

@@ -7,7 +7,7 @@
 | ``ironsight -v classify``        | Ray's own lines as well (its execution plan among them)    |
 
 Also: decode and predict stay two Ray Data operators without ``ray_remote_args_fn``
-(``ironsight.cluster.pipeline.decode_task_args``), and the native-stderr filter of
+(``ironsight.cluster.engine.decode_task_args``), and the native-stderr filter of
 ``ironsight.cluster.raycluster`` drops Ray's C++ log lines and nothing else.
 """
 
@@ -99,7 +99,7 @@ def _operators(decode_args: dict) -> str:
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from ironsight.cluster.pipeline import plan_resources
+    from ironsight.cluster.engine import plan_resources
 
     res = plan_resources(None, "auto", resources={"CPU": 2.0})
     assert res["num_cpus"] == 1.0  # the case that fuses: the predictors' args equal num_cpus=1
@@ -112,7 +112,7 @@ def _operators(decode_args: dict) -> str:
 
 @pytest.mark.cluster
 def test_decode_and_predict_stay_separate_operators_on_two_cpus(ray_cpu):
-    from ironsight.cluster.pipeline import decode_task_args
+    from ironsight.cluster.engine import decode_task_args
 
     assert "ray_remote_args_fn" not in decode_task_args()
     separate = _operators(decode_task_args())
