@@ -46,7 +46,7 @@ from ironsight.cluster.predictor import (  # noqa: F401  (check_device: re-expor
     measure_cost,
 )
 from ironsight.cluster.progress import Progress, status
-from ironsight.cluster.sink import LabelSink
+from ironsight.cluster.sink import LabelSink, stable_hash
 
 log = logging.getLogger("ironsight")
 

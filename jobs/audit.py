@@ -34,11 +34,11 @@ from ironsight.cluster.decode import DEFAULT_MAX_PIXELS, count_reasons, decode_r
 from ironsight.cluster.engine import decode_task_args, plan_resources
 from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import ModelSource
-from ironsight.cluster.output_format import WORKER_COLUMNS
 from ironsight.cluster.pipeline import announce_preprocessing
 from ironsight.cluster.predictor import CostProfile, Predictor, as_error, measure_cost
 from ironsight.cluster.preprocess import Preprocess
 from ironsight.cluster.progress import progress
+from ironsight.cluster.sink import WORKER_COLUMNS
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
 from ironsight.robustness.attacks import run_attack
 from ironsight.robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
