@@ -58,8 +58,8 @@ reference's sequential Python loop (~0.9 s per image): within 10% of its distort
 family is one module beside it that registers its conditions when this package is imported
 (``lighting``, ``blur``, ``noise``, ``weather``, ``occlusion``, ``clutter``, ``digital``), and
 ``_ops`` holds the image operations several families share (``_torch_ops`` their tensor
-versions for the batched definitions). albumentations (which imports
-torch) is imported on a condition's first use, not by ``import``.
+versions for the batched definitions). torch is imported on a condition's first use, not by
+``import``.
 
 **Image size.** ImageNet-C's spatial parameters (blur sigmas and radii, motion lengths, glass
 shuffle distances) are defined for 224 px images. Here they are multiplied by

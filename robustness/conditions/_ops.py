@@ -1,39 +1,14 @@
 """Image operations shared by several condition families' NumPy definitions (tensor versions
-for the batched ones are in ``_torch_ops``): the lazy albumentations import and a seeded
-transform, OpenCV resizing, skimage's Gaussian filter and imagecorruptions' clipped zoom.
+for the batched ones are in ``_torch_ops``): OpenCV resizing, skimage's Gaussian filter and
+imagecorruptions' clipped zoom.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from typing import TYPE_CHECKING
 
-# albumentations 2.0.x asks PyPI for a newer version when imported (a network call, up to a
-# 2 s timeout, on every worker); upstream asks libraries to opt out:
-# albumentations-team/albumentations#2206
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import cv2  # noqa: E402 - OpenCV comes with albumentations
-import numpy as np  # noqa: E402
-
-if TYPE_CHECKING:
-    import albumentations
-
-
-def _albumentations():  # noqa: ANN202 - returns the module
-    """albumentations, imported on first use: it imports torch, which a CLI checking its
-    flags (``SEVERITIES``) must not wait for."""
-    import albumentations
-
-    return albumentations
-
-
-def _albu(transform: albumentations.BasicTransform, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Run one albumentations transform, strictly validated, seeded from ``rng``."""
-    seed = int(rng.integers(2**31 - 1))
-    return _albumentations().Compose([transform], strict=True, seed=seed)(image=x)["image"]
-
+import cv2
+import numpy as np
 
 _CV2_RESIZE = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 
