@@ -24,11 +24,11 @@ comparable with the other rows); on a GPU it runs where the model is.
 | shot_noise         | noise     | IN-C   | Poisson(x * c) / c                                  |   13 |
 | impulse_noise      | noise     | IN-C   | skimage-style salt and pepper per channel           |    2 |
 | speckle_noise      | noise     | extra  | x + x * N(0, c)                                     |    4 |
-| defocus_blur       | blur      | IN-C   | aliased disk kernel, blurred (FFT) [b]              |    7 |
+| defocus_blur       | blur      | IN-C   | aliased disk kernel, blurred (FFT) [b]              |    6 |
 | glass_blur         | blur      | IN-C   | blur, pixel shuffles, blur (gathered hops) [b]      |   11 |
 | motion_blur        | blur      | IN-C   | one-sided Gaussian streak, random angle [b]         |    9 |
 | zoom_blur          | blur      | IN-C   | mean of centre zooms up to 1.11-1.31x [b]           |   17 |
-| gaussian_blur      | blur      | extra  | Gaussian, sigma 1-6 (albumentations' kernel) [b]    |    5 |
+| gaussian_blur      | blur      | extra  | Gaussian, sigma 1-6 (albumentations' kernel) [b]    |    4 |
 | snow               | weather   | IN-C   | zoomed, streaked flakes over a greyed image         |   10 |
 | frost              | weather   | IN-C   | c0 x + c1 frost; frost texture is procedural (*)    |    6 |
 | fog                | weather   | IN-C   | diamond-square plasma fractal haze                  |    3 |
