@@ -14,16 +14,17 @@ its 4 held-out extras (:data:`IMAGENET_C_EXTRA_CONDITIONS`). Severity tables are
 reference code's, the ``imagecorruptions`` package (bethgelab), which
 ``tests/robustness/test_imagenet_c_reference.py`` runs beside these per severity. ms: one
 224 px image on one shared CPU core (mean over severities 1-5). [b]: a batched definition
-(``batched=True``; tensor operations in ``_torch_ops``), its ms per image of a batch of 32 on
-one CPU thread, measured beside the NumPy definition it replaced and scaled by the ratio (so
-comparable with the other rows); on a GPU it runs where the model is.
+(``batched=True``; tensor operations, those several families share in ``_torch_ops``), its
+ms per image of a batch of 32 on one CPU thread, measured beside the NumPy definition it
+replaced and scaled by the ratio (so comparable with the other rows); on a GPU it runs where
+the model is.
 
 | condition          | family    | tag    | definition                                          |   ms |
 |--------------------|-----------|--------|-----------------------------------------------------|------|
-| gaussian_noise     | noise     | IN-C   | + N(0, c) per pixel and channel (albumentations)    |    3 |
-| shot_noise         | noise     | IN-C   | Poisson(x * c) / c                                  |   13 |
-| impulse_noise      | noise     | IN-C   | skimage-style salt and pepper per channel           |    2 |
-| speckle_noise      | noise     | extra  | x + x * N(0, c)                                     |    4 |
+| gaussian_noise     | noise     | IN-C   | + N(0, c) per pixel and channel [b]                 |  0.9 |
+| shot_noise         | noise     | IN-C   | Poisson(x * c) / c [b]                              |   14 |
+| impulse_noise      | noise     | IN-C   | skimage-style salt and pepper per channel [b]       |    3 |
+| speckle_noise      | noise     | extra  | x + x * N(0, c) [b]                                 |  1.4 |
 | defocus_blur       | blur      | IN-C   | aliased disk kernel, blurred (FFT) [b]              |    6 |
 | glass_blur         | blur      | IN-C   | blur, pixel shuffles, blur (gathered hops) [b]      |   11 |
 | motion_blur        | blur      | IN-C   | one-sided Gaussian streak, random angle [b]         |    9 |
@@ -33,17 +34,17 @@ comparable with the other rows); on a GPU it runs where the model is.
 | frost              | weather   | IN-C   | c0 x + c1 frost; frost texture is procedural (*)    |    6 |
 | fog                | weather   | IN-C   | diamond-square plasma fractal haze                  |    3 |
 | spatter            | weather   | extra  | water drops (severity 1-3) or mud (4-5)             |    5 |
-| brightness         | lighting  | IN-C   | +c on HSV value                                     |   14 |
-| contrast           | lighting  | IN-C   | (x - mean) * c + mean                               |    2 |
-| saturate           | lighting  | extra  | HSV saturation * a + b                              |   27 |
-| overexposure       | lighting  |        | brightness under its older name (untagged)          |   27 |
-| low_light          | lighting  |        | ImageNet-3DCC ``low_light``: range to [0, c], gamma |   18 |
-|                    |           |        | 2, then Poisson-Gaussian sensor noise               |      |
+| brightness         | lighting  | IN-C   | +c on HSV value [b]                                 |    5 |
+| contrast           | lighting  | IN-C   | (x - mean) * c + mean [b]                           |  0.8 |
+| saturate           | lighting  | extra  | HSV saturation * a + b [b]                          |    9 |
+| overexposure       | lighting  |        | brightness under its older name (untagged) [b]      |    5 |
+| low_light          | lighting  |        | ImageNet-3DCC ``low_light``: range to [0, c], gamma |   16 |
+|                    |           |        | 2, then Poisson-Gaussian sensor noise [b]           |      |
 | elastic_transform  | digital   | IN-C   | smooth random displacement (imagecorruptions') [b]  |    3 |
 | pixelate           | digital   | IN-C   | PIL box down to c * size, nearest back up [b]       |    3 |
 | jpeg_compression   | digital   | IN-C   | JPEG quality 25 to 7 (libjpeg; nvjpeg on a GPU) [b] |    3 |
-| occlusion          | occlusion |        | a black rectangle covering c of the image area      |  0.5 |
-| partial_view       | occlusion |        | a crop keeping c of the area, resized back          |  0.7 |
+| occlusion          | occlusion |        | a black rectangle covering c of the image area [b]  |    2 |
+| partial_view       | occlusion |        | a crop keeping c of the area, resized back [b]      |    4 |
 | noisy_background   | clutter   |        | random shapes and stripes blended into the border   |    9 |
 
 (*) ImageNet-C's frost blends in crops of five photographs that ship with the reference; they
