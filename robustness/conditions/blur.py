@@ -88,7 +88,7 @@ def _defocus_kernel(radius: float, alias: float) -> np.ndarray:
 def defocus_blur(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     c = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))[severity - 1]
     # a real radius (ImageNet-C's disk): an integer one would merge severities at 64 px
-    return correlate(x, _defocus_kernel(c[0] * scale(x), c[1]), "reflect101")
+    return correlate(x.contiguous(), _defocus_kernel(c[0] * scale(x), c[1]), "reflect101")
 
 
 @register_condition("motion_blur", family="blur", imagenet_c=True, batched=True,
@@ -106,6 +106,7 @@ def motion_blur(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     # Tap i reads the pixel (round(i sin a), round(i cos a)) away, edge pixels repeated: a
     # line kernel per image, dx in [0, n) (|a| <= 45 deg) and |dy| <= reach, correlated with
     # the padded batch through the FFT (one kernel per image, one pass for the whole batch)
+    x = x.contiguous()  # the audit's batches are channels-last: padding and FFT want NCHW
     b, _, h, w = x.shape
     reach = math.ceil((n - 1) * math.sin(math.pi / 4))
     taps = torch.arange(n, dtype=torch.float64, device=x.device)
@@ -155,6 +156,7 @@ def glass_blur(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
 def zoom_blur(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     zooms = (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
              np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03))[severity - 1]
+    x = x.contiguous()  # the audit's batches are channels-last; grid_sample's output is not
     out = x.clone()
     for z in zooms:  # relative to the image: no size scaling
         out += clipped_zoom(x, float(z))

@@ -163,3 +163,23 @@ def test_jpeg_compression_is_libjpeg_at_the_table_quality(severity):
     same = np.abs(got - pil_jpeg(quality)).mean()
     other = np.abs(got - pil_jpeg(quality + 10)).mean()
     assert same < 0.5 and other > 2 * same, (same, other)
+
+
+BLUR_AND_DIGITAL = ("gaussian_blur", "defocus_blur", "motion_blur", "zoom_blur", "glass_blur",
+                    "pixelate", "jpeg_compression", "elastic_transform")
+
+
+@pytest.mark.parametrize("name", BLUR_AND_DIGITAL)
+def test_a_channels_last_batch_gives_the_same_variants(name):
+    """The audit's batches come channels-last (Predictor.to_device): same variants as NCHW."""
+    from ironsight.robustness.conditions.batch import corrupt_batch
+
+    assert get_condition(name).batched is not None and get_condition(name).fn is None
+    imgs = np.stack([np.asarray(render_image(7, i, 40)[0]) for i in range(3)])
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255.0)
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    keys = ["a", "b", "c"]
+    a = dict(corrupt_batch(name, x, (1, 5), seed=0, keys=keys))
+    b = dict(corrupt_batch(name, x.contiguous(), (1, 5), seed=0, keys=keys))
+    for s in (1, 5):
+        assert float((a[s] - b[s]).abs().max()) <= 1 / 255 + 1e-6, (name, s)
