@@ -26,10 +26,7 @@ rows left``; target <= 10%. After the resume, OUTPUT is read back: every id once
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -40,9 +37,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import noop  # noqa: E402
-from resume_cost import _committed_rows, _env, _success, run_watched  # noqa: E402
-
-KILL_ATTEMPTS = 3
+from resume_cost import _env, kill_and_resume  # noqa: E402
 
 
 def command(corpus: str, out: str, card: str, args: argparse.Namespace) -> list[str]:
@@ -157,42 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = os.path.join(args.workdir, f"corpus-{args.rows}")
     gen_s = noop.write_tiny_corpus(corpus, args.rows, row_group_size=args.max_rows_per_shard)
     card = noop.write_noop_card(os.path.join(args.workdir, "model"))
-    env = _env(args.workdir)
-    outs = {k: os.path.join(args.workdir, f"out-{k}") for k in ("full", "killed")}
-    for path in outs.values():
-        shutil.rmtree(path, ignore_errors=True)
-    runs: dict[str, dict] = {}
-
-    runs["full"] = run_watched(command(corpus, outs["full"], card, args), env, outs["full"] + ".log",
-                               args.timeout, out=outs["full"], rss_interval=args.interval)
-    full = _success(outs["full"])
-    runs["full"]["rows"] = full["rows"]
-    shards = full["shards_total"]
-    kill_after = max(1, math.ceil(shards * args.kill_at))
-    if kill_after >= shards:
-        raise SystemExit(f"only {shards} shards: too few to kill mid-run; lower --max-rows-per-shard")
-    for attempt in range(1, KILL_ATTEMPTS + 1):
-        shutil.rmtree(outs["killed"], ignore_errors=True)
-        killed = run_watched(command(corpus, outs["killed"], card, args), env, outs["killed"] + ".log",
-                             args.timeout, out=outs["killed"], kill_after_parts=kill_after, sig=args.signal,
-                             rss_interval=args.interval)
-        n_parts, committed = _committed_rows(outs["killed"])
-        if killed["killed_at_s"] is not None and n_parts < shards:
-            break
-        print(f"attempt {attempt}: the run finished before the kill landed", file=sys.stderr)
-    else:
-        raise RuntimeError(f"the kill landed after the last commit {KILL_ATTEMPTS} times")
-    with open(os.path.join(outs["killed"], "_manifest.json")) as f:
-        manifest_rows = json.load(f).get("committed_rows", 0)
-    killed["rows"] = committed
-    runs["killed"] = killed
-    runs["resumed"] = run_watched(command(corpus, outs["killed"], card, args), env,
-                                  outs["killed"] + ".resume.log", args.timeout, out=outs["killed"],
-                                  rss_interval=args.interval)
-    resumed = _success(outs["killed"])
-    runs["resumed"]["rows"] = resumed["rows"]
-    remainder = full["rows_total"] - committed
-    back = read_back(outs["killed"])
+    k = kill_and_resume(lambda out: command(corpus, out, card, args), _env(args.workdir), args.workdir,
+                        args.kill_at, args.timeout, sig=args.signal, rss_interval=args.interval)
+    runs, full, resumed, shards = k["runs"], k["full"], k["resumed"], k["shards"]
+    killed, committed, remainder = runs["killed"], k["committed_rows"], k["remainder_rows"]
+    back = read_back(k["out"])
     for r in runs.values():
         r["rss_summary"] = rss_summary(r["rss"], r["first_commit_s"])
 
@@ -203,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
         "corpus_generate_s": gen_s, "shards": shards, "plot": png, "runs": runs,
         "seconds_per_million": runs["full"]["wall_s"] * 1_000_000 / full["rows"],
         "rows_per_s": full["rows"] / runs["full"]["wall_s"],
-        "kill": {"kill_after_parts": kill_after, "killed_at_s": killed["killed_at_s"], "exit": killed["exit"],
-                 "parts": n_parts, "committed_rows": committed, "manifest_rows": manifest_rows,
+        "kill": {"kill_after_parts": k["kill_after_parts"], "killed_at_s": killed["killed_at_s"],
+                 "exit": killed["exit"], "parts": k["parts_at_kill"], "committed_rows": committed,
+                 "manifest_rows": k["manifest_rows"],
                  "remainder_rows": remainder, "resumed_rows": resumed["rows"],
                  "resumed_shards_skipped": resumed["shards_skipped"],
                  "reprocessed_extra": (resumed["rows"] - remainder) / remainder if remainder else 0.0},

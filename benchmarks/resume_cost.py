@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -133,6 +134,60 @@ def run_watched(cmd: list[str], env: dict[str, str], log_path: str, timeout: flo
             "rss": rss.samples if rss is not None else []}
 
 
+def kill_and_resume(command: Callable[[str], list[str]], env: dict[str, str], workdir: str, kill_at: float,
+                    timeout: float, *, sig: str = "kill", rss_interval: float | None = None) -> dict:
+    """The three runs of a kill benchmark, each a fresh process of ``command(OUTPUT)``:
+
+    | run       | what                                                                  |
+    |-----------|-----------------------------------------------------------------------|
+    | full      | into a fresh ``WORKDIR/out-full``                                     |
+    | killed    | into a fresh ``WORKDIR/out-killed``, signalled (``sig``, see :func:`run_watched`) once ``kill_at`` of the shards have a part file; run again, at most ``KILL_ATTEMPTS`` times, while the kill lands after the last commit |
+    | resumed   | again on the killed OUTPUT                                            |
+
+    Returns ``runs`` (each run's :func:`run_watched` result, with ``rows``: labelled; for the
+    killed run, committed before the kill), the full and the resumed run's ``_SUCCESS``
+    summaries (``full``, ``resumed``), ``shards``, ``kill_after_parts``, ``parts_at_kill``,
+    ``committed_rows`` (from the part files' footers), ``manifest_rows`` (what the manifest said
+    then: it lags), ``remainder_rows`` (the rows that had no
+    committed part file at the kill) and ``out`` (the killed and resumed OUTPUT).
+    """
+    outs = {k: os.path.join(workdir, f"out-{k}") for k in ("full", "killed")}
+    for path in outs.values():
+        shutil.rmtree(path, ignore_errors=True)
+    runs = {"full": run_watched(command(outs["full"]), env, outs["full"] + ".log", timeout, out=outs["full"],
+                                rss_interval=rss_interval)}
+    full = _success(outs["full"])
+    runs["full"]["rows"] = full["rows"]
+    shards = full["shards_total"]
+    kill_after = max(1, math.ceil(shards * kill_at))
+    if kill_after >= shards:
+        raise SystemExit(f"only {shards} shards: too few to kill mid-run; lower --max-rows-per-shard")
+    # On a busy machine the last shards can all land between two polls, so the kill may come
+    # after the run's work is done; such a run measures nothing: run it again (a fresh OUTPUT).
+    for attempt in range(1, KILL_ATTEMPTS + 1):
+        shutil.rmtree(outs["killed"], ignore_errors=True)
+        killed = run_watched(command(outs["killed"]), env, outs["killed"] + ".log", timeout, out=outs["killed"],
+                             kill_after_parts=kill_after, sig=sig, rss_interval=rss_interval)
+        parts_at_kill, committed_rows = _committed_rows(outs["killed"])
+        if killed["killed_at_s"] is not None and parts_at_kill < shards:
+            break
+        print(f"attempt {attempt}: all {shards} shards were committed before the kill landed", file=sys.stderr)
+    else:
+        raise RuntimeError(f"the kill landed after the last commit {KILL_ATTEMPTS} times; use a larger corpus "
+                           "or a smaller --batch-size")
+    runs["killed"] = {**killed, "rows": committed_rows}
+    manifest_rows = 0  # what the manifest, flushed every few seconds, said at the kill
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(outs["killed"], "_manifest.json")) as f:
+        manifest_rows = json.load(f).get("committed_rows", 0)
+    runs["resumed"] = run_watched(command(outs["killed"]), env, outs["killed"] + ".resume.log", timeout,
+                                  out=outs["killed"], rss_interval=rss_interval)
+    resumed = _success(outs["killed"])
+    runs["resumed"]["rows"] = resumed["rows"]
+    return {"runs": runs, "full": full, "resumed": resumed, "shards": shards, "kill_after_parts": kill_after,
+            "parts_at_kill": parts_at_kill, "committed_rows": committed_rows, "manifest_rows": manifest_rows,
+            "remainder_rows": full["rows_total"] - committed_rows, "out": outs["killed"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=4000, help="corpus size (default: 4000)")
@@ -154,36 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not os.path.isdir(corpus):
         synthetic.write_corpus(corpus, args.images, seed=7, rows_per_file=1000,
                                row_group_size=min(100, args.max_rows_per_shard))
-    env = _env(args.workdir)
-    outs = {k: os.path.join(args.workdir, f"out-{k}") for k in ("full", "killed")}
-    for path in outs.values():
-        shutil.rmtree(path, ignore_errors=True)
-
-    full_s = run_watched(_cli_args(corpus, outs["full"], args), env, outs["full"] + ".log", args.timeout)["wall_s"]
-    full = _success(outs["full"])
-    shards = full["shards_total"]
-    kill_after = max(1, math.ceil(shards * args.kill_at))
-    if kill_after >= shards:
-        raise SystemExit(f"only {shards} shards: too few to kill mid-run; lower --max-rows-per-shard")
-
-    # On a busy machine the last shards can all land between two polls, so the kill may come
-    # after the run's work is done; such a run measures nothing: run it again (a fresh OUTPUT).
-    for attempt in range(1, KILL_ATTEMPTS + 1):
-        shutil.rmtree(outs["killed"], ignore_errors=True)
-        killed = run_watched(_cli_args(corpus, outs["killed"], args), env, outs["killed"] + ".log",
-                             args.timeout, out=outs["killed"], kill_after_parts=kill_after, sig="kill")
-        killed_s = killed["wall_s"]
-        parts_at_kill, committed_rows = _committed_rows(outs["killed"])
-        if killed["killed_at_s"] is not None and parts_at_kill < shards:
-            break
-        print(f"attempt {attempt}: all {shards} shards were committed before the kill landed", file=sys.stderr)
-    else:
-        raise RuntimeError(f"the kill landed after the last commit {KILL_ATTEMPTS} times; use a larger "
-                           "--images or a smaller --batch-size")
-    remainder = full["rows_total"] - committed_rows
-    resumed_s = run_watched(_cli_args(corpus, outs["killed"], args), env, outs["killed"] + ".resume.log",
-                            args.timeout)["wall_s"]
-    resumed = _success(outs["killed"])
+    k = kill_and_resume(lambda out: _cli_args(corpus, out, args), _env(args.workdir), args.workdir, args.kill_at,
+                        args.timeout, sig="kill")
+    full, resumed, shards = k["full"], k["resumed"], k["shards"]
+    full_s, killed_s, resumed_s = (k["runs"][name]["wall_s"] for name in ("full", "killed", "resumed"))
+    parts_at_kill, committed_rows, remainder = k["parts_at_kill"], k["committed_rows"], k["remainder_rows"]
     extra = (resumed["rows"] - remainder) / remainder if remainder else 0.0
 
     result = {
