@@ -134,7 +134,8 @@ def ironsight_audit(corpus: str, out: str, model: str, weights: str, args) -> di
 
     from ironsight.cluster.models import ModelSource
     from ironsight.cluster.raycluster import connect
-    from ironsight.jobs.audit import AuditConfig, decode_eval_rows, plan_audit, run_audit
+    from ironsight.jobs.audit import AuditConfig, plan_audit, run_audit
+    from ironsight.jobs.variants import decode_eval_rows
     from ironsight.robustness.conditions.batch import corrupt_batch
     from ironsight.robustness.suites import AttackSpec, Suite
 

@@ -6,9 +6,11 @@
     each epsilon on the clean rows ──► driver: predictions table ──► metrics,
     report.json/md/html, release gate
 
-Corruptions are pure functions of (image id, condition, severity, seed), so any variant can be
-regenerated later: the report's example images are recomputed in the driver for a few ids
-instead of being shipped back through the pipeline.
+The stream (decode function, AuditPredictor, the driver's collection) is
+:mod:`ironsight.jobs.variants`, on :mod:`ironsight.cluster.engine`; this module plans the audit,
+runs it and writes its reports. Corruptions are pure functions of (image id, condition,
+severity, seed), so any variant can be regenerated later: the report's example images are
+recomputed in the driver for a few ids instead of being shipped back through the pipeline.
 """
 
 from __future__ import annotations
@@ -30,27 +32,27 @@ import pyarrow.parquet as pq
 from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import metrics as job_metrics
 from ironsight.cluster import paths, reader, storage, storage_errors
-from ironsight.cluster.decode import DEFAULT_MAX_PIXELS, count_reasons, decode_rows, worker_identity
-from ironsight.cluster.engine import decode_task_args, plan_resources
-from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed, ray_error_message
+from ironsight.cluster.decode import count_reasons, decode_rows
+from ironsight.cluster.errors import GateFailed, InvalidInput, JobFailed
 from ironsight.cluster.models import ModelSource
 from ironsight.cluster.pipeline import announce_preprocessing
-from ironsight.cluster.predictor import CostProfile, Predictor, as_error, measure_cost
 from ironsight.cluster.preprocess import Preprocess
-from ironsight.cluster.progress import progress
-from ironsight.cluster.sink import WORKER_COLUMNS
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
-from ironsight.robustness.attacks import run_attack
+from ironsight.jobs.variants import (
+    audit_cost,
+    clean_blocks,
+    clean_dataset,
+    collect_predictions,
+    predict_variants,
+    variants_per_image,
+)
 from ironsight.robustness.conditions import IMAGENET_C_CONDITIONS, apply_condition
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA, Example
-from ironsight.robustness.suites import AttackSpec, Suite, get_suite
+from ironsight.robustness.suites import Suite, get_suite
 
 log = logging.getLogger("ironsight")
 
 EXAMPLES_PER_CONDITION = 2
-# An eval-set row's key: shard index << ROW_KEY_BITS | place in the shard (a shard holds far
-# fewer than 2**32 rows).
-ROW_KEY_BITS = 32
 _IMAGENET_CLASSES = 1000
 
 
@@ -107,142 +109,6 @@ def resolve_suite(name_or_path: str, severities: list[int] | None) -> Suite:
 
         suite = replace(suite, severities=tuple(severities))
     return suite
-
-
-def decode_eval_rows(
-    items: dict[str, np.ndarray],
-    *,
-    plan: corpus_mod.CorpusPlan,
-    preprocess: Preprocess,
-    limits: dict[int, int],
-    block_rows: int,
-):
-    """Ray Data UDF (CPU task): decode a shard's eval rows once; yield clean blocks of at most
-    ``block_rows`` rows (so that the predictor actors share a shard's images).
-
-    Yields ``id``, ``row`` (the eval-set row's key: shard << :data:`ROW_KEY_BITS` | place in the
-    shard), ``label_true`` (-1 without a label column), ``image`` (N, H, W, 3) uint8, ``error``
-    and ``decode_worker``; a shard stops at its ``--max-images`` limit (``limits``). The
-    variants are made from these on the predictor's device (:class:`AuditPredictor`).
-    """
-    for shard_index in items["shard"]:
-        shard = plan.shards[int(shard_index)]
-        remaining = limits.get(shard.index, shard.num_rows)
-        position = 0  # the row's place in the shard: with the shard, the row's key (collect_predictions)
-        for batch in reader.iter_shard(plan, shard, batch_rows=AUDIT_ROWS_PER_SHARD):
-            if remaining <= 0:
-                break
-            take = min(remaining, len(batch["id"]))
-            remaining -= take
-            rows = (shard.index << ROW_KEY_BITS) + np.arange(position, position + take, dtype=np.int64)
-            position += take
-            images, errors = decode_rows(batch["image"][:take], batch["error"][:take], preprocess)
-            ids = np.asarray(batch["id"][:take], dtype=object)
-            labels = np.asarray(batch["label"][:take], np.int64) if "label" in batch else np.full(take, -1, np.int64)
-            worker = worker_identity()
-            for lo in range(0, take, max(1, block_rows)):
-                hi = min(take, lo + max(1, block_rows))
-                yield {"id": ids[lo:hi], "row": rows[lo:hi], "label_true": labels[lo:hi], "image": images[lo:hi],
-                       "error": np.asarray(errors[lo:hi], dtype=object),
-                       "decode_worker": np.full(hi - lo, worker, dtype=object)}
-
-
-class AuditPredictor(Predictor):
-    """A :class:`Predictor` that makes and predicts every variant of a clean batch.
-
-    | step | on the actor's device |
-    |------|------------------------|
-    | clean | the batch's decoded rows go to the device once (:meth:`Predictor.to_device`: the pinned staging buffer on CUDA) and are predicted |
-    | corruptions | for each suite condition, :func:`~ironsight.robustness.conditions.batch.corrupt_batch` on that device tensor (batched tensor ops where the condition has them; NumPy image by image on :attr:`threads` threads otherwise), each severity predicted as it comes |
-    | attacks | for clean rows that were predicted and have a label: each attack at each epsilon, in float32 (no autocast), model in eval mode |
-
-    One output row per (row, kind, condition, severity, eps), as :func:`collect_predictions`
-    keys them; a row that did not decode keeps its error in the clean row and in each
-    corruption row (no attack). A variant equals :func:`~ironsight.robustness.conditions.apply_condition`
-    on the image alone (what the report's examples show), rounded to 256 levels.
-    """
-
-    def __init__(self, source: ModelSource, *, attacks: tuple[AttackSpec, ...], seed: int,
-                 conditions: tuple[str, ...] = (), severities: tuple[int, ...] = (), **kw) -> None:
-        super().__init__(source, top_k=1, passthrough=("id", "row", "label_true", "decode_worker"), **kw)
-        self.attacks = attacks
-        self.seed = seed
-        self.conditions = conditions
-        self.severities = severities
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ironsight.robustness.conditions.batch import corrupt_batch
-
-        errors = np.array([as_error(e) for e in batch["error"]], dtype=object)
-        ok = np.array([e is None for e in errors], dtype=bool)
-        x = self.to_device(batch["image"][ok]) if ok.any() else None  # (M, 3, H, W) float32 in [0, 1]
-        keys = [str(k) for k in batch["id"][ok]]
-        clean = self.predict(x, errors)
-        parts = [self._rows(batch, clean, "clean", "clean", 0)]
-        for name in self.conditions:
-            variants = (corrupt_batch(name, x, self.severities, seed=self.seed, keys=keys, threads=self.threads)
-                        if x is not None else ((s, None) for s in self.severities))
-            for severity, variant in variants:
-                parts.append(self._rows(batch, self.predict(variant, errors), "corruption", name, severity))
-        attacked = np.array([e is None for e in clean["error"]], bool) & (batch["label_true"] >= 0)
-        if self.attacks and attacked.any():
-            parts += self._attack(batch, x, (np.cumsum(ok) - 1)[attacked], attacked)
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def _rows(self, batch: dict[str, np.ndarray], predicted: dict[str, np.ndarray], kind: str,
-              condition: str, severity: int) -> dict[str, np.ndarray]:
-        n = len(batch["id"])
-        return {
-            **{k: batch[k] for k in self.passthrough},
-            **predicted,
-            "kind": np.full(n, kind, dtype=object),
-            "condition": np.full(n, condition, dtype=object),
-            "severity": np.full(n, severity, np.int32),
-            "eps": np.zeros(n, np.float64),
-            "worker": np.full(n, self.worker, dtype=object),
-        }
-
-    def _attack(self, batch: dict[str, np.ndarray], x, places: np.ndarray, rows: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """The attacks on the batch's ``rows`` (mask), whose images are ``x[places]``."""
-        import torch
-
-        m = int(rows.sum())
-        x = x[torch.as_tensor(places, device=x.device)]  # (M, 3, H, W) float32 in [0, 1], on the device
-        y = torch.from_numpy(batch["label_true"][rows]).to(self.device)
-        fixed = {
-            "id": batch["id"][rows],
-            "row": batch["row"][rows],
-            "label_true": batch["label_true"][rows],
-            "decode_worker": batch["decode_worker"][rows],
-            "kind": np.full(m, "attack", dtype=object),
-            "severity": np.zeros(m, np.int32),
-            "error": np.full(m, None, dtype=object),
-            "worker": np.full(m, self.worker, dtype=object),
-        }
-        parts = []
-        for spec in self.attacks:
-            for eps in spec.eps:
-                adv = run_attack(
-                    self.model, x, y, name=spec.name, eps=eps, steps=spec.steps,
-                    alpha=spec.alpha, seed=self.seed,
-                )  # (M, 3, H, W) float32 in [0, 1]
-                with torch.inference_mode():
-                    probs = torch.softmax(self.model(adv).float(), dim=1)
-                conf, pred = probs.max(dim=1)
-                pred = pred.cpu().numpy().astype(np.int64)
-                conf = conf.cpu().numpy().astype(np.float32)
-                parts.append(
-                    {
-                        **fixed,
-                        "condition": np.full(m, spec.name, dtype=object),
-                        "eps": np.full(m, float(eps), np.float64),
-                        "label": pred,
-                        "score": conf,
-                        "topk_labels": pred[:, None],
-                        "topk_scores": conf[:, None],
-                    }
-                )
-        return parts
 
 
 @dataclass(frozen=True)
@@ -343,161 +209,6 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
         failed = "\n".join(f"  - {c.message}" for c in result_gate.failed)
         raise GateFailed(f"release gate failed ({len(result_gate.failed)} checks):\n{failed}\nreports: {paths.get('html')}")
     return result
-
-
-def clean_dataset(plan: corpus_mod.CorpusPlan, shards: list, limits: dict[int, int],
-                  preprocess: Preprocess, block_rows: int) -> Any:
-    """A Ray Dataset of the eval rows, decoded once per shard in CPU tasks
-    (:func:`decode_eval_rows`), in blocks of ``block_rows`` rows: the clean images only."""
-    import ray.data
-
-    items = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
-    return items.map_batches(
-        decode_eval_rows,
-        batch_size=1,
-        fn_kwargs={"plan": plan, "preprocess": preprocess, "limits": limits, "block_rows": block_rows},
-        **decode_task_args(),  # a separate operator from the predictors (see decode_task_args)
-    )
-
-
-def predict_variants(clean: Any, source: ModelSource, suite: Suite, *, seed: int, batch_size: int,
-                     actors: int | None, device: str, cost: Callable[[], CostProfile] | None = None,
-                     inputs: int | None = None) -> Any:
-    """``clean`` (:func:`clean_dataset`) through a pool of :class:`AuditPredictor` actors (one
-    per GPU, or sized to the cores): every variant made and predicted on the actor's device,
-    and the suite's attacks on the clean rows.
-
-    On CPU the pool is planned from ``cost`` (:func:`audit_cost`: decode per image against
-    the model's work per image, every variant counted) by
-    :func:`~ironsight.cluster.engine.plan_resources`: decoding is light next to it, so the
-    actors get the cores and one decode task runs beside them. ``inputs``: the clean blocks.
-    """
-    from ray.data import ActorPoolStrategy
-
-    res = plan_resources(actors, device, cost=cost, inputs=inputs)
-    return clean.map_batches(
-        AuditPredictor,
-        fn_constructor_kwargs={
-            "source": source, "attacks": suite.attacks, "seed": seed,
-            "conditions": suite.conditions, "severities": suite.severities,
-            "device": res["device"], "cpu_threads": res.get("threads"),
-        },
-        compute=ActorPoolStrategy(size=res["size"]),
-        num_gpus=res["num_gpus"],
-        num_cpus=res["num_cpus"],
-        batch_size=batch_size,
-    )
-
-
-def model_passes(suite: Suite) -> int:
-    """The model's forward passes per image, in an audit's actor: clean, each (condition,
-    severity), and per (attack, eps > 0) about 3 a step (forward and backward; FGSM is one step)
-    plus the prediction of the adversarial image.
-
-    >>> from ironsight.robustness.suites import AttackSpec
-    >>> model_passes(Suite("s", ("fog",), (1, 2), (AttackSpec("fgsm", (0.0, 0.01)), AttackSpec("pgd", (0.01,), steps=10))))
-    39
-    """
-    attacks = sum(1 + (3 * (1 if a.name == "fgsm" else a.steps) if eps else 0) for a in suite.attacks for eps in a.eps)
-    return 1 + len(suite.conditions) * len(suite.severities) + attacks
-
-
-def audit_cost(model: Any, plan: corpus_mod.CorpusPlan, suite: Suite) -> CostProfile:
-    """This audit's :class:`~ironsight.cluster.predictor.CostProfile`: decode per image as
-    measured (:func:`~ironsight.cluster.predictor.measure_cost`), the model's time per image
-    times :func:`model_passes` (the corruptions' own CPU time is not counted: it only adds to
-    the actors' side)."""
-    one = measure_cost(model, plan, max_pixels=DEFAULT_MAX_PIXELS)
-    k = model_passes(suite)
-    return CostProfile(decode_ms=one.decode_ms, model_ms=one.model_ms * k,
-                       model_ms_2=None if one.model_ms_2 is None else one.model_ms_2 * k)
-
-
-def clean_blocks(shards: list, limits: dict[int, int], block_rows: int) -> int:
-    """How many blocks :func:`decode_eval_rows` yields (the predictor actors' inputs)."""
-    per = AUDIT_ROWS_PER_SHARD
-    total = 0
-    for s in shards:
-        rows = limits.get(s.index, s.num_rows)
-        total += sum(-(-min(per, rows - lo) // max(1, block_rows)) for lo in range(0, rows, per))
-    return total
-
-
-def variants_per_image(suite: Suite) -> int:
-    """Predictions one image yields: clean, each (condition, severity), each (attack, eps)."""
-    return 1 + len(suite.conditions) * len(suite.severities) + sum(len(a.eps) for a in suite.attacks)
-
-
-def collect_predictions(predicted: Any, total: int, show_progress: bool | None,
-                        *, desc: str = "auditing") -> tuple[pa.Table, list[str]]:
-    """Drain ``predicted`` in the driver into a :data:`PREDICTIONS_SCHEMA` table (rows that
-    decoded), followed by ``pred_worker`` and ``decode_worker`` (where each row was predicted
-    and decoded; null when a batch lacks them), and the error strings of the clean rows that
-    did not decode.
-
-    Each (row, kind, condition, severity, eps) is kept once, the first time it arrives: Ray Data
-    retries the batches a lost actor or node had in flight, so the same prediction may come
-    twice. ``row`` is the eval-set row (its shard and place, :data:`ROW_KEY_BITS`), not its id:
-    two rows that share an id are two images, both kept (a batch without ``row`` is keyed by
-    id). The keys seen are held in a set (an eval set is small: ~100 bytes a prediction);
-    the duplicates dropped are counted in a debug line (``-v``). ``predicted`` is anything
-    with Ray Data's ``iter_batches(batch_size=None, batch_format="numpy")``.
-    """
-    import ray
-
-    # A bar on a terminal, a line every 10 s in logs (ironsight.cluster.progress.Progress).
-    bar = progress(total, show_progress, desc=desc, noun="predictions")
-    names = ("id", "kind", "condition", "severity", "eps", "label_true", "label", "score", "error",
-             "worker", "decode_worker")
-    cols: dict[str, list] = {k: [] for k in names}
-    seen: set[tuple] = set()
-    dropped = 0
-    try:
-        for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
-            n = len(batch["id"])
-            fresh = np.zeros(n, bool)
-            rows = batch["row" if "row" in batch else "id"]
-            keys = zip(rows.tolist(), batch["kind"].tolist(), batch["condition"].tolist(),
-                       batch["severity"].tolist(), batch["eps"].tolist(), strict=True)
-            for i, key in enumerate(keys):
-                if key not in seen:
-                    seen.add(key)
-                    fresh[i] = True
-            dropped += n - int(fresh.sum())
-            for k in names:
-                cols[k].append(batch[k][fresh] if k in batch else np.full(int(fresh.sum()), None, object))
-            bar.update(int(fresh.sum()))
-    except ray.exceptions.RayError as exc:
-        raise JobFailed(f"the audit pipeline failed: {ray_error_message(exc)}") from exc
-    finally:
-        bar.close()
-    if dropped:
-        log.debug("audit: dropped %d duplicate predictions (batches Ray retried after a lost "
-                  "actor or node); %d kept", dropped, len(seen))
-    merged = {k: np.concatenate(v) if v else np.array([], object) for k, v in cols.items()}
-    errs = [as_error(e) for e in merged["error"]]
-    ok = np.array([e is None for e in errs], bool)
-    clean_err = [e for e, k in zip(errs, merged["kind"], strict=True) if e is not None and k == "clean"]
-    label = merged["label_true"][ok].astype(np.int64)
-    prediction = merged["label"][ok].astype(np.int64)
-    table = pa.table(
-        {
-            "id": pa.array(merged["id"][ok].tolist(), pa.string()),
-            "kind": pa.array(merged["kind"][ok].tolist(), pa.string()),
-            "condition": pa.array(merged["condition"][ok].tolist(), pa.string()),
-            "severity": pa.array(merged["severity"][ok].astype(np.int32), pa.int32()),
-            "eps": pa.array(merged["eps"][ok].astype(np.float64), pa.float64()),
-            "label": pa.array(label, pa.int64()),
-            "prediction": pa.array(prediction, pa.int64()),
-            "confidence": pa.array(merged["score"][ok].astype(np.float32), pa.float32()),
-            "correct": pa.array((label == prediction) & (label >= 0)),
-        },
-        schema=PREDICTIONS_SCHEMA,
-    )
-    for column, key in zip(WORKER_COLUMNS, ("worker", "decode_worker"), strict=True):
-        values = [v if isinstance(v, str) else None for v in merged[key][ok]]
-        table = table.append_column(column, pa.array(values, pa.string()))
-    return table, clean_err
 
 
 def audit_report(table: pa.Table, clean_err: list[str], cfg: AuditConfig, plan: corpus_mod.CorpusPlan,

@@ -1,9 +1,9 @@
 """``ironsight compare``: several models on one eval set and suite, side by side.
 
     check everything: objective, OUTPUT, eval set, each model (run once on CPU) ──► Ray
-    per distinct preprocessing: the eval rows decoded ONCE in CPU tasks (jobs.audit.clean_dataset),
+    per distinct preprocessing: the eval rows decoded ONCE in CPU tasks (jobs.variants.clean_dataset),
         materialized (clean images only) when two or more models share them
-    per model: jobs.audit.predict_variants on its own actors, which make every (condition,
+    per model: jobs.variants.predict_variants on its own actors, which make every (condition,
         severity) variant on their device ──► OUTPUT/models/NAME/ report.json,
         report.md, report.html, predictions.parquet (what `ironsight audit` writes for it), then
         entry.json: the model's identity, which marks it finished
@@ -49,16 +49,18 @@ from ironsight.jobs.audit import (
     AuditPlan,
     _examples,
     _write_outputs,
-    audit_cost,
     audit_report,
+    plan_audit,
+)
+from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
+from ironsight.jobs.variants import (
+    audit_cost,
     clean_blocks,
     clean_dataset,
     collect_predictions,
-    plan_audit,
     predict_variants,
     variants_per_image,
 )
-from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA
 from ironsight.robustness.suites import Suite
 

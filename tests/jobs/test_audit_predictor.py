@@ -1,5 +1,5 @@
-"""The audit's actors make the variants on their device (jobs.audit.AuditPredictor), from clean
-blocks decoded once per shard (jobs.audit.decode_eval_rows); no Ray: the UDFs are called as
+"""The audit's actors make the variants on their device (jobs.variants.AuditPredictor), from clean
+blocks decoded once per shard (jobs.variants.decode_eval_rows); no Ray: the UDFs are called as
 Ray Data calls them."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import synthetic
 from ironsight.cluster.models import ModelSource
 from ironsight.cluster.predictor import CostProfile, Predictor
-from ironsight.jobs import audit
-from ironsight.jobs.audit import (
+from ironsight.jobs import variants
+from ironsight.jobs.variants import (
     ROW_KEY_BITS,
     AuditPredictor,
     audit_cost,
@@ -118,7 +118,7 @@ def test_the_cpu_plan_counts_every_variant_so_the_actors_get_the_cores(monkeypat
     suite = Suite("s", CONDITIONS, (1, 2, 3, 4, 5), (AttackSpec("fgsm", (2 / 255,), steps=1),))
     assert model_passes(suite) == 1 + 10 + 4
     one = CostProfile(decode_ms=2.0, model_ms=1.0, model_ms_2=0.55)  # decode-heavy for one pass
-    monkeypatch.setattr(audit, "measure_cost", lambda model, plan, max_pixels: one)
+    monkeypatch.setattr(variants, "measure_cost", lambda model, plan, max_pixels: one)
     cost = audit_cost(None, None, suite)
     assert cost.model_ms == 15.0 and cost.decode_ms == 2.0
     classify = plan_resources(None, "cpu", resources={"CPU": 8.0}, cost=one)
@@ -126,3 +126,18 @@ def test_the_cpu_plan_counts_every_variant_so_the_actors_get_the_cores(monkeypat
     assert classify["decode_tasks"] == 5  # one clean pass: decoding is most of the work
     assert audited["decode_tasks"] == 1  # every variant counted: one decode task, the rest to actors
     assert audited["size"] * audited["num_cpus"] == pytest.approx(7.0)
+
+
+def test_the_audits_decode_stage_imports_neither_torch_nor_ray():
+    """Ray ships decode_eval_rows by reference: a decode task imports jobs.variants, which must
+    not pull torch in (seconds of CPU per worker, taken from the actors beside it)."""
+    import subprocess
+    import sys
+
+    from ray import cloudpickle
+
+    assert b"ironsight.jobs.variants" in cloudpickle.dumps(decode_eval_rows)  # by reference
+    fresh = ("import sys; from ironsight.jobs.variants import decode_eval_rows;"
+             "print([m for m in ('torch', 'torchvision', 'ray') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", fresh], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""The audit's driver assembly (``ironsight.jobs.audit.collect_predictions``) keeps each
+"""The audit's driver assembly (``ironsight.jobs.variants.collect_predictions``) keeps each
 prediction once when Ray Data re-delivers batches, and carries where each row was computed.
 
 Ray Data retries the batches a lost actor (or a lost node) had in flight, so the same
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ironsight.jobs.audit import collect_predictions
+from ironsight.jobs.variants import collect_predictions
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA
 
 
