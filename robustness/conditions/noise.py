@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from ironsight.robustness.conditions.batch import BatchRng
 
+
 def poisson(rng: BatchRng, rates: torch.Tensor) -> torch.Tensor:
     """Poisson counts for ``rates`` (N, ...): image i's from a CPU generator seeded by a draw
     of image i's own (``rng.integers``, replayed after ``rng.rewind()``).
