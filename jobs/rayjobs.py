@@ -42,20 +42,8 @@ from ironsight.cluster.errors import InvalidInput, JobFailed
 if TYPE_CHECKING:  # ray is imported lazily: importing the CLI must not pay for it
     from ray.job_submission import JobSubmissionClient
 
-__all__ = [
-    "ADDRESS_ENV",
-    "AuthRefused",
-    "ClusterUnreachable",
-    "LOG_TAIL_LINES",
-    "TERMINAL",
-    "client_address",
-    "existing_status",
-    "follow",
-    "job_client",
-    "log_tail",
-    "plain_errors",
-    "resolve_address",
-]
+__all__ = ["ADDRESS_ENV", "LOG_TAIL_LINES", "TERMINAL", "AuthRefused", "ClusterUnreachable", "client_address",
+           "existing_status", "follow", "job_client", "log_tail", "plain_errors", "resolve_address"]
 
 # Looked up in this order when --address is not given.
 ADDRESS_ENV = ("IRONSIGHT_JOBS_ADDRESS", "RAY_ADDRESS")

@@ -200,14 +200,20 @@ def test_overlap_skip_or_queue(tmp_path, policy, fired_after_release, skipped) -
         s.close()
 
 
-def test_schedule_command_end_to_end(tmp_path) -> None:
-    """`ironsight schedule` every 2 s on a tiny classify spec for ~10 s, then SIGTERM."""
+def _tiny_classify_spec(tmp_path: Path, name: str, extra: str = "") -> Path:
+    """`spec.yaml` of a classify job `name` over 8 synthetic images into `tmp_path/labels`."""
     synthetic.write_corpus(str(tmp_path / "corpus"), 8, seed=1, rows_per_file=8, row_group_size=8)
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        f"kind: classify\nname: tiny-labels\ninput: {tmp_path / 'corpus'}\n"
+        f"kind: classify\nname: {name}\ninput: {tmp_path / 'corpus'}\n"
         f"output: {tmp_path / 'labels'}\nmodel: demo_cnn\nrandom_weights: true\nactors: 1\n"
-        "batch_size: 8\n")
+        "batch_size: 8\n" + extra)
+    return spec
+
+
+def test_schedule_command_end_to_end(tmp_path) -> None:
+    """`ironsight schedule` every 2 s on a tiny classify spec for ~10 s, then SIGTERM."""
+    spec = _tiny_classify_spec(tmp_path, "tiny-labels")
     db = tmp_path / "history.db"
     env = {**os.environ, "IRONSIGHT_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(
@@ -269,12 +275,7 @@ def test_remote_ticks_submit_once_per_tick_even_from_two_schedulers(authed, tmp_
     from ironsight.jobs.spec_file import load_spec
     from ironsight.jobs.submit import scheduled_submission_id, validated_spec_hash
 
-    synthetic.write_corpus(str(tmp_path / "corpus"), 8, seed=1, rows_per_file=8, row_group_size=8)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"kind: classify\nname: remote-labels\ninput: {tmp_path / 'corpus'}\n"
-        f"output: {tmp_path / 'labels'}\nmodel: demo_cnn\nrandom_weights: true\nactors: 1\n"
-        "batch_size: 8\ndevice: cpu\n")
+    spec = _tiny_classify_spec(tmp_path, "remote-labels", "device: cpu\n")
     tick = utc(2026, 11, 23, 2, 0)
     runs = []
     for state_dir in ("a", "b"):
