@@ -307,7 +307,7 @@ def with_kept(cols: Columns, schema: pa.Schema, keep: Sequence[str] | None,
     """``cols`` with the kept columns resolved against the reference file's schema."""
     if not keep:
         return cols
-    from ironsight.cluster.sink import LABELS_SCHEMA  # the output's own columns
+    from ironsight.cluster.output_format import LABELS_SCHEMA  # the output's own columns
 
     names = schema.names
     if KEEP_ALL in keep:

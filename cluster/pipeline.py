@@ -39,6 +39,7 @@ from ironsight.cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK
 )
 from ironsight.cluster.errors import InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import LoadedModel, ModelSource
+from ironsight.cluster.output_format import stable_hash
 from ironsight.cluster.predictor import (  # noqa: F401  (check_device: re-exported)
     CostProfile,
     Predictor,
@@ -46,7 +47,7 @@ from ironsight.cluster.predictor import (  # noqa: F401  (check_device: re-expor
     measure_cost,
 )
 from ironsight.cluster.progress import Progress, status
-from ironsight.cluster.sink import LabelSink, stable_hash
+from ironsight.cluster.sink import LabelSink
 
 log = logging.getLogger("ironsight")
 

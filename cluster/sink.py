@@ -34,41 +34,9 @@ top level (``.part-<id>.parquet.tmp-<8 hex>``, ``._manifest.json.tmp-…``, …)
 and every sub-folder, stays. A write that fails (disk full, read-only filesystem) is a
 one-line error naming the file and the OS reason; :meth:`LabelSink.close` after it only logs.
 
-Labels schema (:data:`LABELS_SCHEMA`, output format version :data:`FORMAT_VERSION` = 3):
-
-| column             | type                  | meaning                                            |
-|--------------------|-----------------------|----------------------------------------------------|
-| ``id``             | string                | the input row's id (given or derived ``file#row``, or an image file's path relative to INPUT) |
-| ``pred_label``     | int64, null on error  | top-1 class index                                  |
-| ``pred_label_name``| string, null on error | top-1 class name                                   |
-| ``pred_score``     | float32, null on error | top-1 softmax probability                         |
-| ``pred_topk_labels`` | list<int64>         | top-k class indices, best first                    |
-| ``pred_topk_scores`` | list<float32>       | their softmax probabilities                        |
-| ``error``          | string                | null when fine, else ``reason: detail``            |
-| ``pred_worker``    | string                | the predictor actor: ``<node>/<pid>/<gpu ids or ->``, ``<node>`` the first 8 hex digits of its Ray node id |
-| ``decode_worker``  | string                | the decode task's ``<node>/<pid>`` (same node ids)  |
-| (kept columns)     | as in the input       | ``--keep-columns`` copies input columns here, after ``decode_worker`` |
-
-Version 1 named the prediction columns ``label``, ``label_name``, ``score``, ``topk_labels``
-and ``topk_scores``, which collided with a corpus's own ground-truth ``label``; version 2
-prefixes them with ``pred_`` (``id`` and ``error`` describe the row, not the prediction, and
-keep their names). Version 3 adds ``pred_worker`` and ``decode_worker`` (which node, process
-and GPU predicted and decoded each row; the same row may be processed twice after a
-failure, and the row kept names the attempt that was written). Readers that select columns
-by name read versions 2 and 3 alike. An input column kept under one of these names is refused before Ray
-starts. An OUTPUT written by another format version is another job's output: its manifest
-(``version``) and its part files (footer ``ironsight.format_version``, absent in version 1)
-do not match, so it is refused, or replaced with ``--overwrite``; the two are never mixed.
-
-Schema metadata of every part file:
-
-| key                        | value                                                        |
-|----------------------------|--------------------------------------------------------------|
-| ``ironsight.spec_hash``    | the job's output identity (``ironsight.cluster.pipeline.output_rows_hash``, made with :func:`stable_hash`): who wrote this file |
-| ``ironsight.header``       | JSON: input, model name and weights sha256, top-k, versions  |
-| ``ironsight.preprocessing``| JSON: the model's resolved preprocessing (mode, resize, crop, interpolation, mean, std, weights_version), when the header has it |
-| ``ironsight.shard_id``     | the input shard this file labels                             |
-| ``ironsight.format_version`` | :data:`FORMAT_VERSION` (from version 2 on)                 |
+The labels schema, the format version and the footer metadata of every part file are in
+:mod:`ironsight.cluster.output_format`; the lock (``_lock.json``) is
+:mod:`ironsight.cluster.output_lock`.
 """
 
 from __future__ import annotations
@@ -79,10 +47,8 @@ import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,44 +58,24 @@ import pyarrow.parquet as pq
 
 from ironsight.cluster import storage, storage_errors
 from ironsight.cluster.errors import InvalidInput, JobFailed
-from ironsight.cluster.liveness import process_exists, process_identity
-
-LABELS_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("pred_label", pa.int64()),
-        ("pred_label_name", pa.string()),
-        ("pred_score", pa.float32()),
-        ("pred_topk_labels", pa.list_(pa.int64())),
-        ("pred_topk_scores", pa.list_(pa.float32())),
-        ("error", pa.string()),
-        ("pred_worker", pa.string()),
-        ("decode_worker", pa.string()),
-    ]
+from ironsight.cluster.output_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    FORMAT_VERSION_KEY,
+    LABELS_SCHEMA,
+    OLDER_FORMATS,
+    PREPROCESSING_KEY,
+    SPEC_HASH_KEY,
+    WORKER_COLUMNS,
+    output_schema,
+    part_name,
 )
-# Where each row was predicted and decoded (format version 3 on); null when unknown.
-WORKER_COLUMNS = ("pred_worker", "decode_worker")
+from ironsight.cluster.output_lock import LOCK, OutputLock
+
 log = logging.getLogger("ironsight")
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
-LOCK = "_lock.json"
-FORMAT = "ironsight-labels"
-# 2: prediction columns prefixed pred_ (1: label, label_name, score, topk_labels, topk_scores),
-# kept input columns after error. 3: pred_worker and decode_worker after error (kept columns
-# after them). An OUTPUT of another version is another job's output.
-FORMAT_VERSION = 3
-# What an OUTPUT of an older version lacks, for the refusal's message.
-_OLDER_FORMATS = {
-    1: "columns label, score, topk_labels, ... (now pred_label, pred_score, pred_topk_labels, ...)",
-    2: "no pred_worker and decode_worker columns",
-}
-FORMAT_VERSION_KEY = b"ironsight.format_version"
-# A lock whose heartbeat is older than this belongs to a dead run and may be taken over:
-# long enough to survive a stalled driver or a slow object store, short enough that a crashed
-# run blocks its successor for at most two minutes.
-LOCK_STALE_AFTER_S = 120.0
-LOCK_HEARTBEAT_S = 15.0
 # Rewriting the manifest on every commit is O(shards^2) bytes for a large job; the part files
 # are the commit log, so the manifest only needs to be fresh to within a few seconds.
 MANIFEST_FLUSH_S = 5.0
@@ -138,49 +84,6 @@ MANIFEST_FLUSH_S = 5.0
 # What publish_bytes names the temp file of each of our own files; nothing else is a stale temp.
 _OWN_TEMP = re.compile(r"\.(part-.+\.parquet|_manifest\.json|_SUCCESS|_lock\.json)\.tmp-[0-9a-f]{8}")
 _PART = re.compile(r"part-(.+)\.parquet")
-SPEC_HASH_KEY = b"ironsight.spec_hash"
-# JSON of the model's resolved preprocessing (ironsight.cluster.preprocess.Preprocess.to_dict)
-PREPROCESSING_KEY = b"ironsight.preprocessing"
-
-
-def output_schema(kept: pa.Schema | None = None) -> pa.Schema:
-    """:data:`LABELS_SCHEMA` followed by the kept input columns' fields (types as in the input).
-
-    Raises:
-        InvalidInput: a kept column has the name of an output column.
-
-    >>> output_schema(pa.schema([("path", pa.string())])).names[-2:]
-    ['decode_worker', 'path']
-    """
-    fields = list(kept or ())
-    clash = [f.name for f in fields if f.name in LABELS_SCHEMA.names]
-    if clash:
-        raise InvalidInput(
-            f"cannot keep input column(s) {', '.join(map(repr, clash))}: the output already has "
-            f"a column of that name (output columns: {', '.join(LABELS_SCHEMA.names)})"
-        )
-    return pa.schema(list(LABELS_SCHEMA) + fields)
-
-
-def part_name(shard_id: str) -> str:
-    return f"part-{shard_id}.parquet"
-
-
-def stable_hash(fields: dict[str, Any]) -> str:
-    """16 hex digits of sha256 over ``fields`` as canonical JSON (keys sorted): the same
-    fields always give the same hash, in any order.
-
-    The one hash behind both job identities, which hash different fields:
-    ``ironsight.cluster.pipeline.output_rows_hash`` (what decides the output rows: the
-    OUTPUT's owner, ``ironsight.spec_hash`` in footers and manifest) and
-    ``ironsight.jobs.submit.validated_spec_hash`` (every field of a validated spec: submission
-    ids and the history's ``spec_hash`` column).
-
-    >>> stable_hash({"model": "resnet18", "top_k": 5}) == stable_hash({"top_k": 5, "model": "resnet18"})
-    True
-    """
-    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass
@@ -308,7 +211,7 @@ class LabelSink:
             if not overwrite:
                 what = (
                     f"output format version {existing.get('version')} "
-                    f"({_OLDER_FORMATS.get(existing.get('version'), 'another layout')}), and this "
+                    f"({OLDER_FORMATS.get(existing.get('version'), 'another layout')}), and this "
                     f"Ironsight writes version {FORMAT_VERSION}"
                     if stale and old_format
                     else f"spec hash {existing.get('spec_hash')} (model {existing.get('model', {}).get('name')!r}, "
@@ -498,127 +401,3 @@ def _remove_stale_temps(out: storage.Location) -> None:
         path = os.path.join(out.path, name)
         if _OWN_TEMP.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
             os.unlink(path)
-
-
-# Owners of the locks that live OutputLock objects of this process hold (acquired, not yet
-# released). A lock file naming this host and this pid but an owner missing here was left by
-# an earlier run in this process whose release() could not delete it (storage was down).
-_LIVE_OWNERS: set[str] = set()
-_LIVE_OWNERS_GUARD = threading.Lock()
-
-
-@dataclass
-class OutputLock:
-    """One run at a time per OUTPUT: a lock file with a heartbeat that a crash cannot wedge.
-
-    A lock is taken over when its heartbeat is older than :data:`LOCK_STALE_AFTER_S`, when
-    its owner ran on this host and that process no longer exists, or when its owner is this
-    very process but no live :class:`OutputLock` here holds it (an earlier run in this process
-    released it while the storage was unreachable, so the file stayed behind). The lock names
-    its process by pid and identity (``process_start``, :mod:`ironsight.cluster.liveness`): a
-    pid now given to another process, or a lock from before a reboot, counts as gone; a lock
-    from another pid namespace on the same host name (a container) cannot be checked from here
-    and waits for its heartbeat to expire. Locally the file is created with ``O_EXCL`` so two
-    racing runs cannot both win; on S3 (no conditional PUT through pyarrow) the lock is written
-    and read back, which narrows but does not close the race.
-    """
-
-    loc: storage.Location
-    owner: str
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    @classmethod
-    def acquire(cls, out: storage.Location) -> OutputLock:
-        loc = out.join(LOCK)
-        owner = uuid.uuid4().hex
-        body = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
-                "process_start": process_identity(os.getpid())}
-        current = _read_lock(loc)
-        if current is not None and not _lock_is_stale(current):
-            age = time.time() - float(current.get("heartbeat", 0))
-            raise InvalidInput(
-                f"{out.uri} is in use by another run (pid {current.get('pid')} on "
-                f"{current.get('host')}, heartbeat {age:.0f}s ago). Wait for it to finish, or "
-                f"choose another OUTPUT; a crashed run's lock expires after {LOCK_STALE_AFTER_S:.0f}s."
-            )
-        if current is not None:
-            storage.delete(loc)
-        if not _create_exclusive(loc, {**body, "heartbeat": time.time()}):
-            raise InvalidInput(f"{out.uri} was locked by another run a moment ago; try again later")
-        if (_read_lock(loc) or {}).get("owner") != owner:
-            raise InvalidInput(f"{out.uri} was locked by another run a moment ago; try again later")
-        lock = cls(loc=loc, owner=owner)
-        with _LIVE_OWNERS_GUARD:
-            _LIVE_OWNERS.add(owner)
-        lock._thread = threading.Thread(target=lock._beat, args=(body,), daemon=True)
-        lock._thread.start()
-        return lock
-
-    def _beat(self, body: dict) -> None:
-        while not self._stop.wait(LOCK_HEARTBEAT_S):
-            try:
-                storage.publish_bytes(self.loc, json.dumps({**body, "heartbeat": time.time()}).encode())
-            except Exception:  # noqa: BLE001 - a missed heartbeat only shortens the lock's life
-                pass
-
-    def release(self) -> None:
-        """Stop the heartbeat and delete the lock file if it is still ours.
-
-        After this the lock is no longer live in this process even when the delete failed, so a
-        later run here takes the leftover file over at once instead of waiting for it to expire.
-        """
-        self._stop.set()
-        try:
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            if (_read_lock(self.loc) or {}).get("owner") == self.owner:
-                storage.delete(self.loc)
-        finally:
-            with _LIVE_OWNERS_GUARD:
-                _LIVE_OWNERS.discard(self.owner)
-
-
-def _read_lock(loc: storage.Location) -> dict | None:
-    try:
-        return json.loads(storage.read_bytes(loc))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    except (OSError, JobFailed):  # unreachable storage: no lock we can see
-        return None
-
-
-def _lock_is_stale(lock: dict) -> bool:
-    if time.time() - float(lock.get("heartbeat", 0)) > LOCK_STALE_AFTER_S:
-        return True
-    if lock.get("host") == socket.gethostname():
-        if _same_pid(lock.get("pid")):
-            with _LIVE_OWNERS_GUARD:
-                return lock.get("owner") not in _LIVE_OWNERS
-        try:
-            pid = int(lock.get("pid", -1))
-        except (TypeError, ValueError):
-            return False
-        return process_exists(pid, lock.get("process_start")) is False
-    return False
-
-
-def _same_pid(pid: Any) -> bool:
-    try:
-        return int(pid) == os.getpid()
-    except (TypeError, ValueError):
-        return False
-
-
-def _create_exclusive(loc: storage.Location, body: dict) -> bool:
-    data = json.dumps(body).encode()
-    if loc.is_s3:
-        storage.publish_bytes(loc, data)
-        return True
-    try:
-        fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return True

@@ -26,10 +26,10 @@ from ironsight.cluster import reader
 from ironsight.cluster.decode import DEFAULT_MAX_PIXELS, decode_rows, worker_identity
 from ironsight.cluster.engine import decode_task_args, plan_resources
 from ironsight.cluster.errors import JobFailed, ray_error_message
+from ironsight.cluster.output_format import WORKER_COLUMNS
 from ironsight.cluster.predictor import CostProfile, Predictor, as_error, measure_cost
 from ironsight.cluster.preprocess import Preprocess
 from ironsight.cluster.progress import progress
-from ironsight.cluster.sink import WORKER_COLUMNS
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA
 

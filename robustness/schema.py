@@ -19,7 +19,7 @@ One row per (image, condition, severity/eps):
 :func:`validate_predictions` drops, so files written before them read the same):
 ``pred_worker`` (the predictor actor, ``<node>/<pid>/<gpus>``) and ``decode_worker`` (the
 task that decoded and corrupted the image, ``<node>/<pid>``), ``<node>`` the first 8 hex
-digits of the Ray node id (``ironsight.cluster.sink.WORKER_COLUMNS``).
+digits of the Ray node id (``ironsight.cluster.output_format.WORKER_COLUMNS``).
 
 ``report.json`` carries ``"schema_version": REPORT_SCHEMA_VERSION``; bump the minor version
 when keys are added and the major version when keys change meaning or disappear.

@@ -15,7 +15,7 @@ import pytest
 
 from ironsight.cluster import liveness, storage
 from ironsight.cluster.errors import InvalidInput
-from ironsight.cluster.sink import LOCK, OutputLock
+from ironsight.cluster.output_lock import LOCK, OutputLock
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -68,7 +68,7 @@ def test_another_pid_namespace_cannot_be_told() -> None:
     assert liveness.process_exists(os.getpid(), f"pid:[1]/{boot}/{start}") is None
 
 
-# --- the output lock (cluster/sink.py) asks the same question --------------------------------
+# --- the output lock (cluster/output_lock.py) asks the same question ---------------------------
 
 
 def _write_lock(out, **fields) -> None:

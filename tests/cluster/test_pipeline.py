@@ -13,8 +13,8 @@ import pytest
 from ironsight.cluster import synthetic
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.models import ModelSource
+from ironsight.cluster.output_format import LABELS_SCHEMA
 from ironsight.cluster.pipeline import ClassifyConfig, run_classify
-from ironsight.cluster.sink import LABELS_SCHEMA
 
 N_ROWS = 600
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ironsight.cluster import sink as sink_mod
+from ironsight.cluster import output_lock
 from ironsight.cluster.errors import InvalidInput
-from ironsight.cluster.sink import LABELS_SCHEMA, LabelSink
+from ironsight.cluster.output_format import LABELS_SCHEMA
+from ironsight.cluster.sink import LabelSink
 
 
 def rows(ids: list[str], error_at: int | None = None) -> pa.Table:
@@ -117,13 +119,13 @@ def test_a_dead_runs_lock_is_taken_over(tmp_path):
     # a process that exited: its pid no longer exists on this host
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(proc.stdout)
-    lock = {"owner": "x", "host": sink_mod.socket.gethostname(), "pid": dead_pid, "heartbeat": time.time()}
+    lock = {"owner": "x", "host": socket.gethostname(), "pid": dead_pid, "heartbeat": time.time()}
     (tmp_path / "_lock.json").write_text(json.dumps(lock))
     open_sink(tmp_path).close()
 
 
 def test_an_old_heartbeat_expires(tmp_path):
-    lock = {"owner": "x", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - sink_mod.LOCK_STALE_AFTER_S - 5}
+    lock = {"owner": "x", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - output_lock.LOCK_STALE_AFTER_S - 5}
     (tmp_path / "_lock.json").write_text(json.dumps(lock))
     open_sink(tmp_path).close()
 

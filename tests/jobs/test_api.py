@@ -20,8 +20,8 @@ from torch import nn
 import ironsight
 from ironsight.cluster import synthetic
 from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.output_format import WORKER_COLUMNS
 from ironsight.cluster.preprocess import Preprocess
-from ironsight.cluster.sink import WORKER_COLUMNS
 from ironsight.jobs.api import ModuleSource, module_sha256
 from ironsight.jobs.history import HistoryStore
 

@@ -18,8 +18,9 @@ import pytest
 from ironsight.cluster import synthetic
 from ironsight.cluster.corpus import plan_corpus
 from ironsight.cluster.errors import InvalidInput
+from ironsight.cluster.output_format import FORMAT_VERSION, LABELS_SCHEMA, output_schema
 from ironsight.cluster.reader import read_kept
-from ironsight.cluster.sink import FORMAT_VERSION, LABELS_SCHEMA, LabelSink, output_schema
+from ironsight.cluster.sink import LabelSink
 from ironsight.jobs.spec import ClassifyJob
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]

@@ -24,8 +24,9 @@ import pytest
 from ironsight.cluster import synthetic
 from ironsight.cluster.errors import InvalidInput, JobFailed
 from ironsight.cluster.models import ModelSource
+from ironsight.cluster.output_lock import LOCK
 from ironsight.cluster.pipeline import run_classify
-from ironsight.cluster.sink import LOCK, SUCCESS
+from ironsight.cluster.sink import SUCCESS
 from tests.reliability.conftest import (
     IRONSIGHT,
     REPO,
@@ -280,7 +281,9 @@ def test_a_lock_that_cannot_be_deleted_does_not_turn_a_finished_run_into_a_failu
     from fsspec.implementations.local import LocalFileSystem
 
     from ironsight.cluster import storage
-    from ironsight.cluster.sink import LABELS_SCHEMA, LabelSink, OutputLock
+    from ironsight.cluster.output_format import LABELS_SCHEMA
+    from ironsight.cluster.output_lock import OutputLock
+    from ironsight.cluster.sink import LabelSink
 
     class RefusesDeletes(LocalFileSystem):
         def rm_file(self, path):
@@ -413,7 +416,7 @@ def test_sigkill_during_a_shard_publish_then_rerun_is_exactly_once(kill_corpus, 
 HOLD_LOCK = """
 import sys, time
 from ironsight.cluster import storage
-from ironsight.cluster.sink import OutputLock
+from ironsight.cluster.output_lock import OutputLock
 out = storage.resolve(sys.argv[1])
 storage.makedirs(out)
 lock = OutputLock.acquire(out)
@@ -444,7 +447,7 @@ def test_a_second_run_on_a_locked_output_is_refused_and_a_crashed_lock_is_taken_
 
 
 def test_a_lock_from_another_host_expires_when_its_heartbeat_stops(ray_cpu, tmp_path):
-    from ironsight.cluster.sink import LOCK_STALE_AFTER_S
+    from ironsight.cluster.output_lock import LOCK_STALE_AFTER_S
 
     corpus = tmp_path / "in"
     synthetic.write_corpus(str(corpus), 60, seed=1, rows_per_file=60, row_group_size=30, size=32)

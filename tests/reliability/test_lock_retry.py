@@ -17,7 +17,7 @@ import pytest
 
 from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput
-from ironsight.cluster.sink import LOCK, OutputLock
+from ironsight.cluster.output_lock import LOCK, OutputLock
 from tests.reliability.test_faults import FlakyProxy
 
 
