@@ -10,7 +10,7 @@ file and nothing is written locally to be uploaded afterwards.
 | :func:`write_reports`     | ``report.json``, ``report.md``, ``report.html`` |
 | :func:`write_compare_reports` | ``compare.json``, ``compare.md``, ``compare.html`` |
 
-A failed write raises the ``OSError`` (or :class:`~ironsight.cluster.storage.StorageError`)
+A failed write raises the ``OSError`` (or :class:`~ironsight.cluster.storage_errors.StorageError`)
 as it came; the job names OUTPUT in its one-line error.
 """
 
