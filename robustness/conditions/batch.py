@@ -122,13 +122,28 @@ class BatchRng:
                           lambda g: torch.randint(low, high, shape, generator=g))
 
     def poisson(self, rates: torch.Tensor) -> torch.Tensor:
-        """Poisson counts for ``rates`` (N, ...): image i's from its generator, on the CPU.
+        """Poisson counts for ``rates`` (N, ...), drawn on the CPU, returned on ``rates``' device.
 
-        Not replayed by :meth:`rewind` (the rates depend on the severity)."""
+        Image i's counts come from a generator seeded by a draw of image i's own (replayed after
+        :meth:`rewind`), so every severity starts from the same state, as the NumPy definitions
+        did (a fresh generator per severity): a batch and each image alone agree for any list
+        of severities. The counts depend on the rates, hence on the severity.
+
+        >>> import torch
+        >>> rng = BatchRng("doc", ["a", "b"], seed=0)
+        >>> first = rng.poisson(torch.full((2, 4), 5.0))
+        >>> rng.rewind(); bool((rng.poisson(torch.full((2, 4), 5.0)) == first).all())
+        True
+        >>> alone = BatchRng("doc", ["b"], seed=0).poisson(torch.full((1, 4), 5.0))
+        >>> bool((alone[0] == first[1]).all())
+        True
+        """
         import torch
 
+        seeds = self.integers(0, 2**62, 1)[:, 0].tolist()
         cpu = rates.detach().float().cpu()
-        out = torch.stack([torch.poisson(cpu[i], generator=g) for i, g in enumerate(self.generators)])
+        out = torch.stack([torch.poisson(cpu[i], generator=torch.Generator().manual_seed(seed))
+                           for i, seed in enumerate(seeds)])
         return out.to(rates.device, non_blocking=True)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ironsight.robustness.conditions import register_condition
-from ironsight.robustness.conditions.noise import poisson
 
 if TYPE_CHECKING:
     import torch
@@ -123,6 +122,6 @@ def low_light(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     y = ((x - lo) / torch.where(flat, 1.0, hi - lo)).square_().mul_(c).masked_fill_(flat, 0.0)
     # sensor noise, ImageNet-3DCC poisson_gaussian_noise at the same severity
     photons = 10 * (60, 25, 12, 5, 3)[severity - 1]
-    y = (poisson(rng, y * photons) / photons).clamp_(0.0, 1.0)
+    y = (rng.poisson(y * photons) / photons).clamp_(0.0, 1.0)
     read = 0.1 * (0.08, 0.12, 0.18, 0.26, 0.38)[severity - 1]
     return (y + rng.normal(*x.shape[1:]) * read).clamp_(0.0, 1.0)

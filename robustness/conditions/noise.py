@@ -6,7 +6,7 @@ Batched tensor definitions (``x`` (N, 3, H, W) in [0, 1], ``rng`` a
 made before the severity is used, so the five severities of one image share them (common
 random numbers): the same noise field scaled by the severity, the same values flipped (a
 superset at a higher severity). Poisson counts depend on their rates, so on the severity;
-each severity draws them from the same generator state (:func:`poisson`), as NumPy's did.
+each severity draws them from the same generator state (``BatchRng.poisson``), as NumPy's did.
 
 | condition      | draws per value          | definition                                     |
 |----------------|--------------------------|------------------------------------------------|
@@ -28,36 +28,6 @@ if TYPE_CHECKING:
     from ironsight.robustness.conditions.batch import BatchRng
 
 
-def poisson(rng: BatchRng, rates: torch.Tensor) -> torch.Tensor:
-    """Poisson counts for ``rates`` (N, ...): image i's from a CPU generator seeded by a draw
-    of image i's own (``rng.integers``, replayed after ``rng.rewind()``).
-
-    So every severity starts image i's Poisson draws from the same state, as the NumPy
-    definitions did (a fresh ``condition_rng`` per severity): a batch and each image alone
-    agree for any list of severities. (``BatchRng.poisson`` draws on from the generators'
-    current state, so after a first severity it no longer matches the image alone.) The
-    counts depend on the rates, hence on the severity, as NumPy's did. Drawn on the CPU with
-    ``torch.poisson`` (about NumPy's speed), returned on ``rates``' device.
-
-    >>> import torch
-    >>> from ironsight.robustness.conditions.batch import BatchRng
-    >>> rng = BatchRng("doc", ["a", "b"], seed=0)
-    >>> first = poisson(rng, torch.full((2, 4), 5.0))
-    >>> rng.rewind(); bool((poisson(rng, torch.full((2, 4), 5.0)) == first).all())
-    True
-    >>> alone = poisson(BatchRng("doc", ["b"], seed=0), torch.full((1, 4), 5.0))
-    >>> bool((alone[0] == first[1]).all())
-    True
-    """
-    import torch
-
-    seeds = rng.integers(0, 2**62, 1)[:, 0].tolist()
-    cpu = rates.detach().float().cpu()
-    out = torch.stack([torch.poisson(cpu[i], generator=torch.Generator().manual_seed(seed))
-                       for i, seed in enumerate(seeds)])
-    return out.to(rates.device, non_blocking=True)
-
-
 @register_condition("gaussian_noise", family="noise", imagenet_c=True, batched=True,
                     description="ImageNet-C gaussian noise: additive, per pixel and channel")
 def gaussian_noise(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
@@ -71,7 +41,7 @@ def gaussian_noise(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tenso
                     description="ImageNet-C shot noise: Poisson photon counts")
 def shot_noise(x: torch.Tensor, severity: int, rng: BatchRng) -> torch.Tensor:
     c = (60, 25, 12, 5, 3)[severity - 1]
-    return (poisson(rng, x * c) / c).clamp_(0.0, 1.0)
+    return (rng.poisson(x * c) / c).clamp_(0.0, 1.0)
 
 
 @register_condition("impulse_noise", family="noise", imagenet_c=True, batched=True,

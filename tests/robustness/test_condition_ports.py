@@ -18,7 +18,6 @@ torch = pytest.importorskip("torch")
 stats = pytest.importorskip("scipy.stats")
 
 from ironsight.robustness.conditions.lighting import hsv_to_rgb, rgb_to_hsv  # noqa: E402
-from ironsight.robustness.conditions.noise import poisson  # noqa: E402
 
 PORTED = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "brightness",
           "overexposure", "contrast", "saturate", "low_light", "occlusion", "partial_view")
@@ -93,7 +92,7 @@ def test_poisson_draws_repeat_for_each_severity(name):
 def test_shot_noise_counts_are_poisson():
     x = torch.full((2, 3, 100, 100), 0.1)
     rates = x * 60
-    counts = poisson(BatchRng("shot_noise", ["a", "b"], seed=0), rates).flatten().numpy()
+    counts = BatchRng("shot_noise", ["a", "b"], seed=0).poisson(rates).flatten().numpy()
     observed = np.bincount(counts.astype(int), minlength=20)[:20] / counts.size
     np.testing.assert_allclose(observed, stats.poisson.pmf(np.arange(20), 6.0), atol=0.005)
 
