@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ironsight.cluster.errors import (
     EXIT_BROKEN_PIPE,
@@ -84,8 +84,9 @@ EPILOG_COMPARE = textwrap.dedent(
 )
 
 
-# Modules that contribute subcommands: each has ``add_commands(subparsers, formatter)``, and
-# each parser it adds sets ``handler=fn(args) -> exit code`` with ``set_defaults``.
+# Every command's parser sets ``handler=fn(args) -> exit code`` with ``set_defaults``: the
+# commands below in build_parser, and those of these modules, each with
+# ``add_commands(subparsers, formatter)``. _dispatch calls it.
 COMMAND_MODULES: tuple[str, ...] = ("ironsight.jobs.history", "ironsight.jobs.submit", "ironsight.jobs.deploy_cli", "ironsight.jobs.schedule", "ironsight.jobs.pack")
 
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_spec_arguments(p, ClassifyJob)
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.set_defaults(handler=_job_from_flags(ClassifyJob))
 
     p = sub.add_parser(
         "audit",
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_spec_arguments(p, AuditJob)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_job_from_flags(AuditJob))
 
     p = sub.add_parser(
         "compare",
@@ -140,10 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_spec_arguments(p, CompareJob)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_job_from_flags(CompareJob))
 
     p = sub.add_parser("conditions", help="list the registered conditions and attacks", formatter_class=help_formatter)
     csub = p.add_subparsers(dest="conditions_command", metavar="{list}", required=True)
     csub.add_parser("list", help="conditions with their family and description, then attacks and suites")
+    p.set_defaults(handler=_conditions)
 
     p = sub.add_parser(
         "run",
@@ -154,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", metavar="SPEC.yaml")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.set_defaults(handler=_run)
 
     p = sub.add_parser(
         "validate",
@@ -168,15 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="FILE.yaml")
     p.add_argument("--kind", choices=("spec", "gate", "suite", "card"), default=None,
                    help="what FILE.yaml is (default: told from its keys)")
+    p.set_defaults(handler=_validate)
 
     p = sub.add_parser("models", help="list the registered models or show one", formatter_class=help_formatter)
     msub = p.add_subparsers(dest="models_command", metavar="{list,show}", required=True)
     pl = msub.add_parser("list", help="registered models, their input sizes and classes")
     pl.add_argument("filter", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*'")
+    pl.set_defaults(handler=_models_list)
     ps = msub.add_parser("show", help="one model's weights version, preprocessing, classes and size")
     ps.add_argument("name")
     ps.add_argument("--weights-version", default=None, metavar="IMAGENET1K_V1",
                     help="a torchvision weight version other than the DEFAULT (listed by `show NAME`)")
+    ps.set_defaults(handler=_models_show)
 
     p = sub.add_parser(
         "demo",
@@ -195,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit-images", type=int, default=1_000,
                    help="eval images the demo audits with the quick suite; 0 skips the audit (default: 1000)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    p.set_defaults(handler=_demo)
     dsub = p.add_subparsers(dest="demo_command", metavar="{compare}", required=False)
     pc = dsub.add_parser(
         "compare", formatter_class=help_formatter,
@@ -208,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--actors", type=int, default=None, help="predictor actors (default: sized to the cores)")
     pc.add_argument("--retrain", action="store_true", help="train the models even if cached")
     pc.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    pc.set_defaults(handler=_demo_compare)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub, help_formatter)
@@ -283,52 +294,63 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    handler = getattr(args, "handler", None)
-    if handler is not None:
-        return handler(args)
-    if args.command == "classify":
-        spec = spec_from_args(ClassifyJob, args)
-        return _run_classify(spec, _progress(args), verbose=args.verbose)
-    if args.command == "validate":
-        from ironsight.jobs.spec_checks import validate_file
+    return args.handler(args)  # every command sets one (build_parser)
 
-        print(validate_file(args.spec, args.kind))
-        return 0
-    if args.command == "run":
-        spec = load_spec(args.spec, check_files=True)  # a bad card, suite or gate: before Ray
-        if isinstance(spec, CompareJob):
-            return _run_compare(spec, _progress(args), verbose=args.verbose)
-        if isinstance(spec, AuditJob):
-            return _run_audit(spec, _progress(args), verbose=args.verbose)
-        return _run_classify(spec, _progress(args), verbose=args.verbose)
-    if args.command == "audit":
-        return _run_audit(spec_from_args(AuditJob, args), _progress(args), verbose=args.verbose)
-    if args.command == "compare":
-        return _run_compare(spec_from_args(CompareJob, args), _progress(args), verbose=args.verbose)
-    if args.command == "conditions":
-        return _conditions()
-    if args.command == "models":
-        return _models(args)
-    if args.command == "demo" and getattr(args, "demo_command", None) == "compare":
-        from ironsight.jobs.demo import run_demo_compare
 
-        return run_demo_compare(workdir=args.workdir, images=args.images, retrain=args.retrain,
-                                actors=args.actors, progress=_progress(args), verbose=args.verbose)
-    if args.command == "demo":
-        from ironsight.jobs.demo import run_demo
+# --- the commands' handlers: each takes the parsed arguments and returns the exit code -------
 
-        return run_demo(
-            workdir=args.workdir,
-            corpus_size=args.corpus_size,
-            eval_size=args.eval_size,
-            train_size=args.train_size,
-            actors=args.actors,
-            retrain=args.retrain,
-            audit_images=args.audit_images,
-            progress=_progress(args),
-            verbose=args.verbose,
-        )
-    raise InvalidInput(f"unknown command {args.command!r}")
+
+def _job_from_flags(model: type[ClassifyJob | AuditJob | CompareJob]) -> Callable[[argparse.Namespace], int]:
+    """``classify``, ``audit``, ``compare``: the flags validated into the kind's spec, then run."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return _run_job(spec_from_args(model, args), args)
+
+    return handler
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``run SPEC.yaml``: the spec, its card, suite and gate checked before Ray, then run."""
+    return _run_job(load_spec(args.spec, check_files=True), args)
+
+
+def _run_job(spec: ClassifyJob | AuditJob | CompareJob, args: argparse.Namespace) -> int:
+    progress = _progress(args)
+    if isinstance(spec, CompareJob):
+        return _run_compare(spec, progress, verbose=args.verbose)
+    if isinstance(spec, AuditJob):
+        return _run_audit(spec, progress, verbose=args.verbose)
+    return _run_classify(spec, progress, verbose=args.verbose)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ironsight.jobs.spec_checks import validate_file
+
+    print(validate_file(args.spec, args.kind))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ironsight.jobs.demo import run_demo
+
+    return run_demo(
+        workdir=args.workdir,
+        corpus_size=args.corpus_size,
+        eval_size=args.eval_size,
+        train_size=args.train_size,
+        actors=args.actors,
+        retrain=args.retrain,
+        audit_images=args.audit_images,
+        progress=_progress(args),
+        verbose=args.verbose,
+    )
+
+
+def _demo_compare(args: argparse.Namespace) -> int:
+    from ironsight.jobs.demo import run_demo_compare
+
+    return run_demo_compare(workdir=args.workdir, images=args.images, retrain=args.retrain,
+                            actors=args.actors, progress=_progress(args), verbose=args.verbose)
 
 
 def _run_compare(spec: CompareJob, progress: bool | None, *, verbose: bool = False) -> int:
@@ -348,7 +370,7 @@ def _run_classify(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
 def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) -> int:
     result, record, regressions = audit_spec(spec, progress, verbose=verbose)
     # imported after the audit, so that a bad input is refused before torch is imported
-    from ironsight.robustness.report import text_summary
+    from ironsight.robustness.report.text import text_summary
 
     print(text_summary(result.report))
     print(f"reports: {result.paths.get('html')} (and report.json, report.md, predictions.parquet)")
@@ -358,7 +380,7 @@ def _run_audit(spec: AuditJob, progress: bool | None, *, verbose: bool = False) 
     return 0
 
 
-def _conditions() -> int:
+def _conditions(args: argparse.Namespace) -> int:
     from ironsight.robustness.attacks import list_attacks
     from ironsight.robustness.conditions import SEVERITIES, get_condition, list_conditions
     from ironsight.robustness.suites import list_suites
@@ -375,21 +397,25 @@ def _conditions() -> int:
     return 0
 
 
-def _models(args: argparse.Namespace) -> int:
+def _models_list(args: argparse.Namespace) -> int:
     from ironsight.cluster import models
 
-    if args.models_command == "list":
-        rows = models.summary_rows()
-        if args.filter:
-            keep = set(models.list_models(args.filter))
-            rows = [r for r in rows if r[0] in keep]
-        if not rows:
-            raise InvalidInput(f"no registered model matches {args.filter!r}; try `ironsight models list`")
-        widths = [max(len(str(r[i])) for r in rows + [("name", "input", "classes", "")]) for i in range(3)]
-        print(f"{'name':<{widths[0]}}  {'input':<{widths[1]}}  {'classes':>{widths[2]}}  description")
-        for name, size, classes, desc in rows:
-            print(f"{name:<{widths[0]}}  {size!s:<{widths[1]}}  {classes!s:>{widths[2]}}  {desc}")
-        return 0
+    rows = models.summary_rows()
+    if args.filter:
+        keep = set(models.list_models(args.filter))
+        rows = [r for r in rows if r[0] in keep]
+    if not rows:
+        raise InvalidInput(f"no registered model matches {args.filter!r}; try `ironsight models list`")
+    widths = [max(len(str(r[i])) for r in rows + [("name", "input", "classes", "")]) for i in range(3)]
+    print(f"{'name':<{widths[0]}}  {'input':<{widths[1]}}  {'classes':>{widths[2]}}  description")
+    for name, size, classes, desc in rows:
+        print(f"{name:<{widths[0]}}  {size!s:<{widths[1]}}  {classes!s:>{widths[2]}}  {desc}")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from ironsight.cluster import models
+
     print(models.describe(models.get_model_info(args.name, args.weights_version)))
     return 0
 

@@ -27,6 +27,7 @@ from ironsight.jobs.compare import (
     run_compare,
     unique_names,
 )
+from ironsight.jobs.run_spec import config_from_spec, sigterm_interrupts
 
 
 def compare_config_from_spec(spec: Any, progress: bool | None) -> CompareConfig:
@@ -38,15 +39,9 @@ def compare_config_from_spec(spec: Any, progress: bool | None) -> CompareConfig:
     sources = [replace(c.source(), allowed_roots=roots) for c in choices]
     derived = [_derived_name(c) for c in choices]
     names = unique_names([c.name for c in choices], derived)
-    return CompareConfig(
-        input=spec.input, output=spec.output,
-        models=tuple(ModelEntry(n, s) for n, s in zip(names, sources, strict=True)),
-        suite=resolve_suite(spec.suite, spec.severities), label_column=spec.label_column,
-        image_column=spec.image_column, id_column=spec.id_column, max_images=spec.max_images,
-        seed=spec.seed, objective=spec.objective, profile=spec.profile,
-        activation_maps=spec.activation_maps, overwrite=spec.overwrite,
-        batch_size=spec.batch_size, actors=spec.actors, device=spec.device, progress=progress,
-        allowed_roots=roots,
+    return config_from_spec(
+        CompareConfig, spec, models=tuple(ModelEntry(n, s) for n, s in zip(names, sources, strict=True)),
+        suite=resolve_suite(spec.suite, spec.severities), progress=progress,
     )
 
 
@@ -80,7 +75,6 @@ def compare_spec(spec: Any, progress: bool | None, *, verbose: bool = False) -> 
     from ironsight.cluster.raycluster import connect
     from ironsight.jobs.history import RunRecorder
     from ironsight.jobs.observability import job_context
-    from ironsight.jobs.run_spec import sigterm_interrupts
 
     cfg = compare_config_from_spec(spec, progress)
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):

@@ -3,6 +3,7 @@ the job under the run history, with SIGTERM unwinding it like Ctrl-C.
 
 | name                      | what                                                              |
 |---------------------------|-------------------------------------------------------------------|
+| :func:`config_from_spec`  | the run's config dataclass from a spec: shared fields copied by name |
 | :func:`check_before_torch` | INPUT, OUTPUT's bucket, local model files, INPUT's footers: pyarrow only |
 | :func:`classify_spec`     | ``ironsight classify`` / a ``kind: classify`` spec, end to end    |
 | :func:`audit_spec`        | ``ironsight audit`` / a ``kind: audit`` spec, end to end          |
@@ -19,11 +20,15 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from ironsight.cluster.errors import InvalidInput
 from ironsight.jobs.observability import job_context
 from ironsight.jobs.spec import AuditJob, ClassifyJob
+
+C = TypeVar("C")
 
 
 class Terminated(KeyboardInterrupt):
@@ -63,6 +68,33 @@ def sigterm_interrupts() -> Iterator[Callable[[], None]]:
         yield install
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def config_from_spec(config: type[C], spec: BaseModel, **derived: Any) -> C:
+    """The run's configuration (``ClassifyConfig``, ``AuditConfig``, ``CompareConfig``: a
+    dataclass) from a validated spec: every field the spec has of the same name, the allowed
+    roots as :meth:`~ironsight.jobs.spec_roots.WithinRoots.effective_roots` normalises them,
+    then ``derived``: what the spec states another way (the model source, the suite with its
+    severities, the progress display).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Config:
+    ...     input: str
+    ...     output: str
+    ...     top_k: int = 5
+    ...     allowed_roots: tuple[str, ...] = ()
+    ...     progress: bool | None = None
+    >>> job = ClassifyJob(input="s3://b/in", output="s3://b/out", model="resnet18", top_k=3,
+    ...                   random_weights=True, allowed_roots="s3://b/")
+    >>> config_from_spec(Config, job, progress=False)
+    Config(input='s3://b/in', output='s3://b/out', top_k=3, allowed_roots=('s3://b',), progress=False)
+    """
+    shared = {f.name for f in dataclasses.fields(config) if f.init} & set(type(spec).model_fields)
+    values = {name: getattr(spec, name) for name in shared}
+    if "allowed_roots" in shared:
+        values["allowed_roots"] = spec.effective_roots()
+    return config(**{**values, **derived})
 
 
 def check_before_torch(spec: ClassifyJob | AuditJob) -> Any:
@@ -109,24 +141,8 @@ def classify_spec(spec: ClassifyJob, progress: bool | None, *, verbose: bool = F
     from ironsight.cluster.raycluster import connect
     from ironsight.jobs.history import RunRecorder
 
-    cfg = ClassifyConfig(
-        input=spec.input,
-        output=spec.output,
-        source=spec.source() if source is None else source,
-        top_k=spec.top_k,
-        batch_size=spec.batch_size,
-        actors=spec.actors,
-        image_column=spec.image_column,
-        id_column=spec.id_column,
-        max_rows_per_shard=spec.max_rows_per_shard,
-        skip_bad_files=spec.skip_bad_files,
-        overwrite=spec.overwrite,
-        device=spec.device,
-        torch_compile=spec.torch_compile,
-        progress=progress,
-        allowed_roots=spec.effective_roots(),
-        keep_columns=tuple(spec.keep_columns or ()),
-    )
+    cfg = config_from_spec(ClassifyConfig, spec, source=spec.source() if source is None else source,
+                           progress=progress, keep_columns=tuple(spec.keep_columns or ()))
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
         plan = plan_classify(cfg, corpus=corpus)  # the flags; the footers were read above
         model = validate_model(cfg.source)  # the card and weights, before Ray
@@ -153,26 +169,8 @@ def audit_spec(spec: AuditJob, progress: bool | None, *, verbose: bool = False,
     from ironsight.jobs.audit import AuditConfig, plan_audit, resolve_suite, run_audit
     from ironsight.jobs.history import RunRecorder
 
-    cfg = AuditConfig(
-        input=spec.input,
-        output=spec.output,
-        source=spec.source() if source is None else source,
-        suite=resolve_suite(spec.suite, spec.severities),
-        label_column=spec.label_column,
-        image_column=spec.image_column,
-        id_column=spec.id_column,
-        max_images=spec.max_images,
-        seed=spec.seed,
-        baseline=spec.baseline,
-        gate=spec.gate,
-        overwrite=spec.overwrite,
-        activation_maps=spec.activation_maps,
-        batch_size=spec.batch_size,
-        actors=spec.actors,
-        device=spec.device,
-        progress=progress,
-        allowed_roots=spec.effective_roots(),
-    )
+    cfg = config_from_spec(AuditConfig, spec, source=spec.source() if source is None else source,
+                           suite=resolve_suite(spec.suite, spec.severities), progress=progress)
     with sigterm_interrupts() as reinstall, RunRecorder(spec) as record, job_context(spec, record.run_id):
         prepared = plan_audit(cfg, corpus=corpus)  # gate, baseline, model, OUTPUT
         with connect(spec.address, quiet=not verbose):

@@ -218,7 +218,52 @@ class ClassifyJob(ModelChoice, RunOptions, WithinRoots):
         )
 
 
-class AuditJob(ModelChoice, RunOptions, WithinRoots):
+class EvalSetJob(BaseModel):
+    """What an audit and a comparison check alike: their ``suite`` and ``severities`` fields,
+    and the eval set planned as the audit runs it. Declares no field (the kinds declare them, in
+    their ``--help`` order); its validators apply to its subclasses' fields."""
+
+    @field_validator("suite", check_fields=False)
+    @classmethod
+    def _suite_is_a_file(cls, value: str) -> str:
+        return value if is_builtin_suite("suite", value) else _config_file(value, "suite file")
+
+    @field_validator("severities", mode="before", check_fields=False)
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"expected comma-separated integers like 1,3,5, got {value!r}") from None
+        return value
+
+    @field_validator("severities", check_fields=False)
+    @classmethod
+    def _in_range(cls, value: list[int] | None) -> list[int] | None:
+        from ironsight.robustness.conditions import SEVERITIES
+
+        if value is not None:
+            bad = [v for v in value if v not in SEVERITIES]
+            if bad or not value:
+                raise ValueError(f"severities must be among {list(SEVERITIES)}, got {value}")
+        return value
+
+    def plan_input(self) -> Any:
+        """The eval set planned from its footers as the audit will run it (pyarrow only), so
+        that a wrong column is refused before torch is imported; passed on to
+        ``ironsight.jobs.audit.plan_audit``."""
+        from ironsight.cluster import corpus
+
+        return corpus.plan_corpus(
+            self.input, image_column=self.image_column, id_column=self.id_column,
+            label_column=self.label_column, max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
+            allowed_roots=self.effective_roots(),
+            can_skip=False,  # an audit has no skip_bad_files: the refusal must not suggest it
+        )
+
+
+class AuditJob(ModelChoice, RunOptions, WithinRoots, EvalSetJob):
     """Robustness audit: accuracy under conditions x severities and attacks, reports, a gate."""
 
     model_config = ConfigDict(extra="forbid")
@@ -278,45 +323,6 @@ class AuditJob(ModelChoice, RunOptions, WithinRoots):
     def _gate_is_a_file(cls, value: str | None) -> str | None:
         return _config_file(value, "gate file")
 
-    @field_validator("suite")
-    @classmethod
-    def _suite_is_a_file(cls, value: str) -> str:
-        return value if is_builtin_suite("suite", value) else _config_file(value, "suite file")
-
-    @field_validator("severities", mode="before")
-    @classmethod
-    def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return [int(v) for v in value.split(",") if v.strip()]
-            except ValueError:
-                raise ValueError(f"expected comma-separated integers like 1,3,5, got {value!r}") from None
-        return value
-
-    @field_validator("severities")
-    @classmethod
-    def _in_range(cls, value: list[int] | None) -> list[int] | None:
-        from ironsight.robustness.conditions import SEVERITIES
-
-        if value is not None:
-            bad = [v for v in value if v not in SEVERITIES]
-            if bad or not value:
-                raise ValueError(f"severities must be among {list(SEVERITIES)}, got {value}")
-        return value
-
-    def plan_input(self) -> Any:
-        """The eval set planned from its footers as the audit will run it (pyarrow only), so
-        that a wrong column is refused before torch is imported; passed on to
-        ``ironsight.jobs.audit.plan_audit``."""
-        from ironsight.cluster import corpus
-
-        return corpus.plan_corpus(
-            self.input, image_column=self.image_column, id_column=self.id_column,
-            label_column=self.label_column, max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
-            allowed_roots=self.effective_roots(),
-            can_skip=False,  # an audit has no skip_bad_files: the refusal must not suggest it
-        )
-
 
 class CompareModel(ModelChoice):
     """One model of a comparison: a ``models:`` entry of a ``kind: compare`` spec."""
@@ -332,7 +338,7 @@ def _audit_field(name: str) -> Any:
     return AuditJob.model_fields[name]
 
 
-class CompareJob(RunOptions, WithinRoots):
+class CompareJob(RunOptions, WithinRoots, EvalSetJob):
     """Model comparison: several models audited on one eval set and suite, profiled for speed
     and memory, ranked, and one recommended under an objective (``ironsight.jobs.compare``)."""
 
@@ -388,11 +394,6 @@ class CompareJob(RunOptions, WithinRoots):
         "of refusing (only the comparison's files and its models' folders are written)",
     )
     allowed_roots: list[str] | None = allowed_roots_field()
-
-    _suite_is_a_file = field_validator("suite")(AuditJob.__dict__["_suite_is_a_file"].__func__)
-    _split_commas = field_validator("severities", mode="before")(AuditJob.__dict__["_split_commas"].__func__)
-    _in_range = field_validator("severities")(AuditJob.__dict__["_in_range"].__func__)
-    plan_input = AuditJob.plan_input
 
     @field_validator("model_card")
     @classmethod

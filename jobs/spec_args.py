@@ -8,6 +8,7 @@ value is a path (``path``: checked against the allowed roots, resolved against a
 | function              | does                                                              |
 |-----------------------|-------------------------------------------------------------------|
 | :func:`cli_option`    | the field metadata above                                          |
+| :func:`is_path_field` | the field's value is a path (``cli_option(path=True)``)           |
 | :func:`add_spec_arguments` | one ``argparse`` option per field; defaults stay in the model |
 | :func:`spec_from_args` | parsed flags validated into the model; errors name the flag      |
 """
@@ -20,19 +21,29 @@ import typing
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from ironsight.cluster.errors import InvalidInput
 
 
-def cli_option(*, positional: bool = False, metavar: str | None = None, short: str | None = None,
-               path: bool = False, repeat: bool = False) -> dict:
+def cli_option(*, positional: bool = False, metavar: str | None = None, path: bool = False,
+               repeat: bool = False) -> dict:
     """Field metadata: how the field appears on the command line; ``path`` marks a field whose
     value is a file, directory or ``s3://`` URI (checked against the allowed roots); ``repeat``
     a list field whose option is given once per item (``--model-card A.yaml --model-card B.yaml``)."""
-    extra: dict = {"cli": {"positional": positional, "metavar": metavar, "short": short, "repeat": repeat}}
+    extra: dict = {"cli": {"positional": positional, "metavar": metavar, "repeat": repeat}}
     if path:
         extra["path"] = True
     return extra
+
+
+def is_path_field(f: FieldInfo) -> bool:
+    """The field's value is a file, directory or ``s3://`` URI (``cli_option(path=True)``)."""
+    return bool(_extra(f).get("path"))
+
+
+def _extra(f: FieldInfo | None) -> dict:
+    return f.json_schema_extra if f is not None and isinstance(f.json_schema_extra, dict) else {}
 
 
 def _unwrap(tp: Any) -> tuple[Any, bool]:
@@ -51,7 +62,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) 
     default lives; the help text shows it.
     """
     for name, f in model.model_fields.items():
-        extra = (f.json_schema_extra or {}) if isinstance(f.json_schema_extra, dict) else {}
+        extra = _extra(f)
         if "cli" in extra and extra["cli"] is None:
             continue
         cli = extra.get("cli") or {}
@@ -97,8 +108,7 @@ def spec_from_args(model: type[BaseModel], args: argparse.Namespace) -> Any:
 def _flag(model: type[BaseModel], name: str) -> str:
     """How a field is written on the command line: ``--top-k``, or ``INPUT`` for a positional."""
     f = model.model_fields.get(name)
-    extra = (f.json_schema_extra if f is not None and isinstance(f.json_schema_extra, dict) else None) or {}
-    cli = extra.get("cli") or {}
+    cli = _extra(f).get("cli") or {}
     if cli.get("positional"):
         return cli.get("metavar") or name.upper()
     return "--" + name.replace("_", "-")

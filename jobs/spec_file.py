@@ -25,6 +25,7 @@ from ironsight.cluster.yamlfile import (
     validate_config,
 )
 from ironsight.jobs.spec import SPEC_KINDS, AuditJob, ClassifyJob, CompareJob
+from ironsight.jobs.spec_args import is_path_field
 
 
 def load_spec(path: str, *, check_files: bool = False) -> ClassifyJob | AuditJob:
@@ -107,9 +108,8 @@ def resolve_relative_paths(data: dict[str, Any], model: type[BaseModel], base: s
     out = dict(data)
     written: dict[str, str] = {}
     for name, f in model.model_fields.items():
-        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
         value = out.get(name)
-        if not extra.get("path") or not _is_relative_local(value):
+        if not is_path_field(f) or not _is_relative_local(value):
             continue
         if name == "suite" and not ("/" in value or value.endswith((".yaml", ".yml"))
                                     or os.path.lexists(_join(base, value))):

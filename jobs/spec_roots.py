@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ironsight.cluster import paths
-from ironsight.jobs.spec_args import cli_option
+from ironsight.jobs.spec_args import cli_option, is_path_field
 
 
 def allowed_roots_field() -> Any:
@@ -101,9 +101,8 @@ class WithinRoots(BaseModel):
             return self
         where = "allowed_roots" if spec_roots else paths.ENV_ALLOWED_ROOTS
         for name, f in type(self).model_fields.items():
-            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
             value = getattr(self, name)
-            if not extra.get("path") or not isinstance(value, str) or is_builtin_suite(name, value):
+            if not is_path_field(f) or not isinstance(value, str) or is_builtin_suite(name, value):
                 continue  # a list of paths (CompareJob's) is checked by its model
             why = paths.check_within(value, roots)
             if why:

@@ -141,20 +141,3 @@ def test_a_model_the_maps_fail_on_still_gets_its_examples(setup, ironsight_log):
     assert report["examples"]["activation_maps"] is None
     assert "activation maps failed (RuntimeError: this exported graph has no backward)" in ironsight_log.text
     assert "no activation maps (RuntimeError: this exported graph has no backward)" in example_lines(report)[0]
-
-
-def test_no_activation_maps_is_a_flag_and_a_spec_key():
-    import argparse
-
-    from ironsight.jobs.spec import AuditJob
-    from ironsight.jobs.spec_args import add_spec_arguments
-
-    parser = argparse.ArgumentParser()
-    add_spec_arguments(parser, AuditJob)
-    base = {"model": "demo_cnn", "random_weights": True}
-    off = AuditJob(**vars(parser.parse_args(["in", "out", "--no-activation-maps"])), **base)
-    on = AuditJob(**vars(parser.parse_args(["in", "out"])), **base)
-    assert (off.activation_maps, on.activation_maps) == (False, True)
-    assert AuditJob(input="in", output="out", activation_maps=False, **base).activation_maps is False
-    with pytest.raises(SystemExit):
-        parser.parse_args(["in", "out", "--activation-maps"])  # on by default: only the --no- flag exists

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -79,6 +80,26 @@ def test_models_list_and_show():
     assert "224" in show.stdout and "1000" in show.stdout
 
 
+def test_every_command_names_its_handler():
+    """One dispatch idiom: each command's parser sets ``handler`` (the built-in commands and the
+    command modules' alike); a leaf command inherits its parent's (``conditions list``)."""
+    from ironsight.jobs import cli, cli_parser
+
+    root = cli.build_parser()
+    handlers = {}
+    for path, parser in cli_parser._walk(root):
+        if path:
+            handlers[path] = parser.get_default("handler") or handlers.get(path[:-1])
+    leaves = [path for path, parser in cli_parser._walk(root) if path and not any(
+        isinstance(a, argparse._SubParsersAction) and a.required for a in parser._actions)]
+    assert {("classify",), ("run",), ("validate",), ("models", "show"), ("demo", "compare"),
+            ("conditions", "list"), ("history",)} <= set(leaves)
+    assert [p for p in leaves if not callable(handlers[p])] == []
+    # the handler is what runs: `models show` reaches _models_show through _dispatch alone
+    args = root.parse_args(["models", "show", "demo_cnn"])
+    assert args.handler is cli._models_show
+
+
 def test_classify_end_to_end_and_rerun_is_a_no_op(small_corpus, tmp_path):
     out = tmp_path / "labels"
     args = ["classify", small_corpus, str(out), "--model", "demo_cnn", "--random-weights", "--no-progress"]
@@ -124,23 +145,6 @@ def test_sigkill_mid_run_then_rerun_resumes_exactly_once(tmp_path):
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, name
     assert f"{len(committed)} already committed" in resumed.stdout
     assert (out / "_SUCCESS").is_file()
-
-
-def test_torch_compile_is_a_flag_and_a_spec_key():
-    import argparse
-
-    from ironsight.jobs.spec import ClassifyJob
-    from ironsight.jobs.spec_args import add_spec_arguments, spec_from_args
-
-    parser = argparse.ArgumentParser()
-    add_spec_arguments(parser, ClassifyJob)
-    assert "--torch-compile" in parser.format_help()
-    spec = spec_from_args(ClassifyJob, parser.parse_args(["in", "out", "--model", "demo_cnn", "--random-weights",
-                                                            "--torch-compile"]))
-    assert spec.torch_compile is True
-    base = {"input": "i", "output": "o", "model": "demo_cnn", "random_weights": True}
-    assert ClassifyJob.model_validate(base).torch_compile is False
-    assert ClassifyJob.model_validate({**base, "torch_compile": True}).torch_compile is True
 
 
 @pytest.mark.slow

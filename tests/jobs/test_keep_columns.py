@@ -21,7 +21,6 @@ from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.output_format import FORMAT_VERSION, LABELS_SCHEMA, output_schema
 from ironsight.cluster.reader import read_kept
 from ironsight.cluster.sink import LabelSink
-from ironsight.jobs.spec import ClassifyJob
 
 IRONSIGHT = [sys.executable, "-m", "ironsight.jobs.cli"]
 T0 = datetime.datetime(2026, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
@@ -93,14 +92,6 @@ def test_a_kept_column_must_have_one_type_in_every_file(tmp_path):
     with pytest.raises(InvalidInput, match="b.parquet: schema differs .* kept column 'url' is int64"):
         plan_corpus(corpus, keep_columns=["url"])
     assert plan_corpus(corpus).num_rows == 7  # url is not read without keep_columns
-
-
-def test_the_spec_key_and_the_flag_split_commas():
-    spec = ClassifyJob(input="in/", output="out/", model="demo_cnn", random_weights=True,
-                       keep_columns="path, url")
-    assert spec.keep_columns == ["path", "url"]
-    assert "keep_columns" not in ClassifyJob(input="in/", output="out/", model="demo_cnn",
-                                             random_weights=True).model_dump(mode="json")
 
 
 def _sink(tmp_path, spec="a" * 16, **kw):
