@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ironsight.cluster.errors import InvalidInput
 from ironsight.cluster.predictor import CostProfile
@@ -203,3 +207,189 @@ def _fit_nodes(per: float, actors: int, decode: float, nodes: list[float]) -> fl
         return per
     room = (min(usable) - decode) / math.ceil(actors / len(usable))
     return min(per, max(0.01, math.floor(100 * room) / 100))
+
+
+# ---- the stream: shards -> decode tasks -> predictor actors --------------------------------
+
+def decoded(shards: Sequence[int], decode: Callable[..., Iterator[dict]], decode_kwargs: dict[str, Any]) -> Any:
+    """A Ray Dataset of ``decode`` run once per shard index of ``shards``, as CPU tasks.
+
+    ``decode(items, **decode_kwargs)`` is a Ray Data UDF: ``items["shard"]`` holds one shard
+    index; it yields decoded blocks (``image`` (N, H, W, 3) uint8, ``error`` and the columns the
+    predictor passes through). The tasks are :func:`decode_task_args` (one CPU, a memory
+    request: a separate operator from the predictors). Ironsight's decode functions:
+    ``ironsight.cluster.decode.read_and_decode`` (classify) and
+    ``ironsight.jobs.variants.decode_eval_rows`` (audit, compare).
+    """
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the job's own progress is shown
+    items = ray.data.from_items([{"shard": int(i)} for i in shards], override_num_blocks=len(shards))
+    return items.map_batches(decode, batch_size=1, fn_kwargs=decode_kwargs, **decode_task_args())
+
+
+def predicted(ds: Any, predictor: type, predictor_kwargs: dict[str, Any], res: dict[str, Any], *,
+              batch_size: int) -> Any:
+    """``ds`` through a pool of ``predictor`` actors sized by ``res`` (:func:`plan_resources`).
+
+    ``predictor(**predictor_kwargs, device=res["device"], cpu_threads=res["threads"])`` is built
+    once per actor (``ironsight.cluster.predictor.Predictor`` or a subclass) and called with
+    batches of ``batch_size`` rows. Ray Data restarts a killed actor and retries its in-flight
+    batches (``max_restarts=-1``, ``max_task_retries=-1``): the duplicates that may make are
+    dropped by :func:`drain`.
+    """
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
+        predictor,
+        fn_constructor_kwargs={**predictor_kwargs, "device": res["device"], "cpu_threads": res.get("threads")},
+        compute=ActorPoolStrategy(size=res["size"]),
+        num_gpus=res["num_gpus"],
+        num_cpus=res["num_cpus"],
+        batch_size=batch_size,
+    )
+
+
+def batches(ds: Any, *, prefetch_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """``ds``'s batches as the actors made them (no re-batching), in NumPy: what :func:`drain`
+    takes. ``ds`` is anything with Ray Data's ``iter_batches`` (tests pass a stand-in);
+    ``prefetch_batches`` is passed on when given."""
+    extra = {} if prefetch_batches is None else {"prefetch_batches": prefetch_batches}
+    return ds.iter_batches(batch_size=None, batch_format="numpy", **extra)
+
+
+# ---- the driver's exactly-once drain -----------------------------------------------------
+
+class ShardRows:
+    """Dedupe key ``(shard, row)`` (classify): a bitmap per shard being assembled.
+
+    A row is fresh the first time it arrives; a row repeated within a batch counts once. When
+    a shard is whole the caller calls :meth:`done`: its bitmap is freed, and any later row of
+    it is a duplicate (a batch Ray retried after the shard was committed). Memory: one byte per
+    row of the shards in flight.
+
+    >>> from types import SimpleNamespace as S
+    >>> rows = ShardRows([S(index=0, row_start=0, num_rows=3), S(index=1, row_start=3, num_rows=2)])
+    >>> rows({"shard": np.array([0, 0, 1, 0]), "row": np.array([0, 1, 3, 0])}).tolist()
+    [True, True, True, False]
+    >>> rows.done(1); rows({"shard": np.array([1, 0]), "row": np.array([4, 2])}).tolist()
+    [False, True]
+    """
+
+    def __init__(self, shards: Iterable[Any]) -> None:
+        self._shape = {s.index: (s.row_start, s.num_rows) for s in shards}
+        self._seen: dict[int, np.ndarray] = {}
+        self._done: set[int] = set()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        shards = batch["shard"]
+        fresh = np.zeros(len(shards), bool)
+        for shard_index in np.unique(shards):
+            index = int(shard_index)
+            if index in self._done:
+                continue
+            at = np.flatnonzero(shards == shard_index)
+            start, n = self._shape[index]
+            rows = batch["row"][at] - start
+            seen = self._seen.get(index)
+            if seen is None:
+                seen = self._seen[index] = np.zeros(n, bool)
+            new = ~seen[rows]
+            _, first = np.unique(rows, return_index=True)  # a row repeated within this batch counts once
+            once = np.zeros(len(rows), bool)
+            once[first] = True
+            new &= once
+            seen[rows[new]] = True
+            fresh[at[new]] = True
+        return fresh
+
+    def done(self, index: int) -> None:
+        """Shard ``index`` is whole: free its bitmap; its rows are duplicates from now on."""
+        self._seen.pop(index, None)
+        self._done.add(index)
+
+
+class KeySet:
+    """Dedupe key: a tuple of columns (the audit: ``row, kind, condition, severity, eps``).
+
+    The keys seen are held in a set (~100 bytes a key: for eval sets, not corpora). A batch
+    without a column uses its ``fallback`` column instead (``{"row": "id"}``: batches from
+    before rows had keys).
+
+    >>> keys = KeySet(("row", "kind"), fallback={"row": "id"})
+    >>> keys({"row": np.array([1, 1, 2]), "kind": np.array(["a", "a", "a"], object)}).tolist()
+    [True, False, True]
+    >>> len(keys)
+    2
+    """
+
+    def __init__(self, columns: Sequence[str], *, fallback: dict[str, str] | None = None) -> None:
+        self.columns = tuple(columns)
+        self.fallback = dict(fallback or {})
+        self._seen: set[tuple] = set()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        cols = [batch[c if c in batch else self.fallback[c]].tolist() for c in self.columns]
+        n = len(cols[0]) if cols else 0
+        fresh = np.zeros(n, bool)
+        seen = self._seen
+        for i, key in enumerate(zip(*cols, strict=True)):
+            if key not in seen:
+                seen.add(key)
+                fresh[i] = True
+        return fresh
+
+
+@dataclass
+class Drained:
+    """What :func:`drain` saw: rows kept and dropped, seconds waiting for Ray Data."""
+
+    kept: int = 0
+    dropped: int = 0
+    wait_s: float = 0.0
+
+
+def drain(batches: Iterable[dict[str, np.ndarray]], *, dedupe: Callable[[dict[str, np.ndarray]], np.ndarray],
+          keep: Callable[[dict[str, np.ndarray]], None], after_batch: Callable[[], None] | None = None) -> Drained:
+    """The driver's loop over predicted batches: each row kept once, the first time it arrives.
+
+    | step | what |
+    |------|------|
+    | wait | ``next(batches)`` (timed: :attr:`Drained.wait_s`) |
+    | dedupe | ``dedupe(batch)``: a bool mask of the rows not seen before (:class:`ShardRows`, :class:`KeySet`); the rest are counted as dropped |
+    | keep | ``keep(rows)`` with the fresh rows only (the batch itself when all are fresh; not called when none are): classify assembles shards and commits them, the audit collects a table |
+    | after | ``after_batch()`` after every batch (classify books the commits that returned) |
+
+    Ray Data retries the batches a lost actor or node had in flight, so the same rows can come
+    twice; dropping them here is what makes every job's output exactly-once. When the loop
+    stops, returning or raising, Ray Data's iterator is closed: its ``finally`` shuts the
+    executor down (actors, tasks, their CPUs). On an error the traceback keeps the iterator
+    alive, and a rerun in the same Ray (a resume from Python) would otherwise find the failed
+    run's actors still holding the CPUs and wait forever.
+    """
+    stats = Drained()
+    clock = time.perf_counter
+    it = iter(batches)
+    try:
+        while True:
+            t0 = clock()
+            batch = next(it, None)
+            stats.wait_s += clock() - t0
+            if batch is None:
+                break
+            fresh = dedupe(batch)
+            kept = int(fresh.sum())
+            stats.kept += kept
+            stats.dropped += len(fresh) - kept
+            if kept:
+                keep(batch if kept == len(fresh) else {k: v[fresh] for k, v in batch.items()})
+            if after_batch is not None:
+                after_batch()
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    return stats

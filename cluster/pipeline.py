@@ -4,6 +4,11 @@
         ──► Predictor actor pool (one per GPU, model loaded once) ──► driver: per-shard
         assembly, dedupe by (shard, row), atomic commit when a shard is whole ──► _SUCCESS
 
+The stream, its resource plan and the driver's exactly-once loop are the engine's
+(:mod:`ironsight.cluster.engine`, shared with the audit); this module says what classify
+decodes (``read_and_decode``), predicts (:class:`Predictor`) and does with the rows it keeps
+(:func:`_assemble`: whole shards committed on threads).
+
 The driver is the only committer. Results are small (ids and top-k), so it assembles each
 shard in memory until all of its rows have arrived, then publishes it through
 :class:`ironsight.cluster.sink.LabelSink`. Rows are keyed by ``(shard, row)``: if Ray re-delivers output
@@ -29,23 +34,11 @@ import pyarrow as pa
 
 from ironsight.cluster import corpus as corpus_mod
 from ironsight.cluster import engine, paths, reader
-from ironsight.cluster.decode import (  # noqa: F401  (decode_rows, DECODE_BLOCK_ROWS: ironsight.jobs.audit imports them from here)
-    DECODE_BLOCK_ROWS,
-    DEFAULT_MAX_PIXELS,
-    as_error,
-    count_reasons,
-    decode_rows,
-    read_and_decode,
-)
+from ironsight.cluster.decode import DEFAULT_MAX_PIXELS, as_error, count_reasons, read_and_decode
 from ironsight.cluster.errors import InvalidInput, JobFailed, ray_error_message
 from ironsight.cluster.models import LoadedModel, ModelSource
 from ironsight.cluster.output_format import stable_hash
-from ironsight.cluster.predictor import (  # noqa: F401  (check_device: re-exported)
-    CostProfile,
-    Predictor,
-    check_device,
-    measure_cost,
-)
+from ironsight.cluster.predictor import Predictor, measure_cost
 from ironsight.cluster.progress import Progress, status
 from ironsight.cluster.sink import LabelSink
 
@@ -148,7 +141,6 @@ class _Partial:
     """A shard being assembled in the driver."""
 
     expected: int
-    seen: np.ndarray  # (expected,) bool, indexed by row - row_start
     parts: list[dict[str, np.ndarray]] = field(default_factory=list)
     count: int = 0
 
@@ -346,45 +338,21 @@ def _stream(
     sink: LabelSink,
     summary: ClassifySummary,
 ) -> None:
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours is rows/images-per-second aware and shard-exact
+    """Classify's stream on the engine: ``read_and_decode`` tasks, :class:`Predictor` actors,
+    :func:`_assemble` in the driver."""
     # CPU actors are sized from this job's measured costs per image (measure_cost: ~1-3 s)
     res = engine.plan_resources(cfg.actors, cfg.device, inputs=len(pending),
-                         cost=lambda: measure_cost(model, plan, max_pixels=cfg.max_pixels))
-    items = ray.data.from_items(
-        [{"shard": s.index} for s in pending], override_num_blocks=len(pending)
-    )
-    decoded = items.map_batches(
-        read_and_decode,
-        batch_size=1,
-        fn_kwargs={"plan": plan, "preprocess": model.info.preprocess, "max_pixels": cfg.max_pixels},
-        **engine.decode_task_args(),  # a separate operator from the predictors (see decode_task_args)
-    )
-    predicted = decoded.map_batches(
-        Predictor,
-        fn_constructor_kwargs={
-            "source": cfg.source,
-            "top_k": cfg.top_k,
-            "device": res["device"],
-            "cpu_threads": res.get("threads"),
-            "torch_compile": cfg.torch_compile,
-            # decode_worker: the node/pid that decoded each row, into the output (_shard_table)
-            "passthrough": ("id", "shard", "row", "decode_worker"),
-        },
-        compute=ActorPoolStrategy(size=res["size"]),
-        num_gpus=res["num_gpus"],
-        num_cpus=res["num_cpus"],
-        batch_size=cfg.batch_size,
-        # Ray Data restarts a killed actor and retries its in-flight batches by default
-        # (max_restarts=-1, max_task_retries=-1); duplicates this may produce are dropped by
-        # (shard, row) below.
-    )
+                                cost=lambda: measure_cost(model, plan, max_pixels=cfg.max_pixels))
+    decoded = engine.decoded([s.index for s in pending], read_and_decode,
+                             {"plan": plan, "preprocess": model.info.preprocess, "max_pixels": cfg.max_pixels})
+    predicted = engine.predicted(decoded, Predictor, {
+        "source": cfg.source, "top_k": cfg.top_k, "torch_compile": cfg.torch_compile,
+        # decode_worker: the node/pid that decoded each row, into the output (_shard_table)
+        "passthrough": ("id", "shard", "row", "decode_worker"),
+    }, res, batch_size=cfg.batch_size)
     started = time.monotonic()
-    batches = predicted.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-    timing = _assemble(batches, plan, model, pending, sink, summary, cfg.progress)
+    timing = _assemble(engine.batches(predicted, prefetch_batches=2), plan, model, pending, sink, summary,
+                       cfg.progress)
     log.debug("streamed %d shards in %.1fs; the driver spent %.1fs assembling and committing "
               "and %.1fs waiting for batches", len(pending), time.monotonic() - started,
               timing["busy_s"], timing["wait_s"], extra={"driver": timing})
@@ -399,9 +367,12 @@ def _assemble(
     summary: ClassifySummary,
     progress_enabled: bool | None,
 ) -> dict[str, float]:
-    """The driver's loop: assemble predicted batches into shards, commit each when whole.
+    """Classify's side of the engine's drain: assemble predicted rows into shards, commit each
+    when whole.
 
-    Rows are deduplicated by ``(shard, row)``; ``summary`` is updated as shards commit.
+    :func:`ironsight.cluster.engine.drain` keeps each ``(shard, row)`` once
+    (:class:`~ironsight.cluster.engine.ShardRows`; a row of a shard already committed is a
+    duplicate too) and hands the fresh rows here; ``summary`` is updated as shards commit.
     Returns where the driver's time went, in wall seconds:
 
     | key        | time spent                                                          |
@@ -426,6 +397,7 @@ def _assemble(
     """
     by_index = {s.index: s for s in pending}
     partial: dict[int, _Partial] = {}
+    once = engine.ShardRows(pending)
     class_names = model.info.class_names
     progress = Progress(sum(s.num_rows for s in pending), progress_enabled)
     errors_by_reason: Counter[str] = Counter(summary.errors_by_reason)
@@ -434,7 +406,7 @@ def _assemble(
     # check covers the first DUPLICATE_CHECK_ROWS rows (40 MB) and driver memory stays bounded.
     id_hashes: list[np.ndarray] = []
     hashed = 0
-    wait_s = commit_wait_s = 0.0
+    commit_wait_s = 0.0
     spent = [0.0, 0.0]  # seconds inside sink.commit, wall and CPU, over the commit threads
     clock = time.perf_counter
     began, cpu_began = clock(), time.process_time()
@@ -471,54 +443,34 @@ def _assemble(
             count_reasons(table.column("error").to_pylist(), errors_by_reason)
             progress.update(rec.rows, rec.errors)
 
+    def keep(batch: dict[str, np.ndarray]) -> None:
+        """Fresh rows into their shards; a whole shard goes to a commit thread."""
+        shards_col = batch["shard"]
+        for shard_index in np.unique(shards_col):
+            shard = by_index[int(shard_index)]
+            sel = shards_col == shard_index
+            part = {k: v[sel] for k, v in batch.items()}
+            p = partial.get(shard.index)
+            if p is None:
+                p = partial[shard.index] = _Partial(shard.num_rows)
+            p.parts.append(part)
+            p.count += int(sel.sum())
+            workers.update(part["worker"].tolist())
+            if p.count == p.expected:
+                kept = reader.read_kept(plan, shard) if plan.keep_columns else None
+                table = _shard_table(p.parts, class_names, kept)
+                inflight.append((pool.submit(commit, shard.shard_id, table), table))
+                del partial[shard.index]
+                once.done(shard.index)
+
     pool = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="ironsight-commit")
-    it = iter(batches)
     try:
-        while True:
-            t0 = clock()
-            batch = next(it, None)
-            wait_s += clock() - t0
-            if batch is None:
-                break
-            shards_col = batch["shard"]
-            for shard_index in np.unique(shards_col):
-                shard = by_index[int(shard_index)]
-                sel = shards_col == shard_index
-                rows = batch["row"][sel] - shard.row_start
-                p = partial.get(shard.index)
-                if p is None:
-                    p = partial[shard.index] = _Partial(shard.num_rows, np.zeros(shard.num_rows, bool))
-                fresh = ~p.seen[rows]
-                # a row repeated within this batch counts once too
-                _, first = np.unique(rows, return_index=True)
-                keep_once = np.zeros(len(rows), bool)
-                keep_once[first] = True
-                fresh &= keep_once
-                summary.duplicates_dropped += int((~fresh).sum())
-                if not fresh.any():
-                    continue
-                p.seen[rows[fresh]] = True
-                part = {k: v[sel][fresh] for k, v in batch.items()}
-                p.parts.append(part)
-                p.count += int(fresh.sum())
-                workers.update(part["worker"].tolist())
-                if p.count == p.expected:
-                    kept = reader.read_kept(plan, shard) if plan.keep_columns else None
-                    table = _shard_table(p.parts, class_names, kept)
-                    inflight.append((pool.submit(commit, shard.shard_id, table), table))
-                    del partial[shard.index]
-            settle(block=False)
+        drained = engine.drain(batches, dedupe=once, keep=keep, after_batch=lambda: settle(block=False))
         settle(block=True)
     finally:
         # no commit outlives this call: the sink closes and releases OUTPUT's lock next
         pool.shutdown(wait=True, cancel_futures=True)
-        # Ray Data's iterator is a generator whose `finally` shuts its executor down (actors,
-        # tasks, their CPUs). Close it now: on an error the traceback keeps this frame, and with
-        # it `it`, alive, so a rerun in the same Ray (a resume from Python) would find the failed
-        # run's actors still holding the CPUs and wait forever.
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+    summary.duplicates_dropped += drained.dropped
     progress.close()
     sink.flush_manifest(force=True)
     summary.errors_by_reason = dict(errors_by_reason)
@@ -529,6 +481,7 @@ def _assemble(
     if partial:
         incomplete = {by_index[i].shard_id: f"{p.count}/{p.expected}" for i, p in partial.items()}
         raise JobFailed(f"shards ended incomplete (rows seen/expected): {incomplete}")
+    wait_s = drained.wait_s
     return {"busy_s": clock() - began - wait_s, "wait_s": wait_s, "commit_s": spent[0],
             "commit_cpu_s": spent[1], "commit_wait_s": commit_wait_s, "cpu_s": time.process_time() - cpu_began}
 

@@ -115,3 +115,15 @@ def test_threaded_commits_into_a_real_sink_write_every_row_once(plan, tmp_path):
     with open(tmp_path / "out" / "_manifest.json") as f:
         manifest = json.load(f)
     assert manifest["committed_rows"] == 60 and len(manifest["shards"]) == 3
+
+
+def test_a_batch_redelivered_after_its_shard_was_committed_is_dropped_not_a_failure(plan):
+    """Ray Data may retry an actor task whose outputs already arrived (a bundle of blocks from
+    several shards, the actor lost after the first shard's batches): those rows come again after
+    their shard was committed. They are duplicates, not the start of an incomplete shard."""
+    first = next(_batches(plan))
+    redelivered = [*_batches(plan), {k: v.copy() for k, v in first.items()}]
+    sink, summary = StubSink(), _summary(plan)
+    pipeline._assemble(iter(redelivered), plan, MODEL, plan.shards, sink, summary, False)
+    assert sorted(sink.done) == sorted(s.shard_id for s in plan.shards)  # each committed once
+    assert (summary.rows, summary.duplicates_dropped) == (60, 20)
