@@ -83,6 +83,10 @@ def resolve_address(address: str | None) -> str:
     )
 
 
+# A Ray auth token is a few dozen characters; more means RAY_AUTH_TOKEN_PATH names the wrong file.
+MAX_TOKEN_BYTES = 4096
+
+
 def _token() -> str | None:
     """The auth token, looked up as Ray does; None when there is none. Never log the result."""
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
@@ -93,8 +97,13 @@ def _token() -> str | None:
         default = Path.home() / ".ray" / "auth_token"
         path = str(default) if default.is_file() else None
     if path:
+        from ironsight.cluster.storage import check_regular_file
+
+        full = str(Path(path).expanduser())
         try:
-            token = Path(path).expanduser().read_text().strip()
+            check_regular_file(full, "RAY_AUTH_TOKEN_PATH")  # a FIFO or /dev/zero would hang here
+            with open(full, "rb") as f:
+                token = f.read(MAX_TOKEN_BYTES + 1).decode("utf-8", "replace").strip()
         except OSError as exc:
             raise InvalidInput(
                 f"RAY_AUTH_TOKEN_PATH={path} cannot be read ({exc.strerror}); point it at the "
@@ -102,6 +111,9 @@ def _token() -> str | None:
             ) from None
         if not token:
             raise InvalidInput(f"token file {path} is empty; write the cluster's token into it")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise InvalidInput(f"token file {path} holds more than {MAX_TOKEN_BYTES} bytes; it should "
+                               "hold the cluster's token only")
         return token
     return None
 
