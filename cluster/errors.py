@@ -133,7 +133,7 @@ def close_matches(name: object, names: Iterable[str], *, n: int = 1, cutoff: flo
 
     The one home of "which valid name did the user mean" (columns, conditions, keys, models,
     flags, files): messages built on it suggest alike. A light module, so a decode worker may
-    use it without importing torch or albumentations.
+    use it without importing torch.
 
     >>> close_matches("lable", ["label", "image", "id"])
     ['label']

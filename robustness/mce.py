@@ -122,7 +122,7 @@ def imagenet_mce_reason(class_names: Sequence[str]) -> str | None:
 def _registry_imagenet_c(names: Sequence[str]) -> set[str]:
     """The names whose registry tag says ImageNet-C (``Condition.imagenet_c``); names that are
     not registered (a caller's own condition) are not ImageNet-C."""
-    from ironsight.robustness import conditions as registry  # albumentations: imported on use
+    from ironsight.robustness import conditions as registry  # torch: imported on first use
 
     out = set()
     for name in names:
