@@ -22,9 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from ironsight.cluster import corpus as corpus_mod
-from ironsight.cluster import reader
+from ironsight.cluster import engine, reader
 from ironsight.cluster.decode import DEFAULT_MAX_PIXELS, decode_rows, worker_identity
-from ironsight.cluster.engine import decode_task_args, plan_resources
 from ironsight.cluster.errors import JobFailed, ray_error_message
 from ironsight.cluster.output_format import WORKER_COLUMNS
 from ironsight.cluster.predictor import CostProfile, Predictor, as_error, measure_cost
@@ -42,6 +41,8 @@ log = logging.getLogger("ironsight")
 # An eval-set row's key: shard index << ROW_KEY_BITS | place in the shard (a shard holds far
 # fewer than 2**32 rows).
 ROW_KEY_BITS = 32
+# What makes a prediction one: the eval-set row and the variant (the driver keeps each once).
+PREDICTION_KEY = ("row", "kind", "condition", "severity", "eps")
 
 
 def decode_eval_rows(
@@ -184,17 +185,10 @@ class AuditPredictor(Predictor):
 
 def clean_dataset(plan: corpus_mod.CorpusPlan, shards: list, limits: dict[int, int],
                   preprocess: Preprocess, block_rows: int) -> Any:
-    """A Ray Dataset of the eval rows, decoded once per shard in CPU tasks
+    """A Ray Dataset of the eval rows, decoded once per shard in the engine's decode tasks
     (:func:`decode_eval_rows`), in blocks of ``block_rows`` rows: the clean images only."""
-    import ray.data
-
-    items = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
-    return items.map_batches(
-        decode_eval_rows,
-        batch_size=1,
-        fn_kwargs={"plan": plan, "preprocess": preprocess, "limits": limits, "block_rows": block_rows},
-        **decode_task_args(),  # a separate operator from the predictors (see decode_task_args)
-    )
+    return engine.decoded([s.index for s in shards], decode_eval_rows,
+                          {"plan": plan, "preprocess": preprocess, "limits": limits, "block_rows": block_rows})
 
 
 def predict_variants(clean: Any, source: ModelSource, suite: Suite, *, seed: int, batch_size: int,
@@ -209,21 +203,11 @@ def predict_variants(clean: Any, source: ModelSource, suite: Suite, *, seed: int
     :func:`~ironsight.cluster.engine.plan_resources`: decoding is light next to it, so the
     actors get the cores and one decode task runs beside them. ``inputs``: the clean blocks.
     """
-    from ray.data import ActorPoolStrategy
-
-    res = plan_resources(actors, device, cost=cost, inputs=inputs)
-    return clean.map_batches(
-        AuditPredictor,
-        fn_constructor_kwargs={
-            "source": source, "attacks": suite.attacks, "seed": seed,
-            "conditions": suite.conditions, "severities": suite.severities,
-            "device": res["device"], "cpu_threads": res.get("threads"),
-        },
-        compute=ActorPoolStrategy(size=res["size"]),
-        num_gpus=res["num_gpus"],
-        num_cpus=res["num_cpus"],
-        batch_size=batch_size,
-    )
+    res = engine.plan_resources(actors, device, cost=cost, inputs=inputs)
+    return engine.predicted(clean, AuditPredictor, {
+        "source": source, "attacks": suite.attacks, "seed": seed,
+        "conditions": suite.conditions, "severities": suite.severities,
+    }, res, batch_size=batch_size)
 
 
 def model_passes(suite: Suite) -> int:
@@ -276,9 +260,10 @@ def collect_predictions(predicted: Any, total: int, show_progress: bool | None,
     retries the batches a lost actor or node had in flight, so the same prediction may come
     twice. ``row`` is the eval-set row (its shard and place, :data:`ROW_KEY_BITS`), not its id:
     two rows that share an id are two images, both kept (a batch without ``row`` is keyed by
-    id). The keys seen are held in a set (an eval set is small: ~100 bytes a prediction);
-    the duplicates dropped are counted in a debug line (``-v``). ``predicted`` is anything
-    with Ray Data's ``iter_batches(batch_size=None, batch_format="numpy")``.
+    id). The drain is the engine's (:func:`ironsight.cluster.engine.drain`, keyed by a
+    :class:`~ironsight.cluster.engine.KeySet`: ~100 bytes a prediction, for eval sets); the
+    duplicates dropped are counted in a debug line (``-v``). ``predicted`` is anything with Ray
+    Data's ``iter_batches(batch_size=None, batch_format="numpy")``.
     """
     import ray
 
@@ -287,30 +272,23 @@ def collect_predictions(predicted: Any, total: int, show_progress: bool | None,
     names = ("id", "kind", "condition", "severity", "eps", "label_true", "label", "score", "error",
              "worker", "decode_worker")
     cols: dict[str, list] = {k: [] for k in names}
-    seen: set[tuple] = set()
-    dropped = 0
+
+    def keep(batch: dict[str, np.ndarray]) -> None:
+        n = len(batch["id"])
+        for k in names:
+            cols[k].append(batch[k] if k in batch else np.full(n, None, object))
+        bar.update(n)
+
     try:
-        for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
-            n = len(batch["id"])
-            fresh = np.zeros(n, bool)
-            rows = batch["row" if "row" in batch else "id"]
-            keys = zip(rows.tolist(), batch["kind"].tolist(), batch["condition"].tolist(),
-                       batch["severity"].tolist(), batch["eps"].tolist(), strict=True)
-            for i, key in enumerate(keys):
-                if key not in seen:
-                    seen.add(key)
-                    fresh[i] = True
-            dropped += n - int(fresh.sum())
-            for k in names:
-                cols[k].append(batch[k][fresh] if k in batch else np.full(int(fresh.sum()), None, object))
-            bar.update(int(fresh.sum()))
+        drained = engine.drain(engine.batches(predicted), keep=keep,
+                               dedupe=engine.KeySet(PREDICTION_KEY, fallback={"row": "id"}))
     except ray.exceptions.RayError as exc:
         raise JobFailed(f"the audit pipeline failed: {ray_error_message(exc)}") from exc
     finally:
         bar.close()
-    if dropped:
+    if drained.dropped:
         log.debug("audit: dropped %d duplicate predictions (batches Ray retried after a lost "
-                  "actor or node); %d kept", dropped, len(seen))
+                  "actor or node); %d kept", drained.dropped, drained.kept)
     merged = {k: np.concatenate(v) if v else np.array([], object) for k, v in cols.items()}
     errs = [as_error(e) for e in merged["error"]]
     ok = np.array([e is None for e in errs], bool)
