@@ -123,6 +123,11 @@ class AuditPlan:
     baseline: dict | None = None
     baseline_predictions: pa.Table | None = None
 
+    @property
+    def rows(self) -> int:
+        """The eval-set rows audited (``--max-images`` applied)."""
+        return sum(self.limits.get(s.index, s.num_rows) for s in self.shards)
+
 
 def plan_audit(cfg: AuditConfig, *, corpus: corpus_mod.CorpusPlan | None = None) -> AuditPlan:
     """Check everything an audit can check without Ray; the CLI calls it before Ray starts.
@@ -165,6 +170,23 @@ def plan_audit(cfg: AuditConfig, *, corpus: corpus_mod.CorpusPlan | None = None)
                      baseline=baseline, baseline_predictions=baseline_predictions)
 
 
+def audit_predictions(cfg: AuditConfig, prepared: AuditPlan, clean: Any = None, *, actors: int | None = None,
+                      desc: str = "auditing") -> tuple[pa.Table, list[str]]:
+    """One model's predictions table and the errors of its clean rows that did not decode
+    (:func:`~ironsight.jobs.variants.collect_predictions`): ``clean``, the decoded eval rows
+    (:func:`~ironsight.jobs.variants.clean_dataset`; made here when None, ``ironsight compare``
+    passes one per preprocessing), through ``cfg.source``'s AuditPredictor actors, planned from
+    this audit's measured cost. ``actors`` overrides ``cfg.actors`` (compare: one GPU each)."""
+    if clean is None:
+        clean = clean_dataset(prepared.corpus, prepared.shards, prepared.limits, prepared.model.info.preprocess,
+                              cfg.batch_size)
+    predicted = predict_variants(clean, cfg.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
+                                 actors=cfg.actors if actors is None else actors, device=cfg.device,
+                                 cost=lambda: audit_cost(prepared.model, prepared.corpus, cfg.suite),
+                                 inputs=clean_blocks(prepared.shards, prepared.limits, cfg.batch_size))
+    return collect_predictions(predicted, prepared.rows * variants_per_image(cfg.suite), cfg.progress, desc=desc)
+
+
 def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditResult:
     """Run the audit on the connected Ray; write predictions and reports into ``cfg.output``.
 
@@ -180,18 +202,12 @@ def run_audit(cfg: AuditConfig, *, prepared: AuditPlan | None = None) -> AuditRe
     started = time.monotonic()
     if prepared is None:
         prepared = plan_audit(cfg)
-    plan, shards, limits, model = prepared.corpus, prepared.shards, prepared.limits, prepared.model
+    plan, shards, model = prepared.corpus, prepared.shards, prepared.model
     gate, baseline, baseline_predictions = prepared.gate, prepared.baseline, prepared.baseline_predictions
     announce_preprocessing(model)
-    clean = clean_dataset(plan, shards, limits, model.info.preprocess, cfg.batch_size)
-    predicted = predict_variants(clean, cfg.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
-                                 actors=cfg.actors, device=cfg.device,
-                                 cost=lambda: audit_cost(model, plan, cfg.suite),
-                                 inputs=clean_blocks(shards, limits, cfg.batch_size))
-    total_rows = sum(limits.get(s.index, s.num_rows) for s in shards)
-    table, clean_err = collect_predictions(predicted, total_rows * variants_per_image(cfg.suite), cfg.progress)
+    table, clean_err = audit_predictions(cfg, prepared)
     inference_s = time.monotonic() - started
-    report = audit_report(table, clean_err, cfg, plan, model, total_rows,
+    report = audit_report(table, clean_err, cfg, plan, model, prepared.rows,
                           baseline=baseline, baseline_predictions=baseline_predictions)
     result_gate = evaluate_gate(report, gate, baseline) if gate is not None else None
     if result_gate is not None:

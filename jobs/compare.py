@@ -49,18 +49,12 @@ from ironsight.jobs.audit import (
     AuditPlan,
     _examples,
     _write_outputs,
+    audit_predictions,
     audit_report,
     plan_audit,
 )
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
-from ironsight.jobs.variants import (
-    audit_cost,
-    clean_blocks,
-    clean_dataset,
-    collect_predictions,
-    predict_variants,
-    variants_per_image,
-)
+from ironsight.jobs.variants import clean_dataset
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA
 from ironsight.robustness.suites import Suite
 
@@ -210,7 +204,7 @@ def model_identity(cfg: CompareConfig, plan: AuditPlan) -> str:
     """sha256 of what a model's numbers depend on: the model (weights sha256, preprocessing,
     classes), the eval set (INPUT, columns, rows audited), the suite, the seed."""
     info = plan.model.info
-    rows = sum(plan.limits.get(s.index, s.num_rows) for s in plan.shards)
+    rows = plan.rows
     parts = {
         "model": {"name": info.name, "weights_sha256": plan.model.weights_sha256,
                   "preprocess": info.preprocess.to_dict(), "classes": list(info.class_names)},
@@ -306,14 +300,8 @@ def _predict_one(cfg: CompareConfig, prepared: ComparePlan, m: ModelEntry, clean
     """One model's predictions and reports, as ``run_audit`` writes them, then its entry.json."""
     plan = prepared.audits[m.name]
     acfg = cfg.audit_config(m)
-    total_rows = sum(plan.limits.get(s.index, s.num_rows) for s in plan.shards)
-    predicted = predict_variants(clean, m.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
-                                 actors=actors, device=cfg.device,
-                                 cost=lambda: audit_cost(plan.model, plan.corpus, cfg.suite),
-                                 inputs=clean_blocks(plan.shards, plan.limits, cfg.batch_size))
-    table, clean_err = collect_predictions(predicted, total_rows * variants_per_image(cfg.suite),
-                                           cfg.progress, desc=m.name)
-    report = audit_report(table, clean_err, acfg, plan.corpus, plan.model, total_rows)
+    table, clean_err = audit_predictions(acfg, plan, clean, actors=actors, desc=m.name)
+    report = audit_report(table, clean_err, acfg, plan.corpus, plan.model, plan.rows)
     examples = _examples(plan.corpus, plan.shards, plan.model.info.preprocess, acfg, table,
                          model=plan.model, report=report)
     _write_outputs(acfg.output, report, table, examples)
