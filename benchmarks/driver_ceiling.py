@@ -1,13 +1,13 @@
 """The driver's ceiling: rows/s one driver can assemble and commit, locally and to S3.
 
-Every result row passes through the driver (``ironsight.cluster.pipeline._assemble``:
+Every result row passes through the driver (``ironsight.cluster.assembly.assemble_shards``:
 deduplicate by ``(shard, row)``, assemble each shard, ``LabelSink.commit`` a Parquet part file
 when it is whole). This measures that loop with a no-op model (fixed logits, top-5) on tiny
 images (8 px PNGs), so nothing else limits it:
 
 | part      | what runs                                                          | what it gives |
 |-----------|--------------------------------------------------------------------|---------------|
-| replay    | the batches the predictor returns, made beforehand in this process (decode + no-op predictor, not timed), fed to ``_assemble`` with a real ``LabelSink`` | the driver alone: rows / busy seconds, its CPU, a cProfile of the loop (``--profile``) |
+| replay    | the batches the predictor returns, made beforehand in this process (decode + no-op predictor, not timed), fed to ``assemble_shards`` with a real ``LabelSink`` | the driver alone: rows / busy seconds, its CPU, a cProfile of the loop (``--profile``) |
 | ray       | ``ironsight.classify(module=...)`` (the Python API's in-memory module path) on embedded Ray | the loop in place: busy vs waiting for batches, and the driver process's CPU (Ray Data's executor threads in it too) |
 
 Each part writes to a local folder and, with ``--s3``, to ``s3://`` on a moto server in its own
@@ -66,7 +66,7 @@ def make_batches(cfg, plan, model) -> list[dict]:
 
 def replay(cfg, plan, model, batches: list[dict], profile: bool) -> dict:
     """Feed ``batches`` to the driver's loop with a real sink on ``cfg.output``; time it."""
-    from ironsight.cluster import pipeline
+    from ironsight.cluster import assembly, pipeline
     from ironsight.cluster.sink import LabelSink
 
     sink = LabelSink.open(cfg.output, spec_hash=pipeline.output_rows_hash(cfg, plan, model),
@@ -77,7 +77,7 @@ def replay(cfg, plan, model, batches: list[dict], profile: bool) -> dict:
     prof = cProfile.Profile() if profile else None
     try:
         with prof or contextlib.nullcontext():
-            timing = pipeline._assemble(iter(batches), plan, model, plan.shards, sink, summary, False)
+            timing = assembly.assemble_shards(iter(batches), plan, model, plan.shards, sink, summary, False)
     finally:
         sink.close()
     assert summary.rows == plan.num_rows and summary.shards_processed == len(plan.shards), summary
@@ -112,7 +112,7 @@ def feed(cfg, plan, model, template: dict) -> dict:
     import ray
     import ray.data
 
-    from ironsight.cluster import pipeline
+    from ironsight.cluster import assembly, pipeline
     from ironsight.cluster.sink import LabelSink
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -132,7 +132,7 @@ def feed(cfg, plan, model, template: dict) -> dict:
                                            shards_total=len(plan.shards))
         try:
             batches = predicted.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-            timing = pipeline._assemble(batches, plan, model, plan.shards, sink, summary, False)
+            timing = assembly.assemble_shards(batches, plan, model, plan.shards, sink, summary, False)
         finally:
             sink.close()
     finally:

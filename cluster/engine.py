@@ -6,7 +6,7 @@
 
 | job      | decode function | predictor | dedupe key | what ``keep`` does |
 |----------|-----------------|-----------|------------|--------------------|
-| classify | ``cluster.decode.read_and_decode`` | ``Predictor`` | ``(shard, row)``: :class:`ShardRows` | assembles whole shards and commits them on threads (``cluster.pipeline._assemble``) |
+| classify | ``cluster.decode.read_and_decode`` | ``Predictor`` | ``(shard, row)``: :class:`ShardRows` | assembles whole shards and commits them on threads (``cluster.assembly.assemble_shards``) |
 | audit, compare | ``jobs.variants.decode_eval_rows`` | ``AuditPredictor`` (variants made on its device) | ``(row, kind, condition, severity, eps)``: :class:`KeySet` | collects the predictions table (``jobs.variants.collect_predictions``) |
 
 One place to change how work is batched, placed or deduplicated: the resource plan, the two

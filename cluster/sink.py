@@ -113,7 +113,7 @@ class LabelSink:
     _lock: OutputLock | None = None
     _last_flush: float = 0.0
     _dirty: bool = False
-    # commit() may run on several threads at once (ironsight.cluster.pipeline._assemble): the
+    # commit() may run on several threads at once (ironsight.cluster.assembly.assemble_shards): the
     # encode and the publish run in parallel, the bookkeeping and the manifest one at a time.
     _guard: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 

@@ -1,10 +1,10 @@
-"""The driver commits whole shards on threads beside its loop (pipeline._assemble).
+"""The driver commits whole shards on threads beside its loop (assembly.assemble_shards).
 
 A commit waits on the disk or the object store longer than the loop needs to assemble the next
 shard; one at a time, that wait capped one driver at ~16 GPUs' worth of rows on S3
 (benchmarks/driver_ceiling.py). These tests hold: commits really overlap, each shard is
 committed once and counted once, a failed commit fails the job, and no commit is still running
-when _assemble returns or raises.
+when assemble_shards returns or raises.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from ironsight.cluster import assembly, pipeline, synthetic
 from ironsight.cluster import corpus as corpus_mod
-from ironsight.cluster import pipeline, synthetic
 from ironsight.cluster.errors import JobFailed
 from ironsight.cluster.sink import LabelSink, ShardRecord
 
@@ -82,9 +82,9 @@ def _summary(plan):
 
 
 def test_commits_run_at_once_and_each_shard_counts_once(plan):
-    assert pipeline.COMMIT_THREADS >= 3
+    assert assembly.COMMIT_THREADS >= 3
     sink, summary = StubSink(barrier=3), _summary(plan)
-    timing = pipeline._assemble(_batches(plan), plan, MODEL, plan.shards, sink, summary, False)
+    timing = assembly.assemble_shards(_batches(plan), plan, MODEL, plan.shards, sink, summary, False)
     assert sink.most == 3 and sink.active == 0
     assert sorted(sink.done) == sorted(s.shard_id for s in plan.shards)
     assert (summary.rows, summary.shards_processed, summary.duplicate_ids) == (60, 3, 0)
@@ -94,7 +94,7 @@ def test_commits_run_at_once_and_each_shard_counts_once(plan):
 def test_a_failed_commit_fails_the_job_and_leaves_no_commit_running(plan):
     sink, summary = StubSink(fail=plan.shards[1].shard_id), _summary(plan)
     with pytest.raises(JobFailed, match="disk full"):
-        pipeline._assemble(_batches(plan), plan, MODEL, plan.shards, sink, summary, False)
+        assembly.assemble_shards(_batches(plan), plan, MODEL, plan.shards, sink, summary, False)
     assert sink.active == 0
     assert summary.rows == 20 * summary.shards_processed and summary.shards_processed < 3
 
@@ -107,7 +107,7 @@ def test_threaded_commits_into_a_real_sink_write_every_row_once(plan, tmp_path):
                           expected_shards=[s.shard_id for s in plan.shards])
     summary = _summary(plan)
     try:
-        pipeline._assemble(_batches(plan), plan, MODEL, plan.shards, sink, summary, False)
+        assembly.assemble_shards(_batches(plan), plan, MODEL, plan.shards, sink, summary, False)
     finally:
         sink.close()
     ids = pads.dataset(out, format="parquet", ignore_prefixes=["_", "."]).to_table().column("id").to_pylist()
@@ -124,6 +124,6 @@ def test_a_batch_redelivered_after_its_shard_was_committed_is_dropped_not_a_fail
     first = next(_batches(plan))
     redelivered = [*_batches(plan), {k: v.copy() for k, v in first.items()}]
     sink, summary = StubSink(), _summary(plan)
-    pipeline._assemble(iter(redelivered), plan, MODEL, plan.shards, sink, summary, False)
+    assembly.assemble_shards(iter(redelivered), plan, MODEL, plan.shards, sink, summary, False)
     assert sorted(sink.done) == sorted(s.shard_id for s in plan.shards)  # each committed once
     assert (summary.rows, summary.duplicates_dropped) == (60, 20)
