@@ -32,14 +32,14 @@ import posixpath
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ironsight.cluster import corpus as corpus_mod
-from ironsight.cluster import paths, storage, storage_errors
+from ironsight.cluster import storage, storage_errors
 from ironsight.cluster.errors import InvalidInput, JobFailed
 from ironsight.cluster.models import ModelSource
 from ironsight.cluster.progress import status
@@ -62,6 +62,7 @@ log = logging.getLogger("ironsight")
 
 MARKER = "_compare.json"  # OUTPUT's comparison: its eval set and suite (refuse another's)
 ENTRY = "entry.json"  # OUTPUT/models/NAME/: written last, the model's identity and profile
+NO_MODELS = "name the models to compare: --model-card CARD.yaml or --model NAME=WEIGHTS, repeated"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -102,41 +103,31 @@ def unique_names(wanted: list[str | None], derived: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    input: str
-    output: str
+    """A comparison: ``audit``, the audit every model gets (eval set, suite, seed, sizes,
+    device...; its ``source`` is the first model's, its ``output`` the comparison's OUTPUT),
+    and the models, the objective and whether to profile them."""
+
+    audit: AuditConfig
     models: tuple[ModelEntry, ...]
-    suite: Suite
-    label_column: str | None = "label"
-    image_column: str | None = None
-    id_column: str | None = None
-    max_images: int | None = None
-    seed: int = 0
     objective: str | None = None
     profile: bool = True
-    activation_maps: bool = True
-    overwrite: bool = False
-    batch_size: int = 64
-    actors: int | None = None
-    device: str = "auto"
-    progress: bool | None = None
-    allowed_roots: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, models: tuple[ModelEntry, ...], *, objective: str | None = None, profile: bool = True,
+           **audit: Any) -> CompareConfig:
+        """From the audit's fields as keywords (``input=``, ``output=``, ``suite=``, ...)."""
+        if len(models) < 1:
+            raise InvalidInput(NO_MODELS)
+        return cls(AuditConfig(source=models[0].source, **audit), tuple(models), objective, profile)
 
     def __post_init__(self) -> None:
-        paths.check_output(self.input, self.output, input_name="eval set INPUT")
         if len(self.models) < 1:
-            raise InvalidInput("name the models to compare: --model-card CARD.yaml or --model NAME=WEIGHTS, repeated")
+            raise InvalidInput(NO_MODELS)
 
     def audit_config(self, model: ModelEntry) -> AuditConfig:
         """The ``ironsight audit`` of this one model into ``OUTPUT/models/NAME``."""
-        return AuditConfig(
-            input=self.input, output=model_dir(self.output, model.name), source=model.source,
-            suite=self.suite, label_column=self.label_column, image_column=self.image_column,
-            id_column=self.id_column, max_images=self.max_images, seed=self.seed,
-            overwrite=True,  # OUTPUT as a whole was checked (_refuse_other_comparison)
-            activation_maps=self.activation_maps,
-            batch_size=self.batch_size, actors=self.actors, device=self.device,
-            progress=self.progress, allowed_roots=self.allowed_roots,
-        )
+        return replace(self.audit, source=model.source, output=model_dir(self.audit.output, model.name),
+                       overwrite=True)  # OUTPUT as a whole was checked (_refuse_other_comparison)
 
 
 def model_dir(output: str, name: str) -> str:
@@ -181,9 +172,9 @@ def plan_compare(cfg: CompareConfig) -> ComparePlan:
         objective = parse_objective(cfg.objective)
     _refuse_other_comparison(cfg)
     corpus = corpus_mod.plan_corpus(  # once, before the models: its errors are not blamed on one
-        cfg.input, image_column=cfg.image_column, id_column=cfg.id_column,
-        label_column=cfg.label_column, max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
-        allowed_roots=cfg.allowed_roots, can_skip=False,
+        cfg.audit.input, image_column=cfg.audit.image_column, id_column=cfg.audit.id_column,
+        label_column=cfg.audit.label_column, max_rows_per_shard=AUDIT_ROWS_PER_SHARD,
+        allowed_roots=cfg.audit.allowed_roots, can_skip=False,
     )
     audits: dict[str, AuditPlan] = {}
     identities: dict[str, str] = {}
@@ -194,7 +185,7 @@ def plan_compare(cfg: CompareConfig) -> ComparePlan:
         except InvalidInput as exc:
             raise InvalidInput(f"model {m.name}: {exc}") from None
         identities[m.name] = model_identity(cfg, audits[m.name])
-        entry = _read_entry(cfg.output, m.name)
+        entry = _read_entry(cfg.audit.output, m.name)
         if entry is not None and entry.get("identity") == identities[m.name]:
             finished[m.name] = entry
     return ComparePlan(audits=audits, identities=identities, finished=finished, objective=objective)
@@ -208,10 +199,10 @@ def model_identity(cfg: CompareConfig, plan: AuditPlan) -> str:
     parts = {
         "model": {"name": info.name, "weights_sha256": plan.model.weights_sha256,
                   "preprocess": info.preprocess.to_dict(), "classes": list(info.class_names)},
-        "input": cfg.input, "label_column": plan.corpus.label_column,
-        "image_column": cfg.image_column, "id_column": cfg.id_column, "rows": rows,
+        "input": cfg.audit.input, "label_column": plan.corpus.label_column,
+        "image_column": cfg.audit.image_column, "id_column": cfg.audit.id_column, "rows": rows,
         # the mix weighs the numbers afterwards: changing it re-runs nothing
-        "suite": {k: v for k, v in cfg.suite.to_dict().items() if k != "mix"}, "seed": cfg.seed,
+        "suite": {k: v for k, v in cfg.audit.suite.to_dict().items() if k != "mix"}, "seed": cfg.audit.seed,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -231,13 +222,13 @@ def run_compare(cfg: CompareConfig, *, prepared: ComparePlan | None = None) -> C
     _write_marker(cfg)
     todo = [m for m in cfg.models if m.name not in prepared.finished]
     for name in prepared.finished:
-        status(f"model {name}: already compared into {cfg.output} with the same identity; reusing its report")
+        status(f"model {name}: already compared into {cfg.audit.output} with the same identity; reusing its report")
     examples = _predict_all(cfg, prepared, todo)
     profiles = _profile_all(cfg, prepared) if cfg.profile else {}
     entries = []
     for m in cfg.models:
         plan = prepared.audits[m.name]
-        folder = storage.resolve(model_dir(cfg.output, m.name))
+        folder = storage.resolve(model_dir(cfg.audit.output, m.name))
         report = json.loads(storage.read_bytes(folder.join("report.json"), max_bytes=MAX_REPORT_BYTES,
                                                what="report.json"))
         table = pq.read_table(pa.BufferReader(storage.read_bytes(
@@ -245,18 +236,18 @@ def run_compare(cfg: CompareConfig, *, prepared: ComparePlan | None = None) -> C
             columns=list(PREDICTIONS_SCHEMA.names))
         entries.append(CompareEntry(
             name=m.name, report=report, profile=profiles.get(m.name),
-            random_weights=m.source.random_weights, mix=_mix(table, cfg.suite),
+            random_weights=m.source.random_weights, mix=_mix(table, cfg.audit.suite),
             examples=examples[m.name] if m.name in examples else _examples(
                 plan.corpus, plan.shards, plan.model.info.preprocess, cfg.audit_config(m), table, model=plan.model),
         ))
     first = prepared.audits[cfg.models[0].name]
-    data = {"input": cfg.input, "images": entries[0].report.get("data", {}).get("images"),
-            "label_column": first.corpus.label_column, "max_images": cfg.max_images, "seed": cfg.seed}
-    report = build_compare_report(entries, suite=cfg.suite.name, data=data, objective=prepared.objective)
+    data = {"input": cfg.audit.input, "images": entries[0].report.get("data", {}).get("images"),
+            "label_column": first.corpus.label_column, "max_images": cfg.audit.max_images, "seed": cfg.audit.seed}
+    report = build_compare_report(entries, suite=cfg.audit.suite.name, data=data, objective=prepared.objective)
     try:
-        written = write_compare_reports(cfg.output, report, entries)
+        written = write_compare_reports(cfg.audit.output, report, entries)
     except OSError as exc:
-        raise JobFailed(f"writing the comparison to {cfg.output} failed: {storage_errors.os_reason(exc)}") from exc
+        raise JobFailed(f"writing the comparison to {cfg.audit.output} failed: {storage_errors.os_reason(exc)}") from exc
     ran = [m.name for m in todo]
     return CompareResult(report=report, entries=entries, paths=written, ran=ran,
                          reused=[m.name for m in cfg.models if m.name not in ran],
@@ -273,12 +264,12 @@ def _predict_all(cfg: CompareConfig, prepared: ComparePlan, todo: list[ModelEntr
     for m in todo:
         key = json.dumps(prepared.audits[m.name].model.info.preprocess.to_dict(), sort_keys=True)
         groups.setdefault(key, []).append(m)
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 0
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if cfg.audit.device != "cpu" else 0
     together = len(todo) > 1 and gpus >= len(todo)
     decoded: dict[str, Any] = {}
     for members in groups.values():
         plan = prepared.audits[members[0].name]
-        ds = clean_dataset(plan.corpus, plan.shards, plan.limits, plan.model.info.preprocess, cfg.batch_size)
+        ds = clean_dataset(plan.corpus, plan.shards, plan.limits, plan.model.info.preprocess, cfg.audit.batch_size)
         if len(members) > 1:  # decoded once, read by each model
             status(f"decoding the eval set once for {', '.join(m.name for m in members)}")
             ds = ds.materialize()
@@ -286,7 +277,7 @@ def _predict_all(cfg: CompareConfig, prepared: ComparePlan, todo: list[ModelEntr
             decoded[m.name] = ds
 
     def one(m: ModelEntry) -> list:
-        return _predict_one(cfg, prepared, m, decoded[m.name], actors=1 if together else cfg.actors)
+        return _predict_one(cfg, prepared, m, decoded[m.name], actors=1 if together else cfg.audit.actors)
 
     if together:  # one GPU (one actor) each, all at once
         with ThreadPoolExecutor(max_workers=len(todo)) as pool:
@@ -305,7 +296,7 @@ def _predict_one(cfg: CompareConfig, prepared: ComparePlan, m: ModelEntry, clean
     examples = _examples(plan.corpus, plan.shards, plan.model.info.preprocess, acfg, table,
                          model=plan.model, report=report)
     _write_outputs(acfg.output, report, table, examples)
-    _write_entry(cfg.output, m.name, {"identity": prepared.identities[m.name], "name": m.name,
+    _write_entry(cfg.audit.output, m.name, {"identity": prepared.identities[m.name], "name": m.name,
                                       "random_weights": m.source.random_weights, "profile": None})
     status(f"model {m.name}: clean accuracy {report['clean'].get('accuracy')}, written to {acfg.output}")
     return examples
@@ -319,13 +310,13 @@ def _profile_all(cfg: CompareConfig, prepared: ComparePlan) -> dict[str, dict]:
 
     from ironsight.cluster.engine import plan_resources
 
-    res = plan_resources(cfg.actors, cfg.device)
+    res = plan_resources(cfg.audit.actors, cfg.audit.device)
     gpu = res["num_gpus"] > 0
     threads = None if gpu else res.get("threads")
     cpus = 1 if gpu else min(threads or 1, float(ray.cluster_resources().get("CPU", 1)))
     out: dict[str, dict] = {}
     for m in cfg.models:
-        entry = _read_entry(cfg.output, m.name) or {}
+        entry = _read_entry(cfg.audit.output, m.name) or {}
         if entry.get("profile"):
             out[m.name] = entry["profile"]
             continue
@@ -340,7 +331,7 @@ def _profile_all(cfg: CompareConfig, prepared: ComparePlan) -> dict[str, dict]:
             raise JobFailed(f"profiling model {m.name} failed: {ray_error_message(exc)}") from exc
         finally:
             ray.kill(actor)
-        _write_entry(cfg.output, m.name, {**entry, "profile": out[m.name]})
+        _write_entry(cfg.audit.output, m.name, {**entry, "profile": out[m.name]})
     return out
 
 
@@ -384,7 +375,7 @@ def _write_entry(output: str, name: str, entry: dict) -> None:
 
 
 def _marker(cfg: CompareConfig) -> dict:
-    return {"input": cfg.input, "suite": cfg.suite.name, "label_column": cfg.label_column}
+    return {"input": cfg.audit.input, "suite": cfg.audit.suite.name, "label_column": cfg.audit.label_column}
 
 
 def _refuse_other_comparison(cfg: CompareConfig) -> None:
@@ -394,8 +385,8 @@ def _refuse_other_comparison(cfg: CompareConfig) -> None:
     run again, the others are reused. With ``--overwrite`` the comparison files and the
     folders of this run's models are replaced; nothing else in OUTPUT is touched.
     """
-    target = storage.resolve(cfg.output).join(MARKER)
-    if cfg.overwrite or not storage.exists(target):
+    target = storage.resolve(cfg.audit.output).join(MARKER)
+    if cfg.audit.overwrite or not storage.exists(target):
         return
     try:
         theirs = json.loads(storage.read_bytes(target, max_bytes=1 << 20, what=MARKER))
@@ -403,16 +394,16 @@ def _refuse_other_comparison(cfg: CompareConfig) -> None:
         theirs = None
     ours = _marker(cfg)
     if not isinstance(theirs, dict):
-        raise InvalidInput(f"OUTPUT {cfg.output} holds a {MARKER} that is not Ironsight's; choose another "
+        raise InvalidInput(f"OUTPUT {cfg.audit.output} holds a {MARKER} that is not Ironsight's; choose another "
                            "OUTPUT, or pass --overwrite to replace it")
     differs = [k for k in ours if theirs.get(k) != ours[k]]
     if differs:
         what = ", ".join(f"{k} {theirs.get(k)!r} (this comparison: {ours[k]!r})" for k in differs)
-        raise InvalidInput(f"OUTPUT {cfg.output} already holds the comparison of another eval set or "
+        raise InvalidInput(f"OUTPUT {cfg.audit.output} already holds the comparison of another eval set or "
                            f"suite: {what}. Choose another OUTPUT, or pass --overwrite to replace it")
 
 
 def _write_marker(cfg: CompareConfig) -> None:
-    out = storage.resolve(cfg.output)
+    out = storage.resolve(cfg.audit.output)
     storage.makedirs(out)
     storage.publish_bytes(out.join(MARKER), json.dumps(_marker(cfg), indent=2).encode())

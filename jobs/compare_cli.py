@@ -20,6 +20,7 @@ from typing import Any
 from ironsight.cluster import storage
 from ironsight.cluster.errors import InvalidInput
 from ironsight.jobs.compare import (
+    NO_MODELS,
     CompareConfig,
     CompareResult,
     ModelEntry,
@@ -32,17 +33,19 @@ from ironsight.jobs.run_spec import config_from_spec, sigterm_interrupts
 
 def compare_config_from_spec(spec: Any, progress: bool | None) -> CompareConfig:
     """A :class:`CompareConfig` from a validated ``CompareJob`` (``ironsight.jobs.spec``)."""
-    from ironsight.jobs.audit import resolve_suite
+    from ironsight.jobs.audit import AuditConfig, resolve_suite
 
     choices = spec.model_choices()
     roots = spec.effective_roots()
     sources = [replace(c.source(), allowed_roots=roots) for c in choices]
     derived = [_derived_name(c) for c in choices]
     names = unique_names([c.name for c in choices], derived)
-    return config_from_spec(
-        CompareConfig, spec, models=tuple(ModelEntry(n, s) for n, s in zip(names, sources, strict=True)),
-        suite=resolve_suite(spec.suite, spec.severities), progress=progress,
-    )
+    models = tuple(ModelEntry(n, s) for n, s in zip(names, sources, strict=True))
+    if not models:
+        raise InvalidInput(NO_MODELS)
+    audit = config_from_spec(AuditConfig, spec, source=models[0].source,
+                             suite=resolve_suite(spec.suite, spec.severities), progress=progress)
+    return CompareConfig(audit=audit, models=models, objective=spec.objective, profile=spec.profile)
 
 
 def _derived_name(choice: Any) -> str:

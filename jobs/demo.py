@@ -186,10 +186,10 @@ def run_demo_compare(
     eval_dir = ensure_split(root / "data" / "eval-compare", images, EVAL_SEED, "eval", show)
     cards = [ensure_demo_model(retrain=retrain, train_size=None, progress=show),
              *ensure_compare_models(retrain=retrain, progress=show)]
-    cfg = CompareConfig(
-        input=str(eval_dir), output=str(root / "compare"),
-        models=tuple(ModelEntry(card.name.split(".")[0], ModelSource(card=str(card))) for card in cards),
-        suite=resolve_suite("quick", None), objective=COMPARE_OBJECTIVE, actors=actors, batch_size=256,
+    cfg = CompareConfig.of(
+        tuple(ModelEntry(card.name.split(".")[0], ModelSource(card=str(card))) for card in cards),
+        objective=COMPARE_OBJECTIVE, input=str(eval_dir), output=str(root / "compare"),
+        suite=resolve_suite("quick", None), actors=actors, batch_size=256,
         progress=progress, overwrite=True,  # retrained models replace the demo's last comparison
     )
     prepared = plan_compare(cfg)

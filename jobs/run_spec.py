@@ -71,9 +71,10 @@ def sigterm_interrupts() -> Iterator[Callable[[], None]]:
 
 
 def config_from_spec(config: type[C], spec: BaseModel, **derived: Any) -> C:
-    """The run's configuration (``ClassifyConfig``, ``AuditConfig``, ``CompareConfig``: a
-    dataclass) from a validated spec: every field the spec has of the same name, the allowed
-    roots as :meth:`~ironsight.jobs.spec_roots.WithinRoots.effective_roots` normalises them,
+    """The run's configuration (``ClassifyConfig``, ``AuditConfig``, also the one a
+    ``CompareConfig`` holds: a dataclass) from a validated spec: every field the spec has of the
+    same name, the allowed roots as
+    :meth:`~ironsight.jobs.spec_roots.WithinRoots.effective_roots` normalises them,
     then ``derived``: what the spec states another way (the model source, the suite with its
     severities, the progress display).
 
