@@ -464,7 +464,7 @@ def _prepare_output(output: str) -> None:
 
 
 def _write_outputs(output: str, report: dict, table: pa.Table, examples) -> dict[str, str]:
-    """Reports and predictions.parquet into a local dir, or uploaded to an s3:// prefix.
+    """Reports and predictions.parquet published into OUTPUT, a local folder or an s3:// prefix.
 
     A failed write (disk full, read-only, no permission) is a one-line :class:`JobFailed`
     naming OUTPUT and the OS reason.
@@ -480,17 +480,7 @@ def _write_outputs_to(output: str, report: dict, table: pa.Table, examples) -> d
     from ironsight.robustness.report.write import write_reports
 
     out = storage.resolve(output)
-    if out.is_s3:  # write_reports writes local files: render them aside, then upload each
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = {}
-            for key, path in write_reports(report, tmp, examples).items():
-                target = out.join(os.path.basename(path))
-                with open(path, "rb") as f:
-                    storage.publish_bytes(target, f.read())
-                paths[key] = target.uri
-    else:
-        os.makedirs(out.path, exist_ok=True)
-        paths = write_reports(report, out.path, examples)
+    paths = write_reports(report, output, examples)  # each file published straight to OUTPUT
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     target = out.join("predictions.parquet")
