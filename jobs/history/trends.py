@@ -11,6 +11,7 @@ from ironsight.cluster.errors import InvalidInput
 from ironsight.jobs.history.db import utcnow
 from ironsight.jobs.history.store import HistoryStore, Run
 from ironsight.jobs.history.table import fmt_duration, fmt_time, status_cell
+from ironsight.robustness.report.style import PAGE_CSS
 
 TREND_LAST = 30  # runs a trend page (`history JOB --html`) covers unless --last says otherwise
 _TREND_MARKERS = {  # status: (marker, colour) of a point
@@ -18,13 +19,7 @@ _TREND_MARKERS = {  # status: (marker, colour) of a point
     "regressed": ("v", "#cf222e"),
     "gate_failed": ("X", "#cf222e"),
 }
-_TREND_CSS = """
-body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0;
-  background:#f6f7f9;color:#1f2328}
-main{max-width:1180px;margin:0 auto;padding:24px}
-h1{margin:0 0 4px;font-size:26px} h2{margin:28px 0 10px;font-size:20px}
-.meta{color:#57606a;font-size:13px}
-.warn{background:#fff8c5;border:1px solid #d4a72c;border-radius:8px;padding:10px 16px;font-size:14px}
+_TREND_CSS = PAGE_CSS + """.warn{background:#fff8c5;border:1px solid #d4a72c;border-radius:8px;padding:10px 16px;font-size:14px}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px}
 figure{background:#fff;border:1px solid #d0d7de;border-radius:8px;margin:0;padding:10px}
 figure img{width:100%;height:auto;display:block}

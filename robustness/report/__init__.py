@@ -10,6 +10,7 @@ rendered by each format, every file written straight to OUTPUT (a local folder o
 | ``markdown``   | report.md and compare.md                                                       |
 | ``html``       | report.html and compare.html (self-contained pages)                            |
 | ``plots``      | the pages' matplotlib plots, as PNG ``data:`` URIs                              |
+| ``style``      | the CSS every HTML page shares (the history's trends page too)                  |
 | ``text``       | the audit's one-screen terminal summary                                        |
 | ``write``      | each file published whole at OUTPUT (``write_reports``, ``write_compare_reports``) |
 

@@ -41,6 +41,7 @@ from ironsight.robustness.report.plots import (
     pareto_plot,
     severity_plot,
 )
+from ironsight.robustness.report.style import PAGE_CSS
 from ironsight.robustness.report.tables import (
     example_lines,
     header_lines,
@@ -54,13 +55,7 @@ from ironsight.robustness.schema import Example
 
 MAX_EXAMPLES = 120  # ~10 KB each as PNG: keeps the page a few MB at most
 
-CSS = """
-body{font-family:-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0;
-  background:#f6f7f9;color:#1f2328}
-main{max-width:1180px;margin:0 auto;padding:24px}
-h1{margin:0 0 4px;font-size:26px} h2{margin:28px 0 10px;font-size:20px}
-.meta{color:#57606a;font-size:13px}
-.banner{padding:14px 18px;border-radius:8px;margin:18px 0;font-weight:600;font-size:18px}
+CSS = PAGE_CSS + """.banner{padding:14px 18px;border-radius:8px;margin:18px 0;font-weight:600;font-size:18px}
 .banner ul{font-weight:400;font-size:14px;margin:8px 0 0;padding-left:20px}
 .pass{background:#dafbe1;border:1px solid #4ac26b;color:#116329}
 .fail{background:#ffebe9;border:1px solid #ff8182;color:#a40e26}
