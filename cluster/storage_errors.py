@@ -82,11 +82,18 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and classify_error(exc) is None
 
 
+def _sleep(seconds: float) -> None:
+    """The retries' one wait. Tests replace this function, not ``time.sleep``: patching the
+    global ``time.sleep`` would also make every other thread of the process (the metrics
+    refresher, Ray's) spin."""
+    time.sleep(seconds)
+
+
 def backoff_sleep(failures: int, base_delay: float = _RETRY_BASE_S) -> None:
     """Sleep before retry number ``failures`` (1, 2, ...): the same doubling, capped, jittered
     waits as :func:`with_retries`, for loops that must retry by hand (a stream resumed mid-file)."""
     wait = min(_RETRY_MAX_WAIT_S, base_delay * 2 ** (failures - 1)) + random.uniform(0, base_delay)
-    time.sleep(wait)
+    _sleep(wait)
 
 
 def with_retries(
@@ -120,7 +127,7 @@ def with_retries(
         + tenacity.wait_random(0, base_delay),
         retry=tenacity.retry_if_exception(is_transient),
         before_sleep=before_sleep,
-        sleep=lambda seconds: time.sleep(seconds),  # looked up at call time: tests patch it
+        sleep=lambda seconds: _sleep(seconds),  # looked up at call time: tests patch _sleep
         reraise=True,
     )
     try:

@@ -196,6 +196,6 @@ def test_s3_round_trip(s3_bucket):
 def test_s3_filesystem_follows_environment(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")  # wins over AWS_ENDPOINT_URL
     monkeypatch.setenv("IRONSIGHT_S3_MAX_ATTEMPTS", "1")
-    monkeypatch.setattr(storage_errors.time, "sleep", lambda seconds: None)  # skip the outer backoff
+    monkeypatch.setattr(storage_errors, "_sleep", lambda seconds: None)  # skip the outer backoff
     with pytest.raises(JobFailed, match="listing s3://nowhere"):
         storage.list_files(storage.resolve("s3://nowhere/*.parquet"))

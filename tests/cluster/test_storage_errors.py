@@ -67,7 +67,7 @@ def error_server(monkeypatch):
 @pytest.fixture
 def no_backoff(monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr(storage_errors.time, "sleep", waits.append)
+    monkeypatch.setattr(storage_errors, "_sleep", waits.append)
     return waits
 
 
