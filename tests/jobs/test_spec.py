@@ -86,9 +86,10 @@ def test_flags_and_a_yaml_spec_build_the_same_spec(kind, tmp_path):
 def _config_classes() -> dict[str, type]:
     from ironsight.cluster.pipeline import ClassifyConfig
     from ironsight.jobs.audit import AuditConfig
-    from ironsight.jobs.compare import CompareConfig
 
-    return {"classify": ClassifyConfig, "audit": AuditConfig, "compare": CompareConfig}
+    # a compare's config holds the AuditConfig every model gets (CompareConfig.audit) plus its
+    # model list: the run options a compare spec shares are declared there
+    return {"classify": ClassifyConfig, "audit": AuditConfig, "compare": AuditConfig}
 
 
 @pytest.mark.parametrize("kind", sorted(SPEC_KINDS))
@@ -104,6 +105,13 @@ def test_a_config_field_that_is_also_a_spec_key_has_the_spec_default(kind):
               if f.name not in derived and f.default is not dataclasses.MISSING
               and f.default != model.model_fields[f.name].default}
     assert differ == {}
+
+
+def test_a_compare_configs_own_fields_have_the_spec_defaults():
+    from ironsight.jobs.compare import CompareConfig
+
+    own = {f.name: f.default for f in dataclasses.fields(CompareConfig) if f.default is not dataclasses.MISSING}
+    assert own and all(CompareJob.model_fields[k].default == v for k, v in own.items()), own
 
 
 def test_config_from_spec_copies_every_shared_field_and_derives_the_rest():
