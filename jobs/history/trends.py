@@ -5,7 +5,6 @@ its runs, with the gate floors recorded with each run, as one self-contained HTM
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from ironsight.cluster.errors import InvalidInput
 from ironsight.jobs.history.db import utcnow
@@ -86,21 +85,11 @@ def trend_series(runs: list[Run]) -> list[TrendSeries]:
     return series
 
 
-def _png_data_uri(fig: Any) -> str:
-    """A matplotlib `Figure` as an inline PNG (as `ironsight.robustness.report.plots` draws them)."""
-    import base64
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _trend_plot(series: TrendSeries) -> str:
     """The series as a PNG data URI: accuracy per run (marker by status), gate floor dashed."""
     from matplotlib.figure import Figure
+
+    from ironsight.robustness.report.plots import png_data_uri
 
     nan = float("nan")
     x = list(range(len(series.runs)))
@@ -124,7 +113,7 @@ def _trend_plot(series: TrendSeries) -> str:
     ax.set_xlabel("run")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
-    return _png_data_uri(fig)
+    return png_data_uri(fig)
 
 
 def _fmt_acc(value: float | None) -> str:
