@@ -54,6 +54,9 @@ caller's global RNG state is left as it was.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torchattacks
 from torch import nn
@@ -135,6 +138,25 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     >>> bool((adv - x).abs().max() <= 2 / 255 + 1e-6)
     True
     """
+    check_attack_inputs(name, images, labels, eps=eps, steps=steps, alpha=alpha)
+    if eps == 0 or images.shape[0] == 0:
+        return images.detach().clone()
+
+    step = default_alpha(eps, steps) if alpha is None else float(alpha)
+    # fork every CUDA device's generator: torch.manual_seed below seeds them all
+    devices = list(range(torch.cuda.device_count())) if images.device.type == "cuda" else []
+    with frozen(model):
+        atk = _make_attack(model, images, name, eps=eps, steps=steps, alpha=step, seed=seed)
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            torch.manual_seed(seed)  # PGD's random start uses the global generator
+            # PGDL2 reshapes with .view(): a permuted (channels-last) batch would raise
+            adv = atk(images.contiguous(), labels.to(images.device))  # (N, 3, H, W) in [0, 1]
+    return adv.detach()
+
+
+def check_attack_inputs(name: str, images, labels, *, eps: float, steps: int, alpha: float | None) -> None:
+    """Raise ``ValueError`` naming what is wrong with an attack's arguments (see
+    :func:`run_attack`)."""
     _check_name(name)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
@@ -156,28 +178,23 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         raise ValueError(f"steps for attack {name!r} is {steps}; expected >= 1")
     if alpha is not None and not alpha > 0:
         raise ValueError(f"alpha for attack {name!r} is {alpha}; expected > 0 or None")
-    if eps == 0 or images.shape[0] == 0:
-        return images.detach().clone()
 
-    step = default_alpha(eps, steps) if alpha is None else float(alpha)
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode with its parameters' ``requires_grad`` off (only the input's
+    gradient is needed); both restored on exit."""
     was_training = model.training
     grad_flags = [p.requires_grad for p in model.parameters()]
-    # fork every CUDA device's generator: torch.manual_seed below seeds them all
-    devices = list(range(torch.cuda.device_count())) if images.device.type == "cuda" else []
     try:
         model.eval()
         for p in model.parameters():
-            p.requires_grad_(False)  # only the input gradient is needed
-        atk = _make_attack(model, images, name, eps=eps, steps=steps, alpha=step, seed=seed)
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            torch.manual_seed(seed)  # PGD's random start uses the global generator
-            # PGDL2 reshapes with .view(): a permuted (channels-last) batch would raise
-            adv = atk(images.contiguous(), labels.to(images.device))  # (N, 3, H, W) in [0, 1]
+            p.requires_grad_(False)
+        yield model
     finally:
         for p, flag in zip(model.parameters(), grad_flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
-    return adv.detach()
 
 
 def _make_attack(model: nn.Module, images: torch.Tensor, name: str, *, eps: float, steps: int,

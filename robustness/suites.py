@@ -11,9 +11,17 @@ severities: [1, 3, 5]                     # default: all of SEVERITIES
 attacks:                                  # default: none
   - {name: pgd, eps: [0, 0.00784], steps: 10}   # eps default: the attack's default sweep
   - {name: fgsm}                                 # alpha default: 2.5 * eps / steps
+  - {name: pgd_l2, early_stop: false}            # default true: RobustBench's rule, below
 mix:                                      # optional: how often each condition occurs in
   low_light: 0.30                         # production; the rest (here 0.70) is clean
 ```
+
+``early_stop`` (default true): an image counts as fooled at a budget once any iterate the attack
+tried within it was misclassified; images wrong clean are not attacked, PGD stops on an image at
+its first misclassified iterate, and an example found at a smaller budget is kept for the larger
+ones (:mod:`ironsight.robustness.attack_sweep`; most of an undefended model's attack time).
+``false``: every image at every budget to the last iterate, as a torchattacks loop does (its
+accuracies are the same or higher).
 
 ``mix`` names conditions of the suite, each with a weight > 0, weights summing to at most 1;
 the audit and ``ironsight compare`` then report the expected accuracy under that mix, with its
@@ -69,6 +77,7 @@ class AttackSpec:
     eps: tuple[float, ...]
     steps: int = 10
     alpha: float | None = None
+    early_stop: bool = True  # RobustBench's rule (robustness.attack_sweep); False: torchattacks' last iterate
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,7 @@ class _AttackModel(BaseModel):
     eps: list[float] | None = Field(None, min_length=1)
     steps: int = Field(10, ge=1)
     alpha: float | None = Field(None, gt=0)
+    early_stop: bool = True
 
     @field_validator("name")
     @classmethod
@@ -269,7 +279,7 @@ def _to_suite(m: _SuiteModel, source: str) -> Suite:
     conditions = tuple(list_conditions()) if m.conditions == "all" else tuple(m.conditions)
     attacks = tuple(
         AttackSpec(a.name, tuple(float(e) for e in (a.eps or default_epsilons(a.name))),
-                   a.steps, a.alpha)
+                   a.steps, a.alpha, a.early_stop)
         for a in m.attacks
     )
     mix: tuple[tuple[str, float], ...] = ()

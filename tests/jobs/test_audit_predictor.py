@@ -141,3 +141,29 @@ def test_the_audits_decode_stage_imports_neither_torch_nor_ray():
              "print([m for m in ('torch', 'torchvision', 'ray') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", fresh], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_attack_rows_are_the_sweeps_and_early_stop_false_is_torchattacks(early_stop):
+    """Labels = the model's clean classes (every row attacked); early_stop False: each row is
+    the prediction of run_attack's (torchattacks') image; True: never more robust than that."""
+    from ironsight.robustness.attack_sweep import predict
+    from ironsight.robustness.attacks import run_attack
+
+    b = clean_batch(8)
+    spec = AttackSpec("pgd", (2 / 255, 8 / 255), steps=3, early_stop=early_stop)
+    p = AuditPredictor(SOURCE, attacks=(spec,), seed=5, device="cpu", cpu_threads=1)
+    x = p.to_device(b["image"])
+    b["label_true"] = predict(p.model, x)[0].numpy()
+    out = p(b)
+    for eps in spec.eps:
+        sel = (out["kind"] == "attack") & (out["eps"] == eps)
+        assert sorted(out["row"][sel].tolist()) == sorted(b["row"].tolist())
+        got = dict(zip(out["row"][sel].tolist(), out["label"][sel].tolist(), strict=True))
+        adv = run_attack(p.model, x, torch.from_numpy(b["label_true"]), name="pgd", eps=eps, steps=3, seed=5)
+        ref = dict(zip(b["row"].tolist(), predict(p.model, adv)[0].tolist(), strict=True))
+        if early_stop:
+            robust = sum(got[r] == t for r, t in zip(b["row"].tolist(), b["label_true"].tolist(), strict=True))
+            assert robust <= sum(ref[r] == t for r, t in zip(b["row"].tolist(), b["label_true"].tolist(), strict=True))
+        else:
+            assert got == ref
