@@ -85,6 +85,8 @@ def _finite(obj):
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
+        if all(type(v) is int for v in obj):  # a confusion-matrix row (1,000 of 1,000 for ImageNet)
+            return list(obj)
         return [_finite(v) for v in obj]
     return obj
 

@@ -49,6 +49,8 @@ from ironsight.robustness.report.tables import (
     pct,
     per_class_table,
     result_tables,
+    shown_classes,
+    shown_classes_note,
     summary_rows,
 )
 from ironsight.robustness.schema import Example
@@ -265,7 +267,9 @@ def render_html(report: dict, examples: Sequence[Example] = ()) -> str:
             attack_plot(report),
             "Robust accuracy per attack as the budget eps grows; bands: 95% Wilson score interval.",
         ),
-        (confusion_plot(report), "Clean confusion matrix, rows normalized; numbers are counts."),
+        (confusion_plot(report), " ".join(filter(None, (
+            "Clean confusion matrix, rows normalized; numbers are counts.",
+            shown_classes_note(report, shown_classes(report)))))),
     ):
         if uri:
             plots.append(figure(uri, caption))

@@ -18,6 +18,8 @@ from ironsight.robustness.report.tables import (
     header_lines,
     per_class_table,
     result_tables,
+    shown_classes,
+    shown_classes_note,
     summary_rows,
 )
 
@@ -55,10 +57,12 @@ def to_markdown(report: dict) -> str:
 
     out += ["## Clean data", ""]
     out += _md_table(*per_class_table(report))
-    out += ["Confusion matrix (rows: true class, columns: predicted class)", ""]
+    shown = shown_classes(report)
+    note = shown_classes_note(report, shown)
+    out += [f"Confusion matrix (rows: true class, columns: predicted class){'; ' + note if note else ''}", ""]
     out += _md_table(
-        ["true \\ predicted", *names],
-        [[names[i], *row] for i, row in enumerate(clean["confusion_matrix"])],
+        ["true \\ predicted", *(names[j] for j in shown)],
+        [[names[i], *(clean["confusion_matrix"][i][j] for j in shown)] for i in shown],
     )
 
     section = None

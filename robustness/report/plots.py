@@ -169,15 +169,22 @@ def heatmap(report: dict) -> str | None:
 
 
 def confusion_plot(report: dict) -> str | None:
-    cm = np.asarray(report["clean"]["confusion_matrix"])
-    if cm.size == 0 or cm.sum() == 0:
+    """The clean confusion matrix over :func:`~ironsight.robustness.report.tables.shown_classes`
+    (every class up to 30; else the classes seen, at most 30), rows normalized over all
+    predictions of the true class."""
+    from ironsight.robustness.report.tables import shown_classes
+
+    full = np.asarray(report["clean"]["confusion_matrix"])
+    if full.size == 0 or full.sum() == 0:
         return None
-    names = report["class_names"]
+    shown = shown_classes(report)
+    names = [report["class_names"][i] for i in shown]
+    cm = full[np.ix_(shown, shown)]
+    totals = full[shown].sum(axis=1, keepdims=True)
     size = min(9.0, 2.4 + 0.45 * len(names))
     fig = Figure(figsize=(size, size * 0.85), dpi=_DPI)
     ax = fig.add_subplot()
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    frac = np.divide(cm, totals, out=np.zeros(cm.shape, dtype=float), where=totals > 0)
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)

@@ -211,9 +211,50 @@ def result_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
     return tables
 
 
+# A report's per-class rows and confusion matrix name every class up to this many; beyond it
+# (an ImageNet model: 1,000 classes, a 1,000 x 1,000 matrix that took 8 s to draw and 2 MB of
+# Markdown) only the classes the eval set has or the model predicted, at most this many.
+MAX_CLASSES_SHOWN = 30
+
+
+def shown_classes(report: dict) -> list[int]:
+    """The class indices report.md and report.html show in per-class rows and the confusion
+    matrix: all of them up to :data:`MAX_CLASSES_SHOWN`; else the classes with a true label or
+    a prediction in the clean confusion matrix, the :data:`MAX_CLASSES_SHOWN` most frequent
+    (true + predicted) of them, in class order.
+
+    >>> cm = [[0] * 40 for _ in range(40)]
+    >>> cm[3][3], cm[7][12] = 5, 2
+    >>> shown_classes({"class_names": [str(i) for i in range(40)], "clean": {"confusion_matrix": cm}})
+    [3, 7, 12]
+    >>> shown_classes({"class_names": ["a", "b"], "clean": {"confusion_matrix": [[0, 0], [0, 0]]}})
+    [0, 1]
+    """
+    import numpy as np
+
+    names = report["class_names"]
+    if len(names) <= MAX_CLASSES_SHOWN:
+        return list(range(len(names)))
+    cm = np.asarray(report["clean"].get("confusion_matrix") or np.zeros((len(names), len(names))))
+    weight = cm.sum(axis=1) + cm.sum(axis=0)
+    seen = np.flatnonzero(weight > 0)
+    top = seen[np.argsort(-weight[seen], kind="stable")[:MAX_CLASSES_SHOWN]]
+    return sorted(int(i) for i in top)
+
+
+def shown_classes_note(report: dict, shown: list[int]) -> str:
+    """'' when every class is shown; else which classes are left out."""
+    total = len(report["class_names"])
+    if len(shown) == total:
+        return ""
+    return (f"{len(shown)} of {total} classes shown: those with an image or a prediction"
+            + (f", the {MAX_CLASSES_SHOWN} most frequent" if len(shown) == MAX_CLASSES_SHOWN else "") + ".")
+
+
 def per_class_table(report: dict) -> tuple[list[str], list[list]]:
-    """(header, rows) of the clean data per class: accuracy with its interval, precision,
-    recall, F1 and support, then the macro row; report.md and report.html show these rows.
+    """(header, rows) of the clean data per class (:func:`shown_classes`): accuracy with its
+    interval, precision, recall, F1 and support, then the macro row (over every class); report.md
+    and report.html show these rows.
 
     >>> header, rows = per_class_table({"class_names": ["cat"], "clean": {
     ...     "per_class": [{"accuracy": 0.5, "ci95": [0.1, 0.9], "n_labeled": 2}],
@@ -233,7 +274,7 @@ def per_class_table(report: dict) -> tuple[list[str], list[list]]:
             num(clean["f1"][i]),
             clean["support"][i],
         ]
-        for i in range(len(names))
+        for i in shown_classes(report)
     ]
     rows.append(["macro", "", num(clean["macro_precision"]), num(clean["macro_recall"]),
                  num(clean["macro_f1"]), clean["n_labeled"]])

@@ -353,3 +353,22 @@ def test_text_and_markdown_renderers_load_no_plotting():
     modules = [f"ironsight.robustness.report.{m}" for m in ("build", "markdown", "tables", "text")]
     watched = ("matplotlib", "PIL", "ironsight.robustness.report.html", "ironsight.robustness.report.plots")
     assert loaded_after_importing(modules, watched) == []
+
+
+def test_a_1000_class_report_shows_the_classes_seen_only():
+    """An ImageNet model's report: per-class rows and the confusion matrix (report.md, the
+    HTML plot) name the classes with an image or a prediction, not all 1,000."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    from ironsight.robustness.report.html import render_html
+    from ironsight.robustness.report.markdown import to_markdown
+    from ironsight.robustness.report.tables import per_class_table, shown_classes
+
+    report = build_report(predictions(), class_names=list(_IMAGENET_CATEGORIES), model={"name": "tiny"},
+                          data={}, seed=7, suite="quick")
+    assert shown_classes(report) == [0, 1]
+    assert [r[0] for r in per_class_table(report)[1]] == ["tench", "goldfish", "macro"]
+    md = to_markdown(report)
+    assert "2 of 1000 classes shown" in md and "| true \\ predicted | tench | goldfish |" in md
+    assert "great white shark" not in md
+    assert "2 of 1000 classes shown" in render_html(report)
