@@ -29,6 +29,7 @@ tell which actor on which node did what.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -42,7 +43,10 @@ if TYPE_CHECKING:
     from ironsight.cluster.corpus import CorpusPlan
     from ironsight.cluster.models import LoadedModel, ModelSource
 
-__all__ = ["CostProfile", "HostStaging", "Predictor", "as_error", "autocast_dtype", "check_device", "pick_device"]
+__all__ = ["CostProfile", "HostStaging", "Predictor", "as_error", "autocast_dtype", "check_device",
+           "fused_for_inference", "pick_device"]
+
+log = logging.getLogger("ironsight")
 
 
 def pick_device(prefer: str = "auto") -> str:
@@ -151,6 +155,27 @@ class HostStaging:
         return view
 
 
+def fused_for_inference(model):
+    """``model`` (in eval mode) with each batch-norm folded into the convolution or linear layer
+    before it (``torch.fx.experimental.optimization.fuse``: same function up to float rounding,
+    input gradients included); the model itself when it cannot be traced (dynamic control flow,
+    a TorchScript or exported program), which then runs unfused.
+
+    An eval-mode batch-norm is a per-channel scale and shift; left apart it is a second pass
+    over every activation. Measured on this project's 2-core machine, channels-last, forward
+    per image: mobilenet_v3_small at 224 px 3.8 -> 2.2 ms, resnet50 42.6 -> 39.1 ms, demo_cnn
+    at 64 px 0.20 -> 0.17 ms.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        fused = fuse(model)  # a traced copy; the original's parameters are left as they are
+    except Exception as exc:  # noqa: BLE001 - torch.fx raises many kinds on untraceable code
+        log.debug("model not fused (%s: %s): it runs as loaded", type(exc).__name__, exc)
+        return model
+    return fused.eval()
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -187,7 +212,7 @@ class Predictor:
             torch.set_num_threads(max(1, cpu_threads or _ray_cpus() or 1))
         self.threads = torch.get_num_threads()  # the actor's CPU threads (its CPU-side work too)
         loaded = source.load(self.device)
-        self.model = loaded.module.to(self.device).eval()
+        self.model = fused_for_inference(loaded.module.to(self.device).eval())
         self.num_classes = loaded.info.num_classes
         self.top_k = min(top_k, self.num_classes)
         self.passthrough = passthrough
@@ -390,7 +415,8 @@ def measure_cost(model: LoadedModel, plan: CorpusPlan, *, max_pixels: int, image
     decode_ms = (time.process_time() - cpu) * 1e3 / max(1, len(blobs))
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, (images, 3, pre.crop, pre.crop), dtype=np.uint8))
-    module = model.module.eval()
+    x = x.contiguous(memory_format=torch.channels_last)  # as the actors run it (Predictor)
+    module = fused_for_inference(model.module.eval()).to(memory_format=torch.channels_last)
 
     def per_image_ms(threads: int) -> float:
         torch.set_num_threads(threads)

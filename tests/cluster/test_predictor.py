@@ -168,3 +168,29 @@ def test_a_float_tensor_on_the_device_is_predicted_as_its_uint8_images_and_split
     assert max(p.model.sizes) <= 2 and again["label"].tolist() == expected["label"].tolist()
     nothing = p.predict(None, np.array(["empty: zero-length image"] * 2, object))  # no decoded row
     assert nothing["label"].tolist() == [-1, -1] and nothing["error"][0].startswith("empty:")
+
+
+def test_batch_norms_are_folded_into_their_convolutions_and_answers_kept():
+    """The predictor runs the model with each eval-mode batch-norm folded into the layer
+    before it (fused_for_inference): no BatchNorm module left, the same classes and logits
+    to float rounding; an untraceable model runs as loaded."""
+    import torch
+    from torch import nn
+
+    from ironsight.cluster.predictor import fused_for_inference
+
+    loaded = ModelSource(name="demo_cnn", random_weights=True).load("cpu").module.eval()
+    p = Predictor(ModelSource(name="demo_cnn", random_weights=True), device="cpu", cpu_threads=1)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in p.model.modules())
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    x = p.to_device(images)
+    with torch.inference_mode():
+        assert torch.allclose(p.model(x), loaded(x), atol=1e-4)
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x.sum() if x.sum() > 0 else x  # data-dependent control flow: fx cannot trace it
+
+    branchy = Branchy()
+    assert fused_for_inference(branchy) is branchy
