@@ -74,6 +74,7 @@ MIN_THREAD_EFFICIENCY = 0.7
 def plan_resources(
     actors: int | None, device: str, *, resources: dict[str, float] | None = None,
     cost: CostProfile | Callable[[], CostProfile] | None = None, inputs: int | None = None,
+    one_thread_actors: bool = False,
 ) -> dict[str, Any]:
     """Actor pool size and per-actor resources for the connected Ray cluster.
 
@@ -90,7 +91,7 @@ def plan_resources(
     | decode share ``f``    | ``d / (d + m1)``: decode's part of the CPU work per image          |
     | decode tasks          | ``max(1, round(C * f))`` CPUs left free for 1-CPU decode tasks (at most ``C - 1``): Ray runs that many at once |
     | model cores           | ``C * (1 - f)``, at least 1                                        |
-    | threads per actor     | 1 when the 2nd thread's efficiency ``m1 / (2 m2)`` < :data:`MIN_THREAD_EFFICIENCY` (a busy node: threads wait on each other); else ``round(model cores / actors)`` (decode's idle share is used), at most ``ceil(model cores)`` in all |
+    | threads per actor     | 1 when the 2nd thread's efficiency ``m1 / (2 m2)`` < :data:`MIN_THREAD_EFFICIENCY` (a busy node: threads wait on each other) or the caller asks for ``one_thread_actors`` (an audit); else ``round(model cores / actors)`` (decode's idle share is used), at most ``ceil(model cores)`` in all |
     | actors                | ``--actors``, else ``round(model cores / threads)`` with threads 2 when efficient, 1 otherwise; at least 1, at most ``inputs`` |
     | CPUs per actor        | ``(C - decode tasks) / actors``, rounded down to 1/100             |
     | batch size            | ``--batch-size`` (64): on CPU the per-image cost is flat from ~16 images a batch, so it is not planned; ``batch_hint`` says the smallest batch that keeps Ray's per-batch overhead (~5 ms) under 5% of compute |
@@ -112,6 +113,11 @@ def plan_resources(
         inputs: the input blocks the actors will get (pending shards); a measured CPU pool
             sized from the cluster has no more actors than that (Ray warns, on the console,
             about an actor pool larger than its inputs).
+        one_thread_actors: on a measured CPU plan, one torch thread per actor and an actor per
+            model core (up to ``inputs``) whatever the threads' efficiency: an audit's blocks are
+            independent and each is dozens of model passes, so actors beat threads (100 images
+            of mobilenet_v3_small's audit on 2 cores: 16.7 s of work per 1-thread actor, two
+            of them, against 20.9 s on one 2-thread actor; measured on this project's machine).
 
     >>> plan = plan_resources(None, "auto", resources={"CPU": 16.0})
     >>> plan["size"], plan["num_cpus"], plan["threads"]
@@ -159,7 +165,7 @@ def plan_resources(
         reserve = float(min(max(decode, round(cpus * share)), max(decode, cpus - 1)))
         model_cores = max(1.0, cpus * (1.0 - share))
         eff = cost.two_thread_efficiency
-        efficient = eff is not None and eff >= MIN_THREAD_EFFICIENCY
+        efficient = eff is not None and eff >= MIN_THREAD_EFFICIENCY and not one_thread_actors
         n = actors or max(1, min(inputs or math.inf, round(model_cores / (2 if efficient else 1))))
         # round(model cores / actors), never more threads in all than the model cores rounded up
         threads = max(1, min(round(model_cores / n), math.ceil(model_cores) // n)) if efficient else 1
@@ -229,21 +235,24 @@ def decoded(shards: Sequence[int], decode: Callable[..., Iterator[dict]], decode
 
 
 def predicted(ds: Any, predictor: type, predictor_kwargs: dict[str, Any], res: dict[str, Any], *,
-              batch_size: int) -> Any:
+              batch_size: int, in_flight: int | None = None) -> Any:
     """``ds`` through a pool of ``predictor`` actors sized by ``res`` (:func:`plan_resources`).
 
     ``predictor(**predictor_kwargs, device=res["device"], cpu_threads=res["threads"])`` is built
     once per actor (``ironsight.cluster.predictor.Predictor`` or a subclass) and called with
     batches of ``batch_size`` rows. Ray Data restarts a killed actor and retries its in-flight
     batches (``max_restarts=-1``, ``max_task_retries=-1``): the duplicates that may make are
-    dropped by :func:`drain`.
+    dropped by :func:`drain`. ``in_flight``: at most that many batches queued on one actor
+    (Ray Data's ``max_tasks_in_flight_per_actor``; None: its default, which let the first
+    actor up take all four blocks of a 100-image audit while the second one idled).
     """
     from ray.data import ActorPoolStrategy
 
+    pool = {} if in_flight is None else {"max_tasks_in_flight_per_actor": in_flight}
     return ds.map_batches(
         predictor,
         fn_constructor_kwargs={**predictor_kwargs, "device": res["device"], "cpu_threads": res.get("threads")},
-        compute=ActorPoolStrategy(size=res["size"]),
+        compute=ActorPoolStrategy(size=res["size"], **pool),
         num_gpus=res["num_gpus"],
         num_cpus=res["num_cpus"],
         batch_size=batch_size,

@@ -40,6 +40,7 @@ from ironsight.cluster.preprocess import Preprocess
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
 from ironsight.jobs.variants import (
     audit_cost,
+    block_rows_for,
     clean_blocks,
     clean_dataset,
     collect_predictions,
@@ -177,13 +178,13 @@ def audit_predictions(cfg: AuditConfig, prepared: AuditPlan, clean: Any = None, 
     (:func:`~ironsight.jobs.variants.clean_dataset`; made here when None, ``ironsight compare``
     passes one per preprocessing), through ``cfg.source``'s AuditPredictor actors, planned from
     this audit's measured cost. ``actors`` overrides ``cfg.actors`` (compare: one GPU each)."""
+    block = block_rows_for(prepared.rows, cfg.batch_size, cfg.device)
     if clean is None:
-        clean = clean_dataset(prepared.corpus, prepared.shards, prepared.limits, prepared.model.info.preprocess,
-                              cfg.batch_size)
-    predicted = predict_variants(clean, cfg.source, cfg.suite, seed=cfg.seed, batch_size=cfg.batch_size,
+        clean = clean_dataset(prepared.corpus, prepared.shards, prepared.limits, prepared.model.info.preprocess, block)
+    predicted = predict_variants(clean, cfg.source, cfg.suite, seed=cfg.seed, batch_size=block,
                                  actors=cfg.actors if actors is None else actors, device=cfg.device,
                                  cost=lambda: audit_cost(prepared.model, prepared.corpus, cfg.suite),
-                                 inputs=clean_blocks(prepared.shards, prepared.limits, cfg.batch_size))
+                                 inputs=clean_blocks(prepared.shards, prepared.limits, block))
     return collect_predictions(predicted, prepared.rows * variants_per_image(cfg.suite), cfg.progress, desc=desc)
 
 

@@ -54,7 +54,7 @@ from ironsight.jobs.audit import (
     plan_audit,
 )
 from ironsight.jobs.spec import AUDIT_ROWS_PER_SHARD
-from ironsight.jobs.variants import clean_dataset
+from ironsight.jobs.variants import block_rows_for, clean_dataset
 from ironsight.robustness.schema import PREDICTIONS_SCHEMA
 from ironsight.robustness.suites import Suite
 
@@ -269,7 +269,8 @@ def _predict_all(cfg: CompareConfig, prepared: ComparePlan, todo: list[ModelEntr
     decoded: dict[str, Any] = {}
     for members in groups.values():
         plan = prepared.audits[members[0].name]
-        ds = clean_dataset(plan.corpus, plan.shards, plan.limits, plan.model.info.preprocess, cfg.audit.batch_size)
+        ds = clean_dataset(plan.corpus, plan.shards, plan.limits, plan.model.info.preprocess,
+                           block_rows_for(plan.rows, cfg.audit.batch_size, cfg.audit.device))
         if len(members) > 1:  # decoded once, read by each model
             status(f"decoding the eval set once for {', '.join(m.name for m in members)}")
             ds = ds.materialize()

@@ -126,6 +126,21 @@ def test_the_cpu_plan_counts_every_variant_so_the_actors_get_the_cores(monkeypat
     assert classify["decode_tasks"] == 5  # one clean pass: decoding is most of the work
     assert audited["decode_tasks"] == 1  # every variant counted: one decode task, the rest to actors
     assert audited["size"] * audited["num_cpus"] == pytest.approx(7.0)
+    # an audit's actors: one torch thread each, an actor per model core, at most one per block
+    spread = plan_resources(None, "cpu", resources={"CPU": 8.0}, cost=cost, one_thread_actors=True, inputs=100)
+    assert (spread["size"], spread["threads"], audited["threads"]) == (7, 1, 2)
+    few = plan_resources(None, "cpu", resources={"CPU": 8.0}, cost=cost, one_thread_actors=True, inputs=3)
+    assert few["size"] == 3
+
+
+def test_blocks_spread_an_audit_over_every_worker():
+    from ironsight.jobs.variants import MIN_BLOCK_ROWS, block_rows_for
+
+    assert block_rows_for(100, 64, "cpu", {"CPU": 2.0}) == 25  # 4 blocks: two for each core
+    assert block_rows_for(10_000, 64, "cpu", {"CPU": 2.0}) == 64  # plenty: the batch size
+    assert block_rows_for(20, 64, "cpu", {"CPU": 8.0}) == MIN_BLOCK_ROWS  # never tiny blocks
+    assert block_rows_for(400, 64, "auto", {"CPU": 8.0, "GPU": 2.0}) == 64  # per GPU, not per CPU
+    assert block_rows_for(400, 64, "cpu", {"CPU": 8.0, "GPU": 2.0}) == 25
 
 
 def test_the_audits_decode_stage_imports_neither_torch_nor_ray():
