@@ -1,8 +1,13 @@
 """The audit a user writes by hand in one process vs ``ironsight audit``, side by side.
 
-Same eval set (synthetic JPEGs), same model (a torchvision architecture with random weights
-written to a local file, loaded by both), same variants: every image clean, at each
-corruption x severity, and under each attack x eps.
+Same eval set (synthetic JPEGs), same model (a torchvision architecture trained here from
+scratch on other synthetic images, a few minutes the first time, cached in ``--workdir``;
+``--random-weights`` for its random initialization, which gets almost no image right, so
+that the attacks have nothing to do), loaded by both from a local file, same variants: every
+image clean, at each corruption x severity, and under each attack x eps. Both sides' accuracies
+are printed per cell: Ironsight's attacks count an image as fooled at its first misclassified
+iterate and do not attack images already wrong (RobustBench's rule,
+``ironsight.robustness.attack_sweep``); ``--no-early-stop`` runs them by torchattacks' rule.
 
 | side        | what runs                                                                       |
 |-------------|---------------------------------------------------------------------------------|
@@ -58,6 +63,69 @@ def write_weights(model: str, folder: str) -> str:
         torch.manual_seed(0)
         torch.save(torchvision.models.get_model(model, weights=None).state_dict(), path)
     return path
+
+
+def train_weights(model: str, folder: str, *, size: int, images: int, epochs: int) -> tuple[str, dict]:
+    """``folder/<model>-synthetic-<size>px-<images>x<epochs>.pt``: the architecture trained
+    from scratch on ``images`` synthetic images (split seed 1; the eval corpus is split 2),
+    through the model card's resize and crop, on this machine's cores (cached: a few minutes
+    the first time). An audit's attack time depends on how many images the model gets right
+    and how fast they fall: a random-weights model gets ~none right, so the attacks would have
+    nothing to do. Returns the path and what training measured."""
+    import json
+
+    import torch
+    import torchvision
+    from PIL import Image
+    from torchvision import transforms
+
+    from ironsight.cluster import synthetic
+    from ironsight.cluster.models.registry import get_model_info
+
+    path = os.path.join(folder, f"{model}-synthetic-{size}px-{images}x{epochs}.pt")
+    meta = path + ".json"
+    if os.path.exists(path) and os.path.exists(meta):
+        with open(meta) as f:
+            return path, json.load(f)
+    start = time.perf_counter()
+    pre = get_model_info(model).preprocess
+    mode = transforms.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else transforms.InterpolationMode.BILINEAR
+    resize = (transforms.Compose([transforms.Resize(pre.resize, interpolation=mode), transforms.CenterCrop(pre.crop)])
+              if pre.resize else transforms.Resize((pre.crop, pre.crop), interpolation=mode))
+    raw, labels = synthetic.render_arrays(1, 0, images, size=size)
+    x_all = torch.from_numpy(np.stack([np.asarray(resize(Image.fromarray(a))) for a in raw]))  # (N, crop, crop, 3) uint8
+    y_all = torch.from_numpy(labels)
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(model, weights=None)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.1  # mobilenet_v3's 0.01 leaves the running statistics behind in a short run
+    body = torch.nn.Sequential(transforms.Normalize(pre.mean, pre.std), net).to(memory_format=torch.channels_last)
+    batch = 32
+    opt = torch.optim.AdamW(body.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * (images // batch))
+    gen = torch.Generator().manual_seed(0)
+    body.train()
+    for _ in range(epochs):
+        order = torch.randperm(images, generator=gen)
+        for lo in range(0, images - batch + 1, batch):
+            idx = order[lo:lo + batch]
+            x = x_all[idx].permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+            loss = torch.nn.functional.cross_entropy(body(x), y_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    torch.save(net.state_dict(), path)
+    info = {"train_images": images, "epochs": epochs, "train_s": round(time.perf_counter() - start, 1),
+            "final_loss": round(float(loss.detach()), 4)}
+    with open(meta, "w") as f:
+        json.dump(info, f)
+    return path, info
+
+
+def cell_accuracy(correct: dict[str, int], n: int) -> dict[str, float]:
+    return {k: v / n for k, v in correct.items()}
 
 
 def handwritten(corpus: str, model: str, weights: str, args) -> dict:
@@ -121,9 +189,10 @@ def handwritten(corpus: str, model: str, weights: str, args) -> dict:
             adv = torch.cat([atk(xb, yb) for xb, yb in zip(x.split(args.batch_size), labels.split(args.batch_size),
                                                           strict=True)])
             t["attack"] += time.perf_counter() - s
-            correct[f"{attack}/{eps:.4f}"] = int((predict(adv) == labels.numpy()).sum())
+            correct[f"{attack}/{eps:.6f}"] = int((predict(adv) == labels.numpy()).sum())
     t["wall"] = time.perf_counter() - start
-    return {"seconds": t, "predictions": len(correct) * len(images), "crop": pre.crop}
+    return {"seconds": t, "predictions": len(correct) * len(images), "crop": pre.crop,
+            "accuracy": cell_accuracy(correct, len(images))}
 
 
 def ironsight_audit(corpus: str, out: str, model: str, weights: str, args) -> dict:
@@ -140,7 +209,8 @@ def ironsight_audit(corpus: str, out: str, model: str, weights: str, args) -> di
     from ironsight.robustness.suites import AttackSpec, Suite
 
     suite = Suite(name="handwritten", conditions=tuple(args.corruptions), severities=tuple(args.severities),
-                  attacks=(AttackSpec("fgsm", tuple(args.eps)), AttackSpec("pgd", tuple(args.eps), steps=args.pgd_steps)))
+                  attacks=(AttackSpec("fgsm", tuple(args.eps), early_stop=args.early_stop),
+                           AttackSpec("pgd", tuple(args.eps), steps=args.pgd_steps, early_stop=args.early_stop)))
     shutil.rmtree(out, ignore_errors=True)
     cfg = AuditConfig(input=corpus, output=out, source=ModelSource(name=model, weights=weights), suite=suite,
                       progress=False, batch_size=args.batch_size, activation_maps=False)
@@ -150,6 +220,7 @@ def ironsight_audit(corpus: str, out: str, model: str, weights: str, args) -> di
         cpus = int(ray.cluster_resources().get("CPU", 0))
         result = run_audit(cfg)
     wall = time.perf_counter() - start
+    accuracy = ironsight_accuracy(os.path.join(out, "predictions.parquet"))
 
     # the corruption step alone, as the actors run it: corrupt_batch on each decoded block
     prepared = plan_audit(AuditConfig(input=corpus, output=out + "-plan", source=cfg.source, suite=suite))
@@ -170,16 +241,46 @@ def ironsight_audit(corpus: str, out: str, model: str, weights: str, args) -> di
     corrupt_s, corrupt_cpu = time.perf_counter() - s, time.process_time() - cpu
     return {"seconds": {"ray_start": ray_start, "run_audit": result.wall_s, "wall": wall, "decode": decode_s,
                         "corrupt": corrupt_s, "corrupt_cpu": corrupt_cpu},
-            "predictions": result.rows, "ray_cpus": cpus, "corrupt_threads": threads}
+            "predictions": result.rows, "ray_cpus": cpus, "corrupt_threads": threads, "accuracy": accuracy}
+
+
+def ironsight_accuracy(predictions: str) -> dict[str, float]:
+    """Accuracy per variant cell of the audit's predictions.parquet, keyed as the handwritten
+    side keys them (``clean``, ``<corruption>/<severity>``, ``<attack>/<eps>``)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(predictions, columns=["kind", "condition", "severity", "eps", "correct"]).to_pydict()
+    cells: dict[str, list[bool]] = {}
+    for kind, cond, sev, eps, ok in zip(t["kind"], t["condition"], t["severity"], t["eps"], t["correct"], strict=True):
+        key = "clean" if kind == "clean" else f"{cond}/{sev}" if kind == "corruption" else f"{cond}/{eps:.6f}"
+        cells.setdefault(key, []).append(bool(ok))
+    return {k: sum(v) / len(v) for k, v in cells.items()}
+
+
+def agreement(hand: dict[str, float], iron: dict[str, float]) -> dict:
+    """How far the two sides' accuracies are apart: clean, corruption cells (same definitions,
+    different random draws) and attack cells (Ironsight's early stop counts an image fooled at
+    its first misclassified iterate; torchattacks keeps the last)."""
+    def cells(prefixes):
+        return [k for k in hand if k in iron and k.split("/")[0] in prefixes]
+
+    corr = [k for k in hand if k in iron and k != "clean" and k.split("/")[0] not in ("fgsm", "pgd")]
+    diffs = [iron[k] - hand[k] for k in corr]
+    return {
+        "clean": (hand.get("clean"), iron.get("clean")),
+        "corruption_mean": (sum(hand[k] for k in corr) / max(1, len(corr)), sum(iron[k] for k in corr) / max(1, len(corr))),
+        "corruption_max_abs_diff": max((abs(d) for d in diffs), default=0.0),
+        "attacks": {k: (hand[k], iron[k]) for k in cells(("fgsm", "pgd"))},
+    }
 
 
 def render(r: dict) -> str:
-    h, i = r["handwritten"], r["ironsight"]
+    h, i, a = r["handwritten"], r["ironsight"], r["agreement"]
     lines = [
         f"# Audit: handwritten (imagecorruptions + torchattacks) vs ironsight audit ({r['stamp']})",
         "",
         f"{r['images']} images ({r['source_px']} px JPEGs, {r['crop']} px to the model), {r['model']} "
-        f"(random weights), {len(r['corruptions'])} corruptions x {len(r['severities'])} severities + "
+        f"({'random weights' if r['random_weights'] else 'trained here on synthetic images'}), {len(r['corruptions'])} corruptions x {len(r['severities'])} severities + "
         f"FGSM and PGD-{r['pgd_steps']} at {len(r['eps'])} eps = {r['variants']} variants; "
         f"{'quick (smoke) run' if r['quick'] else 'full run'}.",
         "",
@@ -200,6 +301,15 @@ def render(r: dict) -> str:
         f"decode alone {i['seconds']['decode']:.1f} s, its corruption step (corrupt_batch on the decoded blocks, "
         f"CPU tensors) {i['seconds']['corrupt']:.1f} s on {i['corrupt_threads']} threads "
         f"({i['seconds']['corrupt_cpu']:.1f} s of CPU).",
+        "",
+        f"Model: {r['weights']}. Accuracy, handwritten vs ironsight: clean {a['clean'][0]:.1%} vs {a['clean'][1]:.1%}; "
+        f"mean over the corruption cells {a['corruption_mean'][0]:.1%} vs {a['corruption_mean'][1]:.1%} (largest "
+        f"cell difference {a['corruption_max_abs_diff']:.1%}: same definitions, other random draws). Attacks "
+        f"(Ironsight {'early stop: an image counts as fooled at its first misclassified iterate, wrong-clean images not attacked' if r['early_stop'] else 'early_stop false: torchattacks rule'}):",
+        "",
+        "| attack / eps | handwritten (torchattacks) | ironsight |",
+        "|--------------|---------------------------:|----------:|",
+        *(f"| {k.split('/')[0]} {float(k.split('/')[1]) * 255:.3g}/255 | {h:.1%} | {v:.1%} |" for k, (h, v) in a["attacks"].items()),
     ]
     return "\n".join(lines)
 
@@ -215,6 +325,12 @@ def main(argv: list[str] | None = None) -> dict:
                     "(--quick: 1/255)")
     ap.add_argument("--pgd-steps", type=int, help="default 10 (--quick: 2)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--random-weights", action="store_true",
+                    help="the architecture's random initialization (gets ~no image right: the attacks have no work)")
+    ap.add_argument("--train-images", type=int, help="synthetic training images (default 3200; --quick: 64)")
+    ap.add_argument("--train-epochs", type=int, help="default 6 (--quick: 1)")
+    ap.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                    help="Ironsight's attacks with early_stop false (torchattacks' rule: every image, last iterate)")
     ap.add_argument("--quick", action="store_true", help="smoke run at tiny sizes (its rates are start-up)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "ironsight-audit-vs-handwritten"))
     ap.add_argument("--results", default=noop.RESULTS, help="where audit-vs-handwritten-<UTC>.json/.md go")
@@ -223,19 +339,24 @@ def main(argv: list[str] | None = None) -> dict:
     quick = args.quick
     defaults = {"images": 4 if quick else 100, "corruptions": list(CORRUPTIONS[:2] if quick else CORRUPTIONS),
                 "severities": [1, 2] if quick else [1, 2, 3, 4, 5],
-                "eps": list(EPSILONS[:1] if quick else EPSILONS), "pgd_steps": 2 if quick else 10}
+                "eps": list(EPSILONS[:1] if quick else EPSILONS), "pgd_steps": 2 if quick else 10,
+                "train_images": 64 if quick else 3200, "train_epochs": 1 if quick else 6}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
     from ironsight.cluster import synthetic
 
-    load_at_start = os.getloadavg()[0]
     os.makedirs(args.workdir, exist_ok=True)
     corpus = os.path.join(args.workdir, f"eval-{args.images}-{args.source_px}px")
     if not os.path.isdir(corpus):
         synthetic.write_corpus(corpus, args.images, seed=2, rows_per_file=500, row_group_size=250, size=args.source_px)
-    weights = write_weights(args.model, args.workdir)
+    if args.random_weights:
+        weights, trained = write_weights(args.model, args.workdir), None
+    else:
+        weights, trained = train_weights(args.model, args.workdir, size=args.source_px, images=args.train_images,
+                                         epochs=args.train_epochs)
+    load_at_start = os.getloadavg()[0]  # after training: the load the two sides start at
     variants = args.images * (1 + len(args.corruptions) * len(args.severities) + 2 * len(args.eps))
 
     hand = handwritten(corpus, args.model, weights, args)
@@ -252,7 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
         "severities": list(args.severities), "eps": list(args.eps), "pgd_steps": args.pgd_steps,
         "batch_size": args.batch_size, "variants": variants, "handwritten": hand, "ironsight": iron,
         "ratio": iron["variants_per_s"] / hand["variants_per_s"], "target": TARGET,
-        "load_1min_at_start": round(load_at_start, 2),
+        "load_1min_at_start": round(load_at_start, 2), "random_weights": args.random_weights,
+        "weights": os.path.basename(weights), "training": trained, "early_stop": args.early_stop,
+        "agreement": agreement(hand["accuracy"], iron["accuracy"]),
     }
     text = render(result)
     print(text)

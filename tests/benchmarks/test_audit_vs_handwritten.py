@@ -34,3 +34,7 @@ def test_quick_run_compares_the_same_variants_side_by_side_and_writes_json_and_m
     (js,) = (tmp_path / "res").glob("audit-vs-handwritten-*.json")
     assert "| handwritten (one process) |" in md.read_text() and "quick (smoke) run" in md.read_text()
     assert json.loads(js.read_text())["variants"] == 8
+    # both sides' accuracies per cell, side by side (the model was trained for the run: cached)
+    assert set(hand["accuracy"]) == set(iron["accuracy"]) == {"clean", "gaussian_noise/3", "fgsm/0.004000", "pgd/0.004000"}
+    assert result["agreement"]["attacks"].keys() == {"fgsm/0.004000", "pgd/0.004000"}
+    assert result["weights"].startswith("mobilenet_v3_small-synthetic-96px-") and result["early_stop"] is True
