@@ -208,9 +208,10 @@ def ironsight_audit(corpus: str, out: str, model: str, weights: str, args) -> di
     from ironsight.robustness.conditions.batch import corrupt_batch
     from ironsight.robustness.suites import AttackSpec, Suite
 
+    rule = {} if args.early_stop else {"early_stop": False}  # (an older Ironsight has no early_stop)
     suite = Suite(name="handwritten", conditions=tuple(args.corruptions), severities=tuple(args.severities),
-                  attacks=(AttackSpec("fgsm", tuple(args.eps), early_stop=args.early_stop),
-                           AttackSpec("pgd", tuple(args.eps), steps=args.pgd_steps, early_stop=args.early_stop)))
+                  attacks=(AttackSpec("fgsm", tuple(args.eps), **rule),
+                           AttackSpec("pgd", tuple(args.eps), steps=args.pgd_steps, **rule)))
     shutil.rmtree(out, ignore_errors=True)
     cfg = AuditConfig(input=corpus, output=out, source=ModelSource(name=model, weights=weights), suite=suite,
                       progress=False, batch_size=args.batch_size, activation_maps=False)
