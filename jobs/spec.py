@@ -130,7 +130,7 @@ class RunOptions(BaseModel):
         json_schema_extra=cli_option(metavar="RAY_ADDRESS"),
     )
     actors: int | None = Field(
-        None, ge=1, description="predictor actors; default one per GPU, or half the cores on CPU"
+        None, ge=1, description="predictor actors; default one per GPU, or on CPU sized from the costs the job measures when it starts (an audit: one per core)"
     )
     batch_size: int = Field(
         64, ge=1, le=65536, description="images per inference batch on each actor"
