@@ -172,3 +172,19 @@ def test_conditions_list_names_every_condition_and_attack():
 
     for name in [*list_conditions(), *list_attacks(), "quick", "standard"]:
         assert name in result.stdout
+
+
+def test_one_shards_clean_blocks_reach_the_actors_as_separate_ray_blocks(ray_local, tmp_path):
+    """Ray Data merges what one decode task yields into one block (up to 128 MB) and an actor
+    takes a block whole: without the repartition a one-shard eval set went to ONE actor."""
+    from ironsight.cluster import corpus as corpus_mod
+    from ironsight.jobs.variants import block_rows_for, clean_dataset
+
+    synthetic.write_corpus(str(tmp_path / "eval"), 64, seed=1, rows_per_file=64, row_group_size=64, size=32)
+    plan = corpus_mod.plan_corpus(str(tmp_path / "eval"), label_column="label", max_rows_per_shard=256)
+    assert len(plan.shards) == 1
+    block = block_rows_for(64, 64, "cpu")  # 2 CPUs: two blocks a core
+    assert block == 16
+    pre = ModelSource(name="demo_cnn", random_weights=True).validate().info.preprocess
+    done = clean_dataset(plan, list(plan.shards), {}, pre, block).materialize()
+    assert done.num_blocks() == 4 and done.count() == 64
