@@ -98,6 +98,14 @@ def test_yaml_defaults(tmp_path):
     assert suite.attacks == (AttackSpec("pgd_l2", default_epsilons("pgd_l2"), 10, 0.1),)
 
 
+def test_early_stop_defaults_to_robustbench_rule_and_can_be_turned_off_per_attack(tmp_path):
+    suite = load_suite(_write(tmp_path, "name: n\nconditions: [contrast]\n"
+                                        "attacks: [{name: pgd}, {name: fgsm, early_stop: false}]\n"))
+    assert [a.early_stop for a in suite.attacks] == [True, False]
+    assert [a["early_stop"] for a in suite.to_dict()["attacks"]] == [True, False]
+    assert all(a.early_stop for s in list_suites() for a in get_suite(s).attacks)
+
+
 @pytest.mark.parametrize("name", list_suites())
 def test_to_dict_round_trips_through_yaml(tmp_path, name):
     suite = get_suite(name)
@@ -120,6 +128,7 @@ def test_to_dict_round_trips_through_yaml(tmp_path, name):
     ("name: n\nattacks: [{name: pgd, step: 3}]\n", "attacks.0.step", "unknown key; did you mean 'steps'"),
     ("name: n\nattacks: [{name: fgsm}, {name: pgd, alpha: -1}]\n", "attacks.1.alpha",
      "greater than 0"),
+    ("name: n\nattacks: [{name: pgd, early_stop: 'no'}]\n", "attacks.0.early_stop", "valid boolean"),
 ])
 def test_bad_yaml_field_names_field_and_file(tmp_path, text, field, detail):
     path = _write(tmp_path, text, "bad-suite.yaml")
