@@ -235,7 +235,7 @@ def decoded(shards: Sequence[int], decode: Callable[..., Iterator[dict]], decode
 
 
 def predicted(ds: Any, predictor: type, predictor_kwargs: dict[str, Any], res: dict[str, Any], *,
-              batch_size: int, in_flight: int | None = None) -> Any:
+              batch_size: int, in_flight: int | None = None, wait_for_actors_s: float | None = None) -> Any:
     """``ds`` through a pool of ``predictor`` actors sized by ``res`` (:func:`plan_resources`).
 
     ``predictor(**predictor_kwargs, device=res["device"], cpu_threads=res["threads"])`` is built
@@ -245,11 +245,15 @@ def predicted(ds: Any, predictor: type, predictor_kwargs: dict[str, Any], res: d
     dropped by :func:`drain`. ``in_flight``: at most that many batches queued on one actor
     (Ray Data's ``max_tasks_in_flight_per_actor``; None: its default, which let the first
     actor up take all four blocks of a 100-image audit while the second one idled).
+    ``wait_for_actors_s``: the pool starts work only once all its actors are up, failing the
+    job if they are not within that many seconds (Ray Data's ``wait_for_min_actors_s``, set on
+    this dataset's context only); None: work starts on the first actor up, and a short job
+    may end before a slow node's actor has loaded its model.
     """
     from ray.data import ActorPoolStrategy
 
     pool = {} if in_flight is None else {"max_tasks_in_flight_per_actor": in_flight}
-    return ds.map_batches(
+    out = ds.map_batches(
         predictor,
         fn_constructor_kwargs={**predictor_kwargs, "device": res["device"], "cpu_threads": res.get("threads")},
         compute=ActorPoolStrategy(size=res["size"], **pool),
@@ -257,6 +261,9 @@ def predicted(ds: Any, predictor: type, predictor_kwargs: dict[str, Any], res: d
         num_cpus=res["num_cpus"],
         batch_size=batch_size,
     )
+    if wait_for_actors_s is not None:
+        out.context.wait_for_min_actors_s = wait_for_actors_s  # this dataset's copy of the context
+    return out
 
 
 def batches(ds: Any, *, prefetch_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:

@@ -216,7 +216,8 @@ def predict_variants(clean: Any, source: ModelSource, suite: Suite, *, seed: int
     return engine.predicted(clean, AuditPredictor, {
         "source": source, "attacks": suite.attacks, "seed": seed,
         "conditions": suite.conditions, "severities": suite.severities,
-    }, res, batch_size=batch_size, in_flight=1)  # a block is seconds of work: one queued per actor
+    }, res, batch_size=batch_size, in_flight=1,  # a block is seconds of work: one queued per actor
+        wait_for_actors_s=ACTORS_START_S)  # every actor up first: blocks are few, each is much work
 
 
 def model_passes(suite: Suite) -> int:
@@ -242,6 +243,10 @@ def audit_cost(model: Any, plan: corpus_mod.CorpusPlan, suite: Suite) -> CostPro
     return CostProfile(decode_ms=one.decode_ms, model_ms=one.model_ms * k,
                        model_ms_2=None if one.model_ms_2 is None else one.model_ms_2 * k)
 
+
+# How long an audit waits for all its predictor actors to load the model before it fails (the
+# plan sizes the pool to fit the cluster: a wait this long means the cluster cannot hold it).
+ACTORS_START_S = 600.0
 
 # A clean block is never cut below this many rows to spread an audit over the actors (the
 # model's per-image cost on CPU is flat from ~16 images a batch).
