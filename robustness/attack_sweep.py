@@ -104,8 +104,9 @@ def attack_sweep(
     [0.0, 0.0078, 0.0314]
     """
     budgets = sorted({float(e) for e in eps})
-    for e in budgets:
-        check_attack_inputs(name, images, labels, eps=e, steps=steps, alpha=alpha)
+    if budgets:  # the images scanned once; the budget checked is the first bad one, if any
+        bad = next((e for e in budgets if not e >= 0), budgets[0])
+        check_attack_inputs(name, images, labels, eps=bad, steps=steps, alpha=alpha)
     labels = labels.to(images.device)
     pred, conf = clean if clean is not None else predict(model, images)
     pred, conf = pred.to(images.device).clone(), conf.to(images.device).clone()
